@@ -1,0 +1,214 @@
+"""One run config: LLaMA-Factory's flat training YAML plus peftflow's own sections.
+
+A LLaMA-Factory `train_lora/*.yaml` loads unchanged. Keys LLaMA-Factory knows but peftflow
+does not use yet are collected into one warning line; any other unknown key is an error that
+names the key and the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from peftflow.errors import UserError
+
+DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
+
+# LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
+# They are reported in one warning line, never silently dropped.
+ACCEPTED_UNUSED_KEYS = frozenset({
+    "do_train", "do_eval", "do_predict", "preprocessing_num_workers", "overwrite_cache",
+    "overwrite_output_dir", "plot_loss", "ddp_timeout", "flash_attn", "dataloader_num_workers",
+    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "save_strategy",
+    "save_only_model", "resume_from_checkpoint", "include_num_input_tokens_seen",
+    "deepspeed", "enable_liger_kernel", "use_unsloth", "shift_attn", "rope_scaling",
+    "disable_gradient_checkpointing", "upcast_layernorm", "packing", "neat_packing",
+    "tokenized_path", "streaming", "buffer_size", "mix_strategy", "interleave_probs",
+    "image_max_pixels", "video_max_pixels", "export_dir", "export_size", "export_device",
+    "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
+    "push_to_hub", "logging_dir", "log_level", "report_to",
+})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RegistryConfig(_Strict):
+    """Where the fine-tune is published (MLflow model registry)."""
+
+    name: str = Field("peftflow-demo", description="Registered model name in MLflow.")
+    experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
+
+
+class PromotionConfig(_Strict):
+    """The gate that moves the `champion` alias."""
+
+    metric: str = Field("score", description="Evaluation metric compared: `score` (generation metric) or `perplexity`.")
+    min_improvement: float = Field(0.0, description="How much the challenger must beat the champion (or base) by.")
+    auto_promote: bool = Field(True, description="Move `champion` when the gate passes.")
+
+
+class EvaluationConfig(_Strict):
+    """Held-out evaluation of base, fine-tune and champion."""
+
+    metric: Literal["exact_match", "token_f1", "json_fields"] = Field(
+        "token_f1", description="Generation metric per example; the demo task uses json_fields.")
+    max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
+    max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
+    batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
+
+
+class RunConfig(_Strict):
+    """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
+
+    # model
+    model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
+    template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
+    trust_remote_code: bool = False
+    # method
+    stage: Literal["sft"] = "sft"
+    finetuning_type: Literal["lora"] = "lora"
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: int | None = Field(None, gt=0, description="Defaults to 2 x lora_rank, as LLaMA-Factory.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_target: str | list[str] = Field("all", description="`all`, a comma list, or a list of module names.")
+    additional_target: str | list[str] | None = None
+    use_dora: bool = False
+    use_rslora: bool = False
+    # data
+    dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
+    dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
+    cutoff_len: int = Field(1024, gt=0)
+    max_samples: int | None = Field(None, gt=0)
+    val_size: float = Field(0.1, ge=0.0, description="Fraction (<1) or number of rows held out.")
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    on_invalid_rows: Literal["error", "drop"] = Field("error", description="Stop on invalid rows, or drop and log them.")
+    # training
+    output_dir: str | None = Field(None, description="Defaults to <PEFTFLOW_HOME>/runs/<registry name>.")
+    per_device_train_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    num_train_epochs: float = Field(3.0, gt=0.0)
+    max_steps: int = Field(-1, description="Overrides num_train_epochs when > 0.")
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optim: str = "adamw_torch"
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int | None = Field(2, gt=0)
+    seed: int = 42
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    # peftflow's own sections
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
+
+    @field_validator("lora_target", "additional_target", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "all" and "," in v:
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true; choose one")
+        if self.val_size >= 1 and self.val_size != int(self.val_size):
+            raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
+        if not [n for n in self.dataset.split(",") if n.strip()]:
+            raise ValueError("dataset names no dataset")
+        return self
+
+    # derived values
+    @property
+    def dataset_names(self) -> list[str]:
+        return [n.strip() for n in self.dataset.split(",") if n.strip()]
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    def fingerprint(self) -> str:
+        """Hash of every field, for caching and for 'did anything change' checks."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resolved_output_dir(self) -> Path:
+        from peftflow.paths import peftflow_home
+
+        return Path(self.output_dir) if self.output_dir else peftflow_home() / "runs" / self.registry.name
+
+
+def _nearest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
+    """Validate a raw mapping. Returns the config and the keys accepted but unused."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    raw = dict(raw)
+    if "warmup_ratio" in raw and raw.get("warmup_steps"):
+        raise UserError(f"{source}: warmup_ratio and warmup_steps are both set; keep one")
+    unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
+    for k in unused:
+        raw.pop(k)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_describe(e, source)) from None
+    return cfg, unused
+
+
+def _describe(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc) or "(config)"
+    if err["type"] == "extra_forbidden":
+        section = RunConfig
+        for part in loc[:-1]:
+            section = section.model_fields[part].annotation  # nested section model
+        return f"{source}: unknown key '{key}'{_nearest(loc[-1], _valid_keys(section))}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"{source}: {msg}"
+    return f"{source}: key '{key}': {msg} (got {err.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
+    """Read a YAML run config. `None` gives the built-in defaults (the demo)."""
+    if path is None:
+        return RunConfig(), []
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text") from None
+    return parse_config(raw, source=str(p))
