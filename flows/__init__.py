@@ -1,0 +1,1 @@
+"""Prefect flows (composition only) and the `peftflow` CLI that runs them."""

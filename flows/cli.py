@@ -1,0 +1,117 @@
+"""`peftflow` command line: run, validate, generate.
+
+User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
+_state = {"debug": False}
+
+
+def _set_defaults() -> None:
+    """Offline-safe defaults; explicit environment settings win."""
+    from peftflow.paths import peftflow_home
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Cached stage results live next to the files they point at, so deleting the home clears both.
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(peftflow_home() / "prefect-results"))
+
+
+def _fail(e: BaseException) -> None:
+    from peftflow.errors import UserError
+
+    if _state["debug"] or not isinstance(e, UserError):
+        raise e
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(UserError.exit_code)
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+    _set_defaults()
+
+
+@app.command()
+def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
+    """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
+    try:
+        cfg, unused = _load(config)
+        _precheck(cfg)
+        from flows.finetune import finetune
+
+        result = finetune(cfg)
+    except Exception as e:  # noqa: BLE001 - user errors become one line, others re-raise
+        _fail(e)
+        return
+    scores = "  ".join(f"{label}={s['score']:.3f}" for label, s in result.scores.items())
+    typer.echo(f"{result.name} v{result.version}: {scores}; champion -> v{result.champion}")
+
+
+@app.command()
+def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
+    """Check the config, model and data without training; print a data report."""
+    try:
+        cfg, _ = _load(config)
+        from peftflow.data import data_report
+        from peftflow.models import resolve_model
+
+        report = data_report(cfg, resolve_model(cfg.model_name_or_path).path)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    typer.echo(report.to_text())
+
+
+@app.command()
+def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. models:/NAME@champion, or a local dir."),
+             prompt: str = typer.Option(..., "--prompt", help="User message."),
+             max_new_tokens: int = typer.Option(128, help="Generation budget.")) -> None:
+    """Generate a chat reply from a registered (or local) model."""
+    try:
+        from peftflow import registry
+
+        registry.configure_mlflow()
+        text = registry.generate_reply(model, prompt, max_new_tokens)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    typer.echo(text)
+
+
+def _load(path):
+    from peftflow.config import load_config
+
+    cfg, unused = load_config(path)
+    if unused:
+        typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
+    return cfg, unused
+
+
+def _precheck(cfg) -> None:
+    """Fail on bad model or data before the flow starts, so user errors stay one line."""
+    from peftflow.data import prepare_dataset
+    from peftflow.models import resolve_model
+
+    prepare_dataset(cfg, resolve_model(cfg.model_name_or_path).path)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The main pipeline: base model + dataset -> evaluated, registered, gated fine-tune."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from peftflow.config import RunConfig
+from peftflow.keys import code_version, train_key
+from peftflow.methods import method_name
+from tasks.evaluate_models import evaluate_models, find_champion
+from tasks.merge_adapter import merge_adapter
+from tasks.prepare_dataset import prepare_dataset
+from tasks.publish_version import promote_version, publish_version, write_summary
+from tasks.resolve_model import resolve_model
+from tasks.tracking import flow_run_id, start_tracking_run
+from tasks.train_adapter import train_adapter
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    name: str
+    version: str
+    champion: str | None
+    promoted: bool
+    scores: dict[str, dict[str, float]]
+    run_id: str
+    summary: str
+
+
+@flow(name="finetune", log_prints=True)
+def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
+    """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote."""
+    model = resolve_model(config.model_name_or_path)
+    data = prepare_dataset(config, model)
+    key = train_key(config, model.fingerprint, data.fingerprint)
+    lineage = {
+        "base_model": config.model_name_or_path, "base_model_fingerprint": model.fingerprint,
+        "data_fingerprint": data.fingerprint, "config_fingerprint": config.fingerprint(),
+        "method": method_name(config), "prefect_flow_run_id": flow_run_id(), "code_version": code_version(),
+        "train_key": key,
+    }
+    run_id = start_tracking_run(config, key, lineage)
+    adapter = train_adapter(config, model, data, key, run_id)
+    merged = merge_adapter(config, model, adapter, run_id)
+    champion = find_champion(config)
+    # A rerun of the training that is already champion has no rival to beat but the base model.
+    rival = champion if champion and champion.tags.get("train_key") != key else None
+    evaluation = evaluate_models(config, model, merged, rival, data, run_id)
+    version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
+    decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
+    notes = [f"MLflow run `{run_id}`; training key `{key}`",
+             f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped"]
+    summary = write_summary(config, version, evaluation, decision, current_champion, notes)
+    print(summary)
+    return FinetuneResult(version.name, version.version, current_champion, decision.promote,
+                          {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)

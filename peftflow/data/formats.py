@@ -1,0 +1,157 @@
+"""LLaMA-Factory's alpaca and sharegpt row formats, normalised into one conversation shape.
+
+A conversation is a list of {"role": "system" | "user" | "assistant", "content": str}: an
+optional system turn, then user / assistant turns alternating, ending with an assistant turn.
+A row that cannot become one raises InvalidRow with a short reason.
+
+Sharegpt tool-calling turns (function_call / observation) are invalid rows: peftflow has no tool
+format yet, and flattening them into plain user / assistant text would teach a format no
+template renders back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftflow.errors import UserError
+
+Conversation = list[dict[str, str]]
+
+COLUMNS = {
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None},
+    "sharegpt": {"messages": "conversations", "system": None},
+}
+REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",)}
+SHAREGPT_TAGS = {
+    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+}
+
+
+class InvalidRow(Exception):
+    """`reason` is the category counted in reports; `detail` says where in the row."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    formatting: str
+    columns: dict[str, str | None]   # our field -> the file's column name
+    tags: dict[str, str]
+    mapped: tuple[str, ...]          # the fields dataset_info.json maps explicitly
+
+    @classmethod
+    def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
+        formatting = entry.get("formatting", "alpaca")
+        if formatting not in COLUMNS:
+            raise UserError(f"{source}: '{name}' formatting '{formatting}' is not supported (use alpaca or sharegpt)")
+        given = _mapping(entry, "columns", name, source)
+        unknown = sorted(set(given) - set(COLUMNS[formatting]))
+        if unknown:
+            raise UserError(f"{source}: '{name}' columns {', '.join(unknown)} are not supported for {formatting} "
+                            f"(supported: {', '.join(COLUMNS[formatting])}; peftflow trains on text conversations only)")
+        tags = _mapping(entry, "tags", name, source)
+        unknown = sorted(set(tags) - set(SHAREGPT_TAGS))
+        if unknown:
+            raise UserError(f"{source}: '{name}' tags {', '.join(unknown)} are unknown (known: {', '.join(SHAREGPT_TAGS)})")
+        return cls(formatting, {**COLUMNS[formatting], **given}, {**SHAREGPT_TAGS, **tags}, tuple(given))
+
+    @property
+    def required_columns(self) -> list[str]:
+        """File columns a table (csv / parquet) must have: the required fields and all mapped ones."""
+        fields = set(REQUIRED[self.formatting]) | set(self.mapped)
+        return sorted({self.columns[f] for f in fields if self.columns[f]})
+
+    def to_conversation(self, row: dict[str, Any]) -> Conversation:
+        turns = self._alpaca(row) if self.formatting == "alpaca" else self._sharegpt(row)
+        if turns[0]["role"] == "system":  # a sharegpt system turn wins over the system column
+            return turns
+        system = _optional_text(row, self.columns["system"])
+        return ([{"role": "system", "content": system}] if system else []) + turns
+
+    def _alpaca(self, row: dict[str, Any]) -> Conversation:
+        prompt = _text(row, self.columns["prompt"])
+        query = _optional_text(row, self.columns["query"])
+        user = "\n".join(t for t in (prompt, query) if t)
+        if not user.strip():
+            raise InvalidRow("empty prompt")
+        response = _text(row, self.columns["response"])
+        if not response.strip():
+            raise InvalidRow("empty response")
+        turns: Conversation = []
+        for i, pair in enumerate(_history(row, self.columns["history"]), start=1):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+                raise InvalidRow("history item is not a [user, assistant] pair of strings", f"item {i}")
+            if not pair[1].strip():
+                raise InvalidRow("empty response", f"history item {i}")
+            turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        return turns + [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+
+    def _sharegpt(self, row: dict[str, Any]) -> Conversation:
+        column = self.columns["messages"]
+        messages = row.get(column)
+        if not isinstance(messages, (list, tuple)):
+            raise InvalidRow(f"field '{column}' is missing" if messages is None else f"field '{column}' is not a list")
+        t = self.tags
+        roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
+        turns: Conversation = []
+        for i, message in enumerate(messages, start=1):
+            if not isinstance(message, dict):
+                raise InvalidRow("turn is not an object", f"turn {i}")
+            tag, content = message.get(t["role_tag"]), message.get(t["content_tag"])
+            if tag in (t["function_tag"], t["observation_tag"]):
+                raise InvalidRow("tool-calling turns are not supported", f"turn {i} is '{tag}'")
+            if tag not in roles:
+                raise InvalidRow(f"unknown role {tag!r}", f"turn {i}")
+            if not isinstance(content, str):
+                raise InvalidRow(f"field '{t['content_tag']}' is not a string", f"turn {i}")
+            turns.append({"role": roles[tag], "content": content})
+        system = turns[:1] if turns and turns[0]["role"] == "system" else []
+        _check_order(turns[len(system):], first_number=len(system) + 1)
+        return [s for s in system if s["content"]] + turns[len(system):]
+
+
+def _check_order(turns: Conversation, first_number: int) -> None:
+    if not turns:
+        raise InvalidRow("no user / assistant turns")
+    for i, turn in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if turn["role"] != expected:
+            raise InvalidRow("wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {expected}")
+        if expected == "assistant" and not turn["content"].strip():
+            raise InvalidRow("empty response", f"turn {i + first_number}")
+    if turns[-1]["role"] != "assistant":
+        raise InvalidRow("wrong turn order", "ends with a user turn")
+
+
+def _mapping(entry: dict[str, Any], key: str, name: str, source: str) -> dict[str, str]:
+    value = entry.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise UserError(f"{source}: '{name}' {key} must be an object of names to strings")
+    return value
+
+
+def _text(row: dict[str, Any], column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        raise InvalidRow(f"field '{column}' is missing")
+    if not isinstance(value, str):
+        raise InvalidRow(f"field '{column}' is not a string", f"got {type(value).__name__}")
+    return value
+
+
+def _optional_text(row: dict[str, Any], column: str | None) -> str:
+    return _text(row, column) if column and row.get(column) is not None else ""
+
+
+def _history(row: dict[str, Any], column: str | None) -> list:
+    value = row.get(column) if column else None
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRow(f"field '{column}' is not a list")
+    return list(value)

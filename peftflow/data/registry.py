@@ -1,0 +1,224 @@
+"""Find datasets through LLaMA-Factory's dataset_info.json and read their rows from local files."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from peftflow.data.demo import write_builtin_datasets
+from peftflow.data.formats import RowFormat
+from peftflow.errors import UserError
+from peftflow.paths import cache_dir
+
+INFO_FILE = "dataset_info.json"
+BUILTIN = "builtin"
+READERS = (".json", ".jsonl", ".csv", ".parquet")
+# Every key LLaMA-Factory documents for an entry; any other is a typo and gets a suggestion.
+ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "ranking", "split", "subset", "folder",
+              "num_samples", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: Path   # resolved, inside dataset_dir
+    shown: str   # how messages name it: <dataset_dir>/<file_name>
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    name: str
+    entry: dict[str, Any]   # the dataset_info.json entry as written
+    format: RowFormat
+    files: tuple[DataFile, ...]
+
+
+def dataset_root(dataset_dir: str) -> Path:
+    if dataset_dir == BUILTIN:
+        return _builtin_root()
+    root = Path(dataset_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"dataset_dir: directory not found: {dataset_dir}")
+    return root
+
+
+def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
+    root = dataset_root(dataset_dir)
+    info_path = root / INFO_FILE
+    if not info_path.is_file():
+        raise UserError(f"{info_path}: not found; dataset_dir must hold a LLaMA-Factory dataset_info.json")
+    info = _load_json(info_path)
+    if not isinstance(info, dict):
+        raise UserError(f"{info_path}: expected an object of dataset names to entries")
+    sources = []
+    for name in names:
+        if name not in info:
+            match = difflib.get_close_matches(name, list(info), n=1)
+            hint = f" (did you mean '{match[0]}'?)" if match else f" (has: {', '.join(list(info)[:10])})"
+            raise UserError(f"{info_path}: no dataset named '{name}'{hint}")
+        entry = info[name]
+        if not isinstance(entry, dict):
+            raise UserError(f"{info_path}: '{name}' must be an object")
+        _check_entry(name, entry, info_path)
+        fmt = RowFormat.from_entry(name, entry, str(info_path))
+        sources.append(DatasetSource(name, entry, fmt, _data_files(root, entry["file_name"], name, info_path)))
+    return sources
+
+
+def read_rows(file: DataFile, required_columns: list[str]) -> list[dict[str, Any]]:
+    """Rows of one data file as dicts. Table formats must have every mapped column."""
+    suffix = file.path.suffix.lower()
+    if suffix == ".parquet":
+        rows, columns = _read_parquet(file)
+    elif suffix == ".csv":
+        rows, columns = _read_csv(file)
+    else:
+        rows, columns = _read_json(file, lines=suffix == ".jsonl"), None
+    if columns is not None:
+        missing = [c for c in required_columns if c not in columns]
+        if missing:
+            raise UserError(f"{file.shown}: missing columns {', '.join(missing)} (has: {', '.join(columns)})")
+    if not rows:
+        raise UserError(f"{file.shown}: no rows; the dataset is empty")
+    return rows
+
+
+def _builtin_root() -> Path:
+    """peftflow's generated datasets, written once; atomically, since parallel runs may race."""
+    root = cache_dir("datasets") / BUILTIN
+    with FileLock(str(root) + ".lock"):
+        if not (root / INFO_FILE).is_file():
+            tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{BUILTIN}-"))
+            write_builtin_datasets(tmp)
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(tmp, root)
+    return root
+
+
+def _check_entry(name: str, entry: dict[str, Any], info_path: Path) -> None:
+    where = f"{info_path}: '{name}'"
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            match = difflib.get_close_matches(key, ENTRY_KEYS, n=1)
+            raise UserError(f"{where} has unknown key '{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+    hub = [k for k in HUB_KEYS if entry.get(k)]
+    if hub:
+        raise UserError(f"{where} is a hub dataset ({hub[0]}); hub datasets are not available offline: download it and set file_name to the local file")
+    if entry.get("script_url"):
+        raise UserError(f"{where} uses script_url; dataset loading scripts are not supported, use file_name")
+    if entry.get("cloud_file_name"):
+        raise UserError(f"{where} uses cloud_file_name, which is not supported yet; use file_name")
+    if entry.get("ranking"):
+        raise UserError(f"{where} is a ranking (preference) dataset; peftflow trains sft only and does not support ranking datasets")
+    if "num_samples" in entry:
+        raise UserError(f"{where}: num_samples is not supported; set max_samples in the run config")
+    if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+        raise UserError(f"{where} has no file_name")
+
+
+def _data_files(root: Path, file_name: str, name: str, info_path: Path) -> tuple[DataFile, ...]:
+    where = f"{info_path}: '{name}' file_name '{file_name}'"
+    if Path(file_name).is_absolute():
+        raise UserError(f"{where} is an absolute path; give a path inside dataset_dir {root}")
+    path = root / file_name
+    _check_inside(path, root, where)
+    if path.is_dir():
+        paths = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not paths:
+            raise UserError(f"{where} is a directory with no data files")
+    elif path.is_file():
+        paths = [path]
+    else:
+        raise UserError(f"{path}: data file not found (dataset '{name}' in {info_path})")
+    files = []
+    for p in paths:
+        _check_inside(p, root, where)
+        if p.suffix.lower() not in READERS:
+            raise UserError(f"{p}: unsupported file type '{p.suffix}' (use {', '.join(READERS)})")
+        files.append(DataFile(p.resolve(), str(p)))
+    return tuple(files)
+
+
+def _check_inside(path: Path, root: Path, where: str) -> None:
+    """A file_name may not reach outside dataset_dir, by `..` or through a symlink."""
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{where} points outside dataset_dir {root} (resolves to {path.resolve()})")
+
+
+def _decode(file: DataFile) -> str:
+    data = file.path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{file.shown}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(_decode(DataFile(path, str(path))))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def _read_json(file: DataFile, lines: bool) -> list[dict[str, Any]]:
+    text = _decode(file)
+    if lines:
+        rows = _json_lines(file, text)
+    else:
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            # LLaMA-Factory reads .json through the `json` loader, which also takes JSON Lines.
+            if e.msg != "Extra data":
+                raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
+            try:
+                rows = _json_lines(file, text)
+            except UserError:
+                raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(rows, list):
+        raise UserError(f"{file.shown}: expected a JSON list of row objects, got {type(rows).__name__}")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise UserError(f"{file.shown}: row {number}: expected a JSON object, got {type(row).__name__}")
+    return rows
+
+
+def _json_lines(file: DataFile, text: str) -> list[Any]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{file.shown}: line {number}: invalid JSON: {e.msg}") from None
+    return rows
+
+
+def _read_csv(file: DataFile) -> tuple[list[dict[str, Any]], list[str]]:
+    reader = csv.DictReader(io.StringIO(_decode(file), newline=""))
+    try:
+        return list(reader), list(reader.fieldnames or [])
+    except csv.Error as e:
+        raise UserError(f"{file.shown}: line {reader.line_num}: invalid CSV: {e}") from None
+
+
+def _read_parquet(file: DataFile) -> tuple[list[dict[str, Any]], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file.path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{file.shown}: not a readable parquet file ({type(e).__name__})") from None
+    return table.to_pylist(), table.column_names

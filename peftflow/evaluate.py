@@ -1,0 +1,132 @@
+"""Score models on the held-out split: loss / perplexity and a generation metric per example."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from peftflow.config import EvaluationConfig
+
+
+# --- per-example metrics: (prediction, reference) -> score in [0, 1] -----------------------
+
+def exact_match(pred: str, ref: str) -> float:
+    return float(pred.strip() == ref.strip())
+
+
+def token_f1(pred: str, ref: str) -> float:
+    p, r = re.findall(r"\w+", pred.lower()), re.findall(r"\w+", ref.lower())
+    common = sum((Counter(p) & Counter(r)).values())
+    if not p or not r or not common:
+        return float(p == r)
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def json_fields(pred: str, ref: str) -> float:
+    """Share of the reference JSON object's fields that the prediction gets exactly right."""
+    expected = json.loads(ref)
+    try:
+        got = json.loads(pred.strip())
+    except json.JSONDecodeError:
+        return 0.0
+    if not isinstance(got, dict):
+        return 0.0
+    return sum(got.get(k) == v for k, v in expected.items()) / len(expected)
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields}
+
+
+@dataclass
+class ModelScores:
+    label: str
+    loss: float
+    perplexity: float
+    score: float
+    examples: list[dict] = field(default_factory=list)  # index, prediction, reference, score
+
+    def summary(self) -> dict[str, float]:
+        return {"loss": self.loss, "perplexity": self.perplexity, "score": self.score}
+
+
+@torch.no_grad()
+def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
+    """Mean cross-entropy per supervised token (token-weighted, like training)."""
+    total, count = 0.0, 0
+    for start in range(0, len(eval_set), batch_size):
+        rows = eval_set[start:start + batch_size]
+        width = max(map(len, rows["input_ids"]))
+        ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows["input_ids"]])
+        labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows["labels"]])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]])
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum"))
+        count += int((target != -100).sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        width = max(map(len, chunk))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+        outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return outputs
+
+
+def score_model(label: str, model_dir: str, data_path: str, ecfg: EvaluationConfig) -> ModelScores:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan
+
+    scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
+    predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size)
+    metric = METRICS[ecfg.metric]
+    examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
+                for i, (p, r) in enumerate(zip(predictions, scored["reference"]))]
+    score = sum(e["score"] for e in examples) / len(examples) if examples else math.nan
+    return ModelScores(label, round(loss, 5), round(math.exp(loss), 4) if not math.isnan(loss) else math.nan,
+                       round(score, 4), examples)
+
+
+@dataclass
+class EvalReport:
+    metric: str
+    models: dict[str, ModelScores]
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps({"metric": self.metric, "models": {k: asdict(v) for k, v in self.models.items()}}, indent=1))
+
+    @classmethod
+    def from_json(cls, path: Path) -> "EvalReport":
+        raw = json.loads(Path(path).read_text())
+        return cls(raw["metric"], {k: ModelScores(**v) for k, v in raw["models"].items()})
+
+    def flat_metrics(self) -> dict[str, float]:
+        return {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+
+
+def compare(models: dict[str, str], data_path: str, ecfg: EvaluationConfig, out_path: Path) -> EvalReport:
+    """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows."""
+    report = EvalReport(ecfg.metric, {label: score_model(label, d, data_path, ecfg) for label, d in models.items()})
+    report.to_json(out_path)
+    return report

@@ -1,0 +1,384 @@
+"""MLflow tracking and model registry: runs, published versions, aliases, the promotion gate.
+
+Every call names its run by `run_id` and goes through `MlflowClient`: MLflow's fluent "active
+run" is per thread, and Prefect runs tasks in other threads.
+
+Aliases on a registered model:
+  challenger  the version published last
+  champion    the version that serves; moved only by `promote` (or by hand with `set_alias`)
+  previous    the champion before the last promotion, for a one-step rollback
+Each alias move is recorded on the version it lands on, in the tag `alias.<alias>.history`.
+
+MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/unit/test_registry.py):
+- `transformers.log_model(<directory path>)` fails (`'str' object has no attribute '__name__'`:
+  transformers 5 registers pipeline classes lazily as strings), so the model is loaded and logged
+  as a {"model", "tokenizer"} dict.
+- Without `pip_requirements`, `log_model` pins `torchvision`, which is not installed: it fails.
+- `log_model(run_id=...)` with no active run puts the model in the *default* experiment, whose
+  artifacts land in `./mlruns` of the current directory: the LoggedModel is created first in the
+  run's experiment and passed as `model_id`.
+- `get_model_version_by_alias` raises RESOURCE_DOES_NOT_EXIST for a missing model but
+  INVALID_PARAMETER_VALUE for a missing alias; `search_model_versions` returns empty aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from peftflow.config import RunConfig
+
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
+MODEL_ARTIFACT = "model"
+SECRET_KEY = re.compile(
+    r"(^|[._-])(token|password|passwd|secret|api_?key|access_?key|private_?key|credentials?)($|[._-])",
+    re.IGNORECASE,
+)
+MASK = "***"
+HISTORY_KEEP = 20        # alias moves kept per version and alias (tag values are size-limited)
+REASON_MAX = 300
+
+
+# --- tracking -------------------------------------------------------------------------------
+
+def configure_mlflow() -> str:
+    """Point MLflow at `MLFLOW_TRACKING_URI`, else `sqlite:///<home>/mlflow.db`. Idempotent."""
+    import mlflow
+
+    from peftflow.paths import peftflow_home
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{peftflow_home().resolve()}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def _client() -> MlflowClient:
+    from mlflow import MlflowClient
+
+    uri = configure_mlflow()
+    return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+
+
+def ensure_experiment(name: str) -> str:
+    """Get or create the experiment; returns its id.
+
+    With a local sqlite store there is no server to hold artifacts, and MLflow's default would be
+    `./mlruns` in whatever directory the process started in: the artifacts go to
+    `<home>/mlartifacts` instead. A tracking server decides for itself.
+    """
+    from peftflow.paths import peftflow_home
+
+    client = _client()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    location = None
+    if urlparse(configure_mlflow()).scheme == "sqlite":
+        location = (peftflow_home().resolve() / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent run
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def config_params(cfg: RunConfig | dict[str, Any]) -> dict[str, str]:
+    """The config as flat MLflow params: dotted keys, lists joined by ',', secrets masked."""
+    raw = cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif SECRET_KEY.search(prefix) and value not in (None, ""):
+            out[prefix] = MASK
+        elif isinstance(value, (list, tuple)):
+            out[prefix] = ",".join(str(v) for v in value)
+        else:
+            out[prefix] = str(value)
+
+    walk("", raw)
+    return out
+
+
+def start_run(cfg: RunConfig, tags: dict[str, str]) -> str:
+    """Create a run in `cfg.registry.experiment`, log the whole config as params; returns run_id."""
+    from mlflow.entities import Param
+
+    client = _client()
+    experiment_id = ensure_experiment(cfg.registry.experiment)
+    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()})
+    params = [Param(k, v) for k, v in config_params(cfg).items()]
+    client.log_batch(run.info.run_id, params=params)
+    return run.info.run_id
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    if batch:
+        _client().log_batch(run_id, metrics=batch)
+
+
+def log_artifact(run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+    """Upload a file, or a directory (it keeps its name), under `artifact_path`."""
+    _client().log_artifact(run_id, str(local_path), artifact_path)
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    """status: FINISHED, FAILED or KILLED."""
+    _client().set_terminated(run_id, status)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    run_id: str | None
+    uri: str               # models:/NAME/VERSION
+    tags: dict[str, str]
+
+
+def _ref(mv: Any) -> ModelVersionRef:
+    return ModelVersionRef(name=mv.name, version=str(mv.version), run_id=mv.run_id,
+                           uri=f"models:/{mv.name}/{mv.version}", tags=dict(mv.tags or {}))
+
+
+def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
+                  metrics: dict[str, float]) -> ModelVersionRef:
+    """Log a merged, plain transformers model dir to the run and register it as `challenger`.
+
+    Idempotent: a version of `name` already made from `run_id` is returned, not made again.
+    """
+    def components() -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto"),
+                "tokenizer": AutoTokenizer.from_pretrained(merged_dir)}
+
+    return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
+
+
+def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
+                    lineage: dict[str, str], metrics: dict[str, float]) -> ModelVersionRef:
+    """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
+
+    Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
+    (same path), which the tag `base_model_path` records. Without `base_model_path`, MLflow would
+    reload the adapter onto randomly initialised weights without a word.
+    """
+    base_model_dir = str(Path(base_model_dir).resolve())
+
+    def components() -> dict[str, Any]:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto")
+        tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
+        return {"model": PeftModel.from_pretrained(base, adapter_dir),
+                "tokenizer": AutoTokenizer.from_pretrained(tok_dir)}
+
+    lineage = {**lineage, "base_model_path": base_model_dir}
+    return _publish(run_id, name, lineage, metrics, components, kind="adapter",
+                    card_dir=adapter_dir, base_model_path=base_model_dir)
+
+
+def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_model_path=None):
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    existing = _version_of_run(client, name, run_id)
+    if existing is None:
+        model_id = _logged_model_of_run(client, run_id) or _log_model(
+            client, run_id, name, lineage, components, card_dir, base_model_path)
+        tags = {**{k: str(v) for k, v in lineage.items()},
+                **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
+                "peftflow.kind": kind}
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        existing = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
+                                               tags=tags, model_id=model_id)
+    # Re-applied on a retry too, so a publish that stopped after registering still completes.
+    set_alias(name, CHALLENGER, str(existing.version), reason=f"published from run {run_id}", actor="publish")
+    return _ref(client.get_model_version(name, str(existing.version)))
+
+
+def _version_of_run(client, name: str, run_id: str):
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _logged_model_of_run(client, run_id: str) -> str | None:
+    """A model this run already logged completely (a retry after log_model, before register)."""
+    outputs = client.get_run(run_id).outputs
+    for out in (outputs.model_outputs if outputs else []):
+        lm = client.get_logged_model(out.model_id)
+        if lm.name == MODEL_ARTIFACT and lm.status == "READY":
+            return lm.model_id
+    return None
+
+
+def _log_model(client, run_id, name, lineage, components, card_dir, base_model_path) -> str:
+    import mlflow
+
+    run = client.get_run(run_id)
+    # Created here, in the run's experiment: log_model(run_id=...) alone would use the default one.
+    lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
+                                    source_run_id=run_id)
+    try:
+        mlflow.transformers.log_model(
+            components(), name=MODEL_ARTIFACT, task="text-generation", run_id=run_id,
+            model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),
+            pip_requirements=_pip_requirements(peft=base_model_path is not None),
+            base_model_path=base_model_path)
+    except BaseException:
+        client.finalize_logged_model(lm.model_id, "FAILED")
+        raise
+    return lm.model_id
+
+
+def _model_card(name: str, src_dir: str, lineage: dict[str, str]):
+    """The source dir's README if it has one; else a short card with the lineage (and no
+    look-up on the Hugging Face Hub, which MLflow would otherwise try for the card)."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(src_dir) / "README.md"
+    if readme.is_file():
+        return ModelCard.load(readme)
+    lines = "\n".join(f"- {k}: {v}" for k, v in sorted(lineage.items()))
+    return ModelCard(f"---\nlibrary_name: transformers\n---\n# {name}\n\nPublished by peftflow.\n\n{lines}\n")
+
+
+def _pip_requirements(peft: bool) -> list[str]:
+    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else [])
+    reqs = []
+    for p in pkgs:
+        try:
+            reqs.append(f"{p}=={metadata.version(p).split('+')[0]}")  # torch 2.13.0+cpu -> 2.13.0
+        except metadata.PackageNotFoundError:
+            reqs.append(p)
+    return reqs
+
+
+def load_pipeline(model_uri: str):
+    """`models:/NAME@champion`, `models:/NAME/3`, ... -> a transformers text-generation pipeline."""
+    import mlflow
+
+    configure_mlflow()
+    return mlflow.transformers.load_model(model_uri)
+
+
+# --- aliases and promotion ------------------------------------------------------------------
+
+def get_version_by_alias(name: str, alias: str) -> ModelVersionRef | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _ref(_client().get_model_version_by_alias(name, alias))
+    except MlflowException as e:
+        # no such model: RESOURCE_DOES_NOT_EXIST; no such alias: INVALID_PARAMETER_VALUE
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_alias(name: str, alias: str, version: str, reason: str, actor: str) -> None:
+    """Point `alias` at `version` and append the move to the version's `alias.<alias>.history`."""
+    client = _client()
+    client.set_registered_model_alias(name, alias, str(version))
+    key = f"alias.{alias}.history"
+    mv = client.get_model_version(name, str(version))
+    try:
+        history = json.loads((mv.tags or {}).get(key, "[]"))
+    except json.JSONDecodeError:
+        history = []
+    history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor,
+                    "reason": reason[:REASON_MAX]})
+    client.set_model_version_tag(name, str(version), key, json.dumps(history[-HISTORY_KEEP:]))
+
+
+def alias_history(name: str, version: str, alias: str) -> list[dict[str, str]]:
+    mv = _client().get_model_version(name, str(version))
+    return json.loads((mv.tags or {}).get(f"alias.{alias}.history", "[]"))
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str            # one human line
+    candidate: float
+    incumbent: float | None
+    incumbent_label: str   # "champion v3" or "base model"
+
+
+def decide_promotion(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
+                     min_improvement: float, higher_is_better: bool = True) -> GateDecision:
+    """Promote when the candidate beats the incumbent by at least `min_improvement`.
+
+    With a margin >= 0 a tie never promotes (the champion stays put). A NaN candidate never promotes; a missing or
+    NaN incumbent always loses to a finite candidate.
+    """
+    def decision(ok: bool, why: str) -> GateDecision:
+        return GateDecision(ok, why, candidate, incumbent, incumbent_label)
+
+    if candidate is None or math.isnan(candidate):
+        return decision(False, f"{metric} of the candidate is not a number; not promoted")
+    if incumbent is None or math.isnan(incumbent):
+        return decision(True, f"{metric} {candidate:.4f}; {incumbent_label} has no {metric} to beat")
+    gain = candidate - incumbent if higher_is_better else incumbent - candidate
+    lower = "" if higher_is_better else " (lower is better)"
+    vs = f"{incumbent_label} ({incumbent:.4f})"
+    # A margin >= 0 means "must beat": a tie keeps the incumbent. A negative margin accepts a
+    # candidate up to that much worse. The epsilon forgives float noise (0.71 - 0.5 < 0.21).
+    passed = gain >= min_improvement - 1e-12 and (gain > 0 or min_improvement < 0)
+    if passed and gain > 0:
+        return decision(True, f"{metric} {candidate:.4f} beats {vs} by {gain:.4f} >= {min_improvement:.4f}{lower}")
+    if passed:
+        return decision(True, f"{metric} {candidate:.4f} is within the allowed {-min_improvement:.4f} of {vs}{lower}")
+    if gain == 0:
+        return decision(False, f"{metric} {candidate:.4f} ties {vs}; not promoted{lower}")
+    if gain < 0:
+        return decision(False, f"{metric} {candidate:.4f} is worse than {vs} by {-gain:.4f}; not promoted{lower}")
+    return decision(False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}")
+
+
+def promote(name: str, version: str, decision: GateDecision, actor: str) -> str | None:
+    """Move `champion` to `version` when the gate passed; the old champion becomes `previous`.
+
+    Returns the new champion version, or None when the gate refused.
+    """
+    if not decision.promote:
+        return None
+    version = str(version)
+    current = get_version_by_alias(name, CHAMPION)
+    if current is not None and current.version == version:
+        return version
+    # `previous` first: a retry after a crash between the two moves still ends right.
+    if current is not None:
+        set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
+    set_alias(name, CHAMPION, version, reason=decision.reason, actor=actor)
+    return version

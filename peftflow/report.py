@@ -1,0 +1,45 @@
+"""Human-readable outputs of a run: the loss curve and the Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: workers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def loss_curve(history: tuple[tuple[int, float], ...], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history:
+        steps, losses = zip(*history)
+        ax.plot(steps, losses, marker="o", markersize=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def summary_markdown(name: str, version: str | None, metric: str, scores: dict[str, dict[str, float]],
+                     decision: str, champion: str | None, notes: list[str]) -> str:
+    rows = "\n".join(f"| {label} | {s['score']:.4f} | {s['loss']:.4f} | {s['perplexity']:.4f} |"
+                     for label, s in scores.items())
+    lines = [
+        f"# Fine-tune `{name}`" + (f" version {version}" if version else ""),
+        "",
+        f"| model | {metric} | held-out loss | perplexity |",
+        "|---|---|---|---|",
+        rows,
+        "",
+        f"**Aliases:** `challenger` -> v{version}; `champion` -> v{champion}" if champion else
+        f"**Aliases:** `challenger` -> v{version}; no champion",
+        "",
+        f"**Promotion gate:** {decision}",
+    ]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines)

@@ -1,0 +1,18 @@
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from peftflow.config import RunConfig
+from peftflow.data import PreparedData, prepare_dataset as _prepare
+from peftflow.models import ResolvedModel
+
+
+@task(name="prepare-dataset")
+def prepare_dataset(config: RunConfig, model: ResolvedModel) -> PreparedData:
+    """Tokenised, masked train/eval splits; the core caches them by content fingerprint."""
+    data = _prepare(config, model.path)
+    create_markdown_artifact(
+        key="prepared-dataset",
+        markdown=(f"**Dataset** `{config.dataset}` fingerprint `{data.fingerprint}`: {data.train_rows} train rows, "
+                  f"{data.eval_rows} held out, {data.dropped} dropped, {data.truncated} truncated."),
+    )
+    return data

@@ -1,0 +1,9 @@
+from prefect import task
+
+from peftflow.models import ResolvedModel, resolve_model as _resolve
+
+
+@task(name="resolve-model")
+def resolve_model(ref: str) -> ResolvedModel:
+    """A local safetensors dir and its fingerprint (the built-in model is converted once, then cached)."""
+    return _resolve(ref)

@@ -1,0 +1,43 @@
+"""Train an adapter; metrics stream to MLflow and a Prefect progress artifact."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from transformers import TrainerCallback
+
+from peftflow import registry, train
+from peftflow.config import RunConfig
+from peftflow.data import PreparedData
+from peftflow.keys import stage_dir
+from peftflow.models import ResolvedModel
+from tasks._policy import retry_unless_user_error
+
+
+class _ProgressCallback(TrainerCallback):
+    """Moves the flow run's progress artifact every logging step."""
+
+    def __init__(self):
+        self.artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
+                                                    description="Optimizer steps done, in percent")
+
+    def on_log(self, args, state, control, **kwargs):
+        if state.max_steps:
+            update_progress_artifact(self.artifact_id, progress=round(100 * state.global_step / state.max_steps, 1))
+
+
+def _key(context, params) -> str:
+    return f"train-{params['train_key']}"
+
+
+@task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_unless_user_error)
+def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
+                  run_id: str) -> train.TrainResult:
+    """Resumes from the last checkpoint of this training key, so a retry continues, not restarts."""
+    registry.configure_mlflow()
+    sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
+    result = train.run(config, model.path, data.path, stage_dir(config, train_key),
+                       callbacks=(sink, _ProgressCallback()))
+    registry.log_metrics(run_id, result.metrics())
+    return result

@@ -1,0 +1,53 @@
+"""Shared unit-test fixtures: one PEFTFLOW_HOME per test session, the tiny model, dataset dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def peftflow_home(tmp_path_factory: pytest.TempPathFactory):
+    """A PEFTFLOW_HOME for the whole session. Under pytest-xdist the workers share one (its parent
+    basetemp), so the tiny model is built once; models.py guards the build with a file lock."""
+    base = tmp_path_factory.getbasetemp()
+    home = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "peftflow-home"
+    home.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFTFLOW_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(peftflow_home) -> str:
+    """Local dir of builtin:tiny-random (SmolLM2's tokenizer and chat template, random weights)."""
+    from peftflow.models import resolve_model
+
+    return resolve_model("builtin:tiny-random").path
+
+
+@pytest.fixture
+def write_dataset(tmp_path: Path):
+    """write_dataset(info, files) -> dataset dir holding dataset_info.json and the data files.
+
+    `files` maps a relative path to rows (json list), str or bytes (written as is)."""
+
+    def write(info: dict, files: dict[str, object]) -> Path:
+        root = tmp_path / "datasets"
+        root.mkdir(exist_ok=True)
+        (root / "dataset_info.json").write_text(json.dumps(info, indent=2))
+        for name, content in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            elif isinstance(content, str):
+                path.write_text(content)
+            else:
+                path.write_text(json.dumps(content))
+        return root
+
+    return write

@@ -1,0 +1,266 @@
+"""peftflow.registry against a real MLflow (sqlite in tmp_path) and the tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peftflow import registry
+from peftflow.config import RunConfig
+from peftflow.registry import GateDecision, decide_promotion
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """builtin:tiny-random, built once per session in its own PEFTFLOW_HOME."""
+    from peftflow.models import resolve_model
+
+    home = tmp_path_factory.mktemp("model-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFTFLOW_HOME", str(home))
+        return resolve_model("builtin:tiny-random").path
+
+
+@pytest.fixture
+def mlflow_home(tmp_path, monkeypatch) -> Path:
+    """A fresh PEFTFLOW_HOME and sqlite MLflow store per test; cwd is tmp_path (to catch ./mlruns)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PEFTFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    registry.configure_mlflow()
+    return home
+
+
+LINEAGE = {"base_model": "builtin:tiny-random", "base_model_fingerprint": "abc", "data_fingerprint": "def",
+           "method": "lora", "prefect_flow_run_id": "flow-1", "code_version": "0.1.0", "config_fingerprint": "123"}
+
+
+def _cfg(**kw) -> RunConfig:
+    return RunConfig(registry={"name": "tiny", "experiment": "exp"}, **kw)
+
+
+# --- tracking -------------------------------------------------------------------------------
+
+def test_configure_mlflow_defaults_to_sqlite_in_home_and_honours_env(mlflow_home, monkeypatch, tmp_path):
+    import mlflow
+
+    assert registry.configure_mlflow() == f"sqlite:///{mlflow_home.resolve()}/mlflow.db"
+    assert registry.configure_mlflow() == mlflow.get_tracking_uri() == mlflow.get_registry_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
+    assert registry.configure_mlflow() == f"sqlite:///{tmp_path}/other.db" == mlflow.get_tracking_uri()
+
+
+def test_ensure_experiment_puts_artifacts_under_home(mlflow_home):
+    from mlflow import MlflowClient
+
+    exp_id = registry.ensure_experiment("exp")
+    assert registry.ensure_experiment("exp") == exp_id
+    exp = MlflowClient().get_experiment(exp_id)
+    assert exp.artifact_location == (mlflow_home.resolve() / "mlartifacts").as_uri()
+
+
+def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
+    from mlflow import MlflowClient
+
+    class WithSecrets(RunConfig):
+        hub_token: str = "hf_verysecret"
+        aws_secret_access_key: str = "AKIA..."
+        api_key: str | None = None
+
+    cfg = WithSecrets(registry={"name": "tiny", "experiment": "exp"}, lora_target="q_proj,v_proj",
+                      promotion={"min_improvement": 0.05})
+    run_id = registry.start_run(cfg, {"peftflow.flow_run_id": "flow-1"})
+    run = MlflowClient().get_run(run_id)
+    params = run.data.params
+    assert params["promotion.min_improvement"] == "0.05"
+    assert params["registry.experiment"] == "exp"
+    assert params["lora_target"] == "q_proj,v_proj"
+    assert params["evaluation.max_new_tokens"] == "64"      # "tokens" is not a secret
+    assert params["hub_token"] == params["aws_secret_access_key"] == "***"
+    assert params["api_key"] == "None"                      # nothing to hide
+    assert "hf_verysecret" not in json.dumps(params)
+    assert run.data.tags["peftflow.flow_run_id"] == "flow-1"
+    assert run.info.status == "RUNNING"
+    assert MlflowClient().get_experiment(run.info.experiment_id).name == "exp"
+
+
+def test_log_metrics_artifacts_and_finish(mlflow_home, tmp_path):
+    from mlflow import MlflowClient
+
+    run_id = registry.start_run(_cfg(), {})
+    registry.log_metrics(run_id, {"loss": 1.5, "eval/perplexity": 4}, step=3)
+    registry.log_metrics(run_id, {"loss": 1.2}, step=4)
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    adapter = tmp_path / "adapter"
+    (adapter / "sub").mkdir(parents=True)
+    (adapter / "sub" / "a.txt").write_text("x")
+    registry.log_artifact(run_id, str(report), "reports")
+    registry.log_artifact(run_id, str(adapter))
+    registry.finish_run(run_id)
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"loss": 1.2, "eval/perplexity": 4.0}
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(3, 1.5), (4, 1.2)]
+    assert {a.path for a in client.list_artifacts(run_id)} == {"reports", "adapter"}
+    assert [a.path for a in client.list_artifacts(run_id, "adapter/sub")] == ["adapter/sub/a.txt"]
+
+
+# --- publishing -----------------------------------------------------------------------------
+
+def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home, tiny_dir, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+    from safetensors.torch import load_file
+
+    run_id = registry.start_run(_cfg(), {})
+    ref = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+
+    assert (ref.name, ref.version, ref.run_id, ref.uri) == ("tiny", "1", run_id, "models:/tiny/1")
+    assert {k: ref.tags[k] for k in LINEAGE} == LINEAGE
+    assert ref.tags["metric.score"] == "0.5" and ref.tags["metric.perplexity"] == "12.25"
+    assert registry.get_version_by_alias("tiny", "challenger") == ref
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "RUNNING"  # publishing does not end the run
+
+    # the artifact sits in the run's experiment, under <home>/mlartifacts; nothing in ./mlruns
+    assert list((mlflow_home / "mlartifacts" / "models").glob("m-*/artifacts/MLmodel"))
+    assert not (tmp_path / "mlruns").exists()
+
+    # a retry of the same publish returns the same version and logs nothing new
+    again = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+    assert again.version == "1"
+    assert len(client.search_model_versions("name='tiny'")) == 1
+    assert len(client.get_run(run_id).outputs.model_outputs) == 1
+
+    pipe = mlflow.transformers.load_model("models:/tiny@challenger")
+    out = pipe("Hello", max_new_tokens=4, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)
+    assert pipe.tokenizer.chat_template  # the chat template travelled with the tokenizer
+    saved = load_file(str(Path(tiny_dir) / "model.safetensors"))
+    state = pipe.model.state_dict()
+    assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_dir, monkeypatch):
+    """A publish that died after log_model but before registering does not log the model twice."""
+    from mlflow import MlflowClient
+
+    run_id = registry.start_run(_cfg(), {})
+    real = MlflowClient.create_model_version
+
+    def crash(*a, **kw):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", crash)
+    with pytest.raises(RuntimeError):
+        registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
+    monkeypatch.setattr(MlflowClient, "create_model_version", real)
+    ref = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
+    assert ref.version == "1"
+    assert len(MlflowClient().get_run(run_id).outputs.model_outputs) == 1
+
+
+def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    # init_lora_weights=False: lora_B is non-zero, so the adapter really changes the logits
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+
+    run_id = registry.start_run(_cfg(), {})
+    ref = registry.publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
+    assert ref.tags["peftflow.kind"] == "adapter"
+    assert ref.tags["base_model_path"] == str(Path(tiny_dir).resolve())
+    again = registry.publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
+    assert again.version == ref.version == "1"
+
+    pipe = registry.load_pipeline("models:/tiny-adapter@challenger")
+    ids = AutoTokenizer.from_pretrained(tiny_dir)("hello world", return_tensors="pt").input_ids
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter")
+    with torch.no_grad():
+        want = expected(ids).logits
+        got = pipe.model(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_dir)(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-3)  # the adapter is applied, not dropped
+
+
+# --- aliases and the gate -------------------------------------------------------------------
+
+def _versions(name: str, n: int, tmp_path) -> list[str]:
+    """Registered versions without real models: aliases and promotion only need version rows."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model(name)
+    return [str(client.create_model_version(name, source=(tmp_path / f"v{i}").as_uri()).version) for i in range(n)]
+
+
+def test_get_version_by_alias_missing_is_none(mlflow_home, tmp_path):
+    assert registry.get_version_by_alias("nope", "champion") is None
+    _versions("m", 1, tmp_path)
+    assert registry.get_version_by_alias("m", "champion") is None
+
+
+def test_set_alias_records_history(mlflow_home, tmp_path):
+    _versions("m", 1, tmp_path)
+    registry.set_alias("m", "champion", "1", reason="first", actor="alice")
+    registry.set_alias("m", "champion", "1", reason="again", actor="bob")
+    history = registry.alias_history("m", "1", "champion")
+    assert [(h["by"], h["reason"]) for h in history] == [("alice", "first"), ("bob", "again")]
+    assert registry.get_version_by_alias("m", "champion").version == "1"
+
+
+def test_promote_moves_champion_and_keeps_previous(mlflow_home, tmp_path):
+    _versions("m", 3, tmp_path)
+    yes = decide_promotion("score", 0.6, 0.5, "base model", 0.0)
+    no = decide_promotion("score", 0.4, 0.5, "champion v1", 0.0)
+
+    assert registry.promote("m", "1", yes, actor="flow") == "1"
+    assert registry.get_version_by_alias("m", "previous") is None
+    assert registry.promote("m", "1", yes, actor="flow") == "1"      # already champion: no change
+    assert registry.get_version_by_alias("m", "previous") is None
+
+    assert registry.promote("m", "2", no, actor="flow") is None      # gate refused: nothing moves
+    assert registry.get_version_by_alias("m", "champion").version == "1"
+
+    assert registry.promote("m", "3", yes, actor="flow") == "3"
+    assert registry.get_version_by_alias("m", "champion").version == "3"
+    assert registry.get_version_by_alias("m", "previous").version == "1"
+    assert registry.alias_history("m", "3", "champion")[-1]["reason"] == yes.reason
+    assert registry.alias_history("m", "1", "previous")[-1]["reason"] == "replaced as champion by v3"
+
+
+@pytest.mark.parametrize(
+    "candidate, incumbent, margin, higher, promote, words",
+    [
+        (0.82, 0.61, 0.0, True, True, "beats champion v3 (0.6100) by 0.2100 >= 0.0000"),
+        (0.61, 0.61, 0.0, True, False, "ties"),                      # a tie keeps the champion
+        (0.61, 0.61, -0.01, True, True, "within the allowed 0.0100"),  # negative margin tolerates
+        (0.65, 0.61, 0.05, True, False, "by only 0.0400 < 0.0500"),
+        (0.71, 0.50, 0.21, True, True, "by 0.2100 >= 0.2100"),       # float noise forgiven
+        (0.50, 0.61, 0.0, True, False, "worse than"),
+        (9.0, 12.0, 1.0, False, True, "lower is better"),             # perplexity
+        (12.5, 12.0, 0.0, False, False, "worse than"),
+        (float("nan"), 0.5, 0.0, True, False, "not a number"),
+        (0.3, None, 0.0, True, True, "no score to beat"),
+        (0.3, float("nan"), 0.0, True, True, "no score to beat"),
+    ],
+)
+def test_decide_promotion(candidate, incumbent, margin, higher, promote, words):
+    d = decide_promotion("score", candidate, incumbent, "champion v3", margin, higher_is_better=higher)
+    assert isinstance(d, GateDecision)
+    assert d.promote is promote
+    assert words in d.reason, d.reason
+    assert "\n" not in d.reason
