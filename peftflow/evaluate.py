@@ -13,7 +13,8 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from peftflow.config import EvaluationConfig
+from peftflow.config import RunConfig
+from peftflow.data import end_of_turn_token_id
 
 
 # --- per-example metrics: (prediction, reference) -> score in [0, 1] -----------------------
@@ -76,7 +77,8 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
+             stop_id: int) -> list[str]:
     """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs = []
@@ -86,12 +88,13 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+                             eos_token_id=stop_id, pad_token_id=pad)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return outputs
 
 
-def score_model(label: str, model_dir: str, data_path: str, ecfg: EvaluationConfig) -> ModelScores:
+def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig) -> ModelScores:
+    ecfg = cfg.evaluation
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
@@ -99,7 +102,9 @@ def score_model(label: str, model_dir: str, data_path: str, ecfg: EvaluationConf
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan
 
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
-    predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size)
+    # Stop at the template's end-of-turn token: the one training taught the model to emit.
+    predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
+                           end_of_turn_token_id(tokenizer, cfg.template))
     metric = METRICS[ecfg.metric]
     examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
                 for i, (p, r) in enumerate(zip(predictions, scored["reference"]))]
@@ -125,8 +130,8 @@ class EvalReport:
         return {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
 
 
-def compare(models: dict[str, str], data_path: str, ecfg: EvaluationConfig, out_path: Path) -> EvalReport:
+def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path) -> EvalReport:
     """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows."""
-    report = EvalReport(ecfg.metric, {label: score_model(label, d, data_path, ecfg) for label, d in models.items()})
+    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg) for label, d in models.items()})
     report.to_json(out_path)
     return report

@@ -23,10 +23,13 @@ MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/uni
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -290,6 +293,58 @@ def load_pipeline(model_uri: str):
 
     configure_mlflow()
     return mlflow.transformers.load_model(model_uri)
+
+
+def generate_reply(model: str, prompt: str, max_new_tokens: int = 128) -> str:
+    """One greedy chat reply from a model URI (`models:/NAME@champion`) or a local model dir."""
+    if Path(model).expanduser().is_dir():
+        from transformers import pipeline
+
+        pipe = pipeline("text-generation", model=str(Path(model).expanduser()))
+    else:
+        pipe = load_pipeline(model)
+    if pipe.tokenizer.chat_template:
+        out = pipe([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, do_sample=False)
+        return out[0]["generated_text"][-1]["content"]
+    out = pipe(prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
+    return out[0]["generated_text"]
+
+
+def download_model_dir(model_uri: str) -> str:
+    """A registered model as a plain local transformers dir (config, weights or adapter, tokenizer)
+    that `from_pretrained` reads. An alias is pinned to its version first; versions are cached."""
+    import mlflow
+    from filelock import FileLock
+
+    from peftflow.paths import cache_dir
+
+    configure_mlflow()
+    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri)
+    if m:
+        ref = get_version_by_alias(m[1], m[2])
+        if ref is None:
+            raise LookupError(f"{model_uri}: no such registered model or alias")
+        model_uri = ref.uri
+    immutable = re.fullmatch(r"models:/([^/@]+/\d+|m-[0-9a-f]+)", model_uri)
+    root = cache_dir("registry")
+    name = hashlib.sha256(model_uri.encode()).hexdigest()[:16] if immutable else None
+    target = root / name if name else Path(tempfile.mkdtemp(dir=root, prefix="unpinned-")) / "model"
+    with FileLock(str(target) + ".lock"):
+        if not target.is_dir():
+            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
+            try:
+                raw = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp / "raw")))
+                flat = tmp / "flat"
+                flat.mkdir()
+                # MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/
+                for sub in ("model", "peft", "components/tokenizer"):
+                    if (raw / sub).is_dir():
+                        for f in (raw / sub).iterdir():
+                            os.replace(f, flat / f.name)
+                os.replace(flat, target)  # atomic: never a half-downloaded model in the cache
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
 
 
 # --- aliases and promotion ------------------------------------------------------------------

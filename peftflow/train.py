@@ -98,7 +98,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         seed=cfg.seed,
         bf16=cfg.bf16,
         fp16=cfg.fp16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name for it
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,

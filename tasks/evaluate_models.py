@@ -30,7 +30,7 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, merged: MergeResult
     models = {"base": model.path, "tuned": merged.merged_dir}
     if champion:
         models["champion"] = registry.download_model_dir(champion.uri)
-    report = evaluate.compare(models, data.path, config.evaluation, Path(merged.merged_dir).parent / "eval_report.json")
+    report = evaluate.compare(models, data.path, config, Path(merged.merged_dir).parent / "eval_report.json")
     registry.configure_mlflow()
     registry.log_metrics(run_id, report.flat_metrics())
     registry.log_artifact(run_id, str(Path(merged.merged_dir).parent / "eval_report.json"))

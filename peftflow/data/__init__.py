@@ -155,6 +155,9 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     if kept and not a.rows:
         problem(f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
                 f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)")
+    if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
+        problem(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
+                "and leaves none to train on; lower val_size or add data")
     cutoff_drops = sum(reason == CUTOFF_DROP for reason, _ in a.drops)
     if cutoff_drops and a.rows:
         log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
@@ -185,11 +188,14 @@ def _invalid_rows_message(invalid: list[tuple[str, str, str]]) -> str:
             "(set on_invalid_rows: drop to skip them)")
 
 
+def _eval_count(n: int, val_size: float) -> int:
+    """Rows held out: a fraction rounds up (as datasets' train_test_split), a whole number is a count."""
+    return math.ceil(val_size * n) if val_size < 1 else int(val_size)
+
+
 def _split(n: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     """(train, eval) row indices: a seeded shuffle, the first val_size rows held out."""
-    n_eval = math.ceil(cfg.val_size * n) if cfg.val_size < 1 else int(cfg.val_size)
-    if n - n_eval < 1:
-        raise UserError(f"val_size {cfg.val_size} holds out {n_eval} of {n} rows and leaves none to train on; lower val_size or add data")
+    n_eval = _eval_count(n, cfg.val_size)
     order = list(range(n))
     random.Random(cfg.seed).shuffle(order)
     return sorted(order[n_eval:]), sorted(order[:n_eval])
@@ -218,7 +224,7 @@ def _write(a: _Analysis, cfg: RunConfig, target: Path, fingerprint: str) -> None
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{fingerprint}-"))
     try:
         train.save_to_disk(str(tmp / "train"))
-        evaluation.save_to_disk(str(tmp / "eval"))
+        evaluation.save_to_disk(str(tmp / "eval"), num_shards=1)  # an empty split saves no shard otherwise, and cannot be loaded
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2))
         shutil.rmtree(target, ignore_errors=True)  # an incomplete dir left by hand; complete ones return early
         os.replace(tmp, target)

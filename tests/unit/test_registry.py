@@ -148,6 +148,25 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     state = pipe.model.state_dict()
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
 
+    # what `peftflow generate` loads once the gate has passed
+    gate = decide_promotion("score", 0.5, 0.1, "base model", 0.0)
+    assert registry.promote("tiny", ref.version, gate, actor="test") == "1"
+    champion = registry.load_pipeline("models:/tiny@champion")
+    assert isinstance(champion("Hi", max_new_tokens=2, do_sample=False)[0]["generated_text"], str)
+    assert isinstance(registry.generate_reply("models:/tiny@champion", "Hi", max_new_tokens=3), str)
+    assert isinstance(registry.generate_reply(tiny_dir, "Hi", max_new_tokens=3), str)
+
+    # the champion as a plain from_pretrained dir (for evaluation), cached per version
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = registry.download_model_dir("models:/tiny@champion")
+    assert registry.download_model_dir("models:/tiny/1") == local
+    reloaded = AutoModelForCausalLM.from_pretrained(local).state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in saved.items())
+    assert AutoTokenizer.from_pretrained(local).chat_template
+    with pytest.raises(LookupError):
+        registry.download_model_dir("models:/tiny@nope")
+
 
 def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_dir, monkeypatch):
     """A publish that died after log_model but before registering does not log the model twice."""
@@ -168,6 +187,7 @@ def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_d
     assert len(MlflowClient().get_run(run_id).outputs.model_outputs) == 1
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_dir, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -194,6 +214,10 @@ def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_di
         plain = AutoModelForCausalLM.from_pretrained(tiny_dir)(ids).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter is applied, not dropped
+
+    local = registry.download_model_dir(ref.uri)  # adapter + tokenizer; transformers adds the base
+    with torch.no_grad():
+        assert torch.allclose(AutoModelForCausalLM.from_pretrained(local)(ids).logits, want, atol=1e-5)
 
 
 # --- aliases and the gate -------------------------------------------------------------------

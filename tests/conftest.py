@@ -1,4 +1,4 @@
-"""Shared unit-test fixtures: one PEFTFLOW_HOME per test session, the tiny model, dataset dirs."""
+"""Shared test fixtures: one PEFTFLOW_HOME per test session, the tiny model, dataset dirs."""
 
 from __future__ import annotations
 

@@ -1,0 +1,93 @@
+"""The whole finetune flow on the tiny model, under Prefect's test harness with a SQLite MLflow."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.finetune import finetune
+from peftflow.config import RunConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, peftflow_home):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def tiny_config(tiny_model, tmp_path, **overrides) -> RunConfig:
+    fields = dict(
+        model_name_or_path=tiny_model, output_dir=str(tmp_path / "runs"), max_steps=6, learning_rate=5e-3,
+        logging_steps=2, save_steps=3, per_device_train_batch_size=4,
+        registry={"name": "tiny-itest"}, promotion={"metric": "perplexity"},
+        evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+    return RunConfig(**{**fields, **overrides})
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+def artifacts(key) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
+    cfg = tiny_config(tiny_model, env)
+    state = finetune(cfg, return_state=True)
+    result = state.result()
+    assert (result.name, result.version, result.champion, result.promoted) == ("tiny-itest", "1", "1", True)
+    assert result.scores["tuned"]["perplexity"] < result.scores["base"]["perplexity"]
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("tiny-itest", "champion")
+    assert str(version.version) == "1"
+    assert str(client.get_model_version_by_alias("tiny-itest", "challenger").version) == "1"
+    for tag in ("base_model", "base_model_fingerprint", "data_fingerprint", "method", "prefect_flow_run_id", "code_version"):
+        assert version.tags[tag], tag
+    assert version.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+
+    run = client.get_run(result.run_id)
+    assert run.data.params["lora_rank"] == "8" and run.data.params["registry.name"] == "tiny-itest"
+    losses = client.get_metric_history(result.run_id, "loss")
+    assert [m.step for m in losses] == [2, 4, 6]
+    assert {"learning_rate", "supervised_tokens_per_s"} <= set(run.data.metrics)
+    artifact_paths = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"adapter", "eval_report.json", "loss_curve.png"} <= artifact_paths
+
+    pipe = mlflow.transformers.load_model("models:/tiny-itest@champion")
+    out = pipe("Hello", max_new_tokens=5, do_sample=False)
+    assert isinstance(out[0]["generated_text"], str)
+
+    assert "base" in artifacts("finetune-summary")[0].data and artifacts("training-progress")
+
+    # Same inputs again: the expensive stages come from Prefect's cache, nothing new is registered.
+    again = finetune(cfg, return_state=True)
+    states = task_states(again.state_details.flow_run_id)
+    assert states["train-adapter"] == "Cached" and states["merge-adapter"] == "Cached"
+    assert again.result().version == "1"
+    assert len(client.search_model_versions("name='tiny-itest'")) == 1
+
+
+def test_a_worse_challenger_does_not_take_champion(harness, env, tiny_model):
+    first = finetune(tiny_config(tiny_model, env, registry={"name": "tiny-gate"}))
+    assert first.champion == "1"
+    # One step at a tiny learning rate: barely better than base, far worse than the champion.
+    worse = finetune(tiny_config(tiny_model, env, registry={"name": "tiny-gate"}, max_steps=1, learning_rate=1e-6))
+    assert worse.version == "2" and not worse.promoted and worse.champion == "1"
+    assert "champion" in worse.scores
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("tiny-gate", "challenger").version) == "2"

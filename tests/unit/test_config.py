@@ -1,0 +1,134 @@
+"""RunConfig: LLaMA-Factory YAML loads unchanged; mistakes name the key."""
+
+import pytest
+import yaml
+
+from peftflow.config import RunConfig, load_config
+from peftflow.errors import UserError
+from peftflow.train import training_arguments
+
+# A LLaMA-Factory examples/train_lora/*_lora_sft.yaml, key for key.
+LLAMA_FACTORY_YAML = """
+### model
+model_name_or_path: builtin:tiny-random
+trust_remote_code: true
+
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+
+### dataset
+dataset: identity,alpaca_en_demo
+template: default
+cutoff_len: 2048
+max_samples: 1000
+overwrite_cache: true
+preprocessing_num_workers: 16
+dataloader_num_workers: 4
+
+### output
+output_dir: saves/llama3-8b/lora/sft
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+overwrite_output_dir: true
+save_only_model: false
+report_to: none
+
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+resume_from_checkpoint: null
+"""
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_llama_factory_yaml_loads_unchanged(tmp_path):
+    cfg, unused = load_config(write(tmp_path, LLAMA_FACTORY_YAML))
+    assert cfg.dataset_names == ["identity", "alpaca_en_demo"]
+    assert cfg.lora_rank == 8 and cfg.effective_lora_alpha == 16  # LLaMA-Factory default: 2 x rank
+    assert cfg.learning_rate == 1e-4 and cfg.gradient_accumulation_steps == 8 and cfg.bf16
+    assert cfg.trust_remote_code is True
+    # Known to LLaMA-Factory, unused by peftflow: reported, never silently dropped.
+    assert {"do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "ddp_timeout",
+            "report_to", "resume_from_checkpoint"} <= set(unused)
+
+
+def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):
+    cfg, _ = load_config(write(tmp_path, LLAMA_FACTORY_YAML))
+    args = training_arguments(cfg.model_copy(update={"bf16": False}), tmp_path)
+    assert args.warmup_steps == pytest.approx(0.1)
+
+
+def test_peftflow_sections_in_the_same_file(tmp_path):
+    text = "dataset: demo_orders\nregistry:\n  name: my-model\npromotion:\n  min_improvement: 0.05\nevaluation:\n  metric: json_fields\n"
+    cfg, unused = load_config(write(tmp_path, text))
+    assert (cfg.registry.name, cfg.promotion.min_improvement, cfg.evaluation.metric) == ("my-model", 0.05, "json_fields")
+    assert unused == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lora_rnak: 8\n", "unknown key 'lora_rnak' (did you mean 'lora_rank'?)"),
+    ("registry:\n  nmae: x\n", "unknown key 'registry.nmae' (did you mean 'name'?)"),
+    ("learning_rate: 0\n", "key 'learning_rate'"),
+    ("lora_rank: -4\n", "key 'lora_rank'"),
+    ("per_device_train_batch_size: 0\n", "key 'per_device_train_batch_size'"),
+    ("finetuning_type: banana\n", "key 'finetuning_type'"),
+    ("bf16: true\nfp16: true\n", "bf16 and fp16"),
+    ("warmup_ratio: 0.1\nwarmup_steps: 10\n", "warmup_ratio and warmup_steps"),
+    ("lora_rank: [8\n", "invalid YAML"),
+    ("- a\n- b\n", "expected a mapping"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_defaults_are_the_demo():
+    cfg, _ = load_config(None)
+    assert cfg.model_name_or_path == "builtin:smollm2-135m-instruct"
+    assert (cfg.dataset, cfg.dataset_dir) == ("demo_orders", "builtin")
+
+
+def test_fingerprint_tracks_every_field():
+    a = RunConfig()
+    assert a.fingerprint() == RunConfig().fingerprint()
+    assert a.fingerprint() != RunConfig(learning_rate=1e-3).fingerprint()
+
+
+def test_config_round_trips_through_json_for_prefect_parameters():
+    cfg = RunConfig(lora_target=["q_proj", "v_proj"], registry={"name": "x"})
+    assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    assert "lora_rank" in RunConfig.model_json_schema()["properties"]
+    yaml.safe_dump(cfg.model_dump(mode="json"))  # serialisable for prefect.yaml defaults
+
+
+def test_configs_demo_yaml_is_the_builtin_demo():
+    from pathlib import Path
+
+    from peftflow.config import demo_config
+
+    cfg, unused = load_config(Path(__file__).parents[2] / "configs" / "demo.yaml")
+    assert cfg == demo_config() and unused == []
