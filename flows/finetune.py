@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import flow
 
 from peftflow.config import RunConfig
-from peftflow.keys import code_version, train_key
+from peftflow.keys import code_version, stage_dir, train_key
 from peftflow.methods import method_name
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from tasks.publish_version import promote_version, publish_version, write_summary
 from tasks.resolve_model import resolve_model
-from tasks.tracking import flow_run_id, start_tracking_run
+from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
 
 
@@ -42,17 +43,30 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         "train_key": key,
     }
     run_id = start_tracking_run(config, key, lineage)
-    adapter = train_adapter(config, model, data, key, run_id)
-    merged = merge_adapter(config, model, adapter, run_id)
-    champion = find_champion(config)
-    # A rerun of the training that is already champion has no rival to beat but the base model.
-    rival = champion if champion and champion.tags.get("train_key") != key else None
-    evaluation = evaluate_models(config, model, merged, rival, data, run_id)
-    version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
-    decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
+    work = stage_dir(config, key)
+    try:
+        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id)
+        merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+        champion = find_champion(config)
+        # A rerun of the training that is already champion has no rival to beat but the base model.
+        rival = champion if champion and champion.tags.get("train_key") != key else None
+        evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
+            config, model, merged, rival, data, run_id)
+        version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
+        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
+    except BaseException:
+        finish_tracking_run(run_id, "FAILED")
+        raise
+    finish_tracking_run(run_id)
     notes = [f"MLflow run `{run_id}`; training key `{key}`",
              f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped"]
     summary = write_summary(config, version, evaluation, decision, current_champion, notes)
     print(summary)
-    return FinetuneResult(version.name, version.version, current_champion, decision.promote,
+    promoted = decision.promote and current_champion == version.version
+    return FinetuneResult(version.name, version.version, current_champion, promoted,
                           {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)
+
+
+def _unless_cached_output_gone(stage, output: Path):
+    """A cached result is only as good as the files it names: recompute when they were deleted."""
+    return stage if output.exists() else stage.with_options(refresh_cache=True)

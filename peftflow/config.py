@@ -51,7 +51,8 @@ class RegistryConfig(_Strict):
 class PromotionConfig(_Strict):
     """The gate that moves the `champion` alias."""
 
-    metric: str = Field("score", description="Evaluation metric compared: `score` (generation metric) or `perplexity`.")
+    metric: Literal["score", "loss", "perplexity"] = Field(
+        "score", description="Compared metric: `score` (generation metric, higher wins), `loss` or `perplexity` (lower wins).")
     min_improvement: float = Field(0.0, description="How much the challenger must beat the champion (or base) by.")
     auto_promote: bool = Field(True, description="Move `champion` when the gate passes.")
 

@@ -33,8 +33,14 @@ def token_f1(pred: str, ref: str) -> float:
 
 
 def json_fields(pred: str, ref: str) -> float:
-    """Share of the reference JSON object's fields that the prediction gets exactly right."""
-    expected = json.loads(ref)
+    """Share of the reference JSON object's fields that the prediction gets exactly right.
+    A reference that is not a JSON object is scored by exact match."""
+    try:
+        expected = json.loads(ref)
+    except json.JSONDecodeError:
+        expected = None
+    if not isinstance(expected, dict) or not expected:
+        return exact_match(pred, ref)
     try:
         got = json.loads(pred.strip())
     except json.JSONDecodeError:

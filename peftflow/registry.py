@@ -121,12 +121,25 @@ def config_params(cfg: RunConfig | dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def start_run(cfg: RunConfig, tags: dict[str, str]) -> str:
-    """Create a run in `cfg.registry.experiment`, log the whole config as params; returns run_id."""
+TRAIN_KEY_TAG = "peftflow.train_key"
+
+
+def start_run(cfg: RunConfig, tags: dict[str, str], train_key: str | None = None) -> str:
+    """Create a run in `cfg.registry.experiment`, log the whole config as params; returns run_id.
+
+    With `train_key`, an existing run of the same training key and registered model is reused, so
+    a rerun or retry logs into the run that already holds the training's metrics and model."""
     from mlflow.entities import Param
 
     client = _client()
     experiment_id = ensure_experiment(cfg.registry.experiment)
+    if train_key:
+        found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+                                   filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{train_key}' and "
+                                                 f"tags.`peftflow.registered_model` = '{cfg.registry.name}'")
+        if found:
+            return found[0].info.run_id
+        tags = {**tags, TRAIN_KEY_TAG: train_key, "peftflow.registered_model": cfg.registry.name}
     run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()})
     params = [Param(k, v) for k, v in config_params(cfg).items()]
     client.log_batch(run.info.run_id, params=params)

@@ -13,8 +13,9 @@ from peftflow.registry import ModelVersionRef
 
 def _key(context, params) -> str:
     champion = params["champion"]
-    return (f"evaluate-{Path(params['merged'].merged_dir).parent.name}-{params['data'].fingerprint}"
-            f"-{champion.name + champion.version if champion else 'none'}-{params['config'].evaluation.model_dump_json()}")
+    rival = f"{champion.name}/{champion.version}" if champion else "none"
+    return (f"evaluate-{params['merged'].merged_dir}-{params['data'].fingerprint}-{rival}-"
+            f"{params['config'].template}-{params['config'].evaluation.model_dump_json()}")
 
 
 @task(name="find-champion")

@@ -9,7 +9,7 @@ from peftflow.train import TrainResult
 
 
 def _key(context, params) -> str:
-    return f"merge-{Path(params['adapter'].adapter_dir).parent.name}-{params['config'].merge_tolerance}"
+    return f"merge-{params['adapter'].adapter_dir}-{params['config'].merge_tolerance}"
 
 
 @task(name="merge-adapter", cache_key_fn=_key, persist_result=True)

@@ -34,7 +34,7 @@ def gate(config: RunConfig, evaluation: EvalReport) -> GateDecision:
     value = lambda label: getattr(evaluation.models[label], metric)  # noqa: E731
     return registry.decide_promotion(metric, value("tuned"), value(incumbent),
                                      "current champion" if incumbent == "champion" else "base model",
-                                     config.promotion.min_improvement, higher_is_better=metric != "perplexity")
+                                     config.promotion.min_improvement, higher_is_better=metric == "score")
 
 
 @task(name="promote-version")

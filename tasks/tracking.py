@@ -7,15 +7,17 @@ from peftflow import registry
 from peftflow.config import RunConfig
 
 
-def _key(context, params) -> str:
-    return f"mlflow-run-{params['train_key']}-{params['config'].registry.experiment}"
-
-
-@task(name="start-tracking-run", cache_key_fn=_key, persist_result=True)
+@task(name="start-tracking-run", retries=3, retry_delay_seconds=[5, 15, 45])
 def start_tracking_run(config: RunConfig, train_key: str, lineage: dict[str, str]) -> str:
-    """One MLflow run per training key; a rerun with the same inputs reuses it."""
+    """One MLflow run per training key and registered model; a rerun finds and reuses it."""
     registry.configure_mlflow()
-    return registry.start_run(config, tags={**lineage, "peftflow.train_key": train_key})
+    return registry.start_run(config, tags=lineage, train_key=train_key)
+
+
+@task(name="finish-tracking-run")
+def finish_tracking_run(run_id: str, status: str = "FINISHED") -> None:
+    registry.configure_mlflow()
+    registry.finish_run(run_id, status)
 
 
 def flow_run_id() -> str:

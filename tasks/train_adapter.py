@@ -27,7 +27,7 @@ class _ProgressCallback(TrainerCallback):
 
 
 def _key(context, params) -> str:
-    return f"train-{params['train_key']}"
+    return f"train-{params['train_key']}-{stage_dir(params['config'], params['train_key'])}"
 
 
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,

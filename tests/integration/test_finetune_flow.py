@@ -14,9 +14,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 
 
 @pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def harness(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        # Cached task results of this module only: never a cache hit from another test session.
+        mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path_factory.mktemp("prefect-results")))
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
 
 
 @pytest.fixture
