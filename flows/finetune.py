@@ -42,7 +42,7 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         "method": method_name(config), "prefect_flow_run_id": flow_run_id(), "code_version": code_version(),
         "train_key": key,
     }
-    run_id = start_tracking_run(config, key, lineage)
+    run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
         adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id)

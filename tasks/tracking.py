@@ -5,13 +5,17 @@ from prefect.context import get_run_context
 
 from peftflow import registry
 from peftflow.config import RunConfig
+from peftflow.data import PreparedData
 
 
 @task(name="start-tracking-run", retries=3, retry_delay_seconds=[5, 15, 45])
-def start_tracking_run(config: RunConfig, train_key: str, lineage: dict[str, str]) -> str:
+def start_tracking_run(config: RunConfig, data: PreparedData, train_key: str, lineage: dict[str, str]) -> str:
     """One MLflow run per training key and registered model; a rerun finds and reuses it."""
     registry.configure_mlflow()
-    return registry.start_run(config, tags=lineage, train_key=train_key)
+    run_id = registry.start_run(config, tags=lineage, train_key=train_key)
+    registry.log_metrics(run_id, {"data.train_rows": data.train_rows, "data.eval_rows": data.eval_rows,
+                                  "data.dropped_rows": data.dropped, "data.truncated_rows": data.truncated})
+    return run_id
 
 
 @task(name="finish-tracking-run")

@@ -67,7 +67,8 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
     assert run.data.params["lora_rank"] == "8" and run.data.params["registry.name"] == "tiny-itest"
     losses = client.get_metric_history(result.run_id, "loss")
     assert [m.step for m in losses] == [2, 4, 6]
-    assert {"learning_rate", "supervised_tokens_per_s"} <= set(run.data.metrics)
+    assert {"learning_rate", "supervised_tokens_per_s", "data.train_rows", "data.dropped_rows"} <= set(run.data.metrics)
+    assert run.info.status == "FINISHED"
     artifact_paths = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"adapter", "eval_report.json", "loss_curve.png"} <= artifact_paths
 
