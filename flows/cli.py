@@ -6,6 +6,7 @@ shows the traceback instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Optional
@@ -25,6 +26,8 @@ def _set_defaults() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Cached stage results live next to the files they point at, so deleting the home clears both.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(peftflow_home() / "prefect-results"))
+    # First use of a SQLite store logs table creation on stderr; a user error must stay one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def _fail(e: BaseException) -> None:
@@ -55,7 +58,8 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
         _fail(e)
         return
     scores = "  ".join(f"{label}={s['score']:.3f}" for label, s in result.scores.items())
-    typer.echo(f"{result.name} v{result.version}: {scores}; champion -> v{result.champion}")
+    champion = f"v{result.champion}" if result.champion else "none"
+    typer.echo(f"{result.name} v{result.version}: {scores}; champion -> {champion}")
 
 
 @app.command()
@@ -71,6 +75,9 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         _fail(e)
         return
     typer.echo(report.to_text())
+    if report.problems:  # what would stop `run`: a failed check, like any other user error
+        typer.echo(f"error: {report.problems[0]}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -82,9 +89,10 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
         from peftflow import registry
 
         registry.configure_mlflow()
+        _check_model_ref(model)
         text = registry.generate_reply(model, prompt, max_new_tokens)
     except Exception as e:  # noqa: BLE001
-        _fail(e)
+        _fail(_as_user_error(e, model))
         return
     typer.echo(text)
 
@@ -96,6 +104,28 @@ def _load(path):
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
     return cfg, unused
+
+
+def _check_model_ref(model: str) -> None:
+    from pathlib import Path
+
+    from peftflow.errors import UserError
+
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+        raise UserError(f"--model {model}: directory not found")
+
+
+def _as_user_error(e: Exception, model: str) -> Exception:
+    """An unknown registered model, version or alias is the user's mistake, not a crash."""
+    from mlflow.exceptions import MlflowException
+
+    from peftflow.errors import UserError
+
+    if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        err = UserError(f"--model {model}: {e.message}")
+        err.__cause__ = e
+        return err
+    return e
 
 
 def _precheck(cfg) -> None:
