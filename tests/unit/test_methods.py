@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from peftflow import train
+from peftflow import evaluate, train
 from peftflow.config import RunConfig, parse_config
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
@@ -61,6 +61,14 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
         a, b = trained(**batch).logits, reloaded(**batch).logits
     tol = 1e-3 if case == "lora-regex-pissa" else 1e-5  # PiSSA is converted back to plain LoRA at save
     assert (a - b).abs().max() <= tol
+
+    if not METHODS[cfg.finetuning_type].mergeable:
+        # Scored as base + adapter: held-out loss over the real tokens only, and generation.
+        small = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
+            update={"max_samples": 2, "max_new_tokens": 4, "batch_size": 2})})
+        report = evaluate.compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
+        tuned = report.models["tuned"]
+        assert len(tuned.examples) == 2 and tuned.loss == tuned.loss  # not NaN
 
 
 def test_table_rows_match_traits():
