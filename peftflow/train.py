@@ -131,12 +131,15 @@ def load_base(model_path: str, cfg: RunConfig):
 
 
 def optimizer_used(cfg: RunConfig, optimizer) -> str:
-    """The optimizer that ran. bitsandbytes' paged optimizers page only on CUDA; on CPU they run
-    as their unpaged twins (with a warning), which this name records."""
+    """The optimizer that ran, e.g. `bitsandbytes.AdamW 8-bit paged`. bitsandbytes' paged
+    optimizers page only on CUDA; on CPU they run unpaged (with a warning), which this records."""
     inner = getattr(optimizer, "optimizer", optimizer)
-    name = type(inner).__name__
-    if cfg.optim.startswith("paged_") and not torch.cuda.is_available():
-        return f"{name} ({cfg.optim} unpaged: no CUDA)"
+    name = f"{type(inner).__module__.split('.')[0]}.{type(inner).__name__}"
+    bits = getattr(getattr(inner, "args", None), "optim_bits", None)
+    if bits:
+        name += f" {bits}-bit"
+    if cfg.optim.startswith("paged_"):
+        name += " paged" if torch.cuda.is_available() else f" unpaged ({cfg.optim} requested; paging needs CUDA)"
     return name
 
 

@@ -7,25 +7,39 @@ traits.TRAITS (what config.py checks) and one row in METHODS (how it is built).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Callable
 
-from peftflow.methods import ia3, lora, prompt
+# Light on purpose: config.py imports peftflow.methods.traits, which runs this file first, so the
+# builders (torch, peft) are imported only when a method is built, not when a config is read.
 from peftflow.methods.traits import TRAITS, Traits
-
-
-def _plain_save(model, adapter_dir, init_dir=None):
-    model.save_pretrained(adapter_dir, safe_serialization=True)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    build: Callable          # (model, cfg) -> peft model with only the adapter trainable
     traits: Traits
-    # (peft model, output_dir) -> dir of the adapter as initialised, or None (PiSSA / OLoRA)
-    before_train: Callable = lambda model, out: None
-    # (peft model, adapter_dir, init_dir) -> None; converts PiSSA / OLoRA to plain LoRA
-    save: Callable = _plain_save
+    builder: str                   # "module:function" in peftflow.methods: (model, cfg) -> peft model
+    before_train_hook: str = ""    # (peft model, output_dir) -> initial-adapter dir or None (PiSSA / OLoRA)
+    save_hook: str = ""            # (peft model, adapter_dir, init_dir) -> None
+
+    @staticmethod
+    def _resolve(ref: str) -> Callable:
+        module, func = ref.split(":")
+        return getattr(import_module(f"peftflow.methods.{module}"), func)
+
+    def build(self, model, cfg):
+        """The base model with this method's adapter; only the adapter is trainable."""
+        return self._resolve(self.builder)(model, cfg)
+
+    def before_train(self, model, output_dir):
+        return self._resolve(self.before_train_hook)(model, output_dir) if self.before_train_hook else None
+
+    def save(self, model, adapter_dir, init_dir=None) -> None:
+        if self.save_hook:
+            self._resolve(self.save_hook)(model, adapter_dir, init_dir)
+        else:
+            model.save_pretrained(adapter_dir, safe_serialization=True)
 
     @property
     def mergeable(self) -> bool:
@@ -41,11 +55,11 @@ class Method:
 
 
 _BUILDERS = {
-    "lora": dict(build=lora.build, before_train=lora.before_train, save=lora.save),
-    "ia3": dict(build=ia3.build),
-    "prefix": dict(build=prompt.build_prefix),
-    "prompt": dict(build=prompt.build_prompt),
-    "ptuning": dict(build=prompt.build_ptuning),
+    "lora": dict(builder="lora:build", before_train_hook="lora:before_train", save_hook="lora:save"),
+    "ia3": dict(builder="ia3:build"),
+    "prefix": dict(builder="prompt:build_prefix"),
+    "prompt": dict(builder="prompt:build_prompt"),
+    "ptuning": dict(builder="prompt:build_ptuning"),
 }
 
 METHODS: dict[str, Method] = {name: Method(name=name, traits=TRAITS[name], **_BUILDERS[name]) for name in TRAITS}

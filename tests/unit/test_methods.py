@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from peftflow import evaluate, train
+from peftflow import evaluate, merge, train
 from peftflow.config import RunConfig, parse_config
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
@@ -20,6 +20,7 @@ METHOD_CASES = {
     "lora": dict(finetuning_type="lora"),
     "dora-rslora": dict(finetuning_type="lora", use_dora=True, use_rslora=True, lora_target="q_proj,v_proj"),
     "lora-regex-pissa": dict(finetuning_type="lora", lora_target=r".*\.(q|v)_proj", pissa_init=True),
+    "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", lora_target="all"),
     "ia3": dict(finetuning_type="ia3", learning_rate=5e-2),
     "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2),
     "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
@@ -52,9 +53,13 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
     losses = [loss for _, loss in result.loss_history]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     assert result.method == cfg.finetuning_type and result.optimizer_used
+    if cfg.optim.startswith("paged_") and not torch.cuda.is_available():
+        assert "unpaged" in result.optimizer_used
 
     trained = keep.model.eval()
-    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), result.adapter_dir).eval()
+    # QLoRA: reloaded onto the same 4-bit base it trained on (merge.py covers the fp32 base).
+    base = train.load_base(tiny_model, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(tiny_model)
+    reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     from transformers import AutoTokenizer
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
     with torch.no_grad():
@@ -69,6 +74,19 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
         report = evaluate.compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
         tuned = report.models["tuned"]
         assert len(tuned.examples) == 2 and tuned.loss == tuned.loss  # not NaN
+
+
+def test_qlora_merges_into_fp32_base_and_reports_quantization_error(tiny_model, data, tmp_path):
+    cfg = _cfg(tiny_model, quantization_bit=4, max_steps=2, optim="adamw_8bit")
+    result = train.run(cfg, tiny_model, data.path, tmp_path)
+    assert result.optimizer_used.startswith("bitsandbytes.") and "8-bit" in result.optimizer_used
+    merged = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=10.0, train_cfg=cfg)
+    assert merged.max_abs_logit_diff <= 1e-4  # fp32 base + adapter vs merged: exact
+    assert 0 < merged.max_abs_logit_diff_vs_quantized <= 10.0
+    plain = AutoModelForCausalLM.from_pretrained(merged.merged_dir)
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+    with pytest.raises(merge.MergeFidelityError, match="quantisation error"):
+        merge.merge(tiny_model, result.adapter_dir, tmp_path / "m2", tolerance=1e-6, train_cfg=cfg)
 
 
 def test_table_rows_match_traits():
@@ -110,3 +128,22 @@ def test_merge_defaults_follow_the_method():
     assert parse_config({})[0].should_merge
     assert not parse_config({"finetuning_type": "prefix"})[0].should_merge
     assert not parse_config({"merge": False})[0].should_merge
+
+
+@pytest.mark.parametrize("name, method, merges", [
+    ("lora-dora", "lora", True), ("qlora", "lora", True), ("prefix", "prefix", False),
+    ("prompt", "prompt", False), ("ptuning", "ptuning", False), ("ia3", "ia3", True),
+])
+def test_example_configs_load(name, method, merges):
+    from pathlib import Path
+
+    from peftflow.config import load_config
+    cfg, unused = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert (cfg.finetuning_type, cfg.should_merge, unused) == (method, merges, [])
+
+
+def test_reading_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, peftflow.config; sys.exit(int('torch' in sys.modules or 'peft' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
