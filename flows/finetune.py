@@ -9,7 +9,7 @@ from prefect import flow
 
 from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
-from peftflow.methods import method_name
+from peftflow.methods import get_method, method_name
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
@@ -32,7 +32,7 @@ class FinetuneResult:
 
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
-    """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote."""
+    """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs champion, publish, promote."""
     model = resolve_model(config.model_name_or_path)
     data = prepare_dataset(config, model)
     key = train_key(config, model.fingerprint, data.fingerprint)
@@ -46,20 +46,28 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     work = stage_dir(config, key)
     try:
         adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id)
-        merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+        notes = [f"MLflow run `{run_id}`; training key `{key}`",
+                 f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
+                 f"optimizer: {adapter.optimizer_used}"]
+        if config.should_merge:
+            merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+            tuned_dir = merged.merged_dir
+        else:
+            # Prompt-family adapters have no weight delta to fold in: ship adapter + base instead.
+            merged, tuned_dir = None, adapter.adapter_dir
+            why = "cannot be merged" if not get_method(config).mergeable else "are not merged (merge: false)"
+            notes.append(f"{method_name(config)} adapters {why}; published as an adapter version")
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
         evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
-            config, model, merged, rival, data, run_id)
-        version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
+            config, model, tuned_dir, rival, data, run_id)
+        version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
         decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
-    notes = [f"MLflow run `{run_id}`; training key `{key}`",
-             f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped"]
     summary = write_summary(config, version, evaluation, decision, current_champion, notes)
     print(summary)
     promoted = decision.promote and current_champion == version.version

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peftflow.errors import UserError
+from peftflow.methods.traits import TRAITS, names_with
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -35,6 +37,9 @@ ACCEPTED_UNUSED_KEYS = frozenset({
     "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
     "push_to_hub", "logging_dir", "log_level", "report_to",
 })
+
+
+_REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
 class _Strict(BaseModel):
@@ -76,14 +81,35 @@ class RunConfig(_Strict):
     trust_remote_code: bool = False
     # method
     stage: Literal["sft"] = "sft"
-    finetuning_type: Literal["lora"] = "lora"
+    finetuning_type: Literal["lora", "prefix", "prompt", "ptuning", "ia3"] = Field(
+        "lora", description="LLaMA-Factory's `lora`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
+                            "(extensions of LLaMA-Factory's lora | freeze | full).")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: int | None = Field(None, gt=0, description="Defaults to 2 x lora_rank, as LLaMA-Factory.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_target: str | list[str] = Field("all", description="`all`, a comma list, or a list of module names.")
-    additional_target: str | list[str] | None = None
+    lora_target: str | list[str] = Field(
+        "all", description="`all`, a comma list or list of module names, or a regex string (one with regex "
+                           "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
+    additional_target: str | list[str] | None = Field(None, description="Modules trained in full and saved (modules_to_save).")
     use_dora: bool = False
     use_rslora: bool = False
+    lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA init; pissa / olora adapters are converted to plain LoRA at save.")
+    pissa_init: bool = Field(False, description="LLaMA-Factory's key: same as lora_init: pissa.")
+    # prompt family (prefix, prompt, ptuning)
+    num_virtual_tokens: int = Field(16, gt=0)
+    prefix_projection: bool = Field(False, description="Prefix tuning: reparameterise the prefix through an MLP.")
+    prompt_tuning_init: Literal["random", "text"] = "random"
+    prompt_tuning_init_text: str | None = Field(None, description="Prompt tuning init text (prompt_tuning_init: text).")
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", description="P-tuning prompt encoder.")
+    encoder_hidden_size: int | None = Field(None, gt=0, description="Prefix / P-tuning encoder width; default hidden size.")
+    # quantised base (QLoRA)
+    quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4 or 8 bits (bitsandbytes).")
+    quantization_method: Literal["bnb"] = "bnb"
+    quantization_type: Literal["nf4", "fp4"] = "nf4"
+    double_quantization: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="4-bit compute dtype; default bfloat16 with bf16: true, else float32.")
     # data
     dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
@@ -117,12 +143,22 @@ class RunConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    merge: bool | None = Field(None, description="Ship a merged model. Default (null): merge when the method "
+                                                "can, else publish the adapter with its base.")
     merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
 
     @field_validator("lora_target", "additional_target", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
-        if isinstance(v, str) and v != "all" and "," in v:
+        # LLaMA-Factory's comma strings are lists; a string with regex metacharacters is a regex
+        # (peft full-matches a str target against each module path).
+        if isinstance(v, str) and v != "all":
+            if _REGEX_CHARS.search(v):
+                try:
+                    re.compile(v)
+                except re.error as e:
+                    raise ValueError(f"invalid regex: {e}") from None
+                return v
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
@@ -134,9 +170,41 @@ class RunConfig(_Strict):
             raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
         if not [n for n in self.dataset.split(",") if n.strip()]:
             raise ValueError("dataset names no dataset")
+        self._method_checks()
         return self
 
+    def _method_checks(self) -> None:
+        """Method x option checks, driven by the capability table in methods/traits.py."""
+        name = self.finetuning_type
+        traits = TRAITS[name]
+        method = f"finetuning_type '{name}'"
+        if self.gradient_checkpointing and not traits.gradient_checkpointing:
+            raise ValueError(f"gradient_checkpointing: true does not work with {method}; set it to false")
+        if self.merge and not traits.mergeable:
+            raise ValueError(f"merge: true but {method} cannot be merged into the base; drop merge "
+                             f"(the adapter is published with its base)")
+        if self.quantization_bit and not traits.supports_kbit:
+            raise ValueError(f"quantization_bit: {self.quantization_bit} needs a method that trains on a k-bit "
+                             f"base; {method} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})")
+        if traits.family != "lora":
+            lora_only = [k for k in ("use_dora", "use_rslora", "pissa_init") if getattr(self, k)]
+            lora_only += ["lora_init"] if self.lora_init != "default" else []
+            if lora_only:
+                raise ValueError(f"{', '.join(lora_only)} only apply to finetuning_type 'lora', not {method}")
+        if self.pissa_init and self.lora_init not in ("default", "pissa"):
+            raise ValueError(f"pissa_init: true and lora_init: {self.lora_init} disagree; keep one")
+        if self.prompt_tuning_init == "text":
+            if name != "prompt":
+                raise ValueError(f"prompt_tuning_init: text only applies to finetuning_type 'prompt', not {method}")
+            if not self.prompt_tuning_init_text:
+                raise ValueError("prompt_tuning_init: text needs prompt_tuning_init_text")
+
     # derived values
+    @property
+    def should_merge(self) -> bool:
+        """Ship a merged checkpoint (True) or the adapter with its base (False)."""
+        return self.merge if self.merge is not None else TRAITS[self.finetuning_type].mergeable
+
     @property
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in self.dataset.split(",") if n.strip()]

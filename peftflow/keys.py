@@ -12,7 +12,7 @@ import peftflow
 from peftflow.config import RunConfig
 
 # Sections that change publishing or scoring, not the trained weights.
-_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge_tolerance", "output_dir", "on_invalid_rows"}
+_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "output_dir", "on_invalid_rows"}
 
 
 def _digest(*parts) -> str:

@@ -155,6 +155,12 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
         _client().log_batch(run_id, metrics=batch)
 
 
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
 def log_artifact(run_id: str, local_path: str, artifact_path: str | None = None) -> None:
     """Upload a file, or a directory (it keeps its name), under `artifact_path`."""
     _client().log_artifact(run_id, str(local_path), artifact_path)

@@ -38,6 +38,8 @@ class TrainResult:
     total_params: int
     resumed_from_step: int | None
     loss_history: tuple[tuple[int, float], ...]
+    method: str = "lora"
+    optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
 
     def metrics(self) -> dict[str, float]:
         return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
@@ -107,9 +109,38 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     )
 
 
+def compute_dtype(cfg: RunConfig) -> torch.dtype:
+    if cfg.compute_dtype:
+        return getattr(torch, cfg.compute_dtype)
+    return torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
+
+
 def load_base(model_path: str, cfg: RunConfig):
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    dtype = compute_dtype(cfg)
+    if not cfg.quantization_bit:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=cfg.quantization_bit == 4, load_in_8bit=cfg.quantization_bit == 8,
+        bnb_4bit_quant_type=cfg.quantization_type, bnb_4bit_use_double_quant=cfg.double_quantization,
+        bnb_4bit_compute_dtype=dtype)
+    device_map = None if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quant,
+                                                device_map=device_map, trust_remote_code=cfg.trust_remote_code)
+
+
+def optimizer_used(cfg: RunConfig, optimizer) -> str:
+    """The optimizer that ran, e.g. `bitsandbytes.AdamW 8-bit paged`. bitsandbytes' paged
+    optimizers page only on CUDA; on CPU they run unpaged (with a warning), which this records."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    name = f"{type(inner).__module__.split('.')[0]}.{type(inner).__name__}"
+    bits = getattr(getattr(inner, "args", None), "optim_bits", None)
+    if bits:
+        name += f" {bits}-bit"
+    if cfg.optim.startswith("paged_"):
+        name += " paged" if torch.cuda.is_available() else f" unpaged ({cfg.optim} requested; paging needs CUDA)"
+    return name
 
 
 def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
@@ -117,7 +148,9 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir."""
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = get_method(cfg).build(load_base(model_path, cfg), cfg)
+    method = get_method(cfg)
+    model = method.build(load_base(model_path, cfg), cfg)
+    init_dir = method.before_train(model, output_dir)
     trainable, total = model.get_nb_trainable_parameters()
     train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
 
@@ -137,7 +170,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         _check_resume(resumed_from, history)
 
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
+    method.save(model, adapter_dir, init_dir)
     tokenizer.save_pretrained(adapter_dir)
     final_loss = history[-1][1] if history else float(result.training_loss)
     out = TrainResult(
@@ -146,6 +179,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         tokens_per_second=round(trainer.supervised_tokens / seconds, 1) if seconds else 0.0,
         trainable_params=trainable, total_params=total,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
+        method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
     )
     (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
