@@ -131,9 +131,14 @@ def _as_user_error(e: Exception, model: str) -> Exception:
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset
+    from peftflow.methods import distill
     from peftflow.models import resolve_model
 
-    prepare_dataset(cfg, resolve_model(cfg.model_name_or_path).path)
+    if cfg.stage == "distill":
+        model = distill.resolve_student(cfg, distill.resolve_teacher(cfg))
+    else:
+        model = resolve_model(cfg.model_name_or_path)
+    prepare_dataset(cfg, model.path)
 
 
 def main() -> None:

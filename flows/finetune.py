@@ -14,7 +14,7 @@ from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from tasks.publish_version import promote_version, publish_version, write_summary
-from tasks.resolve_model import resolve_model
+from tasks.resolve_model import resolve_model, resolve_student, resolve_teacher
 from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
 
@@ -33,19 +33,25 @@ class FinetuneResult:
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs champion, publish, promote."""
-    model = resolve_model(config.model_name_or_path)
+    teacher = resolve_teacher(config) if config.stage == "distill" else None
+    model = resolve_student(config, teacher) if teacher else resolve_model(config.model_name_or_path)
     data = prepare_dataset(config, model)
-    key = train_key(config, model.fingerprint, data.fingerprint)
+    key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
     lineage = {
-        "base_model": config.model_name_or_path, "base_model_fingerprint": model.fingerprint,
+        "base_model": f"{config.teacher} pruned to {config.student_layers} layers" if config.student_layers
+        else config.model_name_or_path,
+        "base_model_fingerprint": model.fingerprint,
         "data_fingerprint": data.fingerprint, "config_fingerprint": config.fingerprint(),
-        "method": method_name(config), "prefect_flow_run_id": flow_run_id(), "code_version": code_version(),
-        "train_key": key,
+        "method": method_name(config), "stage": config.stage, "prefect_flow_run_id": flow_run_id(),
+        "code_version": code_version(), "train_key": key,
     }
+    if teacher:
+        lineage |= {"teacher": config.teacher, "teacher_fingerprint": teacher.fingerprint,
+                    "teacher_adapter": config.teacher_adapter or "", "student_layers": str(config.student_layers or "")}
     run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
-        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id)
+        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id, teacher)
         notes = [f"MLflow run `{run_id}`; training key `{key}`",
                  f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
                  f"optimizer: {adapter.optimizer_used}"]
@@ -61,7 +67,10 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
         evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
-            config, model, tuned_dir, rival, data, run_id)
+            config, model, tuned_dir, rival, data, run_id, teacher)
+        if teacher:
+            retention = evaluation.retention()
+            notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
         version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
         decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
     except BaseException:

@@ -80,9 +80,11 @@ class RunConfig(_Strict):
     template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
     trust_remote_code: bool = False
     # method
-    stage: Literal["sft"] = "sft"
-    finetuning_type: Literal["lora", "prefix", "prompt", "ptuning", "ia3"] = Field(
-        "lora", description="LLaMA-Factory's `lora`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
+    stage: Literal["sft", "distill"] = Field(
+        "sft", description="`sft`: supervised fine-tuning. `distill`: the student (model_name_or_path, or the "
+                           "teacher pruned to student_layers) learns the teacher's output distribution.")
+    finetuning_type: Literal["lora", "full", "prefix", "prompt", "ptuning", "ia3"] = Field(
+        "lora", description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
                             "(extensions of LLaMA-Factory's lora | freeze | full).")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: int | None = Field(None, gt=0, description="Defaults to 2 x lora_rank, as LLaMA-Factory.")
@@ -146,6 +148,16 @@ class RunConfig(_Strict):
     merge: bool | None = Field(None, description="Ship a merged model. Default (null): merge when the method "
                                                 "can, else publish the adapter with its base.")
     merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
+    # distillation (stage: distill)
+    teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id or models:/NAME@ALIAS.")
+    teacher_adapter: str | None = Field(None, description="A PEFT adapter dir applied to the teacher.")
+    student_layers: int | None = Field(None, gt=0, description="Student = the teacher pruned to N evenly spaced layers.")
+    kd_temperature: float = Field(2.0, gt=0.0)
+    kd_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
+    kd_direction: Literal["forward", "reverse"] = Field("forward", description="forward: KL(teacher||student).")
+    kd_chunk_size: int = Field(256, gt=0, description="Supervised positions per logits chunk.")
+    teacher_topk: int = Field(0, ge=-1, description="0: live teacher. k > 0: cache the teacher's top-k logits "
+                                                  "per position (approximate). -1: cache all (exact).")
 
     @field_validator("lora_target", "additional_target", mode="before")
     @classmethod
@@ -171,7 +183,24 @@ class RunConfig(_Strict):
         if not [n for n in self.dataset.split(",") if n.strip()]:
             raise ValueError("dataset names no dataset")
         self._method_checks()
+        self._distill_checks()
         return self
+
+    def _distill_checks(self) -> None:
+        distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(self, k) is not None]
+        if self.stage != "distill":
+            if distill_keys:
+                raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")
+            return
+        if not self.teacher:
+            raise ValueError("stage: distill needs a teacher (a model reference)")
+        if self.student_layers and "model_name_or_path" in self.model_fields_set:
+            raise ValueError("student_layers and model_name_or_path both name the student; keep one")
+        if not TRAITS[self.finetuning_type].distill_student:
+            raise ValueError(f"finetuning_type '{self.finetuning_type}' cannot be a distillation student "
+                             f"(students: {', '.join(names_with('distill_student'))})")
+        if self.kd_direction == "reverse" and self.teacher_topk > 0:
+            raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
 
     def _method_checks(self) -> None:
         """Method x option checks, driven by the capability table in methods/traits.py."""

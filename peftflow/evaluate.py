@@ -151,8 +151,16 @@ class EvalReport:
         raw = json.loads(Path(path).read_text())
         return cls(raw["metric"], {k: ModelScores(**v) for k, v in raw["models"].items()})
 
+    def retention(self) -> float:
+        """Distillation: the student's score as a share of the teacher's."""
+        teacher = self.models["teacher"].score
+        return self.models["tuned"].score / teacher if teacher else math.nan
+
     def flat_metrics(self) -> dict[str, float]:
-        return {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+        flat = {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+        if "teacher" in self.models:
+            flat["eval.teacher_retention"] = self.retention()
+        return flat
 
 
 def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path,

@@ -7,6 +7,8 @@ no peft at inference, no extra latency.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,9 +47,26 @@ def _logits(model, batch) -> torch.Tensor:
     return model(**batch).logits.float()
 
 
+def _ship_full_checkpoint(trained: Path, out_dir: Path, tolerance: float) -> MergeResult:
+    """A full fine-tune is already a plain checkpoint: hard-link it into place (no second copy)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in trained.iterdir():
+        target = out_dir / f.name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
+    result = MergeResult(str(out_dir), 0.0, tolerance, True, None)
+    (out_dir / "merge_fidelity.json").write_text(json.dumps(asdict(result), indent=1))
+    return result
+
+
 def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float, train_cfg=None) -> MergeResult:
     """`train_cfg` with quantization_bit set: also compare with the adapter on the quantised base."""
     out_dir = Path(out_dir)
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        return _ship_full_checkpoint(Path(adapter_dir), out_dir, tolerance)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)

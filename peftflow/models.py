@@ -7,6 +7,8 @@ Accepted references:
                                  for tests and smoke runs (seconds per step).
   /a/local/dir                   any transformers checkpoint saved as safetensors.
   org/name                       a hub id; resolved from the local HF cache only when offline.
+  models:/NAME@ALIAS, models:/NAME/VERSION
+                                 a merged model version in the MLflow registry (downloaded once).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class ResolvedModel:
 def resolve_model(ref: str) -> ResolvedModel:
     if ref.startswith("builtin:"):
         path = _builtin(ref.removeprefix("builtin:"))
+    elif ref.startswith("models:/"):
+        path = _from_registry(ref)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
     elif ref.startswith(("/", ".", "~")):
@@ -130,6 +134,18 @@ def _build_tiny_random(out: Path) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+
+
+def _from_registry(uri: str) -> Path:
+    from peftflow import registry
+
+    try:
+        path = Path(registry.download_model_dir(uri))
+    except LookupError as e:
+        raise UserError(f"model reference {uri}: {e}") from None
+    if (path / "adapter_config.json").is_file():
+        raise UserError(f"model reference {uri} is an adapter version; use a merged version or its base plus teacher_adapter")
+    return path
 
 
 def _from_hub(repo_id: str) -> Path:

@@ -68,6 +68,30 @@ class _SupervisedTokenTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+class _DistillTrainer(_SupervisedTokenTrainer):
+    """The student's loss is the distillation loss against a frozen teacher (or its cached top-k)."""
+
+    def __init__(self, *args, teacher=None, cache=None, settings=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.cache, self.settings = teacher, cache, settings
+        self._kd = [0.0, 0.0, 0]  # kl sum, ce sum, steps since the last log
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        from peftflow.methods.distill import distill_step
+
+        self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
+        self._kd = [self._kd[0] + float(out["kl"]), self._kd[1] + float(out["ce"]), self._kd[2] + 1]
+        return (out["loss"], None) if return_outputs else out["loss"]
+
+    def log(self, logs, *args, **kwargs):
+        kl, ce, n = self._kd
+        if "loss" in logs and n:
+            logs["kd_kl"], logs["kd_ce"] = round(kl / n, 5), round(ce / n, 5)
+            self._kd = [0.0, 0.0, 0]
+        super().log(logs, *args, **kwargs)
+
+
 class MetricsCallback(TrainerCallback):
     """Forwards every logged dict to `sink(step, metrics)`: MLflow, a progress bar, a test."""
 
@@ -143,22 +167,50 @@ def optimizer_used(cfg: RunConfig, optimizer) -> str:
     return name
 
 
+def _parameter_counts(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts what its adapters add
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def _distill_kwargs(cfg: RunConfig, teacher_path: str, data_path: str, train_set):
+    """Teacher, KD settings and (optional) top-k cache keyed by teacher, data and k."""
+    from peftflow.methods.distill import KDSettings, load_teacher, teacher_cache
+    from peftflow.models import fingerprint_dir
+    from peftflow.paths import cache_dir
+
+    teacher = load_teacher(teacher_path)
+    settings = KDSettings(cfg.kd_temperature, cfg.kd_ratio, cfg.kd_direction, cfg.kd_chunk_size)
+    cache = None
+    if cfg.teacher_topk:
+        name = f"{fingerprint_dir(Path(teacher_path))}-{Path(data_path).name}-k{cfg.teacher_topk}.safetensors"
+        cache = teacher_cache(teacher, train_set, cfg.teacher_topk, cache_dir("teacher") / name)
+        teacher = None  # the cache replaces it
+    return dict(teacher=teacher, cache=cache, settings=settings)
+
+
 def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-        callbacks: tuple[TrainerCallback, ...] = ()) -> TrainResult:
-    """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir."""
+        callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
+    """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
+    With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     method = get_method(cfg)
     model = method.build(load_base(model_path, cfg), cfg)
     init_dir = method.before_train(model, output_dir)
-    trainable, total = model.get_nb_trainable_parameters()
+    trainable, total = _parameter_counts(model)
     train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
 
     args = training_arguments(cfg, output_dir)
-    trainer = _SupervisedTokenTrainer(
+    trainer_cls, extra = _SupervisedTokenTrainer, {}
+    if cfg.stage == "distill":
+        trainer_cls, extra = _DistillTrainer, _distill_kwargs(cfg, teacher_path, data_path, train_set)
+        # Rows carry their index so a batch can find its cached teacher outputs.
+        train_set = train_set.add_column("row_id", list(range(len(train_set))))
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=train_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8),
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), **extra,
     )
     checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     resumed_from = _loss_before(checkpoint) if checkpoint else None

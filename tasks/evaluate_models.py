@@ -13,6 +13,7 @@ from peftflow.registry import ModelVersionRef
 def _key(context, params) -> str:
     champion = params["champion"]
     rival = f"{champion.name}/{champion.version}" if champion else "none"
+    rival += f"-teacher-{params['teacher'].fingerprint}" if params.get("teacher") else ""
     return (f"evaluate-{params['tuned_dir']}-{params['data'].fingerprint}-{rival}-"
             f"{params['config'].template}-{params['config'].evaluation.model_dump_json()}")
 
@@ -25,12 +26,14 @@ def find_champion(config: RunConfig) -> ModelVersionRef | None:
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
 def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, champion: ModelVersionRef | None,
-                    data: PreparedData, run_id: str) -> evaluate.EvalReport:
+                    data: PreparedData, run_id: str, teacher: ResolvedModel | None = None) -> evaluate.EvalReport:
     """Base, fine-tune and the current champion, scored on the same held-out rows.
 
     `tuned_dir` is the merged model, or the adapter dir of a method that cannot be merged
-    (scored as base + adapter)."""
-    models = {"base": model.path, "tuned": tuned_dir}
+    (scored as base + adapter). In a distillation run `base` is the student before training and
+    the teacher is scored too."""
+    models = {"teacher": teacher.path} if teacher else {}
+    models |= {"base": model.path, "tuned": tuned_dir}
     if champion:
         models["champion"] = registry.download_model_dir(champion.uri)
     out = Path(tuned_dir).parent / "eval_report.json"

@@ -33,12 +33,12 @@ def _key(context, params) -> str:
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_unless_user_error)
 def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
-                  run_id: str) -> train.TrainResult:
+                  run_id: str, teacher: ResolvedModel | None = None) -> train.TrainResult:
     """Resumes from the last checkpoint of this training key, so a retry continues, not restarts."""
     registry.configure_mlflow()
     sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
     result = train.run(config, model.path, data.path, stage_dir(config, train_key),
-                       callbacks=(sink, _ProgressCallback()))
+                       callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
     registry.log_metrics(run_id, result.metrics())
     registry.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method})
     return result

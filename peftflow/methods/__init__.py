@@ -56,6 +56,7 @@ class Method:
 
 _BUILDERS = {
     "lora": dict(builder="lora:build", before_train_hook="lora:before_train", save_hook="lora:save"),
+    "full": dict(builder="full:build", save_hook="full:save"),
     "ia3": dict(builder="ia3:build"),
     "prefix": dict(builder="prompt:build_prefix"),
     "prompt": dict(builder="prompt:build_prompt"),

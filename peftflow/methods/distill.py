@@ -166,3 +166,129 @@ def prune_layers(teacher_dir: str, student_layers: int, out_dir: str | Path) -> 
     student.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out_dir)
     return Path(out_dir)
+
+
+# --- the training step, the teacher cache, and the student/teacher models -------------------
+
+def distill_step(student, teacher, batch, settings: KDSettings, cache: "TeacherCache | None" = None):
+    """KD loss for one batch: from the live teacher, or from the cache rows named by batch['row_id']."""
+    s_hidden, targets = supervised(final_hidden(student, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    s_weight = decoder_and_head(student)[1].weight
+    if cache is not None:
+        return kd_loss(s_hidden, s_weight, targets, settings, teacher_topk=cache.rows(batch["row_id"].tolist()))
+    with torch.no_grad():
+        t_hidden, _ = supervised(final_hidden(teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    t_weight = decoder_and_head(teacher)[1].weight
+    return kd_loss(s_hidden, s_weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_weight.T)
+
+
+@dataclass
+class TeacherCache:
+    """Top-k teacher logits for every supervised position of every training row, row-indexed."""
+    values: torch.Tensor   # [N, k]
+    indices: torch.Tensor  # [N, k] int32
+    offsets: torch.Tensor  # [rows + 1]: row r owns positions offsets[r]:offsets[r+1]
+
+    def rows(self, row_ids: list[int]) -> TeacherTopK:
+        spans = [(int(self.offsets[r]), int(self.offsets[r + 1])) for r in row_ids]
+        return TeacherTopK(torch.cat([self.values[a:b] for a, b in spans]),
+                           torch.cat([self.indices[a:b] for a, b in spans]).long())
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        tmp = path.with_suffix(".tmp")
+        save_file({"values": self.values, "indices": self.indices, "offsets": self.offsets}, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TeacherCache":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        return cls(t["values"], t["indices"], t["offsets"])
+
+
+def teacher_cache(teacher, train_rows, k: int, path: Path) -> TeacherCache:
+    """Load the cache at `path` (keyed by teacher, data and k), or compute and save it."""
+    if path.is_file():
+        return TeacherCache.load(path)
+    k = teacher.config.vocab_size if k < 0 else k
+    rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in train_rows]
+    top = teacher_topk(teacher, rows, k)
+    counts = [sum(1 for label in r["labels"][1:] if label != -100) for r in rows]
+    offsets = torch.tensor([0] + counts).cumsum(0)
+    cache = TeacherCache(top.values, top.indices.int(), offsets)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cache.save(path)
+    return cache
+
+
+def check_same_tokenizer(teacher_dir: str, student_dir: str) -> None:
+    """KD compares distributions token by token: both models must share one vocabulary."""
+    from transformers import AutoTokenizer
+
+    from peftflow.errors import UserError
+
+    t, s = AutoTokenizer.from_pretrained(teacher_dir).get_vocab(), AutoTokenizer.from_pretrained(student_dir).get_vocab()
+    if t != s:
+        differing = len(set(t.items()) ^ set(s.items()))
+        raise UserError(f"teacher ({teacher_dir}) and student ({student_dir}) tokenizers differ "
+                        f"({len(t)} vs {len(s)} tokens, {differing} entries differ); distillation needs one vocabulary")
+
+
+def load_teacher(teacher_dir: str):
+    """The frozen teacher in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval().requires_grad_(False)
+
+
+def _cached_model(name: str, build) -> str:
+    """Build a derived model once into the model cache (atomically, under a lock); return its dir."""
+    import os
+    import shutil
+    import tempfile
+
+    from filelock import FileLock
+
+    from peftflow.paths import cache_dir
+
+    target = cache_dir("models") / name
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():
+            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
+            build(tmp)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    return str(target)
+
+
+def resolve_teacher(cfg):
+    """The teacher as a plain local model: `teacher_adapter`, if any, merged in once and cached."""
+    from peftflow.errors import UserError
+    from peftflow.merge import merge
+    from peftflow.models import fingerprint_dir, resolve_model
+
+    teacher = resolve_model(cfg.teacher)
+    if not cfg.teacher_adapter:
+        return teacher
+    adapter = Path(cfg.teacher_adapter).expanduser()
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"teacher_adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    name = f"teacher-{teacher.fingerprint}-{fingerprint_dir(adapter)}"
+    return resolve_model(_cached_model(name, lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3)))
+
+
+def resolve_student(cfg, teacher):
+    """The student: `model_name_or_path`, or the teacher pruned to `student_layers`. Checked to
+    share the teacher's tokenizer before any compute."""
+    from peftflow.models import resolve_model
+
+    if cfg.student_layers:
+        name = f"pruned-{teacher.fingerprint}-{cfg.student_layers}"
+        student = resolve_model(_cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out)))
+    else:
+        student = resolve_model(cfg.model_name_or_path)
+    check_same_tokenizer(teacher.path, student.path)
+    return student

@@ -3,7 +3,7 @@
 config.py reads this table for its cross-field checks; methods/__init__.py joins it with the
 builders. One row per `finetuning_type` value.
 
-`finetuning_type` follows LLaMA-Factory (`lora`); `prefix`, `prompt`, `ptuning` and `ia3` are
+`finetuning_type` follows LLaMA-Factory (`lora`, `full`); `prefix`, `prompt`, `ptuning` and `ia3` are
 peftflow's own values, extending LLaMA-Factory's vocabulary (which has lora | freeze | full).
 """
 
@@ -19,10 +19,13 @@ class Traits:
     supports_kbit: bool          # can train on a 4/8-bit quantised base (quantization_bit)
     gradient_checkpointing: bool  # trains correctly with gradient_checkpointing: true
     multi_gpu: bool              # DDP-safe (all trainable params receive gradients each step)
-    distill_student: bool        # may be the student of a distillation run (not used yet)
+    distill_student: bool        # may be the student of a distillation run
 
 
 TRAITS: dict[str, Traits] = {
+    # Every weight trains; the trained checkpoint is the shipped model (nothing to merge).
+    "full": Traits("full", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
+                   multi_gpu=True, distill_student=True),
     "lora": Traits("lora", mergeable=True, supports_kbit=True, gradient_checkpointing=True,
                    multi_gpu=True, distill_student=True),
     "ia3": Traits("ia3", mergeable=True, supports_kbit=False, gradient_checkpointing=True,

@@ -30,6 +30,8 @@ def tiny_config(tiny_model, tmp_path, **overrides) -> RunConfig:
         logging_steps=2, save_steps=3, per_device_train_batch_size=4,
         registry={"name": "tiny-itest"}, promotion={"metric": "perplexity"},
         evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+    if overrides.get("student_layers"):  # the student is the pruned teacher, not model_name_or_path
+        fields.pop("model_name_or_path")
     return RunConfig(**{**fields, **overrides})
 
 

@@ -98,3 +98,55 @@ def test_kl_decreases_on_a_tiny_teacher_student_pair(tiny_model, tmp_path):
 
     cache = teacher_topk(teacher, _rows(), k=teacher.config.vocab_size)
     assert cache.values.shape[0] == t_hidden.shape[0]
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ({"stage": "distill"}, "stage: distill needs a teacher"),
+    ({"teacher": "builtin:tiny-random"}, "only apply to stage: distill"),
+    ({"stage": "distill", "teacher": "x", "student_layers": 2, "model_name_or_path": "y"}, "student_layers and model_name_or_path"),
+    ({"stage": "distill", "teacher": "x", "kd_direction": "reverse", "teacher_topk": 8}, "kd_direction: reverse"),
+    ({"stage": "distill", "teacher": "x", "finetuning_type": "prefix"}, "cannot be a distillation student"),
+])
+def test_distill_config_errors(raw, expected):
+    from peftflow.config import parse_config
+    from peftflow.errors import UserError
+
+    with pytest.raises(UserError, match=expected):
+        parse_config(raw)
+
+
+def test_missing_teacher_and_tokenizer_mismatch_are_clear_errors(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from peftflow.config import RunConfig
+    from peftflow.errors import UserError
+    from peftflow.methods.distill import resolve_student, resolve_teacher
+
+    with pytest.raises(UserError, match="directory not found"):
+        resolve_teacher(RunConfig(stage="distill", teacher=str(tmp_path / "no-teacher")))
+    other = tmp_path / "other"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(other)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.add_tokens(["<extra-token>"])
+    tok.save_pretrained(other)
+    cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=str(other))
+    with pytest.raises(UserError, match="tokenizers differ"):
+        resolve_student(cfg, resolve_teacher(cfg))
+
+
+def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp_path):
+    from peftflow import merge, train
+    from peftflow.config import RunConfig
+    from peftflow.data import prepare_dataset
+
+    cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=tiny_model, finetuning_type="full",
+                    max_steps=3, logging_steps=1, per_device_train_batch_size=2, learning_rate=1e-3, kd_chunk_size=8)
+    data = prepare_dataset(cfg, tiny_model)
+    logged = []
+    result = train.run(cfg, tiny_model, data.path, tmp_path, teacher_path=tiny_model,
+                       callbacks=(train.MetricsCallback(lambda s, m: logged.append(m)),))
+    assert result.trainable_params == result.total_params
+    assert all("kd_kl" in m for m in logged if "loss" in m)
+    shipped = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-3)
+    assert shipped.max_abs_logit_diff == 0.0
+    assert AutoModelForCausalLM.from_pretrained(shipped.merged_dir).config.num_hidden_layers == 2
