@@ -24,6 +24,12 @@ log = logging.getLogger("peftflow.train")
 # After a resume the first logged loss must be near the last one logged before the crash;
 # a run that silently restarted from scratch shows the untrained loss instead.
 RESUME_LOSS_TOLERANCE = 0.5
+# ... and it must not give back most of the progress made before the checkpoint (a restart that
+# reloads the step counter but not the adapter weights: the known PEFT trap).
+RESUME_PROGRESS_KEPT = 0.5
+# What a checkpoint needs to resume exactly: trainer_state.json is written last, so a checkpoint
+# killed mid-save lacks it (or holds half of it).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,17 @@ class _SupervisedTokenTrainer(Trainer):
             logs["supervised_tokens_per_s"] = round((seen - seen0) / (now - t0), 1)
         self._last_log = (now, seen)
         super().log(logs, *args, **kwargs)
+
+
+class _FirstStep(TrainerCallback):
+    """Records the first optimizer step this process finishes (global step, so it counts on)."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step is None:
+            self.step = state.global_step
 
 
 class MetricsCallback(TrainerCallback):
@@ -116,7 +133,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         callbacks: tuple[TrainerCallback, ...] = ()) -> TrainResult:
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir."""
     output_dir = Path(output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     model = get_method(cfg).build(load_base(model_path, cfg), cfg)
     trainable, total = model.get_nb_trainable_parameters()
     train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
@@ -125,16 +142,17 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     trainer = _SupervisedTokenTrainer(
         model=model, args=args, train_dataset=train_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, first_step := _FirstStep()],
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    checkpoint = last_complete_checkpoint(Path(args.output_dir))
     resumed_from = _loss_before(checkpoint) if checkpoint else None
+    first_loss = _first_loss(checkpoint) if checkpoint else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     history = tuple((h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h)
     if resumed_from:
-        _check_resume(resumed_from, history)
+        _check_resume(resumed_from, history, first_loss, first_step.step)
 
     adapter_dir = output_dir / "adapter"
     model.save_pretrained(adapter_dir, safe_serialization=True)
@@ -151,20 +169,69 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     return out
 
 
-def _loss_before(checkpoint: str) -> tuple[int, float] | None:
-    """(step, last logged loss) saved with a checkpoint."""
+def last_complete_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The newest checkpoint that can be resumed from. A checkpoint cut short by a kill (no or
+    unreadable trainer_state.json, no optimizer or scheduler state) is set aside, not resumed:
+    Trainer would otherwise load it and fail, or silently start the optimizer afresh."""
+    while checkpoints_dir.is_dir() and (last := get_last_checkpoint(str(checkpoints_dir))):
+        if _complete(Path(last)):
+            return last
+        aside = Path(last).with_name(f"incomplete-{Path(last).name}-{time.time_ns()}")
+        log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", last, aside.name)
+        Path(last).rename(aside)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    if not all((checkpoint / f).is_file() for f in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _first_loss(checkpoint: str) -> float | None:
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    losses = [(h["step"], h["loss"]) for h in state["log_history"] if "loss" in h]
-    return losses[-1] if losses else (state["global_step"], math.nan)
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return losses[0] if losses else None
 
 
-def _check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...]) -> None:
+def _loss_before(checkpoint: str) -> tuple[int, float] | None:
+    """(checkpoint step, last loss logged up to it) saved with a checkpoint."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return state["global_step"], (losses[-1] if losses else math.nan)
+
+
+class ResumeError(RuntimeError):
+    """A resumed run that did not continue where the checkpoint left off."""
+
+
+def _check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...],
+                  first_loss: float | None = None, first_new_step: int | None = None) -> None:
+    """Fail loudly when a resume looks like a restart from scratch.
+
+    `before` is (step, last loss logged) of the checkpoint, `history` the (step, loss) log after
+    training (it includes the checkpoint's own entries), `first_loss` the first loss the run ever
+    logged, `first_new_step` the first optimizer step this process finished. Three symptoms: the
+    step counter did not continue at step + 1, the loss jumped well above the last one, or it gave
+    back most of the progress made between the first logged loss and the checkpoint."""
     step, loss = before
+    if first_new_step is not None and first_new_step != step + 1:
+        raise ResumeError(f"resume from step {step} restarted the step counter: the first step trained "
+                          f"after resuming was {first_new_step}, not {step + 1}")
     after = [(s, l) for s, l in history if s > step]
     if not after or math.isnan(loss):
         return
     first = after[0][1]
     if first > loss + RESUME_LOSS_TOLERANCE * max(loss, 1.0):
-        raise RuntimeError(f"resume from step {step} looks like a restart from scratch: "
-                           f"loss {loss:.3f} before, {first:.3f} after")
+        raise ResumeError(f"resume from step {step} looks like a restart from scratch: "
+                          f"loss {loss:.3f} before, {first:.3f} after")
+    if first_loss is not None and not math.isnan(first_loss):
+        progress = first_loss - loss
+        if progress > 0.1 * max(first_loss, 1.0) and first > first_loss - RESUME_PROGRESS_KEPT * progress:
+            raise ResumeError(f"resume from step {step} looks like a restart from scratch: loss {first:.3f} after "
+                              f"resuming is back near the untrained {first_loss:.3f} (was {loss:.3f})")
     log.info("resumed at step %d: loss %.3f before, %.3f after", step, loss, first)
