@@ -70,7 +70,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         from peftflow.data import data_report
         from peftflow.models import resolve_model
 
-        report = data_report(cfg, resolve_model(cfg.model_name_or_path).path)
+        report = data_report(cfg, resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights).path)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -133,7 +133,7 @@ def _precheck(cfg) -> None:
     from peftflow.data import prepare_dataset
     from peftflow.models import resolve_model
 
-    prepare_dataset(cfg, resolve_model(cfg.model_name_or_path).path)
+    prepare_dataset(cfg, resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights).path)
 
 
 def main() -> None:

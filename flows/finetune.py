@@ -10,6 +10,7 @@ from prefect import flow
 from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
 from peftflow.methods import method_name
+from peftflow.train import remove_checkpoints
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
@@ -33,7 +34,7 @@ class FinetuneResult:
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote."""
-    model = resolve_model(config.model_name_or_path)
+    model = resolve_model(config.model_name_or_path, config.allow_pickle_weights)
     data = prepare_dataset(config, model)
     key = train_key(config, model.fingerprint, data.fingerprint)
     lineage = {
@@ -58,6 +59,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
+    # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
+    remove_checkpoints(work)
     notes = [f"MLflow run `{run_id}`; training key `{key}`",
              f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped"]
     summary = write_summary(config, version, evaluation, decision, current_champion, notes)

@@ -101,8 +101,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
 
 def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig) -> ModelScores:
     ecfg = cfg.evaluation
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 trust_remote_code=cfg.trust_remote_code).eval()
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan

@@ -42,11 +42,12 @@ def _logits(model, batch) -> torch.Tensor:
     return model(**batch).logits.float()
 
 
-def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float) -> MergeResult:
+def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float,
+          trust_remote_code: bool = False) -> MergeResult:
     out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     batch = probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()

@@ -42,13 +42,10 @@ if TYPE_CHECKING:
 
     from peftflow.config import RunConfig
 
+from peftflow.redact import MASK, SECRET_KEY
+
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 MODEL_ARTIFACT = "model"
-SECRET_KEY = re.compile(
-    r"(^|[._-])(token|password|passwd|secret|api_?key|access_?key|private_?key|credentials?)($|[._-])",
-    re.IGNORECASE,
-)
-MASK = "***"
 HISTORY_KEEP = 20        # alias moves kept per version and alias (tag values are size-limited)
 REASON_MAX = 300
 
@@ -182,7 +179,7 @@ def _ref(mv: Any) -> ModelVersionRef:
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
-                  metrics: dict[str, float]) -> ModelVersionRef:
+                  metrics: dict[str, float], trust_remote_code: bool = False) -> ModelVersionRef:
     """Log a merged, plain transformers model dir to the run and register it as `challenger`.
 
     Idempotent: a version of `name` already made from `run_id` is returned, not made again.
@@ -190,14 +187,15 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
     def components() -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto"),
-                "tokenizer": AutoTokenizer.from_pretrained(merged_dir)}
+        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
+                "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}
 
     return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
 
 
 def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
-                    lineage: dict[str, str], metrics: dict[str, float]) -> ModelVersionRef:
+                    lineage: dict[str, str], metrics: dict[str, float],
+                    trust_remote_code: bool = False) -> ModelVersionRef:
     """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
 
     Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
@@ -210,10 +208,10 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto")
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
         tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
         return {"model": PeftModel.from_pretrained(base, adapter_dir),
-                "tokenizer": AutoTokenizer.from_pretrained(tok_dir)}
+                "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}
 
     lineage = {**lineage, "base_model_path": base_model_dir}
     return _publish(run_id, name, lineage, metrics, components, kind="adapter",

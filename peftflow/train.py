@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,6 +168,18 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     )
     (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
+
+
+def remove_checkpoints(output_dir: str | Path) -> bool:
+    """Delete a finished run's scratch space (`<output_dir>/checkpoints`: weights plus optimizer
+    state per checkpoint); adapter/, merged/ and the reports stay. Call it only once the result is
+    safely published: until then the checkpoints are what a retry resumes from."""
+    scratch = Path(output_dir) / "checkpoints"
+    if not scratch.is_dir():
+        return False
+    shutil.rmtree(scratch)
+    log.info("removed scratch space %s", scratch)
+    return True
 
 
 def last_complete_checkpoint(checkpoints_dir: Path) -> str | None:

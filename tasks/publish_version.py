@@ -25,7 +25,8 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
     registry.log_artifact(run_id, adapter.adapter_dir, "adapter")
     registry.log_artifact(run_id, str(report.loss_curve(adapter.loss_history, work / "loss_curve.png")))
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
-    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics)
+    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
+                                  trust_remote_code=config.trust_remote_code)
 
 
 def gate(config: RunConfig, evaluation: EvalReport) -> GateDecision:
