@@ -432,6 +432,18 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
     return decision(False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}")
 
 
+def _alias_lock(name: str):
+    """Serialises alias moves on one registered model among the processes of this machine (flows
+    publishing to the same model at once): read champion, move previous, move champion is then one
+    step. MLflow has no compare-and-set for aliases, so processes on other machines are not covered."""
+    from filelock import FileLock
+
+    from peftflow.paths import cache_dir
+
+    store = hashlib.sha256(f"{configure_mlflow()}\0{name}".encode()).hexdigest()[:16]
+    return FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"), timeout=300)
+
+
 def promote(name: str, version: str, decision: GateDecision, actor: str) -> str | None:
     """Move `champion` to `version` when the gate passed; the old champion becomes `previous`.
 
@@ -440,11 +452,12 @@ def promote(name: str, version: str, decision: GateDecision, actor: str) -> str 
     if not decision.promote:
         return None
     version = str(version)
-    current = get_version_by_alias(name, CHAMPION)
-    if current is not None and current.version == version:
-        return version
-    # `previous` first: a retry after a crash between the two moves still ends right.
-    if current is not None:
-        set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
-    set_alias(name, CHAMPION, version, reason=decision.reason, actor=actor)
+    with _alias_lock(name):
+        current = get_version_by_alias(name, CHAMPION)
+        if current is not None and current.version == version:
+            return version
+        # `previous` first: a retry after a crash between the two moves still ends right.
+        if current is not None:
+            set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
+        set_alias(name, CHAMPION, version, reason=decision.reason, actor=actor)
     return version
