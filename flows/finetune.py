@@ -10,6 +10,7 @@ from prefect import flow
 from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
 from peftflow.methods import get_method, method_name
+from peftflow.train import remove_checkpoints
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
@@ -34,7 +35,8 @@ class FinetuneResult:
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs champion, publish, promote."""
     teacher = resolve_teacher(config) if config.stage == "distill" else None
-    model = resolve_student(config, teacher) if teacher else resolve_model(config.model_name_or_path)
+    model = (resolve_student(config, teacher) if teacher
+             else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
     data = prepare_dataset(config, model)
     key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
     lineage = {
@@ -77,6 +79,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
+    # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
+    remove_checkpoints(work)
     summary = write_summary(config, version, evaluation, decision, current_champion, notes)
     print(summary)
     promoted = decision.promote and current_champion == version.version

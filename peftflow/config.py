@@ -78,7 +78,8 @@ class RunConfig(_Strict):
     # model
     model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
     template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model or tokenizer. Off unless set.")
+    allow_pickle_weights: bool = Field(False, description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded with torch's weights_only loader. peftflow itself writes safetensors only.")
     # method
     stage: Literal["sft", "distill"] = Field(
         "sft", description="`sft`: supervised fine-tuning. `distill`: the student (model_name_or_path, or the "
@@ -267,6 +268,12 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     raw = dict(raw)
+    secret = _secret_key(raw)
+    if secret:
+        # The value is never echoed: it would land in logs, Prefect parameters and MLflow params.
+        raise UserError(f"{source}: key '{secret}' looks like a credential; the run config is shown in the Prefect UI and "
+                        "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
+                        "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config")
     if "warmup_ratio" in raw and raw.get("warmup_steps"):
         raise UserError(f"{source}: warmup_ratio and warmup_steps are both set; keep one")
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
@@ -277,6 +284,18 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     except ValidationError as e:
         raise UserError(_describe(e, source)) from None
     return cfg, unused
+
+
+def _secret_key(raw: dict[str, Any], prefix: str = "") -> str | None:
+    from peftflow.redact import is_secret_key
+
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if is_secret_key(str(k)):
+            return key
+        if isinstance(v, dict) and (found := _secret_key(v, key + ".")):
+            return found
+    return None
 
 
 def _describe(e: ValidationError, source: str) -> str:

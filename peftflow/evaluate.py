@@ -105,23 +105,24 @@ def is_adapter_dir(model_dir: str | Path) -> bool:
     return (Path(model_dir) / "adapter_config.json").is_file()
 
 
-def load_model(model_dir: str, base_model_dir: str | None = None):
+def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_code: bool = False):
     """A plain model dir, or an adapter dir applied to its base (`base_model_dir`, else the base
     the adapter records). Prompt-family adapters cannot be merged, so they are scored this way."""
     if not is_adapter_dir(model_dir):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code).eval()
     from peft import PeftConfig, PeftModel
 
     base_dir = base_model_dir or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
 def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
                 base_model_dir: str | None = None) -> ModelScores:
     ecfg = cfg.evaluation
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir, base_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan

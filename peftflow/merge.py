@@ -62,14 +62,15 @@ def _ship_full_checkpoint(trained: Path, out_dir: Path, tolerance: float) -> Mer
     return result
 
 
-def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float, train_cfg=None) -> MergeResult:
+def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float, train_cfg=None,
+          trust_remote_code: bool = False) -> MergeResult:
     """`train_cfg` with quantization_bit set: also compare with the adapter on the quantised base."""
     out_dir = Path(out_dir)
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         return _ship_full_checkpoint(Path(adapter_dir), out_dir, tolerance)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
     batch = probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()

@@ -37,7 +37,7 @@ class ResolvedModel:
     fingerprint: str  # content hash of config + weights + tokenizer
 
 
-def resolve_model(ref: str) -> ResolvedModel:
+def resolve_model(ref: str, allow_pickle_weights: bool = False) -> ResolvedModel:
     if ref.startswith("builtin:"):
         path = _builtin(ref.removeprefix("builtin:"))
     elif ref.startswith("models:/"):
@@ -48,23 +48,27 @@ def resolve_model(ref: str) -> ResolvedModel:
         raise UserError(f"model_name_or_path: directory not found: {ref}")
     else:
         path = _from_hub(ref)
-    check_weights_are_safetensors(path)
+    check_weights_are_safetensors(path, allow_pickle_weights)
     return ResolvedModel(ref=ref, path=str(path), fingerprint=fingerprint_dir(path))
 
 
-def check_weights_are_safetensors(path: Path) -> None:
-    """Pickle checkpoints can run code on load; peftflow reads safetensors only."""
+def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False) -> None:
+    """Pickle checkpoints can run code on load; peftflow reads safetensors unless the config sets
+    `allow_pickle_weights: true` (transformers then loads them with torch's weights_only loader)."""
     if not (path / "config.json").is_file():
         raise UserError(f"model_name_or_path: {path} has no config.json; not a transformers model")
     if not list(path.glob("*.safetensors")):
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        if pickles and allow_pickle_weights:
+            return
         what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
-        raise UserError(f"model_name_or_path: {path} has {what}; convert the model to safetensors")
+        hint = "; convert the model to safetensors" + (" or set allow_pickle_weights: true" if pickles else "")
+        raise UserError(f"model_name_or_path: {path} has {what}{hint}")
 
 
 def fingerprint_dir(path: Path) -> str:
     """sha256 over the files that define the model, memoised by (name, size, mtime)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model"})
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model", ".bin", ".pt"})
     stat_key = hashlib.sha256(json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()
     memo = cache_dir("fingerprints") / stat_key
     if memo.is_file():

@@ -30,8 +30,9 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
     if merged is None:
         return registry.publish_adapter(run_id, config.registry.name, adapter.adapter_dir, base_model_dir,
-                                        lineage, metrics)
-    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics)
+                                        lineage, metrics, trust_remote_code=config.trust_remote_code)
+    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
+                                  trust_remote_code=config.trust_remote_code)
 
 
 def gate(config: RunConfig, evaluation: EvalReport) -> GateDecision:

@@ -6,9 +6,9 @@ from peftflow.models import ResolvedModel, resolve_model as _resolve
 
 
 @task(name="resolve-model")
-def resolve_model(ref: str) -> ResolvedModel:
+def resolve_model(ref: str, allow_pickle_weights: bool = False) -> ResolvedModel:
     """A local safetensors dir and its fingerprint (the built-in model is converted once, then cached)."""
-    return _resolve(ref)
+    return _resolve(ref, allow_pickle_weights)
 
 
 @task(name="resolve-teacher")

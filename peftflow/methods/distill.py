@@ -134,13 +134,13 @@ def pruned_layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
     return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
 
 
-def prune_layers(teacher_dir: str, student_layers: int, out_dir: str | Path) -> Path:
+def prune_layers(teacher_dir: str, student_layers: int, out_dir: str | Path, trust_remote_code: bool = False) -> Path:
     """A student with `student_layers` decoder layers copied from the teacher; everything else
     (embeddings, final norm, head, tokenizer) copied as is."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(teacher_dir)
+    config = AutoConfig.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code)
     keep = pruned_layer_indices(config.num_hidden_layers, student_layers)
     config.num_hidden_layers = student_layers
     if getattr(config, "layer_types", None):
@@ -157,14 +157,14 @@ def prune_layers(teacher_dir: str, student_layers: int, out_dir: str | Path) -> 
             student_state[key] = tensor
         elif int(m.group(2)) in new_index:
             student_state[f"{m.group(1)}{new_index[int(m.group(2))]}{m.group(3)}"] = tensor
-    student = AutoModelForCausalLM.from_config(config)
+    student = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     missing, unexpected = student.load_state_dict(student_state, strict=False)
     if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:
         raise RuntimeError(f"pruned student does not match its config: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings:
         student.tie_weights()
     student.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
     return Path(out_dir)
 
 
@@ -224,24 +224,26 @@ def teacher_cache(teacher, train_rows, k: int, path: Path) -> TeacherCache:
     return cache
 
 
-def check_same_tokenizer(teacher_dir: str, student_dir: str) -> None:
+def check_same_tokenizer(teacher_dir: str, student_dir: str, trust_remote_code: bool = False) -> None:
     """KD compares distributions token by token: both models must share one vocabulary."""
     from transformers import AutoTokenizer
 
     from peftflow.errors import UserError
 
-    t, s = AutoTokenizer.from_pretrained(teacher_dir).get_vocab(), AutoTokenizer.from_pretrained(student_dir).get_vocab()
+    t = AutoTokenizer.from_pretrained(teacher_dir, trust_remote_code=trust_remote_code).get_vocab()
+    s = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=trust_remote_code).get_vocab()
     if t != s:
         differing = len(set(t.items()) ^ set(s.items()))
         raise UserError(f"teacher ({teacher_dir}) and student ({student_dir}) tokenizers differ "
                         f"({len(t)} vs {len(s)} tokens, {differing} entries differ); distillation needs one vocabulary")
 
 
-def load_teacher(teacher_dir: str):
+def load_teacher(teacher_dir: str, trust_remote_code: bool = False):
     """The frozen teacher in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval().requires_grad_(False)
+    return AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32,
+                                                trust_remote_code=trust_remote_code).eval().requires_grad_(False)
 
 
 def _cached_model(name: str, build) -> str:
@@ -270,14 +272,15 @@ def resolve_teacher(cfg):
     from peftflow.merge import merge
     from peftflow.models import fingerprint_dir, resolve_model
 
-    teacher = resolve_model(cfg.teacher)
+    teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights)
     if not cfg.teacher_adapter:
         return teacher
     adapter = Path(cfg.teacher_adapter).expanduser()
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"teacher_adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
     name = f"teacher-{teacher.fingerprint}-{fingerprint_dir(adapter)}"
-    return resolve_model(_cached_model(name, lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3)))
+    return resolve_model(_cached_model(name, lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3,
+                                                                 trust_remote_code=cfg.trust_remote_code)))
 
 
 def resolve_student(cfg, teacher):
@@ -287,8 +290,9 @@ def resolve_student(cfg, teacher):
 
     if cfg.student_layers:
         name = f"pruned-{teacher.fingerprint}-{cfg.student_layers}"
-        student = resolve_model(_cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out)))
+        student = resolve_model(_cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out,
+                                                                                  cfg.trust_remote_code)))
     else:
-        student = resolve_model(cfg.model_name_or_path)
-    check_same_tokenizer(teacher.path, student.path)
+        student = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
+    check_same_tokenizer(teacher.path, student.path, cfg.trust_remote_code)
     return student
