@@ -13,7 +13,8 @@ from peftflow.methods import method_name
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
-from tasks.publish_version import promote_version, publish_version, write_summary
+from flows.approval import request_approval
+from tasks.publish_version import apply_approval, promote_version, publish_version, write_summary
 from tasks.resolve_model import resolve_model
 from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
@@ -53,7 +54,11 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
             config, model, merged, rival, data, run_id)
         version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
-        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
+        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
+                                                     merged.passed)
+        if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
+            approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
+            decision, current_champion = apply_approval(version, decision, approved, why, who)
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
         raise
