@@ -11,7 +11,7 @@ from peftflow.config import RunConfig
 from peftflow.data import PreparedData
 from peftflow.keys import stage_dir
 from peftflow.models import ResolvedModel
-from tasks._policy import retry_unless_user_error
+from tasks._policy import gpu_slot, retry_unless_user_error
 
 
 class _ProgressCallback(TrainerCallback):
@@ -34,10 +34,12 @@ def _key(context, params) -> str:
       retry_condition_fn=retry_unless_user_error)
 def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
                   run_id: str) -> train.TrainResult:
-    """Resumes from the last checkpoint of this training key, so a retry continues, not restarts."""
+    """Resumes from the last checkpoint of this training key, so a retry continues, not restarts.
+    From a deployment, holds a slot of the strict `gpu` concurrency limit while training."""
     registry.configure_mlflow()
     sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
-    result = train.run(config, model.path, data.path, stage_dir(config, train_key),
-                       callbacks=(sink, _ProgressCallback()))
+    with gpu_slot():  # queue behind other runs for the accelerator instead of fighting over it
+        result = train.run(config, model.path, data.path, stage_dir(config, train_key),
+                           callbacks=(sink, _ProgressCallback()))
     registry.log_metrics(run_id, result.metrics())
     return result
