@@ -104,7 +104,7 @@ def test_compose_stack_structure():
     assert {"postgres", "prefect-server", "mlflow", "worker", "minio"} <= set(services)
     assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     mlflow = services["mlflow"]["command"]
-    assert "--backend-store-uri postgresql://" in mlflow and "--artifacts-destination s3://" in mlflow
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow and "--artifacts-destination s3://" in mlflow
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "prefect worker start --pool gpu" in services["worker"]["command"]
     assert (ROOT / "infra" / "Dockerfile").is_file()
