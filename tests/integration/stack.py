@@ -71,9 +71,9 @@ class Proc:
 
     def stop(self) -> None:
         if self.p.poll() is None:
-            os.killpg(self.p.pid, 15)
+            os.killpg(self.p.pid, 2)  # SIGINT: servers and workers shut down cleanly and fast
             try:
-                self.p.wait(20)
+                self.p.wait(8)
             except subprocess.TimeoutExpired:
                 os.killpg(self.p.pid, 9)
                 self.p.wait(10)
@@ -150,14 +150,16 @@ def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts
                          region_name="us-east-1").create_bucket(Bucket=bucket)
             pg = f"{PG['user']}@{PG['host']}:{PG['port']}"
             mlflow_env = {**env, "MLFLOW_S3_ENDPOINT_URL": s3}
-            stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                                   "--workers", "1", "--backend-store-uri", f"postgresql+psycopg2://{pg}/{mlflow_db}",
-                                   "--artifacts-destination", f"s3://{bucket}/mlflow"],
-                        mlflow_env, url=f"http://127.0.0.1:{mlflow_port}/health")
+            # Both servers migrate their databases at start-up: start them together, then wait.
+            mlflow = stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                                            str(mlflow_port), "--workers", "1",
+                                            "--backend-store-uri", f"postgresql+psycopg2://{pg}/{mlflow_db}",
+                                            "--artifacts-destination", f"s3://{bucket}/mlflow"], mlflow_env)
             prefect_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}/{prefect_db}"}
-            stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                           "--port", str(prefect_port)],
-                        prefect_env, url=f"http://127.0.0.1:{prefect_port}/api/health")
+            server = stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                                    "--port", str(prefect_port)], prefect_env)
+            wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow)
+            wait_http(f"http://127.0.0.1:{prefect_port}/api/health", server)
             api = f"http://127.0.0.1:{prefect_port}/api"
             stack.env = {**env, "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
                          "PEFTFLOW_HOME": str(peftflow_home), "S3_ENDPOINT": s3, "MLFLOW_DB": mlflow_db,
