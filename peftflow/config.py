@@ -120,6 +120,9 @@ class RunConfig(_Strict):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    # distributed training (the train stage runs through torchrun when either is > 1)
+    num_processes: int = Field(1, ge=1, description="Training processes per node (one per GPU); > 1 runs the train stage with torchrun. Global batch = per_device_train_batch_size x gradient_accumulation_steps x num_processes x nnodes.")
+    nnodes: int = Field(1, ge=1, description="Nodes; > 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
     # peftflow's own sections
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)

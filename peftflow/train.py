@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 from datasets import load_from_disk
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                          TrainerCallback, TrainingArguments)
+                          TrainerCallback, TrainingArguments, set_seed)
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from peftflow.config import RunConfig
@@ -52,6 +53,14 @@ class _SupervisedTokenTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.supervised_tokens = 0
         self._last_log = (time.perf_counter(), 0)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Length grouping over the *global* batch: N processes x batch B then see the same
+        # examples per step as one process with batch N x B (the sampler's order is seeded).
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler) and self.args.world_size > 1:
+            sampler.batch_size *= self.args.world_size
+        return sampler
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
@@ -117,6 +126,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir."""
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     model = get_method(cfg).build(load_base(model_path, cfg), cfg)
     trainable, total = model.get_nb_trainable_parameters()
     train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
@@ -137,8 +147,6 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         _check_resume(resumed_from, history)
 
     adapter_dir = output_dir / "adapter"
-    model.save_pretrained(adapter_dir, safe_serialization=True)
-    tokenizer.save_pretrained(adapter_dir)
     final_loss = history[-1][1] if history else float(result.training_loss)
     out = TrainResult(
         adapter_dir=str(adapter_dir), final_loss=final_loss, steps=trainer.state.global_step,
@@ -147,7 +155,10 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         trainable_params=trainable, total_params=total,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
     )
-    (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
+    if trainer.is_world_process_zero():  # under torchrun, one process writes the results
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        tokenizer.save_pretrained(adapter_dir)
+        (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
 
 

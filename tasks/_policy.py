@@ -19,7 +19,7 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 GPU_LIMIT_ENV = "PEFTFLOW_GPU_CONCURRENCY"
 
 
-def gpu_slot():
+def gpu_slot(occupy: int = 1):
     """A slot of the strict global concurrency limit that guards the accelerator.
 
     Runs from a deployment (a worker on a shared pool) take one slot of the limit named by
@@ -40,4 +40,4 @@ def gpu_slot():
     from_deployment = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
     if name == "off" or (name is None and not from_deployment):
         return contextlib.nullcontext()
-    return concurrency(name or "gpu", occupy=1, strict=True)
+    return concurrency(name or "gpu", occupy=occupy, strict=True)

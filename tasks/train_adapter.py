@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from transformers import TrainerCallback
 
-from peftflow import registry, train
+from peftflow import distributed, registry, train
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
 from peftflow.keys import stage_dir
@@ -38,8 +38,13 @@ def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, t
     From a deployment, holds a slot of the strict `gpu` concurrency limit while training."""
     registry.configure_mlflow()
     sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
-    with gpu_slot():  # queue behind other runs for the accelerator instead of fighting over it
-        result = train.run(config, model.path, data.path, stage_dir(config, train_key),
-                           callbacks=(sink, _ProgressCallback()))
+    with gpu_slot(config.num_processes):  # one slot per GPU process; queue behind other runs for the accelerator instead of fighting over it
+        if distributed.is_distributed(config):  # torchrun; the loss history is logged afterwards
+            result = distributed.run(config, model.path, data.path, stage_dir(config, train_key))
+            for step, loss in result.loss_history:
+                registry.log_metrics(run_id, {"loss": loss}, step=step)
+        else:
+            result = train.run(config, model.path, data.path, stage_dir(config, train_key),
+                               callbacks=(sink, _ProgressCallback()))
     registry.log_metrics(run_id, result.metrics())
     return result
