@@ -33,7 +33,12 @@ class FinetuneResult:
 
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
-    """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote."""
+    """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote.
+
+    Args:
+        config: The run config: LLaMA-Factory's training keys plus peftflow's `registry`,
+            `promotion` and `evaluation` sections (docs/configuration.md).
+    """
     model = resolve_model(config.model_name_or_path)
     data = prepare_dataset(config, model)
     key = train_key(config, model.fingerprint, data.fingerprint)

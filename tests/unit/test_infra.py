@@ -108,3 +108,14 @@ def test_compose_stack_structure():
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "prefect worker start --pool gpu" in services["worker"]["command"]
     assert (ROOT / "infra" / "Dockerfile").is_file()
+
+
+def test_finetune_deployment_form_has_defaults_and_descriptions():
+    from flows.finetune import finetune
+
+    schema = finetune.parameters.model_dump()
+    assert schema["properties"]["config"]["description"].startswith("The run config")
+    fields = schema["definitions"]["RunConfig"]["properties"]
+    assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
+    promotion = schema["definitions"]["PromotionConfig"]["properties"]
+    assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
