@@ -70,7 +70,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         from peftflow.data import data_report
         from peftflow.models import resolve_model
 
-        report = data_report(cfg, resolve_model(cfg.model_name_or_path).path)
+        report = data_report(cfg, resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights).path)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -241,9 +241,14 @@ def _as_user_error(e: Exception, model: str) -> Exception:
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset
+    from peftflow.methods import distill
     from peftflow.models import resolve_model
 
-    prepare_dataset(cfg, resolve_model(cfg.model_name_or_path).path)
+    if cfg.stage == "distill":
+        model = distill.resolve_student(cfg, distill.resolve_teacher(cfg))
+    else:
+        model = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
+    prepare_dataset(cfg, model.path)
 
 
 def main() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact

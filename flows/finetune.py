@@ -9,13 +9,14 @@ from prefect import flow
 
 from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
-from peftflow.methods import method_name
+from peftflow.methods import get_method, method_name
+from peftflow.train import remove_checkpoints
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from flows.approval import request_approval
 from tasks.publish_version import apply_approval, promote_version, publish_version, write_summary
-from tasks.resolve_model import resolve_model
+from tasks.resolve_model import resolve_model, resolve_student, resolve_teacher
 from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
 
@@ -33,34 +34,55 @@ class FinetuneResult:
 
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
-    """Prepare data, train an adapter, merge it, evaluate base vs tuned vs champion, publish, promote.
+    """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs
+    champion, publish, promote.
 
     Args:
         config: The run config: LLaMA-Factory's training keys plus peftflow's `registry`,
             `promotion` and `evaluation` sections (docs/configuration.md).
     """
-    model = resolve_model(config.model_name_or_path)
+    teacher = resolve_teacher(config) if config.stage == "distill" else None
+    model = (resolve_student(config, teacher) if teacher
+             else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
     data = prepare_dataset(config, model)
-    key = train_key(config, model.fingerprint, data.fingerprint)
+    key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
     lineage = {
-        "base_model": config.model_name_or_path, "base_model_fingerprint": model.fingerprint,
+        "base_model": f"{config.teacher} pruned to {config.student_layers} layers" if config.student_layers
+        else config.model_name_or_path,
+        "base_model_fingerprint": model.fingerprint,
         "data_fingerprint": data.fingerprint, "config_fingerprint": config.fingerprint(),
-        "method": method_name(config), "prefect_flow_run_id": flow_run_id(), "code_version": code_version(),
-        "train_key": key,
+        "method": method_name(config), "stage": config.stage, "prefect_flow_run_id": flow_run_id(),
+        "code_version": code_version(), "train_key": key,
     }
+    if teacher:
+        lineage |= {"teacher": config.teacher, "teacher_fingerprint": teacher.fingerprint,
+                    "teacher_adapter": config.teacher_adapter or "", "student_layers": str(config.student_layers or "")}
     run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
-        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id)
-        merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id, teacher)
+        notes = [f"MLflow run `{run_id}`; training key `{key}`",
+                 f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
+                 f"optimizer: {adapter.optimizer_used}"]
+        if config.should_merge:
+            merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+            tuned_dir = merged.merged_dir
+        else:
+            # Prompt-family adapters have no weight delta to fold in: ship adapter + base instead.
+            merged, tuned_dir = None, adapter.adapter_dir
+            why = "cannot be merged" if not get_method(config).mergeable else "are not merged (merge: false)"
+            notes.append(f"{method_name(config)} adapters {why}; published as an adapter version")
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
         evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
-            config, model, merged, rival, data, run_id)
-        version = publish_version(config, run_id, adapter, merged, evaluation, lineage)
+            config, model, tuned_dir, rival, data, run_id, teacher)
+        if teacher:
+            retention = evaluation.retention()
+            notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
+        version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
         decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
-                                                     merged.passed)
+                                                     merged.passed if merged else True)
         if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
             approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
             decision, current_champion = apply_approval(version, decision, approved, why, who)
@@ -68,8 +90,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
-    notes = [f"MLflow run `{run_id}`; training key `{key}`",
-             f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped"]
+    # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
+    remove_checkpoints(work)
     summary = write_summary(config, version, evaluation, decision, current_champion, notes)
     print(summary)
     promoted = decision.promote and current_champion == version.version

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peftflow.errors import UserError
+from peftflow.methods.traits import TRAITS, names_with
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -35,6 +37,9 @@ ACCEPTED_UNUSED_KEYS = frozenset({
     "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
     "push_to_hub", "logging_dir", "log_level", "report_to",
 })
+
+
+_REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
 class _Strict(BaseModel):
@@ -80,17 +85,41 @@ class RunConfig(_Strict):
     # model
     model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
     template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
-    trust_remote_code: bool = False
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model or tokenizer. Off unless set.")
+    allow_pickle_weights: bool = Field(False, description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded with torch's weights_only loader. peftflow itself writes safetensors only.")
     # method
-    stage: Literal["sft"] = "sft"
-    finetuning_type: Literal["lora"] = "lora"
+    stage: Literal["sft", "distill"] = Field(
+        "sft", description="`sft`: supervised fine-tuning. `distill`: the student (model_name_or_path, or the "
+                           "teacher pruned to student_layers) learns the teacher's output distribution.")
+    finetuning_type: Literal["lora", "full", "prefix", "prompt", "ptuning", "ia3"] = Field(
+        "lora", description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
+                            "(extensions of LLaMA-Factory's lora | freeze | full).")
     lora_rank: int = Field(8, gt=0)
     lora_alpha: int | None = Field(None, gt=0, description="Defaults to 2 x lora_rank, as LLaMA-Factory.")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    lora_target: str | list[str] = Field("all", description="`all`, a comma list, or a list of module names.")
-    additional_target: str | list[str] | None = None
+    lora_target: str | list[str] = Field(
+        "all", description="`all`, a comma list or list of module names, or a regex string (one with regex "
+                           "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
+    additional_target: str | list[str] | None = Field(None, description="Modules trained in full and saved (modules_to_save).")
     use_dora: bool = False
     use_rslora: bool = False
+    lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", description="LoRA init; pissa / olora adapters are converted to plain LoRA at save.")
+    pissa_init: bool = Field(False, description="LLaMA-Factory's key: same as lora_init: pissa.")
+    # prompt family (prefix, prompt, ptuning)
+    num_virtual_tokens: int = Field(16, gt=0)
+    prefix_projection: bool = Field(False, description="Prefix tuning: reparameterise the prefix through an MLP.")
+    prompt_tuning_init: Literal["random", "text"] = "random"
+    prompt_tuning_init_text: str | None = Field(None, description="Prompt tuning init text (prompt_tuning_init: text).")
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", description="P-tuning prompt encoder.")
+    encoder_hidden_size: int | None = Field(None, gt=0, description="Prefix / P-tuning encoder width; default hidden size.")
+    # quantised base (QLoRA)
+    quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4 or 8 bits (bitsandbytes).")
+    quantization_method: Literal["bnb"] = "bnb"
+    quantization_type: Literal["nf4", "fp4"] = "nf4"
+    double_quantization: bool = True
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="4-bit compute dtype; default bfloat16 with bf16: true, else float32.")
     # data
     dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
@@ -127,12 +156,32 @@ class RunConfig(_Strict):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    merge: bool | None = Field(None, description="Ship a merged model. Default (null): merge when the method "
+                                                "can, else publish the adapter with its base.")
     merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
+    # distillation (stage: distill)
+    teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id or models:/NAME@ALIAS.")
+    teacher_adapter: str | None = Field(None, description="A PEFT adapter dir applied to the teacher.")
+    student_layers: int | None = Field(None, gt=0, description="Student = the teacher pruned to N evenly spaced layers.")
+    kd_temperature: float = Field(2.0, gt=0.0)
+    kd_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
+    kd_direction: Literal["forward", "reverse"] = Field("forward", description="forward: KL(teacher||student).")
+    kd_chunk_size: int = Field(256, gt=0, description="Supervised positions per logits chunk.")
+    teacher_topk: int = Field(0, ge=-1, description="0: live teacher. k > 0: cache the teacher's top-k logits "
+                                                  "per position (approximate). -1: cache all (exact).")
 
     @field_validator("lora_target", "additional_target", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
-        if isinstance(v, str) and v != "all" and "," in v:
+        # LLaMA-Factory's comma strings are lists; a string with regex metacharacters is a regex
+        # (peft full-matches a str target against each module path).
+        if isinstance(v, str) and v != "all":
+            if _REGEX_CHARS.search(v):
+                try:
+                    re.compile(v)
+                except re.error as e:
+                    raise ValueError(f"invalid regex: {e}") from None
+                return v
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
@@ -144,9 +193,58 @@ class RunConfig(_Strict):
             raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
         if not [n for n in self.dataset.split(",") if n.strip()]:
             raise ValueError("dataset names no dataset")
+        self._method_checks()
+        self._distill_checks()
         return self
 
+    def _distill_checks(self) -> None:
+        distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(self, k) is not None]
+        if self.stage != "distill":
+            if distill_keys:
+                raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")
+            return
+        if not self.teacher:
+            raise ValueError("stage: distill needs a teacher (a model reference)")
+        if self.student_layers and "model_name_or_path" in self.model_fields_set:
+            raise ValueError("student_layers and model_name_or_path both name the student; keep one")
+        if not TRAITS[self.finetuning_type].distill_student:
+            raise ValueError(f"finetuning_type '{self.finetuning_type}' cannot be a distillation student "
+                             f"(students: {', '.join(names_with('distill_student'))})")
+        if self.kd_direction == "reverse" and self.teacher_topk > 0:
+            raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
+
+    def _method_checks(self) -> None:
+        """Method x option checks, driven by the capability table in methods/traits.py."""
+        name = self.finetuning_type
+        traits = TRAITS[name]
+        method = f"finetuning_type '{name}'"
+        if self.gradient_checkpointing and not traits.gradient_checkpointing:
+            raise ValueError(f"gradient_checkpointing: true does not work with {method}; set it to false")
+        if self.merge and not traits.mergeable:
+            raise ValueError(f"merge: true but {method} cannot be merged into the base; drop merge "
+                             f"(the adapter is published with its base)")
+        if self.quantization_bit and not traits.supports_kbit:
+            raise ValueError(f"quantization_bit: {self.quantization_bit} needs a method that trains on a k-bit "
+                             f"base; {method} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})")
+        if traits.family != "lora":
+            lora_only = [k for k in ("use_dora", "use_rslora", "pissa_init") if getattr(self, k)]
+            lora_only += ["lora_init"] if self.lora_init != "default" else []
+            if lora_only:
+                raise ValueError(f"{', '.join(lora_only)} only apply to finetuning_type 'lora', not {method}")
+        if self.pissa_init and self.lora_init not in ("default", "pissa"):
+            raise ValueError(f"pissa_init: true and lora_init: {self.lora_init} disagree; keep one")
+        if self.prompt_tuning_init == "text":
+            if name != "prompt":
+                raise ValueError(f"prompt_tuning_init: text only applies to finetuning_type 'prompt', not {method}")
+            if not self.prompt_tuning_init_text:
+                raise ValueError("prompt_tuning_init: text needs prompt_tuning_init_text")
+
     # derived values
+    @property
+    def should_merge(self) -> bool:
+        """Ship a merged checkpoint (True) or the adapter with its base (False)."""
+        return self.merge if self.merge is not None else TRAITS[self.finetuning_type].mergeable
+
     @property
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in self.dataset.split(",") if n.strip()]
@@ -180,6 +278,12 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     raw = dict(raw)
+    secret = _secret_key(raw)
+    if secret:
+        # The value is never echoed: it would land in logs, Prefect parameters and MLflow params.
+        raise UserError(f"{source}: key '{secret}' looks like a credential; the run config is shown in the Prefect UI and "
+                        "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
+                        "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config")
     if "warmup_ratio" in raw and raw.get("warmup_steps"):
         raise UserError(f"{source}: warmup_ratio and warmup_steps are both set; keep one")
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
@@ -190,6 +294,18 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     except ValidationError as e:
         raise UserError(_describe(e, source)) from None
     return cfg, unused
+
+
+def _secret_key(raw: dict[str, Any], prefix: str = "") -> str | None:
+    from peftflow.redact import is_secret_key
+
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if is_secret_key(str(k)):
+            return key
+        if isinstance(v, dict) and (found := _secret_key(v, key + ".")):
+            return found
+    return None
 
 
 def _describe(e: ValidationError, source: str) -> str:

@@ -75,7 +75,9 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows["input_ids"]])
         labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows["labels"]])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]])
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        # Prompt / P-tuning models return logits for their virtual tokens too, in front.
+        logits = logits[:, logits.shape[1] - ids.shape[1]:][:, :-1].float()
         target = labels[:, 1:]
         total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum"))
         count += int((target != -100).sum())
@@ -99,10 +101,28 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
     return outputs
 
 
-def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig) -> ModelScores:
+def is_adapter_dir(model_dir: str | Path) -> bool:
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_code: bool = False):
+    """A plain model dir, or an adapter dir applied to its base (`base_model_dir`, else the base
+    the adapter records). Prompt-family adapters cannot be merged, so they are scored this way."""
+    if not is_adapter_dir(model_dir):
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                    trust_remote_code=trust_remote_code).eval()
+    from peft import PeftConfig, PeftModel
+
+    base_dir = base_model_dir or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(base, model_dir).eval()
+
+
+def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
+                base_model_dir: str | None = None) -> ModelScores:
     ecfg = cfg.evaluation
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan
@@ -132,12 +152,23 @@ class EvalReport:
         raw = json.loads(Path(path).read_text())
         return cls(raw["metric"], {k: ModelScores(**v) for k, v in raw["models"].items()})
 
+    def retention(self) -> float:
+        """Distillation: the student's score as a share of the teacher's."""
+        teacher = self.models["teacher"].score
+        return self.models["tuned"].score / teacher if teacher else math.nan
+
     def flat_metrics(self) -> dict[str, float]:
-        return {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+        flat = {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+        if "teacher" in self.models:
+            flat["eval.teacher_retention"] = self.retention()
+        return flat
 
 
-def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path) -> EvalReport:
-    """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows."""
-    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg) for label, d in models.items()})
+def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path,
+            base_model_dir: str | None = None) -> EvalReport:
+    """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows.
+    An adapter dir is scored as base + adapter (`base_model_dir`, else the base it records)."""
+    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg, base_model_dir)
+                                                for label, d in models.items()})
     report.to_json(out_path)
     return report

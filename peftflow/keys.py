@@ -12,16 +12,16 @@ import peftflow
 from peftflow.config import RunConfig
 
 # Sections that change publishing or scoring, not the trained weights.
-_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge_tolerance", "output_dir", "on_invalid_rows"}
+_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "output_dir", "on_invalid_rows"}
 
 
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str) -> str:
+def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str, teacher_fingerprint: str = "") -> str:
     training = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING}
-    return _digest(training, model_fingerprint, data_fingerprint)
+    return _digest(training, model_fingerprint, data_fingerprint, teacher_fingerprint)
 
 
 def stage_dir(cfg: RunConfig, key: str) -> Path:

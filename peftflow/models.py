@@ -7,6 +7,8 @@ Accepted references:
                                  for tests and smoke runs (seconds per step).
   /a/local/dir                   any transformers checkpoint saved as safetensors.
   org/name                       a hub id; resolved from the local HF cache only when offline.
+  models:/NAME@ALIAS, models:/NAME/VERSION
+                                 a merged model version in the MLflow registry (downloaded once).
 """
 
 from __future__ import annotations
@@ -35,32 +37,38 @@ class ResolvedModel:
     fingerprint: str  # content hash of config + weights + tokenizer
 
 
-def resolve_model(ref: str) -> ResolvedModel:
+def resolve_model(ref: str, allow_pickle_weights: bool = False) -> ResolvedModel:
     if ref.startswith("builtin:"):
         path = _builtin(ref.removeprefix("builtin:"))
+    elif ref.startswith("models:/"):
+        path = _from_registry(ref)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
     elif ref.startswith(("/", ".", "~")):
         raise UserError(f"model_name_or_path: directory not found: {ref}")
     else:
         path = _from_hub(ref)
-    check_weights_are_safetensors(path)
+    check_weights_are_safetensors(path, allow_pickle_weights)
     return ResolvedModel(ref=ref, path=str(path), fingerprint=fingerprint_dir(path))
 
 
-def check_weights_are_safetensors(path: Path) -> None:
-    """Pickle checkpoints can run code on load; peftflow reads safetensors only."""
+def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False) -> None:
+    """Pickle checkpoints can run code on load; peftflow reads safetensors unless the config sets
+    `allow_pickle_weights: true` (transformers then loads them with torch's weights_only loader)."""
     if not (path / "config.json").is_file():
         raise UserError(f"model_name_or_path: {path} has no config.json; not a transformers model")
     if not list(path.glob("*.safetensors")):
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        if pickles and allow_pickle_weights:
+            return
         what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
-        raise UserError(f"model_name_or_path: {path} has {what}; convert the model to safetensors")
+        hint = "; convert the model to safetensors" + (" or set allow_pickle_weights: true" if pickles else "")
+        raise UserError(f"model_name_or_path: {path} has {what}{hint}")
 
 
 def fingerprint_dir(path: Path) -> str:
     """sha256 over the files that define the model, memoised by (name, size, mtime)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model"})
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model", ".bin", ".pt"})
     stat_key = hashlib.sha256(json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()
     memo = cache_dir("fingerprints") / stat_key
     if memo.is_file():
@@ -130,6 +138,18 @@ def _build_tiny_random(out: Path) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+
+
+def _from_registry(uri: str) -> Path:
+    from peftflow import registry
+
+    try:
+        path = Path(registry.download_model_dir(uri))
+    except LookupError as e:
+        raise UserError(f"model reference {uri}: {e}") from None
+    if (path / "adapter_config.json").is_file():
+        raise UserError(f"model reference {uri} is an adapter version; use a merged version or its base plus teacher_adapter")
+    return path
 
 
 def _from_hub(repo_id: str) -> Path:

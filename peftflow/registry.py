@@ -42,13 +42,10 @@ if TYPE_CHECKING:
 
     from peftflow.config import RunConfig
 
+from peftflow.redact import MASK, SECRET_KEY
+
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 MODEL_ARTIFACT = "model"
-SECRET_KEY = re.compile(
-    r"(^|[._-])(token|password|passwd|secret|api_?key|access_?key|private_?key|credentials?)($|[._-])",
-    re.IGNORECASE,
-)
-MASK = "***"
 HISTORY_KEEP = 20        # alias moves kept per version and alias (tag values are size-limited)
 REASON_MAX = 300
 
@@ -155,6 +152,12 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
         _client().log_batch(run_id, metrics=batch)
 
 
+def set_run_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = _client()
+    for k, v in tags.items():
+        client.set_tag(run_id, k, str(v))
+
+
 def log_artifact(run_id: str, local_path: str, artifact_path: str | None = None) -> None:
     """Upload a file, or a directory (it keeps its name), under `artifact_path`."""
     _client().log_artifact(run_id, str(local_path), artifact_path)
@@ -182,7 +185,7 @@ def _ref(mv: Any) -> ModelVersionRef:
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
-                  metrics: dict[str, float]) -> ModelVersionRef:
+                  metrics: dict[str, float], trust_remote_code: bool = False) -> ModelVersionRef:
     """Log a merged, plain transformers model dir to the run and register it as `challenger`.
 
     Idempotent: a version of `name` already made from `run_id` is returned, not made again.
@@ -190,14 +193,15 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
     def components() -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto"),
-                "tokenizer": AutoTokenizer.from_pretrained(merged_dir)}
+        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
+                "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}
 
     return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
 
 
 def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
-                    lineage: dict[str, str], metrics: dict[str, float]) -> ModelVersionRef:
+                    lineage: dict[str, str], metrics: dict[str, float],
+                    trust_remote_code: bool = False) -> ModelVersionRef:
     """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
 
     Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
@@ -210,10 +214,10 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto")
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
         tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
         return {"model": PeftModel.from_pretrained(base, adapter_dir),
-                "tokenizer": AutoTokenizer.from_pretrained(tok_dir)}
+                "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}
 
     lineage = {**lineage, "base_model_path": base_model_dir}
     return _publish(run_id, name, lineage, metrics, components, kind="adapter",
@@ -493,6 +497,18 @@ def _point_decision(metric: str, candidate: float, incumbent: float | None, incu
     return decision(False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}")
 
 
+def _alias_lock(name: str):
+    """Serialises alias moves on one registered model among the processes of this machine (flows
+    publishing to the same model at once): read champion, move previous, move champion is then one
+    step. MLflow has no compare-and-set for aliases, so processes on other machines are not covered."""
+    from filelock import FileLock
+
+    from peftflow.paths import cache_dir
+
+    store = hashlib.sha256(f"{configure_mlflow()}\0{name}".encode()).hexdigest()[:16]
+    return FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"), timeout=300)
+
+
 def promote(name: str, version: str, decision: GateDecision, actor: str) -> str | None:
     """Move `champion` to `version` when the gate passed; the old champion becomes `previous`.
 
@@ -508,13 +524,14 @@ def move_champion(name: str, version: str, reason: str, actor: str) -> str:
     The champion it replaces becomes `previous`. Nothing moves when it already is champion."""
     version = str(version)
     _client().get_model_version(name, version)  # raises RESOURCE_DOES_NOT_EXIST for a wrong version
-    current = get_version_by_alias(name, CHAMPION)
-    if current is not None and current.version == version:
-        return version
-    # `previous` first: a retry after a crash between the two moves still ends right.
-    if current is not None:
-        set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
-    set_alias(name, CHAMPION, version, reason=reason, actor=actor)
+    with _alias_lock(name):
+        current = get_version_by_alias(name, CHAMPION)
+        if current is not None and current.version == version:
+            return version
+        # `previous` first: a retry after a crash between the two moves still ends right.
+        if current is not None:
+            set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
+        set_alias(name, CHAMPION, version, reason=reason, actor=actor)
     return version
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ log = logging.getLogger("peftflow.train")
 # After a resume the first logged loss must be near the last one logged before the crash;
 # a run that silently restarted from scratch shows the untrained loss instead.
 RESUME_LOSS_TOLERANCE = 0.5
+# ... and it must not give back most of the progress made before the checkpoint (a restart that
+# reloads the step counter but not the adapter weights: the known PEFT trap).
+RESUME_PROGRESS_KEPT = 0.5
+# What a checkpoint needs to resume exactly: trainer_state.json is written last, so a checkpoint
+# killed mid-save lacks it (or holds half of it).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class TrainResult:
     total_params: int
     resumed_from_step: int | None
     loss_history: tuple[tuple[int, float], ...]
+    method: str = "lora"
+    optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
 
     def metrics(self) -> dict[str, float]:
         return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
@@ -73,6 +82,41 @@ class _SupervisedTokenTrainer(Trainer):
             logs["supervised_tokens_per_s"] = round((seen - seen0) / (now - t0), 1)
         self._last_log = (now, seen)
         super().log(logs, *args, **kwargs)
+
+
+class _DistillTrainer(_SupervisedTokenTrainer):
+    """The student's loss is the distillation loss against a frozen teacher (or its cached top-k)."""
+
+    def __init__(self, *args, teacher=None, cache=None, settings=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.cache, self.settings = teacher, cache, settings
+        self._kd = [0.0, 0.0, 0]  # kl sum, ce sum, steps since the last log
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        from peftflow.methods.distill import distill_step
+
+        self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
+        self._kd = [self._kd[0] + float(out["kl"]), self._kd[1] + float(out["ce"]), self._kd[2] + 1]
+        return (out["loss"], None) if return_outputs else out["loss"]
+
+    def log(self, logs, *args, **kwargs):
+        kl, ce, n = self._kd
+        if "loss" in logs and n:
+            logs["kd_kl"], logs["kd_ce"] = round(kl / n, 5), round(ce / n, 5)
+            self._kd = [0.0, 0.0, 0]
+        super().log(logs, *args, **kwargs)
+
+
+class _FirstStep(TrainerCallback):
+    """Records the first optimizer step this process finishes (global step, so it counts on)."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step is None:
+            self.step = state.global_step
 
 
 class MetricsCallback(TrainerCallback):
@@ -116,35 +160,95 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     )
 
 
+def compute_dtype(cfg: RunConfig) -> torch.dtype:
+    if cfg.compute_dtype:
+        return getattr(torch, cfg.compute_dtype)
+    return torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
+
+
 def load_base(model_path: str, cfg: RunConfig):
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    dtype = compute_dtype(cfg)
+    if not cfg.quantization_bit:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=cfg.quantization_bit == 4, load_in_8bit=cfg.quantization_bit == 8,
+        bnb_4bit_quant_type=cfg.quantization_type, bnb_4bit_use_double_quant=cfg.double_quantization,
+        bnb_4bit_compute_dtype=dtype)
+    device_map = None if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quant,
+                                                device_map=device_map, trust_remote_code=cfg.trust_remote_code)
+
+
+def optimizer_used(cfg: RunConfig, optimizer) -> str:
+    """The optimizer that ran, e.g. `bitsandbytes.AdamW 8-bit paged`. bitsandbytes' paged
+    optimizers page only on CUDA; on CPU they run unpaged (with a warning), which this records."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    name = f"{type(inner).__module__.split('.')[0]}.{type(inner).__name__}"
+    bits = getattr(getattr(inner, "args", None), "optim_bits", None)
+    if bits:
+        name += f" {bits}-bit"
+    if cfg.optim.startswith("paged_"):
+        name += " paged" if torch.cuda.is_available() else f" unpaged ({cfg.optim} requested; paging needs CUDA)"
+    return name
+
+
+def _parameter_counts(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts what its adapters add
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
+
+
+def _distill_kwargs(cfg: RunConfig, teacher_path: str, data_path: str, train_set):
+    """Teacher, KD settings and (optional) top-k cache keyed by teacher, data and k."""
+    from peftflow.methods.distill import KDSettings, load_teacher, teacher_cache
+    from peftflow.models import fingerprint_dir
+    from peftflow.paths import cache_dir
+
+    teacher = load_teacher(teacher_path, cfg.trust_remote_code)
+    settings = KDSettings(cfg.kd_temperature, cfg.kd_ratio, cfg.kd_direction, cfg.kd_chunk_size)
+    cache = None
+    if cfg.teacher_topk:
+        name = f"{fingerprint_dir(Path(teacher_path))}-{Path(data_path).name}-k{cfg.teacher_topk}.safetensors"
+        cache = teacher_cache(teacher, train_set, cfg.teacher_topk, cache_dir("teacher") / name)
+        teacher = None  # the cache replaces it
+    return dict(teacher=teacher, cache=cache, settings=settings)
 
 
 def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-        callbacks: tuple[TrainerCallback, ...] = ()) -> TrainResult:
-    """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir."""
+        callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
+    """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
+    With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
     output_dir = Path(output_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
-    model = get_method(cfg).build(load_base(model_path, cfg), cfg)
-    trainable, total = model.get_nb_trainable_parameters()
+    method = get_method(cfg)
+    model = method.build(load_base(model_path, cfg), cfg)
+    init_dir = method.before_train(model, output_dir)
+    trainable, total = _parameter_counts(model)
     train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
 
     args = training_arguments(cfg, output_dir)
-    trainer = _SupervisedTokenTrainer(
+    trainer_cls, extra = _SupervisedTokenTrainer, {}
+    if cfg.stage == "distill":
+        trainer_cls, extra = _DistillTrainer, _distill_kwargs(cfg, teacher_path, data_path, train_set)
+        # Rows carry their index so a batch can find its cached teacher outputs.
+        train_set = train_set.add_column("row_id", list(range(len(train_set))))
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=train_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, first_step := _FirstStep()], **extra,
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    checkpoint = last_complete_checkpoint(Path(args.output_dir))
     resumed_from = _loss_before(checkpoint) if checkpoint else None
+    first_loss = _first_loss(checkpoint) if checkpoint else None
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     history = tuple((h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h)
     if resumed_from:
-        _check_resume(resumed_from, history)
+        _check_resume(resumed_from, history, first_loss, first_step.step)
 
     adapter_dir = output_dir / "adapter"
     final_loss = history[-1][1] if history else float(result.training_loss)
@@ -154,28 +258,90 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         tokens_per_second=round(trainer.supervised_tokens / seconds, 1) if seconds else 0.0,
         trainable_params=trainable, total_params=total,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
+        method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
-        model.save_pretrained(adapter_dir, safe_serialization=True)
+        method.save(model, adapter_dir, init_dir)
         tokenizer.save_pretrained(adapter_dir)
         (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
 
 
-def _loss_before(checkpoint: str) -> tuple[int, float] | None:
-    """(step, last logged loss) saved with a checkpoint."""
+def remove_checkpoints(output_dir: str | Path) -> bool:
+    """Delete a finished run's scratch space (`<output_dir>/checkpoints`: weights plus optimizer
+    state per checkpoint); adapter/, merged/ and the reports stay. Call it only once the result is
+    safely published: until then the checkpoints are what a retry resumes from."""
+    scratch = Path(output_dir) / "checkpoints"
+    if not scratch.is_dir():
+        return False
+    shutil.rmtree(scratch)
+    log.info("removed scratch space %s", scratch)
+    return True
+
+
+def last_complete_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The newest checkpoint that can be resumed from. A checkpoint cut short by a kill (no or
+    unreadable trainer_state.json, no optimizer or scheduler state) is set aside, not resumed:
+    Trainer would otherwise load it and fail, or silently start the optimizer afresh."""
+    while checkpoints_dir.is_dir() and (last := get_last_checkpoint(str(checkpoints_dir))):
+        if _complete(Path(last)):
+            return last
+        aside = Path(last).with_name(f"incomplete-{Path(last).name}-{time.time_ns()}")
+        log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", last, aside.name)
+        Path(last).rename(aside)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    if not all((checkpoint / f).is_file() for f in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def _first_loss(checkpoint: str) -> float | None:
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    losses = [(h["step"], h["loss"]) for h in state["log_history"] if "loss" in h]
-    return losses[-1] if losses else (state["global_step"], math.nan)
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return losses[0] if losses else None
 
 
-def _check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...]) -> None:
+def _loss_before(checkpoint: str) -> tuple[int, float] | None:
+    """(checkpoint step, last loss logged up to it) saved with a checkpoint."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return state["global_step"], (losses[-1] if losses else math.nan)
+
+
+class ResumeError(RuntimeError):
+    """A resumed run that did not continue where the checkpoint left off."""
+
+
+def _check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...],
+                  first_loss: float | None = None, first_new_step: int | None = None) -> None:
+    """Fail loudly when a resume looks like a restart from scratch.
+
+    `before` is (step, last loss logged) of the checkpoint, `history` the (step, loss) log after
+    training (it includes the checkpoint's own entries), `first_loss` the first loss the run ever
+    logged, `first_new_step` the first optimizer step this process finished. Three symptoms: the
+    step counter did not continue at step + 1, the loss jumped well above the last one, or it gave
+    back most of the progress made between the first logged loss and the checkpoint."""
     step, loss = before
+    if first_new_step is not None and first_new_step != step + 1:
+        raise ResumeError(f"resume from step {step} restarted the step counter: the first step trained "
+                          f"after resuming was {first_new_step}, not {step + 1}")
     after = [(s, l) for s, l in history if s > step]
     if not after or math.isnan(loss):
         return
     first = after[0][1]
     if first > loss + RESUME_LOSS_TOLERANCE * max(loss, 1.0):
-        raise RuntimeError(f"resume from step {step} looks like a restart from scratch: "
-                           f"loss {loss:.3f} before, {first:.3f} after")
+        raise ResumeError(f"resume from step {step} looks like a restart from scratch: "
+                          f"loss {loss:.3f} before, {first:.3f} after")
+    if first_loss is not None and not math.isnan(first_loss):
+        progress = first_loss - loss
+        if progress > 0.1 * max(first_loss, 1.0) and first > first_loss - RESUME_PROGRESS_KEPT * progress:
+            raise ResumeError(f"resume from step {step} looks like a restart from scratch: loss {first:.3f} after "
+                              f"resuming is back near the untrained {first_loss:.3f} (was {loss:.3f})")
     log.info("resumed at step %d: loss %.3f before, %.3f after", step, loss, first)

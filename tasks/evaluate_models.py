@@ -6,7 +6,6 @@ from prefect.artifacts import create_table_artifact
 from peftflow import evaluate, registry
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
-from peftflow.merge import MergeResult
 from peftflow.models import ResolvedModel
 from peftflow.registry import ModelVersionRef
 
@@ -14,7 +13,8 @@ from peftflow.registry import ModelVersionRef
 def _key(context, params) -> str:
     champion = params["champion"]
     rival = f"{champion.name}/{champion.version}" if champion else "none"
-    return (f"evaluate-{params['merged'].merged_dir}-{params['data'].fingerprint}-{rival}-"
+    rival += f"-teacher-{params['teacher'].fingerprint}" if params.get("teacher") else ""
+    return (f"evaluate-{params['tuned_dir']}-{params['data'].fingerprint}-{rival}-"
             f"{params['config'].template}-{params['config'].evaluation.model_dump_json()}")
 
 
@@ -25,16 +25,22 @@ def find_champion(config: RunConfig) -> ModelVersionRef | None:
 
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
-def evaluate_models(config: RunConfig, model: ResolvedModel, merged: MergeResult, champion: ModelVersionRef | None,
-                    data: PreparedData, run_id: str) -> evaluate.EvalReport:
-    """Base, fine-tune and the current champion, scored on the same held-out rows."""
-    models = {"base": model.path, "tuned": merged.merged_dir}
+def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, champion: ModelVersionRef | None,
+                    data: PreparedData, run_id: str, teacher: ResolvedModel | None = None) -> evaluate.EvalReport:
+    """Base, fine-tune and the current champion, scored on the same held-out rows.
+
+    `tuned_dir` is the merged model, or the adapter dir of a method that cannot be merged
+    (scored as base + adapter). In a distillation run `base` is the student before training and
+    the teacher is scored too."""
+    models = {"teacher": teacher.path} if teacher else {}
+    models |= {"base": model.path, "tuned": tuned_dir}
     if champion:
         models["champion"] = registry.download_model_dir(champion.uri)
-    report = evaluate.compare(models, data.path, config, Path(merged.merged_dir).parent / "eval_report.json")
+    out = Path(tuned_dir).parent / "eval_report.json"
+    report = evaluate.compare(models, data.path, config, out, base_model_dir=model.path)
     registry.configure_mlflow()
     registry.log_metrics(run_id, report.flat_metrics())
-    registry.log_artifact(run_id, str(Path(merged.merged_dir).parent / "eval_report.json"))
+    registry.log_artifact(run_id, str(out))
     create_table_artifact(
         key="evaluation",
         table=[{"model": label, **s.summary()} for label, s in report.models.items()],

@@ -17,15 +17,22 @@ from tasks._policy import retry_unless_user_error
 
 
 @task(name="publish-version", retries=3, retry_delay_seconds=[5, 15, 45], retry_condition_fn=retry_unless_user_error)
-def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged: MergeResult, evaluation: EvalReport,
-                    lineage: dict[str, str]) -> ModelVersionRef:
-    """Idempotent per MLflow run: a retry or a cached rerun returns the version already registered."""
+def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged: MergeResult | None,
+                    evaluation: EvalReport, lineage: dict[str, str], base_model_dir: str | None = None) -> ModelVersionRef:
+    """Idempotent per MLflow run: a retry or a cached rerun returns the version already registered.
+
+    No merged model (a method that cannot be merged, or merge: false): the adapter is published
+    with the path of its base, so the version reloads onto exactly that base."""
     registry.configure_mlflow()
     work = Path(adapter.adapter_dir).parent
     registry.log_artifact(run_id, adapter.adapter_dir, "adapter")
     registry.log_artifact(run_id, str(report.loss_curve(adapter.loss_history, work / "loss_curve.png")))
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
-    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics)
+    if merged is None:
+        return registry.publish_adapter(run_id, config.registry.name, adapter.adapter_dir, base_model_dir,
+                                        lineage, metrics, trust_remote_code=config.trust_remote_code)
+    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
+                                  trust_remote_code=config.trust_remote_code)
 
 
 def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True) -> GateDecision:

@@ -33,18 +33,20 @@ def _key(context, params) -> str:
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_unless_user_error)
 def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
-                  run_id: str) -> train.TrainResult:
+                  run_id: str, teacher: ResolvedModel | None = None) -> train.TrainResult:
     """Resumes from the last checkpoint of this training key, so a retry continues, not restarts.
     From a deployment, holds a slot of the strict `gpu` concurrency limit while training."""
     registry.configure_mlflow()
     sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
-    with gpu_slot(config.num_processes):  # one slot per GPU process; queue behind other runs for the accelerator instead of fighting over it
+    # One slot per GPU process: queue behind other runs for the accelerator instead of fighting over it.
+    with gpu_slot(config.num_processes):
         if distributed.is_distributed(config):  # torchrun; the loss history is logged afterwards
             result = distributed.run(config, model.path, data.path, stage_dir(config, train_key))
             for step, loss in result.loss_history:
                 registry.log_metrics(run_id, {"loss": loss}, step=step)
         else:
             result = train.run(config, model.path, data.path, stage_dir(config, train_key),
-                               callbacks=(sink, _ProgressCallback()))
+                               callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
     registry.log_metrics(run_id, result.metrics())
+    registry.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method})
     return result

@@ -1,17 +1,29 @@
-"""LoRA and its variants (DoRA, rsLoRA) through peft."""
+"""LoRA and its variants (DoRA, rsLoRA, PiSSA / OLoRA / gaussian init, QLoRA) through peft."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peft import LoraConfig, TaskType, get_peft_model
+
+# Inits that rewrite the base weights: the adapter is converted back to plain LoRA at save time,
+# so it reloads onto the untouched base (PeftModel.from_pretrained) and merges into it.
+_CONVERTED_INITS = {"pissa", "olora"}
 
 
 def _targets(value):
     # LLaMA-Factory's `all` is peft's `all-linear` (every linear layer but the output head).
+    # A str other than `all` is a regex (peft full-matches it); a list names modules.
     return "all-linear" if value == "all" else value
+
+
+def init_of(cfg) -> str:
+    return "pissa" if cfg.pissa_init else cfg.lora_init
 
 
 def lora_config(cfg) -> LoraConfig:
     extra = cfg.additional_target
+    init = init_of(cfg)
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=cfg.lora_rank,
@@ -21,8 +33,34 @@ def lora_config(cfg) -> LoraConfig:
         modules_to_save=[extra] if isinstance(extra, str) else extra,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
+        init_lora_weights=True if init == "default" else init,
     )
 
 
 def build(model, cfg):
+    if getattr(cfg, "quantization_bit", None):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     return get_peft_model(model, lora_config(cfg))
+
+
+def before_train(model, output_dir) -> str | None:
+    """PiSSA / OLoRA: keep the initial adapter, needed to convert the trained one at save."""
+    config = model.peft_config["default"]
+    if config.init_lora_weights not in _CONVERTED_INITS:
+        return None
+    init_dir = Path(output_dir) / "adapter_init"
+    if not (init_dir / "adapter_config.json").is_file():
+        init = config.init_lora_weights
+        config.init_lora_weights = True  # saved as plain LoRA, as peft's conversion expects
+        model.save_pretrained(init_dir, safe_serialization=True)
+        config.init_lora_weights = init
+    return str(init_dir)
+
+
+def save(model, adapter_dir, init_dir=None) -> None:
+    if init_dir:
+        model.save_pretrained(adapter_dir, safe_serialization=True, path_initial_model_for_weight_conversion=init_dir)
+    else:
+        model.save_pretrained(adapter_dir, safe_serialization=True)

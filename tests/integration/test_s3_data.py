@@ -4,7 +4,6 @@ standard AWS environment, cached by ETag, fingerprinted by content."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 

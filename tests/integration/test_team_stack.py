@@ -17,7 +17,7 @@ import pytest
 
 from flows.deployfile import local_deployments
 from peftflow.data.demo import make_rows
-from tests.integration.stack import (ROOT, api, deploy, flow_runs_of, postgres_available, run_deployment,
+from tests.integration.stack import (ROOT, deploy, flow_runs_of, postgres_available, run_deployment,
                                      start_worker, team_stack, wait_flow_run)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),

@@ -6,7 +6,6 @@ User mistakes must print exactly one `error:` line on stderr and exit 2, for `va
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess

@@ -132,3 +132,10 @@ def test_configs_demo_yaml_is_the_builtin_demo():
 
     cfg, unused = load_config(Path(__file__).parents[2] / "configs" / "demo.yaml")
     assert cfg == demo_config() and unused == []
+
+
+def test_example_distill_config_loads():
+    from pathlib import Path
+
+    cfg, unused = load_config(Path(__file__).parents[2] / "configs" / "distill-smollm2-half.yaml")
+    assert (cfg.stage, cfg.student_layers, cfg.teacher_topk) == ("distill", 15, 64) and unused == []

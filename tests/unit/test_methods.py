@@ -1,0 +1,149 @@
+"""The PEFT method family on the tiny model: each trains, saves, and reloads with plain peft.
+
+Rejected method x option combinations fail at config time with one line naming the keys.
+"""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from peftflow import evaluate, merge, train
+from peftflow.config import RunConfig, parse_config
+from peftflow.data import prepare_dataset
+from peftflow.errors import UserError
+from peftflow.merge import probe_batch
+from peftflow.methods import METHODS
+from peftflow.methods.traits import TRAITS
+
+METHOD_CASES = {
+    "lora": dict(finetuning_type="lora"),
+    "dora-rslora": dict(finetuning_type="lora", use_dora=True, use_rslora=True, lora_target="q_proj,v_proj"),
+    "lora-regex-pissa": dict(finetuning_type="lora", lora_target=r".*\.(q|v)_proj", pissa_init=True),
+    "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", lora_target="all"),
+    "ia3": dict(finetuning_type="ia3", learning_rate=5e-2),
+    "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2),
+    "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
+                   prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
+    "ptuning": dict(finetuning_type="ptuning", num_virtual_tokens=8, learning_rate=1e-2, encoder_hidden_size=32),
+}
+
+
+class _Keep(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model):
+    return prepare_dataset(_cfg(tiny_model), tiny_model)
+
+
+def _cfg(tiny_model, **overrides) -> RunConfig:
+    fields = dict(model_name_or_path=tiny_model, max_steps=8, learning_rate=5e-3, logging_steps=1, save_steps=100,
+                  per_device_train_batch_size=4, lr_scheduler_type="constant")
+    return RunConfig(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, data, tmp_path):
+    cfg = _cfg(tiny_model, **METHOD_CASES[case])
+    keep = _Keep()
+    result = train.run(cfg, tiny_model, data.path, tmp_path, callbacks=(keep,))
+    losses = [loss for _, loss in result.loss_history]
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    assert result.method == cfg.finetuning_type and result.optimizer_used
+    if cfg.optim.startswith("paged_") and not torch.cuda.is_available():
+        assert "unpaged" in result.optimizer_used
+
+    trained = keep.model.eval()
+    # QLoRA: reloaded onto the same 4-bit base it trained on (merge.py covers the fp32 base).
+    base = train.load_base(tiny_model, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(tiny_model)
+    reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
+    from transformers import AutoTokenizer
+    batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
+    with torch.no_grad():
+        a, b = trained(**batch).logits, reloaded(**batch).logits
+    tol = 1e-3 if case == "lora-regex-pissa" else 1e-5  # PiSSA is converted back to plain LoRA at save
+    assert (a - b).abs().max() <= tol
+
+    if not METHODS[cfg.finetuning_type].mergeable:
+        # Scored as base + adapter: held-out loss over the real tokens only, and generation.
+        small = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
+            update={"max_samples": 2, "max_new_tokens": 4, "batch_size": 2})})
+        report = evaluate.compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
+        tuned = report.models["tuned"]
+        assert len(tuned.examples) == 2 and tuned.loss == tuned.loss  # not NaN
+
+
+def test_qlora_merges_into_fp32_base_and_reports_quantization_error(tiny_model, data, tmp_path):
+    cfg = _cfg(tiny_model, quantization_bit=4, max_steps=2, optim="adamw_8bit")
+    result = train.run(cfg, tiny_model, data.path, tmp_path)
+    assert result.optimizer_used.startswith("bitsandbytes.") and "8-bit" in result.optimizer_used
+    merged = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=10.0, train_cfg=cfg)
+    assert merged.max_abs_logit_diff <= 1e-4  # fp32 base + adapter vs merged: exact
+    assert 0 < merged.max_abs_logit_diff_vs_quantized <= 10.0
+    plain = AutoModelForCausalLM.from_pretrained(merged.merged_dir)
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+    with pytest.raises(merge.MergeFidelityError, match="quantisation error"):
+        merge.merge(tiny_model, result.adapter_dir, tmp_path / "m2", tolerance=1e-6, train_cfg=cfg)
+
+
+def test_table_rows_match_traits():
+    assert set(METHODS) == set(TRAITS)
+    assert not METHODS["prefix"].mergeable and not METHODS["prefix"].gradient_checkpointing
+    assert METHODS["lora"].supports_kbit and METHODS["ia3"].mergeable
+
+
+@pytest.mark.parametrize("raw, keys", [
+    ({"finetuning_type": "prefix", "gradient_checkpointing": True}, ["gradient_checkpointing", "prefix"]),
+    ({"finetuning_type": "prompt", "merge": True}, ["merge", "prompt"]),
+    ({"finetuning_type": "ptuning", "merge": True}, ["merge", "ptuning"]),
+    ({"finetuning_type": "prefix", "quantization_bit": 4}, ["quantization_bit", "prefix"]),
+    ({"finetuning_type": "ia3", "quantization_bit": 8}, ["quantization_bit", "ia3"]),
+    ({"finetuning_type": "prompt", "use_dora": True}, ["use_dora", "prompt"]),
+    ({"finetuning_type": "lora", "pissa_init": True, "lora_init": "olora"}, ["pissa_init", "lora_init"]),
+    ({"finetuning_type": "prompt", "prompt_tuning_init": "text"}, ["prompt_tuning_init_text"]),
+    ({"finetuning_type": "prefix", "prompt_tuning_init": "text", "prompt_tuning_init_text": "x"},
+     ["prompt_tuning_init", "prefix"]),
+    ({"quantization_bit": 4, "quantization_method": "gptq"}, ["quantization_method"]),
+    ({"lora_target": "(q_proj"}, ["lora_target"]),
+])
+def test_rejected_combinations_name_the_keys(raw, keys):
+    with pytest.raises(UserError) as e:
+        parse_config(raw)
+    msg = str(e.value)
+    assert "\n" not in msg and all(k in msg for k in keys), msg
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("all", "all"), ("q_proj,v_proj", ["q_proj", "v_proj"]), ("q_proj", ["q_proj"]),
+    (r".*\.(q|v)_proj", r".*\.(q|v)_proj"), (["q_proj"], ["q_proj"]),
+])
+def test_lora_target_list_or_regex(value, expected):
+    assert parse_config({"lora_target": value})[0].lora_target == expected
+
+
+def test_merge_defaults_follow_the_method():
+    assert parse_config({})[0].should_merge
+    assert not parse_config({"finetuning_type": "prefix"})[0].should_merge
+    assert not parse_config({"merge": False})[0].should_merge
+
+
+@pytest.mark.parametrize("name, method, merges", [
+    ("lora-dora", "lora", True), ("qlora", "lora", True), ("prefix", "prefix", False),
+    ("prompt", "prompt", False), ("ptuning", "ptuning", False), ("ia3", "ia3", True),
+])
+def test_example_configs_load(name, method, merges):
+    from pathlib import Path
+
+    from peftflow.config import load_config
+    cfg, unused = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert (cfg.finetuning_type, cfg.should_merge, unused) == (method, merges, [])
+
+
+def test_reading_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, peftflow.config; sys.exit(int('torch' in sys.modules or 'peft' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
