@@ -1,4 +1,4 @@
-"""`peftflow` command line: run, validate, generate.
+"""`peftflow` command line: run, validate, generate, promote, rollback, history, emit-dataset-updated.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
 shows the traceback instead.
@@ -95,6 +95,116 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
         _fail(_as_user_error(e, model))
         return
     typer.echo(text)
+
+
+def _actor(given: Optional[str]) -> str:
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = "unknown"
+    return given or f"cli:{user}"
+
+
+def _registry_error(e: Exception, what: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+
+    from peftflow.errors import UserError
+
+    if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        err = UserError(f"{what}: {e.message}")
+        err.__cause__ = e
+        return err
+    return e
+
+
+def _show_aliases(name: str) -> None:
+    from peftflow import registry
+
+    parts = []
+    for alias in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER):
+        ref = registry.get_version_by_alias(name, alias)
+        parts.append(f"{alias} -> v{ref.version}" if ref else f"{alias} -> none")
+    typer.echo(f"{name}: " + ", ".join(parts))
+
+
+@app.command()
+def promote(name: str = typer.Argument(..., help="Registered model name."),
+            version: str = typer.Option(..., "--version", help="Version to make champion."),
+            reason: str = typer.Option(..., "--reason", help="Why; recorded on the version."),
+            actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
+    """Make VERSION the champion by hand (no gate); the old champion becomes `previous`."""
+    try:
+        from peftflow import registry
+
+        registry.configure_mlflow()
+        registry.move_champion(name, version, reason, _actor(actor))
+        _show_aliases(name)
+    except Exception as e:  # noqa: BLE001
+        _fail(_registry_error(e, f"{name} v{version}"))
+
+
+@app.command()
+def rollback(name: str = typer.Argument(..., help="Registered model name."),
+             reason: str = typer.Option(..., "--reason", help="Why; recorded on both versions."),
+             actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
+    """Swap `champion` and `previous`: the previous champion serves again (run twice to undo)."""
+    try:
+        from peftflow import registry
+
+        registry.configure_mlflow()
+        registry.rollback(name, reason, _actor(actor))
+        _show_aliases(name)
+    except Exception as e:  # noqa: BLE001
+        _fail(_registry_error(e, name))
+
+
+@app.command()
+def history(name: str = typer.Argument(..., help="Registered model name."),
+            version: str = typer.Option(..., "--version", help="Version whose alias moves to show.")) -> None:
+    """Every alias move recorded on VERSION: when, alias, by whom, why."""
+    try:
+        import json
+
+        from peftflow import registry
+
+        registry.configure_mlflow()
+        moves = [{"alias": a, **m} for a in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER)
+                 for m in registry.alias_history(name, version, a)]
+    except Exception as e:  # noqa: BLE001
+        _fail(_registry_error(e, f"{name} v{version}"))
+        return
+    for m in sorted(moves, key=lambda m: m["at"]):
+        typer.echo(json.dumps(m))
+
+
+@app.command("emit-dataset-updated")
+def emit_dataset_updated(dataset: str = typer.Option(..., "--dataset", help="Dataset name(s) in dataset_info.json."),
+                         dataset_dir: Optional[str] = typer.Option(None, "--dataset-dir", help="Folder with dataset_info.json."),
+                         uri: Optional[str] = typer.Option(None, "--uri", help="Object that changed, e.g. s3://bucket/key.")) -> None:
+    """Emit `peftflow.dataset.updated` to the Prefect server (PREFECT_API_URL); the `retrain-on-data`
+    deployment retrains on it."""
+    try:
+        from flows.events import emit_dataset_updated as emit
+
+        event = emit(dataset, dataset_dir, uri)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    typer.echo(f"emitted {event.event} {event.id} for dataset {dataset}")
+
+
+@app.command("local-deployments")
+def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", "--out", help="File to write."),
+                      pool: str = typer.Option("local", "--pool", help="Process work pool name.")) -> None:
+    """Write the deployments of deployments/prefect.yaml for one machine: a process pool, this checkout.
+    Then: prefect deploy --all --prefect-file OUT."""
+    from pathlib import Path
+
+    from flows.deployfile import write_local_deployments
+
+    typer.echo(f"wrote {write_local_deployments(Path(out), pool=pool)}")
 
 
 def _load(path):

@@ -14,7 +14,8 @@ from peftflow.train import remove_checkpoints
 from tasks.evaluate_models import evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
-from tasks.publish_version import promote_version, publish_version, write_summary
+from flows.approval import request_approval
+from tasks.publish_version import apply_approval, promote_version, publish_version, write_summary
 from tasks.resolve_model import resolve_model, resolve_student, resolve_teacher
 from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
@@ -33,7 +34,13 @@ class FinetuneResult:
 
 @flow(name="finetune", log_prints=True)
 def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
-    """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs champion, publish, promote."""
+    """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs
+    champion, publish, promote.
+
+    Args:
+        config: The run config: LLaMA-Factory's training keys plus peftflow's `registry`,
+            `promotion` and `evaluation` sections (docs/configuration.md).
+    """
     teacher = resolve_teacher(config) if config.stage == "distill" else None
     model = (resolve_student(config, teacher) if teacher
              else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
@@ -74,7 +81,11 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
             retention = evaluation.retention()
             notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
         version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
-        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"])
+        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
+                                                     merged.passed if merged else True)
+        if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
+            approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
+            decision, current_champion = apply_approval(version, decision, approved, why, who)
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
         raise

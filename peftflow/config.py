@@ -60,6 +60,13 @@ class PromotionConfig(_Strict):
         "score", description="Compared metric: `score` (generation metric, higher wins), `loss` or `perplexity` (lower wins).")
     min_improvement: float = Field(0.0, description="How much the challenger must beat the champion (or base) by.")
     auto_promote: bool = Field(True, description="Move `champion` when the gate passes.")
+    bootstrap_samples: int = Field(
+        0, ge=0, description="Paired bootstrap resamples over per-example scores (metric `score` only); "
+                             "> 0: promote only when the lower confidence bound of the gain clears min_improvement. 0: off.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of the bootstrap interval.")
+    require_approval: bool = Field(
+        False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
+    approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
 
 
 class EvaluationConfig(_Strict):
@@ -142,6 +149,9 @@ class RunConfig(_Strict):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    # distributed training (the train stage runs through torchrun when either is > 1)
+    num_processes: int = Field(1, ge=1, description="Training processes per node (one per GPU); > 1 runs the train stage with torchrun. Global batch = per_device_train_batch_size x gradient_accumulation_steps x num_processes x nnodes.")
+    nnodes: int = Field(1, ge=1, description="Nodes; > 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
     # peftflow's own sections
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)

@@ -407,13 +407,72 @@ class GateDecision:
     incumbent_label: str   # "champion v3" or "base model"
 
 
+def paired_bootstrap(candidate: list[float], incumbent: list[float], samples: int, confidence: float,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference (candidate - incumbent) and its bootstrap confidence interval.
+
+    `candidate[i]` and `incumbent[i]` score the same example. Resamples examples with replacement
+    `samples` times; returns (mean, lower, upper) of the percentile interval at `confidence`.
+    """
+    import numpy as np
+
+    if len(candidate) != len(incumbent) or not candidate:
+        raise ValueError(f"paired bootstrap needs two equal, non-empty score lists (got {len(candidate)} and {len(incumbent)})")
+    diffs = np.asarray(candidate, dtype=float) - np.asarray(incumbent, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(samples, len(diffs)))].mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    return float(diffs.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 def decide_promotion(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
-                     min_improvement: float, higher_is_better: bool = True) -> GateDecision:
+                     min_improvement: float, higher_is_better: bool = True, *,
+                     paired: tuple[list[float], list[float]] | None = None, bootstrap_samples: int = 0,
+                     confidence: float = 0.95, merge_passed: bool = True,
+                     guard: tuple[float, float] | None = None, guard_tolerance: float = 0.0) -> GateDecision:
     """Promote when the candidate beats the incumbent by at least `min_improvement`.
 
     With a margin >= 0 a tie never promotes (the champion stays put). A NaN candidate never promotes; a missing or
     NaN incumbent always loses to a finite candidate.
+
+    Further checks, each of which can only refuse:
+    - `merge_passed=False` (the merge fidelity check failed) refuses.
+    - `paired` = (candidate, incumbent) per-example scores of the same examples, with
+      `bootstrap_samples > 0`: the lower bound of the paired bootstrap interval of the mean
+      improvement (at `confidence`) must clear `min_improvement`, not only the point estimate.
+    - `guard` = (candidate, incumbent) scores on a guard set (higher is better): a drop of more than
+      `guard_tolerance` refuses.
     """
+    def decision(ok: bool, why: str) -> GateDecision:
+        return GateDecision(ok, why, candidate, incumbent, incumbent_label)
+
+    if not merge_passed:
+        return decision(False, "merge fidelity check failed; not promoted")
+    point = _point_decision(metric, candidate, incumbent, incumbent_label, min_improvement, higher_is_better)
+    if not point.promote:
+        return point
+    reason = point.reason
+    if paired is not None and bootstrap_samples > 0 and paired[0]:
+        cand, inc = paired
+        if not higher_is_better:
+            cand, inc = [-x for x in cand], [-x for x in inc]
+        mean, lower, upper = paired_bootstrap(cand, inc, bootstrap_samples, confidence)
+        ci = f"{confidence:.0%} paired bootstrap CI of the gain [{lower:.4f}, {upper:.4f}] over {len(cand)} examples"
+        clears = lower > min_improvement or (min_improvement < 0 and lower >= min_improvement)
+        if not clears:
+            return decision(False, f"{reason}, but the {ci} does not clear {min_improvement:.4f}; not promoted")
+        reason = f"{reason}; {ci}"
+    if guard is not None:
+        drop = guard[1] - guard[0]
+        if math.isnan(guard[0]) or drop > guard_tolerance + 1e-12:
+            return decision(False, f"{reason}, but the guard set regressed from {guard[1]:.4f} to {guard[0]:.4f} "
+                                   f"(tolerance {guard_tolerance:.4f}); not promoted")
+        reason = f"{reason}; guard set {guard[0]:.4f} vs {guard[1]:.4f}"
+    return decision(True, reason)
+
+
+def _point_decision(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
+                    min_improvement: float, higher_is_better: bool) -> GateDecision:
     def decision(ok: bool, why: str) -> GateDecision:
         return GateDecision(ok, why, candidate, incumbent, incumbent_label)
 
@@ -457,7 +516,14 @@ def promote(name: str, version: str, decision: GateDecision, actor: str) -> str 
     """
     if not decision.promote:
         return None
+    return move_champion(name, version, decision.reason, actor)
+
+
+def move_champion(name: str, version: str, reason: str, actor: str) -> str:
+    """Point `champion` at `version` (no gate: a decision already made, or a person's call).
+    The champion it replaces becomes `previous`. Nothing moves when it already is champion."""
     version = str(version)
+    _client().get_model_version(name, version)  # raises RESOURCE_DOES_NOT_EXIST for a wrong version
     with _alias_lock(name):
         current = get_version_by_alias(name, CHAMPION)
         if current is not None and current.version == version:
@@ -465,5 +531,26 @@ def promote(name: str, version: str, decision: GateDecision, actor: str) -> str 
         # `previous` first: a retry after a crash between the two moves still ends right.
         if current is not None:
             set_alias(name, PREVIOUS, current.version, reason=f"replaced as champion by v{version}", actor=actor)
-        set_alias(name, CHAMPION, version, reason=decision.reason, actor=actor)
+        set_alias(name, CHAMPION, version, reason=reason, actor=actor)
     return version
+
+
+def rollback(name: str, reason: str, actor: str) -> tuple[str, str]:
+    """Swap `champion` and `previous`: the previous champion serves again, and the version rolled
+    back from becomes `previous` (so a second rollback undoes the first). Returns (new champion,
+    rolled-back version). The rolled-back version also gets the tag `rolled_back` with the reason."""
+    from peftflow.errors import UserError
+
+    champion, previous = get_version_by_alias(name, CHAMPION), get_version_by_alias(name, PREVIOUS)
+    if champion is None:
+        raise UserError(f"{name}: has no champion to roll back")
+    if previous is None:
+        raise UserError(f"{name}: champion v{champion.version} has no `previous` version to roll back to")
+    if previous.version == champion.version:
+        raise UserError(f"{name}: `previous` and `champion` both point at v{champion.version}; nothing to roll back")
+    set_alias(name, CHAMPION, previous.version, reason=f"rollback from v{champion.version}: {reason}", actor=actor)
+    set_alias(name, PREVIOUS, champion.version, reason=f"rolled back to v{previous.version}: {reason}", actor=actor)
+    _client().set_model_version_tag(name, champion.version, "rolled_back",
+                                    json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                "by": actor, "reason": reason[:REASON_MAX]}))
+    return previous.version, champion.version

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from datasets import load_from_disk
 from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                          TrainerCallback, TrainingArguments)
+                          TrainerCallback, TrainingArguments, set_seed)
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from peftflow.config import RunConfig
@@ -61,6 +62,14 @@ class _SupervisedTokenTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.supervised_tokens = 0
         self._last_log = (time.perf_counter(), 0)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Length grouping over the *global* batch: N processes x batch B then see the same
+        # examples per step as one process with batch N x B (the sampler's order is seeded).
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler) and self.args.world_size > 1:
+            sampler.batch_size *= self.args.world_size
+        return sampler
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
@@ -213,6 +222,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
     output_dir = Path(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
     model = method.build(load_base(model_path, cfg), cfg)
     init_dir = method.before_train(model, output_dir)
@@ -241,8 +251,6 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         _check_resume(resumed_from, history, first_loss, first_step.step)
 
     adapter_dir = output_dir / "adapter"
-    method.save(model, adapter_dir, init_dir)
-    tokenizer.save_pretrained(adapter_dir)
     final_loss = history[-1][1] if history else float(result.training_loss)
     out = TrainResult(
         adapter_dir=str(adapter_dir), final_loss=final_loss, steps=trainer.state.global_step,
@@ -252,7 +260,10 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
         method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
     )
-    (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
+    if trainer.is_world_process_zero():  # under torchrun, one process writes the results
+        method.save(model, adapter_dir, init_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
 
 

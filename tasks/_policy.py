@@ -14,3 +14,30 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     except Exception:
         return True
     return True
+
+
+GPU_LIMIT_ENV = "PEFTFLOW_GPU_CONCURRENCY"
+
+
+def gpu_slot(occupy: int = 1):
+    """A slot of the strict global concurrency limit that guards the accelerator.
+
+    Runs from a deployment (a worker on a shared pool) take one slot of the limit named by
+    `PEFTFLOW_GPU_CONCURRENCY` (default `gpu`), with `strict=True`: a missing limit is an error,
+    not a silent free-for-all. Create it once per Prefect server:
+    `prefect gcl create gpu --limit <GPUs per pool>`. Runs started by hand (`peftflow run`, Python,
+    the temporary local server) take no slot, unless the variable is set explicitly; the value
+    `off` disables it everywhere.
+    """
+    import contextlib
+    import os
+
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import FlowRunContext
+
+    name = os.environ.get(GPU_LIMIT_ENV)
+    ctx = FlowRunContext.get()
+    from_deployment = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
+    if name == "off" or (name is None and not from_deployment):
+        return contextlib.nullcontext()
+    return concurrency(name or "gpu", occupy=occupy, strict=True)

@@ -35,22 +35,38 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
                                   trust_remote_code=config.trust_remote_code)
 
 
-def gate(config: RunConfig, evaluation: EvalReport) -> GateDecision:
-    metric = config.promotion.metric
+def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True) -> GateDecision:
+    """The promotion gate: the configured metric, tuned vs champion (or base), plus the paired
+    bootstrap over per-example scores (metric `score`, when enabled) and the merge fidelity."""
+    p = config.promotion
+    metric = p.metric
     incumbent = "champion" if "champion" in evaluation.models else "base"
     value = lambda label: getattr(evaluation.models[label], metric)  # noqa: E731
+    paired = None
+    if metric == "score" and p.bootstrap_samples:
+        paired = paired_scores(evaluation, "tuned", incumbent)
     return registry.decide_promotion(metric, value("tuned"), value(incumbent),
                                      "current champion" if incumbent == "champion" else "base model",
-                                     config.promotion.min_improvement, higher_is_better=metric == "score")
+                                     p.min_improvement, higher_is_better=metric == "score", paired=paired,
+                                     bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
+                                     merge_passed=merge_passed)
+
+
+def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:
+    """Per-example scores of two models on the examples both scored, aligned by example index."""
+    left = {e["index"]: e["score"] for e in evaluation.models[a].examples}
+    right = {e["index"]: e["score"] for e in evaluation.models[b].examples}
+    common = sorted(left.keys() & right.keys())
+    return [left[i] for i in common], [right[i] for i in common]
 
 
 @task(name="promote-version")
 def promote_version(config: RunConfig, version: ModelVersionRef, evaluation: EvalReport,
-                    flow_run_id: str) -> tuple[GateDecision, str | None]:
+                    flow_run_id: str, merge_passed: bool = True) -> tuple[GateDecision, str | None]:
     """Moves `champion` only when the gate passes; returns the decision and the champion version after."""
     registry.configure_mlflow()
-    decision = gate(config, evaluation)
-    if decision.promote and config.promotion.auto_promote:
+    decision = gate(config, evaluation, merge_passed)
+    if decision.promote and config.promotion.auto_promote and not config.promotion.require_approval:
         registry.promote(version.name, version.version, decision, actor=f"prefect flow run {flow_run_id}")
     current = registry.get_version_by_alias(version.name, "champion")
     return decision, current.version if current else None
@@ -64,3 +80,19 @@ def write_summary(config: RunConfig, version: ModelVersionRef, evaluation: EvalR
                                        decision.reason, champion, notes)
     create_markdown_artifact(key="finetune-summary", markdown=markdown, description="Base vs fine-tune, version, aliases")
     return markdown
+
+
+@task(name="apply-approval")
+def apply_approval(version: ModelVersionRef, decision: GateDecision, approved: bool, reason: str,
+                   approver: str) -> tuple[GateDecision, str | None]:
+    """After a person answered the approval form: promote, or record the refusal."""
+    registry.configure_mlflow()
+    if approved:
+        registry.move_champion(version.name, version.version, f"{decision.reason}; approved: {reason}", actor=approver)
+        decision = GateDecision(True, f"{decision.reason}; approved by {approver}: {reason}", decision.candidate,
+                                decision.incumbent, decision.incumbent_label)
+    else:
+        decision = GateDecision(False, f"{decision.reason}; rejected by {approver}: {reason}", decision.candidate,
+                                decision.incumbent, decision.incumbent_label)
+    current = registry.get_version_by_alias(version.name, "champion")
+    return decision, current.version if current else None

@@ -71,7 +71,9 @@ def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
             raise UserError(f"{info_path}: '{name}' must be an object")
         _check_entry(name, entry, info_path)
         fmt = RowFormat.from_entry(name, entry, str(info_path))
-        sources.append(DatasetSource(name, entry, fmt, _data_files(root, entry["file_name"], name, info_path)))
+        files = (_cloud_files(entry["cloud_file_name"]) if entry.get("cloud_file_name")
+                 else _data_files(root, entry["file_name"], name, info_path))
+        sources.append(DatasetSource(name, entry, fmt, files))
     return sources
 
 
@@ -117,12 +119,13 @@ def _check_entry(name: str, entry: dict[str, Any], info_path: Path) -> None:
     if entry.get("script_url"):
         raise UserError(f"{where} uses script_url; dataset loading scripts are not supported, use file_name")
     if entry.get("cloud_file_name"):
-        raise UserError(f"{where} uses cloud_file_name, which is not supported yet; use file_name")
+        if not isinstance(entry["cloud_file_name"], str) or not entry["cloud_file_name"].startswith("s3://"):
+            raise UserError(f"{where}: cloud_file_name must be an s3://bucket/key URI (got {entry['cloud_file_name']!r})")
     if entry.get("ranking"):
         raise UserError(f"{where} is a ranking (preference) dataset; peftflow trains sft only and does not support ranking datasets")
     if "num_samples" in entry:
         raise UserError(f"{where}: num_samples is not supported; set max_samples in the run config")
-    if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+    if not entry.get("cloud_file_name") and (not isinstance(entry.get("file_name"), str) or not entry["file_name"]):
         raise UserError(f"{where} has no file_name")
 
 
@@ -146,6 +149,18 @@ def _data_files(root: Path, file_name: str, name: str, info_path: Path) -> tuple
         if p.suffix.lower() not in READERS:
             raise UserError(f"{p}: unsupported file type '{p.suffix}' (use {', '.join(READERS)})")
         files.append(DataFile(p.resolve(), str(p)))
+    return tuple(files)
+
+
+def _cloud_files(uri: str) -> tuple[DataFile, ...]:
+    """Objects in S3, fetched into the local cache (by ETag); messages name them by URI."""
+    from peftflow.data.cloud import fetch
+
+    files = []
+    for path, shown in fetch(uri):
+        if path.suffix.lower() not in READERS:
+            raise UserError(f"{shown}: unsupported file type '{path.suffix}' (use {', '.join(READERS)})")
+        files.append(DataFile(path.resolve(), shown))
     return tuple(files)
 
 

@@ -58,7 +58,7 @@ def test_dataset_info_problems(write_dataset, tiny_model, tmp_path):
     ({"file_name": "qa.json", "formating": "sharegpt"}, "'qa' has unknown key 'formating' (did you mean 'formatting'?)"),
     ({"hf_hub_url": "llamafactory/alpaca_en"}, "'qa' is a hub dataset (hf_hub_url); hub datasets are not available offline"),
     ({"ms_hub_url": "llamafactory/alpaca_en"}, "'qa' is a hub dataset (ms_hub_url)"),
-    ({"cloud_file_name": "s3://b/qa.json"}, "'qa' uses cloud_file_name, which is not supported yet"),
+    ({"cloud_file_name": "gs://b/qa.json"}, "'qa': cloud_file_name must be an s3://bucket/key URI"),
     ({"file_name": "qa.json", "ranking": True}, "'qa' is a ranking (preference) dataset"),
     ({"file_name": "qa.json", "formatting": "openai"}, "'qa' formatting 'openai' is not supported"),
     ({"file_name": "qa.json", "columns": {"images": "images"}}, "'qa' columns images are not supported for alpaca"),

@@ -1,0 +1,53 @@
+"""Score any registered version on any dataset (deployment `evaluate-model`)."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+
+from peftflow import evaluate, registry
+from peftflow.config import RunConfig
+from peftflow.data import prepare_dataset
+
+
+@task(name="download-version")
+def download_version(model_uri: str) -> str:
+    return registry.download_model_dir(model_uri)
+
+
+@task(name="score-version")
+def score_version(label: str, model_dir: str, config: RunConfig) -> dict:
+    data = prepare_dataset(config, model_dir)  # the version's own tokenizer and chat template
+    scores = evaluate.score_model(label, model_dir, data.path, config)
+    return {"data_fingerprint": data.fingerprint, "eval_rows": data.eval_rows, **scores.summary()}
+
+
+@flow(name="evaluate-model", log_prints=True)
+def evaluate_model(name: str, version: str = "champion", config: RunConfig = RunConfig()) -> dict:
+    """Score one registered version on the held-out split of a dataset; the scores are recorded on
+    the version as the tag `eval.<dataset>` and shown as a table artifact.
+
+    Args:
+        name: Registered model name in MLflow.
+        version: A version number, or an alias (`champion`, `challenger`, `previous`).
+        config: Supplies the dataset (`dataset`, `dataset_dir`, `val_size`, `cutoff_len`, `template`)
+            and the `evaluation` section; the training fields are ignored.
+    """
+    registry.configure_mlflow()
+    ref = registry.get_version_by_alias(name, version) if not version.isdigit() else None
+    if not version.isdigit() and ref is None:
+        raise ValueError(f"{name}: no alias '{version}'")
+    number = ref.version if ref else version
+    model_dir = download_version(f"models:/{name}/{number}")
+    result = score_version(f"{name} v{number}", model_dir, config)
+    result = {"name": name, "version": number, "dataset": config.dataset, "metric": config.evaluation.metric,
+              **result}
+    from mlflow import MlflowClient
+
+    MlflowClient().set_model_version_tag(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
+    create_table_artifact(key="evaluate-model", table=[result],
+                          description=f"{name} v{number} on {config.dataset}")
+    print(json.dumps(result))
+    return result

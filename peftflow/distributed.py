@@ -1,0 +1,66 @@
+"""Multi-process (and multi-node) training: the train stage through torchrun.
+
+`run()` writes the job to `<output_dir>/launch.json`, starts
+`python -m torch.distributed.run --nproc_per_node N ... -m peftflow.distributed launch.json`, and
+reads back the `train_result.json` that rank 0 writes. Every process runs `train.run`; the HF
+Trainer sees torchrun's environment and trains with DistributedDataParallel (NCCL on GPUs, gloo
+on CPUs). Per-step metrics come back as the result's loss history, not live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from peftflow.config import RunConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def is_distributed(cfg: RunConfig) -> bool:
+    return cfg.num_processes > 1 or cfg.nnodes > 1
+
+
+def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.num_processes}",
+           f"--nnodes={cfg.nnodes}"]
+    if cfg.nnodes > 1:
+        cmd += [f"--node_rank={os.environ.get('PEFTFLOW_NODE_RANK', '0')}",
+                f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "peftflow.distributed", str(job_file)]
+
+
+def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path):
+    from peftflow.train import TrainResult
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    job = output_dir / "launch.json"
+    job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "model_path": model_path,
+                               "data_path": data_path, "output_dir": str(output_dir)}))
+    result_file = output_dir / "train_result.json"
+    result_file.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(launch_command(cfg, job), env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    raw = json.loads(result_file.read_text())
+    raw["loss_history"] = tuple(tuple(h) for h in raw["loss_history"])
+    return TrainResult(**raw)
+
+
+def _main(job_file: str) -> None:
+    from peftflow import train
+
+    job = json.loads(Path(job_file).read_text())
+    train.run(RunConfig.model_validate(job["config"]), job["model_path"], job["data_path"], job["output_dir"])
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

@@ -1,0 +1,136 @@
+"""The deployments on a real stack: Prefect server on PostgreSQL with a process worker, MLflow
+server on PostgreSQL with S3 artifacts (moto), all on loopback. One stack for the module.
+
+finetune from `prefect deployment run` -> version + aliases in MLflow, artifacts in S3;
+retrain with nothing changed -> Completed early, no training; the dataset event -> retrain-on-data
+run with the templated parameters -> retrains through the finetune deployment; promote by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flows.deployfile import local_deployments
+from peftflow.data.demo import make_rows
+from tests.integration.stack import (ROOT, deploy, flow_runs_of, postgres_available, run_deployment,
+                                     start_worker, team_stack, wait_flow_run)
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),
+              pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]
+
+NAME = "stack-tiny"
+ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
+
+
+def dataset_dir(path, seed: int):
+    path.mkdir(parents=True)
+    (path / "dataset_info.json").write_text(json.dumps({"orders": {"file_name": "orders.json", **ALPACA}}))
+    (path / "orders.json").write_text(json.dumps(make_rows(40, seed=seed)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model, peftflow_home):
+    tmp = tmp_path_factory.mktemp("stack")
+    config = {
+        "model_name_or_path": tiny_model, "dataset": "orders", "dataset_dir": dataset_dir(tmp / "data-v1", 1),
+        "output_dir": str(tmp / "runs"), "max_steps": 4, "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 4,
+        "per_device_train_batch_size": 4, "val_size": 8, "registry": {"name": NAME, "experiment": "stack"},
+        "promotion": {"metric": "perplexity"},
+        "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4}}
+    with team_stack(tmp, peftflow_home) as s:
+        spec = local_deployments(pool="local")
+        for d in spec["deployments"]:
+            if d["name"].startswith("retrain"):
+                d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
+        deploy(s, spec, tmp / "prefect.local.yaml")
+        start_worker(s)
+        s.config, s.tmp = config, tmp
+        yield s
+
+
+def mlflow_client(stack):
+    from mlflow import MlflowClient
+
+    uri = stack.env["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias(stack, name):
+    return str(mlflow_client(stack).get_model_version_by_alias(NAME, name).version)
+
+
+def test_finetune_deployment_registers_a_champion(stack):
+    run_id = run_deployment(stack, "finetune/finetune", {"config": stack.config})
+    run = wait_flow_run(stack, run_id)
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    assert alias(stack, "champion") == alias(stack, "challenger") == "1"
+    version = mlflow_client(stack).get_model_version(NAME, "1")
+    assert version.tags["prefect_flow_run_id"] == run_id
+    # artifacts went through the MLflow server into S3 (moto)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=stack.env["S3_ENDPOINT"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="mlflow/").get("Contents", [])]
+    assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("eval_report.json") for k in keys)
+    # the registry lives in PostgreSQL
+    import psycopg2
+
+    from tests.integration.stack import PG
+
+    with psycopg2.connect(dbname=stack.env["MLFLOW_DB"], **PG) as conn, conn.cursor() as cur:
+        cur.execute("select count(*) from model_versions where name = %s", (NAME,))
+        assert cur.fetchone()[0] == 1
+
+
+def test_retrain_skips_when_nothing_changed(stack):
+    before = len(flow_runs_of(stack, "finetune/finetune"))
+    run = wait_flow_run(stack, run_deployment(stack, "retrain/retrain-nightly", {}))
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    assert run["state"]["message"].startswith("Skipped: data, base model and config fingerprints match champion")
+    assert len(flow_runs_of(stack, "finetune/finetune")) == before
+
+
+def test_dataset_event_retrains_with_the_templated_dataset(stack):
+    changed = dataset_dir(stack.tmp / "data-v2", 2)
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "emit-dataset-updated", "--dataset", "orders",
+                        "--dataset-dir", changed], env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "emitted peftflow.dataset.updated" in r.stdout, r.stderr
+    deadline = time.time() + 60
+    while not (runs := flow_runs_of(stack, "retrain/retrain-on-data")) and time.time() < deadline:
+        time.sleep(1)
+    (run,) = runs
+    assert run["parameters"]["dataset"] == "orders" and run["parameters"]["dataset_dir"] == changed
+    run = wait_flow_run(stack, run["id"])
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    assert "retrained by finetune/finetune" in run["state"]["message"]
+    assert alias(stack, "challenger") == "2"
+    assert mlflow_client(stack).get_model_version(NAME, "2").tags["data_fingerprint"] != \
+        mlflow_client(stack).get_model_version(NAME, "1").tags["data_fingerprint"]
+
+
+def test_promote_deployment_moves_champion_with_a_reason(stack):
+    # the gate may or may not have promoted v2: promote by hand whichever is not champion
+    before = alias(stack, "champion")
+    target = "1" if before == "2" else "2"
+    run = wait_flow_run(stack, run_deployment(stack, "promote/promote", {
+        "name": NAME, "version": target, "reason": f"ship v{target}", "actor": "dashboard:test"}))
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    assert alias(stack, "champion") == target and alias(stack, "previous") == before
+    last = json.loads(mlflow_client(stack).get_model_version(NAME, target).tags["alias.champion.history"])[-1]
+    assert (last["by"], last["reason"]) == ("dashboard:test", f"ship v{target}")
+
+
+def test_evaluate_model_deployment_scores_a_version(stack):
+    run = wait_flow_run(stack, run_deployment(stack, "evaluate-model/evaluate-model", {
+        "name": NAME, "version": "previous", "config": stack.config}))
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    previous = alias(stack, "previous")
+    scores = json.loads(mlflow_client(stack).get_model_version(NAME, previous).tags["eval.orders"])
+    assert scores["version"] == previous and scores["metric"] == "json_fields" and scores["perplexity"] > 1

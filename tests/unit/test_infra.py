@@ -1,0 +1,121 @@
+"""Work-pool templates, the compose stack and deployments/prefect.yaml, checked without a cluster:
+templates are rendered with Prefect's own job-configuration templating."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.utilities.templating import apply_values
+from prefect.workers.base import BaseJobConfiguration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def render(template_file: str, job_variables: dict[str, Any]) -> dict[str, Any]:
+    """What a worker builds for a flow run: variable defaults, overridden by the deployment's job
+    variables, applied to job_configuration (BaseJobConfiguration.from_template_and_values)."""
+    template = json.loads((ROOT / "infra" / template_file).read_text())
+    values = BaseJobConfiguration._get_base_config_defaults(template["variables"]["properties"])
+    values.update(job_variables)
+    return apply_values(template["job_configuration"], values)
+
+
+def placeholders(obj) -> set[str]:
+    text = json.dumps(obj)
+    import re
+    return set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", text))
+
+
+@pytest.mark.parametrize("name", ["k8s-gpu-pool.json", "docker-gpu-pool.json"])
+def test_every_variable_is_referenced_in_the_job_configuration(name):
+    template = json.loads((ROOT / "infra" / name).read_text())
+    variables = set(template["variables"]["properties"])
+    used = placeholders(template["job_configuration"])
+    assert variables - used == set(), f"variables never used (silently ignored): {variables - used}"
+    assert used - variables == set(), f"placeholders with no variable: {used - variables}"
+
+
+def test_kubernetes_template_puts_gpu_selector_tolerations_and_shm_in_the_manifest():
+    tolerations = [{"key": "gpu-pool", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    config = render("k8s-gpu-pool.json", {
+        "gpu_count": 4, "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        "tolerations": tolerations, "shm_size": "32Gi", "image": "reg/peftflow:1.2", "cpu": "16",
+        "memory": "120Gi", "name": "finetune-abc", "env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}})
+    manifest = config["job_manifest"]
+    pod = manifest["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"cpu": "16", "memory": "120Gi", "nvidia.com/gpu": 4}
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert pod["tolerations"] == tolerations
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert container["image"] == "reg/peftflow:1.2"
+    assert manifest["metadata"]["generateName"] == "finetune-abc-"
+    # the defaults alone already ask for one GPU on a GPU node
+    pod = render("k8s-gpu-pool.json", {})["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
+
+
+def test_docker_template_requests_gpus_through_device_requests():
+    config = render("docker-gpu-pool.json", {"gpu_count": 2, "shm_size": "8g", "memory": "64g"})
+    kwargs = config["container_create_kwargs"]
+    assert kwargs["device_requests"] == [{"driver": "nvidia", "count": 2, "capabilities": [["gpu"]]}]
+    assert kwargs["shm_size"] == "8g" and config["mem_limit"] == "64g"
+
+
+def test_deployments_file_declares_the_five_deployments():
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"finetune", "retrain-nightly", "retrain-on-data", "promote", "evaluate-model"}
+    for d in deployments.values():
+        module, func = d["entrypoint"].split(":")
+        assert (ROOT / module).is_file() and f"def {func}(" in (ROOT / module).read_text()
+        assert d["work_pool"]["name"] == "gpu"
+    assert deployments["finetune"]["work_pool"]["job_variables"]["gpu_count"] == 1
+    assert deployments["retrain-nightly"]["work_pool"]["job_variables"]["gpu_count"] == 0
+    assert deployments["retrain-nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    (trigger,) = deployments["retrain-on-data"]["triggers"]
+    assert trigger["expect"] == ["peftflow.dataset.updated"]
+    assert trigger["parameters"]["dataset"] == "{{ event.payload.dataset }}"
+
+
+def test_local_deployments_run_from_the_checkout_on_a_process_pool(tmp_path):
+    from flows.deployfile import local_deployments, write_local_deployments
+
+    spec = local_deployments(pool="local", directory=tmp_path, env={"MLFLOW_TRACKING_URI": "http://x"})
+    assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(tmp_path.resolve())
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"local"}
+    env = spec["deployments"][0]["work_pool"]["job_variables"]["env"]
+    assert env == {"PYTHONPATH": str(tmp_path.resolve()), "MLFLOW_TRACKING_URI": "http://x"}
+    out = write_local_deployments(tmp_path / "p.yaml", pool="local")
+    assert yaml.safe_load(out.read_text())["deployments"][2]["triggers"]
+
+
+def test_compose_stack_structure():
+    compose = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "prefect-server", "mlflow", "worker", "minio"} <= set(services)
+    assert "postgresql+asyncpg://" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    mlflow = services["mlflow"]["command"]
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow and "--artifacts-destination s3://" in mlflow
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "prefect worker start --pool gpu" in services["worker"]["command"]
+    assert (ROOT / "infra" / "Dockerfile").is_file()
+
+
+def test_finetune_deployment_form_has_defaults_and_descriptions():
+    from flows.finetune import finetune
+
+    schema = finetune.parameters.model_dump()
+    assert schema["properties"]["config"]["description"].startswith("The run config")
+    fields = schema["definitions"]["RunConfig"]["properties"]
+    assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
+    promotion = schema["definitions"]["PromotionConfig"]["properties"]
+    assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]

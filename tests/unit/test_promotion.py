@@ -1,0 +1,165 @@
+"""Promotion: the gate (paired bootstrap, merge fidelity, guard set), manual promote, rollback,
+recorded alias moves, the `promote` flow and the CLI. A sqlite MLflow per test; no training."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftflow import registry
+from peftflow.config import RunConfig
+from peftflow.evaluate import EvalReport, ModelScores
+from peftflow.registry import decide_promotion, paired_bootstrap
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def mlflow_db(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    registry.configure_mlflow()
+    return uri
+
+
+def _versions(name: str, n: int, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.create_registered_model(name)
+    for i in range(n):
+        client.create_model_version(name, source=(tmp_path / f"v{i}").as_uri())
+
+
+def _alias(name, alias):
+    ref = registry.get_version_by_alias(name, alias)
+    return ref.version if ref else None
+
+
+# --- the gate -------------------------------------------------------------------------------
+
+def test_paired_bootstrap_interval():
+    mean, lo, hi = paired_bootstrap([1.0] * 20, [0.0] * 20, 500, 0.95)
+    assert (mean, lo, hi) == (1.0, 1.0, 1.0)
+    # one lucky example out of 20: a positive mean, but the interval reaches 0
+    mean, lo, hi = paired_bootstrap([1.0] + [0.5] * 19, [0.5] * 20, 2000, 0.95)
+    assert mean > 0 and lo == 0.0 and hi > mean
+    assert paired_bootstrap([0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1) == paired_bootstrap([0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1)
+    with pytest.raises(ValueError, match="equal"):
+        paired_bootstrap([1.0], [1.0, 2.0], 10, 0.95)
+
+
+def test_gate_needs_the_lower_bound_to_clear_the_margin():
+    lucky = ([1.0] + [0.5] * 19, [0.5] * 20)          # mean gain 0.025, CI lower bound 0
+    point = decide_promotion("score", 0.525, 0.5, "base model", 0.0)
+    assert point.promote
+    d = decide_promotion("score", 0.525, 0.5, "base model", 0.0, paired=lucky, bootstrap_samples=1000)
+    assert not d.promote and "paired bootstrap CI" in d.reason and "does not clear" in d.reason
+    solid = ([0.9] * 10 + [0.8] * 10, [0.5] * 20)
+    d = decide_promotion("score", 0.85, 0.5, "base model", 0.1, paired=solid, bootstrap_samples=1000)
+    assert d.promote and "95% paired bootstrap CI" in d.reason
+    d = decide_promotion("score", 0.85, 0.5, "base model", 0.4, paired=solid, bootstrap_samples=1000)
+    assert not d.promote and "by only" in d.reason            # the point gate refuses first
+    assert decide_promotion("score", 0.525, 0.5, "base", 0.0, paired=lucky, bootstrap_samples=0).promote
+
+
+def test_gate_refuses_failed_merge_and_guard_regression():
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, merge_passed=False)
+    assert not d.promote and "merge fidelity" in d.reason
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(0.60, 0.70), guard_tolerance=0.05)
+    assert not d.promote and "guard set regressed" in d.reason
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(0.67, 0.70), guard_tolerance=0.05)
+    assert d.promote and "guard set" in d.reason
+
+
+def _report(tuned: list[float], base: list[float]) -> EvalReport:
+    def scores(label, xs):
+        return ModelScores(label, 1.0, 2.7, sum(xs) / len(xs),
+                           [{"index": i, "prediction": "", "reference": "", "score": x} for i, x in enumerate(xs)])
+    return EvalReport("json_fields", {"base": scores("base", base), "tuned": scores("tuned", tuned)})
+
+
+def test_flow_gate_uses_per_example_scores_from_the_report():
+    from tasks.publish_version import gate
+
+    cfg = RunConfig(promotion={"metric": "score", "bootstrap_samples": 1000, "confidence": 0.9})
+    assert not gate(cfg, _report([1.0] + [0.5] * 19, [0.5] * 20)).promote
+    assert gate(cfg, _report([0.9] * 20, [0.5] * 20)).promote
+    assert not gate(cfg, _report([0.9] * 20, [0.5] * 20), merge_passed=False).promote
+    # bootstrap off (the default): the point estimate alone decides
+    assert gate(RunConfig(), _report([1.0] + [0.5] * 19, [0.5] * 20)).promote
+
+
+# --- alias moves ------------------------------------------------------------------------------
+
+def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    from peftflow.errors import UserError
+
+    _versions("m", 3, tmp_path)
+    with pytest.raises(UserError, match="no champion"):
+        registry.rollback("m", "nothing yet", "alice")
+    registry.move_champion("m", "1", "first release", "alice")
+    with pytest.raises(UserError, match="no `previous`"):
+        registry.rollback("m", "nothing to go back to", "alice")
+    registry.move_champion("m", "3", "v3 is better", "bob")
+    assert (_alias("m", "champion"), _alias("m", "previous")) == ("3", "1")
+
+    assert registry.rollback("m", "v3 hallucinates", "carol") == ("1", "3")
+    assert (_alias("m", "champion"), _alias("m", "previous")) == ("1", "3")
+    last = registry.alias_history("m", "1", "champion")[-1]
+    assert last["by"] == "carol" and "rollback from v3: v3 hallucinates" == last["reason"]
+    assert "rolled back to v1" in registry.alias_history("m", "3", "previous")[-1]["reason"]
+    from mlflow import MlflowClient
+    assert json.loads(MlflowClient().get_model_version("m", "3").tags["rolled_back"])["by"] == "carol"
+
+    assert registry.rollback("m", "undo", "carol") == ("3", "1")     # a second rollback undoes the first
+    assert (_alias("m", "champion"), _alias("m", "previous")) == ("3", "1")
+    with pytest.raises(MlflowException):
+        registry.move_champion("m", "9", "no such version", "bob")
+
+
+def test_promote_flow_function(mlflow_db, tmp_path):
+    from flows.promote import promote
+
+    _versions("f", 2, tmp_path)
+    assert promote.fn("f", "ship it", version="1", actor="dashboard:dana")["champion"] == "1"
+    out = promote.fn("f", "better", version="2", actor="dashboard:dana")
+    assert (out["champion"], out["previous"]) == ("2", "1")
+    out = promote.fn("f", "bad answers", action="rollback", actor="dashboard:dana")
+    assert (out["champion"], out["previous"]) == ("1", "2")
+    assert registry.alias_history("f", "1", "champion")[-1]["by"] == "dashboard:dana"
+
+
+def test_cli_promote_rollback_history(mlflow_db, tmp_path):
+    _versions("c", 2, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), COLUMNS="200")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = cli("promote", "c", "--version", "1", "--reason", "first", "--actor", "ops:eve")
+    assert r.returncode == 0, r.stderr
+    r = cli("promote", "c", "--version", "2", "--reason", "second")
+    assert r.stdout.strip() == "c: champion -> v2, previous -> v1, challenger -> none", r.stderr
+    r = cli("rollback", "c", "--reason", "regression in prod")
+    assert r.returncode == 0 and "champion -> v1, previous -> v2" in r.stdout, r.stderr
+    r = cli("history", "c", "--version", "1")
+    moves = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(m["alias"], m["by"].split(":")[0]) for m in moves] == [("champion", "ops"), ("previous", "cli"), ("champion", "cli")]
+    assert moves[-1]["reason"] == "rollback from v2: regression in prod"
+    r = cli("promote", "c", "--version", "7", "--reason", "typo")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: c v7"), r.stderr
+    r = cli("rollback", "nope", "--reason", "x")
+    assert r.returncode == 2 and "no champion" in r.stderr
