@@ -68,9 +68,8 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
     try:
         cfg, _ = _load(config)
         from peftflow.data import data_report
-        from peftflow.models import resolve_model
 
-        report = data_report(cfg, resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights).path)
+        report = data_report(cfg, _trained_model(cfg).path)
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -241,14 +240,19 @@ def _as_user_error(e: Exception, model: str) -> Exception:
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset
+
+    prepare_dataset(cfg, _trained_model(cfg).path)
+
+
+def _trained_model(cfg):
+    """The model the run trains: the base, or in a distillation run the student (checked against
+    its teacher's tokenizer)."""
     from peftflow.methods import distill
     from peftflow.models import resolve_model
 
     if cfg.stage == "distill":
-        model = distill.resolve_student(cfg, distill.resolve_teacher(cfg))
-    else:
-        model = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
-    prepare_dataset(cfg, model.path)
+        return distill.resolve_student(cfg, distill.resolve_teacher(cfg))
+    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
 
 
 def main() -> None:

@@ -160,7 +160,7 @@ class RunConfig(_Strict):
                                                 "can, else publish the adapter with its base.")
     merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
     # distillation (stage: distill)
-    teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id or models:/NAME@ALIAS.")
+    teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id, models:/NAME@ALIAS or models:/NAME/VERSION.")
     teacher_adapter: str | None = Field(None, description="A PEFT adapter dir applied to the teacher.")
     student_layers: int | None = Field(None, gt=0, description="Student = the teacher pruned to N evenly spaced layers.")
     kd_temperature: float = Field(2.0, gt=0.0)
@@ -220,6 +220,8 @@ class RunConfig(_Strict):
         method = f"finetuning_type '{name}'"
         if self.gradient_checkpointing and not traits.gradient_checkpointing:
             raise ValueError(f"gradient_checkpointing: true does not work with {method}; set it to false")
+        if self.merge is False and name == "full":
+            raise ValueError("merge: false with finetuning_type 'full': a full fine-tune ships as trained; drop merge")
         if self.merge and not traits.mergeable:
             raise ValueError(f"merge: true but {method} cannot be merged into the base; drop merge "
                              f"(the adapter is published with its base)")

@@ -12,7 +12,9 @@ import peftflow
 from peftflow.config import RunConfig
 
 # Sections that change publishing or scoring, not the trained weights.
-_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "output_dir", "on_invalid_rows"}
+# The teacher is keyed by its content fingerprint, not by how it was named (alias or version).
+_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "output_dir", "on_invalid_rows",
+                 "teacher", "teacher_adapter"}
 
 
 def _digest(*parts) -> str:

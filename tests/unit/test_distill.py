@@ -106,6 +106,7 @@ def test_kl_decreases_on_a_tiny_teacher_student_pair(tiny_model, tmp_path):
     ({"stage": "distill", "teacher": "x", "student_layers": 2, "model_name_or_path": "y"}, "student_layers and model_name_or_path"),
     ({"stage": "distill", "teacher": "x", "kd_direction": "reverse", "teacher_topk": 8}, "kd_direction: reverse"),
     ({"stage": "distill", "teacher": "x", "finetuning_type": "prefix"}, "cannot be a distillation student"),
+    ({"finetuning_type": "full", "merge": False}, "ships as trained"),
 ])
 def test_distill_config_errors(raw, expected):
     from peftflow.config import parse_config
