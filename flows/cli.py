@@ -22,6 +22,8 @@ def _set_defaults() -> None:
     from peftflow.paths import peftflow_home
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary local server can take longer than Prefect's 20 s to start on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Cached stage results live next to the files they point at, so deleting the home clears both.
