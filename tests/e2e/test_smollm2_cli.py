@@ -76,6 +76,10 @@ def trained(tmp_path_factory, peftflow_home):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+        # Earlier tests in this worker may have set MLflow's process-wide URIs; point them here.
+        import mlflow
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
         yield {"proc": proc, "env": env, "tmp": tmp, "out_dir": out_dir, "elapsed": elapsed}
 
