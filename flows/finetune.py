@@ -11,7 +11,7 @@ from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
 from peftflow.methods import get_method, method_name
 from peftflow.train import remove_checkpoints
-from tasks.evaluate_models import evaluate_models, find_champion
+from tasks.evaluate_models import evaluate_guard, evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from flows.approval import request_approval
@@ -45,6 +45,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     model = (resolve_student(config, teacher) if teacher
              else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
     data = prepare_dataset(config, model)
+    # Prepared up front, so a bad guard set stops the run before any training.
+    guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
     key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
     lineage = {
         "base_model": f"{config.teacher} pruned to {config.student_layers} layers" if config.student_layers
@@ -80,9 +82,14 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         if teacher:
             retention = evaluation.retention()
             notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
+        guard = None
+        if config.promotion.guard_dataset:
+            guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id)
+            notes.append(f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
+                         f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})")
         version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
         decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
-                                                     merged.passed if merged else True)
+                                                     merged.passed if merged else True, guard)
         if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
             approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
             decision, current_champion = apply_approval(version, decision, approved, why, who)

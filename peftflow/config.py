@@ -67,6 +67,11 @@ class PromotionConfig(_Strict):
     require_approval: bool = Field(
         False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
     approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
+    guard_dataset: str | None = Field(
+        None, description="Dataset name(s) in `dataset_dir` kept apart as a general-ability guard set: the fine-tune's "
+                          "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
+    guard_tolerance: float = Field(0.05, description="Largest allowed rise in guard-set loss (nats per token).")
+    guard_max_samples: int = Field(64, gt=0, description="Guard rows scored.")
 
 
 class EvaluationConfig(_Strict):
@@ -254,6 +259,11 @@ class RunConfig(_Strict):
     @property
     def effective_lora_alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    def guard_config(self) -> RunConfig:
+        """The same run reading the guard set: every row scored, none held out, none dropped silently."""
+        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "val_size": 0.0,
+                                       "max_samples": self.promotion.guard_max_samples})
 
     def fingerprint(self) -> str:
         """Hash of every field, for caching and for 'did anything change' checks."""

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import load_from_disk
+from datasets import concatenate_datasets, load_from_disk
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftflow.config import RunConfig
@@ -172,3 +172,18 @@ def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Pa
                                                 for label, d in models.items()})
     report.to_json(out_path)
     return report
+
+
+def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_model_dir: str | None = None) -> dict[str, float]:
+    """Loss of each labelled model on a guard set: rows of general ability, none of them trained on,
+    so both prepared splits count."""
+    rows = concatenate_datasets([load_from_disk(str(Path(data_path) / split)) for split in ("train", "eval")])
+    rows = rows.select(range(min(cfg.promotion.guard_max_samples, len(rows))))
+    losses = {}
+    for label, model_dir in models.items():
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
+        losses[label] = round(heldout_loss(model, rows, pad, cfg.evaluation.batch_size), 5) if len(rows) else math.nan
+    return losses
+

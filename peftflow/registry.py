@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -48,19 +49,33 @@ CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 MODEL_ARTIFACT = "model"
 HISTORY_KEEP = 20        # alias moves kept per version and alias (tag values are size-limited)
 REASON_MAX = 300
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_CONFIGURE_LOCK = threading.Lock()  # tasks in threads configure at once; os.environ is shared
 
 
 # --- tracking -------------------------------------------------------------------------------
 
 def configure_mlflow() -> str:
-    """Point MLflow at `MLFLOW_TRACKING_URI`, else `sqlite:///<home>/mlflow.db`. Idempotent."""
+    """Point MLflow at `MLFLOW_TRACKING_URI` (and `MLFLOW_REGISTRY_URI`), else at
+    `sqlite:///<home>/mlflow.db`. Idempotent.
+
+    MLflow's setters also copy the URIs into `os.environ`; they are put back as the user left them,
+    or the next call (a worker serving several flows, another PEFTFLOW_HOME) would read this call's
+    choice as if the user had made it."""
     import mlflow
 
     from peftflow.paths import peftflow_home
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{peftflow_home().resolve()}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    with _CONFIGURE_LOCK:
+        user = {key: os.environ.get(key) for key in _URI_VARIABLES}
+        uri = user["MLFLOW_TRACKING_URI"] or f"sqlite:///{peftflow_home().resolve()}/mlflow.db"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(user["MLFLOW_REGISTRY_URI"] or uri)
+        for key, value in user.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return uri
 
 
@@ -440,8 +455,8 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
     - `paired` = (candidate, incumbent) per-example scores of the same examples, with
       `bootstrap_samples > 0`: the lower bound of the paired bootstrap interval of the mean
       improvement (at `confidence`) must clear `min_improvement`, not only the point estimate.
-    - `guard` = (candidate, incumbent) scores on a guard set (higher is better): a drop of more than
-      `guard_tolerance` refuses.
+    - `guard` = (candidate, incumbent) loss on a guard set of general-ability rows (lower is
+      better): a rise of more than `guard_tolerance` refuses.
     """
     def decision(ok: bool, why: str) -> GateDecision:
         return GateDecision(ok, why, candidate, incumbent, incumbent_label)
@@ -463,11 +478,11 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
             return decision(False, f"{reason}, but the {ci} does not clear {min_improvement:.4f}; not promoted")
         reason = f"{reason}; {ci}"
     if guard is not None:
-        drop = guard[1] - guard[0]
-        if math.isnan(guard[0]) or drop > guard_tolerance + 1e-12:
-            return decision(False, f"{reason}, but the guard set regressed from {guard[1]:.4f} to {guard[0]:.4f} "
+        rise = guard[0] - guard[1]
+        if math.isnan(guard[0]) or rise > guard_tolerance + 1e-12:
+            return decision(False, f"{reason}, but the guard-set loss regressed from {guard[1]:.4f} to {guard[0]:.4f} "
                                    f"(tolerance {guard_tolerance:.4f}); not promoted")
-        reason = f"{reason}; guard set {guard[0]:.4f} vs {guard[1]:.4f}"
+        reason = f"{reason}; guard-set loss {guard[0]:.4f} vs {guard[1]:.4f}"
     return decision(True, reason)
 
 

@@ -47,3 +47,16 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
         description=f"Held-out scores ({report.metric})",
     )
     return report
+
+
+@task(name="evaluate-guard-set")
+def evaluate_guard(config: RunConfig, model: ResolvedModel, tuned_dir: str, champion: ModelVersionRef | None,
+                   guard: PreparedData, run_id: str) -> tuple[float, float]:
+    """(fine-tune, incumbent) loss on the guard set; the incumbent is the champion, else the base."""
+    incumbent = registry.download_model_dir(champion.uri) if champion else model.path
+    losses = evaluate.guard_losses({"tuned": tuned_dir, "incumbent": incumbent}, guard.path, config,
+                                   base_model_dir=model.path)
+    registry.configure_mlflow()
+    registry.log_metrics(run_id, {f"guard.{label}.loss": v for label, v in losses.items()})
+    return losses["tuned"], losses["incumbent"]
+

@@ -35,9 +35,11 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
                                   trust_remote_code=config.trust_remote_code)
 
 
-def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True) -> GateDecision:
+def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
+         guard: tuple[float, float] | None = None) -> GateDecision:
     """The promotion gate: the configured metric, tuned vs champion (or base), plus the paired
-    bootstrap over per-example scores (metric `score`, when enabled) and the merge fidelity."""
+    bootstrap over per-example scores (metric `score`, when enabled), the merge fidelity and the
+    guard-set loss (when a guard set is configured)."""
     p = config.promotion
     metric = p.metric
     incumbent = "champion" if "champion" in evaluation.models else "base"
@@ -49,7 +51,7 @@ def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True) -
                                      "current champion" if incumbent == "champion" else "base model",
                                      p.min_improvement, higher_is_better=metric == "score", paired=paired,
                                      bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
-                                     merge_passed=merge_passed)
+                                     merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
 
 
 def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:
@@ -62,10 +64,11 @@ def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], 
 
 @task(name="promote-version")
 def promote_version(config: RunConfig, version: ModelVersionRef, evaluation: EvalReport,
-                    flow_run_id: str, merge_passed: bool = True) -> tuple[GateDecision, str | None]:
+                    flow_run_id: str, merge_passed: bool = True,
+                    guard: tuple[float, float] | None = None) -> tuple[GateDecision, str | None]:
     """Moves `champion` only when the gate passes; returns the decision and the champion version after."""
     registry.configure_mlflow()
-    decision = gate(config, evaluation, merge_passed)
+    decision = gate(config, evaluation, merge_passed, guard)
     if decision.promote and config.promotion.auto_promote and not config.promotion.require_approval:
         registry.promote(version.name, version.version, decision, actor=f"prefect flow run {flow_run_id}")
     current = registry.get_version_by_alias(version.name, "champion")

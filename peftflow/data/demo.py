@@ -46,12 +46,27 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def make_general_rows(n: int, seed: int = 1) -> list[dict]:
+    """Small arithmetic questions: a guard set of general ability that the order task never trains on."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(2, 40), rng.randint(2, 12)
+        op, word, value = rng.choice([("+", "plus", a + b), ("-", "minus", a - b), ("*", "times", a * b)])
+        rows.append({"instruction": f"What is {a} {word} {b}? Answer with the number.", "input": "", "output": str(value)})
+    return rows
+
+
+BUILTIN_FILES = ("dataset_info.json", "demo_orders.json", "demo_general.json")
+
+
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
-    """Write the demo data and its dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
+    """Write the demo data, the guard set and their dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    data_file = dataset_dir / "demo_orders.json"
-    info = {"demo_orders": {"file_name": data_file.name, "formatting": "alpaca",
-                            "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
-    data_file.write_text(json.dumps(make_rows(n, seed), indent=1))
+    columns = {"prompt": "instruction", "query": "input", "response": "output"}
+    info = {"demo_orders": {"file_name": "demo_orders.json", "formatting": "alpaca", "columns": columns},
+            "demo_general": {"file_name": "demo_general.json", "formatting": "alpaca", "columns": columns}}
+    (dataset_dir / "demo_orders.json").write_text(json.dumps(make_rows(n, seed), indent=1))
+    (dataset_dir / "demo_general.json").write_text(json.dumps(make_general_rows(64), indent=1))
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return dataset_dir

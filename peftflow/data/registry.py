@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from peftflow.data.demo import write_builtin_datasets
+from peftflow.data.demo import BUILTIN_FILES, write_builtin_datasets
 from peftflow.data.formats import RowFormat
 from peftflow.errors import UserError
 from peftflow.paths import cache_dir
@@ -99,7 +99,7 @@ def _builtin_root() -> Path:
     """peftflow's generated datasets, written once; atomically, since parallel runs may race."""
     root = cache_dir("datasets") / BUILTIN
     with FileLock(str(root) + ".lock"):
-        if not (root / INFO_FILE).is_file():
+        if not all((root / name).is_file() for name in BUILTIN_FILES):  # older caches lack newer sets
             tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{BUILTIN}-"))
             write_builtin_datasets(tmp)
             shutil.rmtree(root, ignore_errors=True)

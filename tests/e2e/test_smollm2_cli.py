@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from peftflow import registry
+
 from peftflow.data.demo import INSTRUCTION
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
@@ -76,11 +78,8 @@ def trained(tmp_path_factory, peftflow_home):
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-        # Earlier tests in this worker may have set MLflow's process-wide URIs; point them here.
-        import mlflow
-        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        registry.configure_mlflow()  # earlier tests in this worker pointed MLflow's process-wide URIs elsewhere
         yield {"proc": proc, "env": env, "tmp": tmp, "out_dir": out_dir, "elapsed": elapsed}
 
 

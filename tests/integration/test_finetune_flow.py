@@ -64,3 +64,31 @@ def test_a_worse_challenger_does_not_take_champion(harness, env, tiny_model):
     assert "champion" in worse.scores
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny-gate", "challenger").version) == "2"
+
+
+def test_guard_set_loss_gates_promotion(harness, env, tiny_model):
+    def run(tolerance: float):
+        return finetune(tiny_config(tiny_model, env, registry={"name": "tiny-guard"},
+                                    promotion={"metric": "perplexity", "guard_dataset": "demo_general",
+                                               "guard_tolerance": tolerance}))
+
+    # A tolerance of -1e6 asks the guard loss to fall by a million nats: the real losses refuse it.
+    refused = run(-1e6)
+    assert not refused.promoted and refused.champion is None
+    assert "guard-set loss regressed" in refused.summary
+    metrics = MlflowClient().get_run(refused.run_id).data.metrics
+    tuned, base = metrics["guard.tuned.loss"], metrics["guard.incumbent.loss"]
+    assert 0 < tuned < 50 and 0 < base < 50 and tuned != base
+    assert f"guard-set loss regressed from {base:.4f} to {tuned:.4f}" in refused.summary
+
+    # The same training under a loose guard: the cached stages are reused and the version promoted.
+    allowed = run(1e6)
+    assert (allowed.version, allowed.promoted, allowed.champion) == ("1", True, "1")
+    assert f"guard-set loss {tuned:.4f} vs {base:.4f}" in allowed.summary
+
+
+def test_unknown_guard_dataset_stops_before_training(harness, env, tiny_model):
+    cfg = tiny_config(tiny_model, env, promotion={"guard_dataset": "demo_genral"})
+    state = finetune(cfg, return_state=True)
+    assert state.is_failed() and "demo_genral" in state.message
+    assert not (env / "runs").exists()

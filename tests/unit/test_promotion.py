@@ -74,10 +74,12 @@ def test_gate_needs_the_lower_bound_to_clear_the_margin():
 def test_gate_refuses_failed_merge_and_guard_regression():
     d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, merge_passed=False)
     assert not d.promote and "merge fidelity" in d.reason
-    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(0.60, 0.70), guard_tolerance=0.05)
-    assert not d.promote and "guard set regressed" in d.reason
-    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(0.67, 0.70), guard_tolerance=0.05)
-    assert d.promote and "guard set" in d.reason
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(1.80, 1.70), guard_tolerance=0.05)
+    assert not d.promote and "guard-set loss regressed from 1.7000 to 1.8000" in d.reason
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(1.73, 1.70), guard_tolerance=0.05)
+    assert d.promote and "guard-set loss 1.7300 vs 1.7000" in d.reason
+    d = decide_promotion("score", 0.9, 0.5, "base model", 0.0, guard=(float("nan"), 1.70), guard_tolerance=0.05)
+    assert not d.promote
 
 
 def _report(tuned: list[float], base: list[float]) -> EvalReport:

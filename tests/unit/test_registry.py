@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,14 @@ def test_configure_mlflow_defaults_to_sqlite_in_home_and_honours_env(mlflow_home
     assert registry.configure_mlflow() == mlflow.get_tracking_uri() == mlflow.get_registry_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
     assert registry.configure_mlflow() == f"sqlite:///{tmp_path}/other.db" == mlflow.get_tracking_uri()
+    # MLflow copies what it is given into os.environ; configure_mlflow puts the user's values back,
+    # so a later call with another home (or none of these variables) is not steered by this one.
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/other.db"
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "second-home"))
+    assert registry.configure_mlflow() == f"sqlite:///{(tmp_path / 'second-home').resolve()}/mlflow.db"
+    assert mlflow.get_registry_uri() == mlflow.get_tracking_uri() and "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_ensure_experiment_puts_artifacts_under_home(mlflow_home):
