@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -33,3 +34,28 @@ def redact(text: str) -> str:
     for value in secret_env_values():
         text = text.replace(value, MASK)
     return _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+
+
+def install_log_redaction() -> None:
+    """Mask secrets in every log record this process creates, whichever handler (console, file,
+    Prefect's API log handler) later writes it. Records are rendered early, tracebacks included,
+    so no handler formats the raw arguments. Idempotent."""
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "redacts", False):
+        return
+
+    def redacting_factory(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            record.msg, record.args = redact(record.getMessage()), None
+        except Exception:  # a malformed format string: leave it for the handler to report
+            return record
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+        return record
+
+    redacting_factory.redacts = True
+    logging.setLogRecordFactory(redacting_factory)
+
+
+_FORMATTER = logging.Formatter()

@@ -102,3 +102,21 @@ def test_no_weights_at_all_is_refused_even_when_pickle_is_allowed(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="has no weights"):
         resolve_model(str(tmp_path), allow_pickle_weights=True)
+
+
+def test_log_records_are_redacted_whatever_handler_writes_them(monkeypatch, caplog):
+    import logging
+
+    import flows  # noqa: F401  (installs the redaction, as every entry point does)
+
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    log = logging.getLogger("peftflow.test")
+    with caplog.at_level(logging.INFO, logger="peftflow.test"):
+        log.info("pushing with %s to %s", SECRET, "https://ann:pa55word!@mlflow.example/")
+        try:
+            raise RuntimeError(f"hub refused {SECRET}")
+        except RuntimeError:
+            log.exception("upload failed")
+    assert caplog.records and SECRET not in caplog.text and "pa55word!" not in caplog.text
+    assert f"pushing with {MASK} to https://ann:{MASK}@mlflow.example/" in caplog.text
+    assert f"RuntimeError: hub refused {MASK}" in caplog.text
