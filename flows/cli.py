@@ -71,7 +71,10 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         cfg, _ = _load(config)
         from peftflow.data import data_report
 
-        report = data_report(cfg, _trained_model(cfg).path)
+        model_path = _trained_model(cfg).path
+        report = data_report(cfg, model_path)
+        if cfg.promotion.guard_dataset:
+            data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
@@ -241,9 +244,15 @@ def _as_user_error(e: Exception, model: str) -> Exception:
 
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
-    from peftflow.data import prepare_dataset
+    from peftflow.data import prepare_dataset, resolve_datasets
 
-    prepare_dataset(cfg, _trained_model(cfg).path)
+    model_path = _trained_model(cfg).path
+    guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
+    if guard:  # names first: a typo fails before minutes of tokenising the training data
+        resolve_datasets(guard.dataset_dir, guard.dataset_names)
+    prepare_dataset(cfg, model_path)
+    if guard:
+        prepare_dataset(guard, model_path)
 
 
 def _trained_model(cfg):

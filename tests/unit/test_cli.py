@@ -121,6 +121,10 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
         root = good_dataset(write_dataset)
         return write_config(config_text(tiny_model, root).replace("dataset: orders", "dataset: ordrs")), \
             ["dataset_info.json", "ordrs", "did you mean 'orders'"]
+    if name == "unknown_guard_dataset":
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + "promotion:\n  guard_dataset: orderz\n"), \
+            ["dataset_info.json", "orderz", "did you mean 'orders'"]
     if name == "malformed_json":
         root = write_dataset({"orders": {"file_name": "orders.json", **ALPACA}}, {"orders.json": '[{"instruction": "x",'})
         return write_config(config_text(tiny_model, root)), ["orders.json"]
@@ -135,6 +139,7 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
 
 
 CASES = ["unknown_key", "unknown_nested_key", "bad_value", "missing_file", "invalid_yaml", "unknown_dataset",
+         "unknown_guard_dataset",
          "malformed_json", "unknown_builtin", "missing_model_dir", "invalid_rows"]
 
 
