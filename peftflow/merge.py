@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
+from peft.utils import load_peft_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -133,10 +134,21 @@ def _lora_deltas(base_path: str, adapter_dir: str, trust_remote_code: bool) -> d
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(
             AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code), trust_remote_code=trust_remote_code)
-    model = PeftModel.from_pretrained(skeleton, adapter_dir, low_cpu_mem_usage=True)
+    model = get_peft_model(skeleton, adapter, low_cpu_mem_usage=True)  # structure and scaling, meta weights
     prefix = "base_model.model."
-    layers = {name.removeprefix(prefix) + ".weight": m for name, m in model.named_modules() if hasattr(m, "lora_A")}
-    return layers if all(isinstance(m, LoraLinear) for m in layers.values()) else None
+    layers = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A")}
+    if not all(isinstance(m, LoraLinear) for m in layers.values()):
+        return None
+    state = load_peft_weights(adapter_dir, device="cpu")
+    for name, layer in layers.items():
+        for part in ("lora_A", "lora_B"):  # peft saves them without the adapter name
+            weight = state.pop(f"{name}.{part}.weight", None)
+            if weight is None:
+                return None
+            getattr(layer, part)["default"].weight = torch.nn.Parameter(weight, requires_grad=False)
+    if state:
+        return None  # weights this merge does not know where to put
+    return {name.removeprefix(prefix) + ".weight": m for name, m in layers.items()}
 
 
 def _base_shards(base_path: str) -> list[Path]:
