@@ -75,10 +75,10 @@ def test_bf16_autocast_is_off_when_asked_or_when_weights_are_already_half():
         RunConfig(bf16_autocast=True, fp16=True)
 
 
-@pytest.fixture
-def sharded_base(tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def sharded_base(tiny_model, tmp_path_factory):
     """The tiny model re-saved as several safetensors shards."""
-    base = tmp_path / "base"
+    base = tmp_path_factory.mktemp("sharded") / "base"
     AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(base, max_shard_size="2MB")
     assert len(list(base.glob("*.safetensors"))) > 1
     return str(base)
