@@ -153,6 +153,10 @@ class RunConfig(_Strict):
     seed: int = 42
     bf16: bool = False
     fp16: bool = False
+    bf16_autocast: bool | None = Field(
+        None, description="Keep float32 weights, optimizer and loss, and run the matmuls in bfloat16 under "
+                          "torch.autocast. null: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with "
+                          "AMX or AVX512-BF16) and neither bf16 nor fp16 nor quantization_bit is set; else off.")
     gradient_checkpointing: bool = False
     # distributed training (the train stage runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, description="Training processes per node (one per GPU); > 1 runs the train stage with torchrun. Global batch = per_device_train_batch_size x gradient_accumulation_steps x num_processes x nnodes.")
@@ -194,6 +198,8 @@ class RunConfig(_Strict):
     def _cross_checks(self) -> "RunConfig":
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are both true; choose one")
+        if self.bf16_autocast and self.fp16:
+            raise ValueError("bf16_autocast and fp16 are both true; choose one")
         if self.val_size >= 1 and self.val_size != int(self.val_size):
             raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
         if not [n for n in self.dataset.split(",") if n.strip()]:

@@ -19,6 +19,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from peftflow.config import RunConfig
+from peftflow.lm_loss import supervised_ce, supports_chunked_loss
 from peftflow.methods import get_method
 
 log = logging.getLogger("peftflow.train")
@@ -56,12 +57,15 @@ class TrainResult:
 
 
 class _SupervisedTokenTrainer(Trainer):
-    """Counts label tokens (the work that trains) and reports supervised tokens/s in each log."""
+    """Counts label tokens (the work that trains) and reports supervised tokens/s in each log.
+    The loss is the stock one, computed over supervised positions only (peftflow.lm_loss)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.supervised_tokens = 0
         self._last_log = (time.perf_counter(), 0)
+        # Under DDP the forward must go through the wrapper (gradient sync): stock loss there.
+        self.chunked_loss = supports_chunked_loss(self.model) and self.args.world_size == 1
 
     def _get_train_sampler(self, train_dataset=None):
         # Length grouping over the *global* batch: N processes x batch B then see the same
@@ -71,9 +75,14 @@ class _SupervisedTokenTrainer(Trainer):
             sampler.batch_size *= self.args.world_size
         return sampler
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        if not self.chunked_loss:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # accelerate's autocast wraps model.forward only; this path calls the decoder directly.
+        with self.accelerator.autocast():
+            loss = supervised_ce(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
+        return (loss, None) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         now, seen = time.perf_counter(), self.supervised_tokens
@@ -96,7 +105,8 @@ class _DistillTrainer(_SupervisedTokenTrainer):
         from peftflow.methods.distill import distill_step
 
         self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
-        out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
+        with self.accelerator.autocast():  # distill_step calls the decoder, not model.forward
+            out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
         self._kd = [self._kd[0] + float(out["kl"]), self._kd[1] + float(out["ce"]), self._kd[2] + 1]
         return (out["loss"], None) if return_outputs else out["loss"]
 
@@ -149,7 +159,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=cfg.bf16,
+        bf16=cfg.bf16 or bf16_autocast(cfg),  # fp32 weights stay fp32 (load_base): autocast only
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name for it
         report_to=[],
@@ -158,6 +168,25 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         train_sampling_strategy="group_by_length",  # fewer pad tokens per batch
         disable_tqdm=True,
     )
+
+
+def bf16_autocast(cfg: RunConfig) -> bool:
+    """cfg.bf16_autocast, or where unset: on when this machine runs bf16 matmuls fast."""
+    if cfg.bf16_autocast is not None:
+        return cfg.bf16_autocast
+    if cfg.bf16 or cfg.fp16 or cfg.quantization_bit:
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: leave it to the config
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def compute_dtype(cfg: RunConfig) -> torch.dtype:

@@ -1,0 +1,111 @@
+"""The lean paths give the same numbers as the stock ones: chunked supervised-only loss vs the
+model's own loss, shard-by-shard merge vs peft's merge_and_unload."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from peftflow import merge
+from peftflow.config import RunConfig
+from peftflow.lm_loss import supervised_ce, supports_chunked_loss
+from peftflow.methods import get_method
+from peftflow.train import bf16_autocast, load_base
+
+
+def _lora_model(tiny_model, **lora):
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, target_modules="all-linear", **lora))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero; a non-zero adapter makes the comparison bite
+            torch.nn.init.normal_(param, std=0.05)
+    return model
+
+
+def _batch():
+    torch.manual_seed(1)
+    ids = torch.randint(0, 2000, (3, 24))
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :9] = -100  # masked prompt
+    labels[mask == 0] = -100
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def _grads(model):
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+@pytest.mark.parametrize("num_items", [None, 50])
+def test_chunked_loss_equals_stock_loss_and_gradients(tiny_model, num_items):
+    model = _lora_model(tiny_model)
+    batch = _batch()
+    extra = {"num_items_in_batch": torch.tensor(num_items)} if num_items else {}
+    stock = model(**batch, **extra).loss
+    stock.backward()
+    stock_grads = _grads(model)
+    # chunk of 5 positions: several chunks, the last one partial
+    ours = supervised_ce(model, batch, num_items_in_batch=extra.get("num_items_in_batch"), chunk_positions=5)
+    ours.backward()
+    assert abs(float(ours) - float(stock)) < 1e-5
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, stock_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_chunked_loss_is_for_adapters_inside_the_layers_only(tiny_model):
+    lora = RunConfig(model_name_or_path=tiny_model)
+    prompt = RunConfig(model_name_or_path=tiny_model, finetuning_type="prompt")
+    assert supports_chunked_loss(get_method(lora).build(load_base(tiny_model, lora), lora))
+    # prompt tuning's virtual tokens are added in PeftModel.forward, which the chunked path skips
+    assert not supports_chunked_loss(get_method(prompt).build(load_base(tiny_model, prompt), prompt))
+
+
+def test_bf16_autocast_is_off_when_asked_or_when_weights_are_already_half():
+    assert not bf16_autocast(RunConfig(bf16_autocast=False))
+    assert not bf16_autocast(RunConfig(bf16=True))
+    assert bf16_autocast(RunConfig(bf16_autocast=True))
+    with pytest.raises(ValueError, match="bf16_autocast and fp16"):
+        RunConfig(bf16_autocast=True, fp16=True)
+
+
+@pytest.fixture(scope="module")
+def sharded_base(tiny_model, tmp_path_factory):
+    """The tiny model re-saved as several safetensors shards."""
+    base = tmp_path_factory.mktemp("sharded") / "base"
+    AutoModelForCausalLM.from_pretrained(tiny_model).save_pretrained(base, max_shard_size="2MB")
+    assert len(list(base.glob("*.safetensors"))) > 1
+    return str(base)
+
+
+def test_stream_merge_equals_merge_and_unload(sharded_base, tmp_path):
+    _lora_model(sharded_base).save_pretrained(tmp_path / "adapter")
+    assert merge.stream_merge(sharded_base, str(tmp_path / "adapter"), tmp_path / "streamed")
+
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sharded_base, dtype=torch.float32),
+                                         tmp_path / "adapter").merge_and_unload().state_dict()
+    index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
+    streamed = {}
+    for shard in set(index["weight_map"].values()):
+        streamed |= load_file(tmp_path / "streamed" / shard)
+    assert set(streamed) <= set(expected) and len(list((tmp_path / "streamed").glob("*.safetensors"))) > 1
+    changed = 0
+    for name, tensor in streamed.items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=0, msg=name)
+        changed += "proj" in name
+    assert changed  # the LoRA-targeted weights are among those compared
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed").state_dict()
+    for name, tensor in expected.items():  # tied / absent keys come back as transformers rebuilds them
+        torch.testing.assert_close(reloaded[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_stream_merge_declines_what_it_cannot_stream(sharded_base, tmp_path):
+    _lora_model(sharded_base, use_dora=True).save_pretrained(tmp_path / "dora")
+    assert not merge.stream_merge(sharded_base, str(tmp_path / "dora"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
