@@ -72,8 +72,8 @@ class PromotionConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Held-out evaluation of base, fine-tune and champion."""
 
-    metric: Literal["exact_match", "token_f1", "json_fields"] = Field(
-        "token_f1", description="Generation metric per example; the demo task uses json_fields.")
+    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy"] = Field(
+        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task answer_accuracy.")
     max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
     batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
@@ -101,6 +101,11 @@ class RunConfig(_Strict):
         "all", description="`all`, a comma list or list of module names, or a regex string (one with regex "
                            "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
     additional_target: str | list[str] | None = Field(None, description="Modules trained in full and saved (modules_to_save).")
+    # vision-language models (LLaVA-style); ignored for text-only models
+    freeze_vision_tower: bool = Field(
+        True, description="Vision-language models: keep the image encoder frozen; false also puts LoRA adapters into it.")
+    train_projector: bool = Field(
+        True, description="Vision-language models: train the multimodal projector in full (saved as peft modules_to_save).")
     use_dora: bool = False
     use_rslora: bool = False
     lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(

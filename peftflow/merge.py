@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
+
+from peftflow import vision
 
 
 PROBE_TEXTS = (
@@ -68,11 +70,13 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     out_dir = Path(out_dir)
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         return _ship_full_checkpoint(Path(adapter_dir), out_dir, tolerance)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+    # A vision-language model: its processor (tokenizer + image processor), and a probe with images.
+    is_vlm = vision.is_vision_language(base_path)
+    tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = vision.model_class(base_path).from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
-    batch = probe_batch(tokenizer)
+    batch = vision.probe_batch(tokenizer, PROBE_TEXTS) if is_vlm else probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()
     before = _logits(model, batch)[mask]
     merged = model.merge_and_unload()

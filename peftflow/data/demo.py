@@ -11,6 +11,8 @@ import json
 import random
 from pathlib import Path
 
+from peftflow.data.shapes import write_shapes_dataset
+
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]
 COLORS = ["red", "blue", "green", "black", "white", "yellow"]
@@ -46,12 +48,17 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+BUILTIN_NAMES = ("demo_orders", "demo_shapes")
+
+
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
-    """Write the demo data and its dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
+    """Write the demo data (orders, and the shapes image task) and their dataset_info.json
+    (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     data_file = dataset_dir / "demo_orders.json"
     info = {"demo_orders": {"file_name": data_file.name, "formatting": "alpaca",
                             "columns": {"prompt": "instruction", "query": "input", "response": "output"}}}
     data_file.write_text(json.dumps(make_rows(n, seed), indent=1))
+    info |= write_shapes_dataset(dataset_dir, seed=seed)
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return dataset_dir
