@@ -155,8 +155,9 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     for row, (_, images, where) in zip(encoded, kept):
         a.lengths.append(len(row.input_ids))
         row, truncated = cut(row, cfg.cutoff_len)
-        image_tokens = len(images) * encoder.tokens_per_image
-        if images and not (row.input_ids.count(encoder.image_token_id) == row.prompt_ids.count(encoder.image_token_id) == image_tokens):
+        image_id, image_tokens = encoder.image_token_id, len(images) * encoder.tokens_per_image
+        # The model needs every feature of every image: a row cut inside its image tokens cannot train.
+        if images and not row.input_ids.count(image_id) == row.prompt_ids.count(image_id) == image_tokens:
             a.drops.append((IMAGE_CUT_DROP, where))
         elif supervised(row):
             a.rows.append(row)
