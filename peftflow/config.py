@@ -106,6 +106,8 @@ class RunConfig(_Strict):
         True, description="Vision-language models: keep the image encoder frozen; false also puts LoRA adapters into it.")
     train_projector: bool = Field(
         True, description="Vision-language models: train the multimodal projector in full (saved as peft modules_to_save).")
+    freeze_multi_modal_projector: bool | None = Field(
+        None, description="LLaMA-Factory's key: the opposite of train_projector.")
     use_dora: bool = False
     use_rslora: bool = False
     lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
@@ -238,6 +240,9 @@ class RunConfig(_Strict):
             lora_only += ["lora_init"] if self.lora_init != "default" else []
             if lora_only:
                 raise ValueError(f"{', '.join(lora_only)} only apply to finetuning_type 'lora', not {method}")
+        if ("train_projector" in self.model_fields_set and self.freeze_multi_modal_projector is not None
+                and self.train_projector == self.freeze_multi_modal_projector):
+            raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
         if self.pissa_init and self.lora_init not in ("default", "pissa"):
             raise ValueError(f"pissa_init: true and lora_init: {self.lora_init} disagree; keep one")
         if self.prompt_tuning_init == "text":
@@ -251,6 +256,13 @@ class RunConfig(_Strict):
     def should_merge(self) -> bool:
         """Ship a merged checkpoint (True) or the adapter with its base (False)."""
         return self.merge if self.merge is not None else TRAITS[self.finetuning_type].mergeable
+
+    @property
+    def trains_projector(self) -> bool:
+        """Vision-language models: train_projector, or LLaMA-Factory's freeze_multi_modal_projector when set."""
+        if self.freeze_multi_modal_projector is not None:
+            return not self.freeze_multi_modal_projector
+        return self.train_projector
 
     @property
     def dataset_names(self) -> list[str]:

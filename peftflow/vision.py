@@ -61,7 +61,7 @@ def peft_scope(model, cfg) -> dict:
     parts = parts_of(model.config.model_type)
     excluded = [parts.projector] + ([parts.vision_tower] if cfg.freeze_vision_tower else [])
     return {"exclude_modules": rf".*\b({'|'.join(excluded)})\b.*",
-            "modules_to_save": [parts.projector] if cfg.train_projector else []}
+            "modules_to_save": [parts.projector] if cfg.trains_projector else []}
 
 
 def trainable_by_part(model) -> dict[str, int]:

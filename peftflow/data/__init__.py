@@ -99,7 +99,7 @@ class _Analysis:
 
 
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
-    _check_method_trains(cfg, model_path)
+    _check_method_fits_model(cfg, model_path)
     sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
     fingerprint = _fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
@@ -114,7 +114,7 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
 
 
 def data_report(cfg: RunConfig, model_path: str) -> DataReport:
-    _check_method_trains(cfg, model_path)
+    _check_method_fits_model(cfg, model_path)
     sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
     a = _analyse(cfg, sources, model_path, strict=False)
     by_reason: dict[str, list[str]] = {}
@@ -177,14 +177,18 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     return a
 
 
-def _check_method_trains(cfg: RunConfig, model_path: str) -> None:
+def _check_method_fits_model(cfg: RunConfig, model_path: str) -> None:
     """A config x model check, made before the cache (prepared data does not depend on the method)."""
     from peftflow.methods.traits import TRAITS, names_with
     from peftflow.vision import is_vision_language
 
-    if is_vision_language(model_path) and not TRAITS[cfg.finetuning_type].vision_language:
+    if not is_vision_language(model_path):
+        return
+    if not TRAITS[cfg.finetuning_type].vision_language:
         raise UserError(f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
                         f"(methods that can: {', '.join(names_with('vision_language'))})")
+    if cfg.merge is False:  # an adapter version reloads onto a causal-LM base; a VLM ships merged
+        raise UserError(f"merge: false: the vision-language model at {model_path} is published merged; drop merge")
 
 
 def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:

@@ -95,7 +95,8 @@ def test_freeze_vision_tower_false_puts_adapters_into_it(tiny_llava):
 
     from peftflow.methods import get_method
 
-    cfg = RunConfig(model_name_or_path=tiny_llava, freeze_vision_tower=False, train_projector=False)
+    # LLaMA-Factory's freeze_multi_modal_projector: true is train_projector: false.
+    cfg = RunConfig(model_name_or_path=tiny_llava, freeze_vision_tower=False, freeze_multi_modal_projector=True)
     model = get_method(cfg).build(AutoModelForImageTextToText.from_pretrained(tiny_llava), cfg)
     parts = vision.trainable_by_part(model)
     assert parts["vision_tower"] > 0 and parts["projector"] == 0 and parts["lora"] > 0
@@ -171,3 +172,5 @@ def test_images_need_a_vision_language_model_and_a_method_that_trains_one(tiny_m
         prepare_dataset(_cfg(tiny_model, shapes_dir), tiny_model)
     with pytest.raises(UserError, match="finetuning_type 'prefix' cannot train the vision-language model"):
         prepare_dataset(_cfg(tiny_llava, shapes_dir, finetuning_type="prefix"), tiny_llava)
+    with pytest.raises(UserError, match="merge: false: the vision-language model at .* is published merged"):
+        prepare_dataset(_cfg(tiny_llava, shapes_dir, merge=False), tiny_llava)
