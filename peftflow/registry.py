@@ -289,10 +289,12 @@ def _log_model(client, run_id, name, lineage, components, card_dir, base_model_p
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
                                     source_run_id=run_id)
     try:
+        model = {"task": "text-generation", **components()}
         mlflow.transformers.log_model(
-            **{"task": "text-generation", **components()}, name=MODEL_ARTIFACT, run_id=run_id,
+            **model, name=MODEL_ARTIFACT, run_id=run_id,
             model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),
-            pip_requirements=_pip_requirements(peft=base_model_path is not None),
+            pip_requirements=_pip_requirements(peft=base_model_path is not None,
+                                               images=model["task"] == "image-text-to-text"),
             base_model_path=base_model_path)
     except BaseException:
         client.finalize_logged_model(lm.model_id, "FAILED")
@@ -312,8 +314,8 @@ def _model_card(name: str, src_dir: str, lineage: dict[str, str]):
     return ModelCard(f"---\nlibrary_name: transformers\n---\n# {name}\n\nPublished by peftflow.\n\n{lines}\n")
 
 
-def _pip_requirements(peft: bool) -> list[str]:
-    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else [])
+def _pip_requirements(peft: bool, images: bool = False) -> list[str]:
+    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else []) + (["pillow"] if images else [])
     reqs = []
     for p in pkgs:
         try:

@@ -21,18 +21,21 @@ class Parts:
     projector: str      # module name of the image-to-text projector
 
 
-# model_type -> its parts. A model type missing here is refused, not guessed at.
+# model_type -> its parts. A model type missing here is refused, not guessed at. A row fits a model
+# whose processor writes the same number of image tokens for every image (data preparation counts
+# them once); LLaVA-NeXT's any-resolution tiling does not.
 PARTS: dict[str, Parts] = {
     "llava": Parts("vision_tower", "multi_modal_projector"),
-    "llava_next": Parts("vision_tower", "multi_modal_projector"),
-    "llava_onevision": Parts("vision_tower", "multi_modal_projector"),
-    "paligemma": Parts("vision_tower", "multi_modal_projector"),
 }
 
 
 def _config(model_path: str | Path) -> dict:
     path = Path(model_path) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_type(model_path: str | Path) -> str:
+    return _config(model_path).get("model_type", "")
 
 
 def is_vision_language(model_path: str | Path) -> bool:

@@ -180,10 +180,11 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
 def _check_method_fits_model(cfg: RunConfig, model_path: str) -> None:
     """A config x model check, made before the cache (prepared data does not depend on the method)."""
     from peftflow.methods.traits import TRAITS, names_with
-    from peftflow.vision import is_vision_language
+    from peftflow.vision import is_vision_language, model_type, parts_of
 
     if not is_vision_language(model_path):
         return
+    parts_of(model_type(model_path))  # a model type peftflow knows the parts of
     if not TRAITS[cfg.finetuning_type].vision_language:
         raise UserError(f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
                         f"(methods that can: {', '.join(names_with('vision_language'))})")
