@@ -20,7 +20,6 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from peftflow import vision
 from peftflow.config import RunConfig
-from peftflow.errors import UserError
 from peftflow.methods import get_method
 
 log = logging.getLogger("peftflow.train")
@@ -173,9 +172,7 @@ def compute_dtype(cfg: RunConfig) -> torch.dtype:
 
 def load_base(model_path: str, cfg: RunConfig):
     dtype = compute_dtype(cfg)
-    if vision.is_vision_language(model_path):
-        if cfg.quantization_bit:
-            raise UserError(f"quantization_bit is not supported for the vision-language model at {model_path} yet")
+    if vision.is_vision_language(model_path):  # never quantised: data preparation refuses quantization_bit for it
         return vision.model_class(model_path).from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if not cfg.quantization_bit:
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
@@ -241,8 +238,6 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     train_set = train_set.select_columns(["input_ids", "labels"] + (["images"] if multimodal else []))
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
     is_vlm = vision.is_vision_language(model_path)
-    if multimodal and not is_vlm:
-        raise UserError(f"the prepared data at {data_path} has images but the model at {model_path} is not a vision-language model")
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code) if is_vlm else None
     if multimodal:
         collator = vision.VisionCollator(collator, processor.image_processor)

@@ -190,6 +190,8 @@ def _check_method_fits_model(cfg: RunConfig, model_path: str) -> None:
                         f"(methods that can: {', '.join(names_with('vision_language'))})")
     if cfg.merge is False:  # an adapter version reloads onto a causal-LM base; a VLM ships merged
         raise UserError(f"merge: false: the vision-language model at {model_path} is published merged; drop merge")
+    if cfg.quantization_bit:
+        raise UserError(f"quantization_bit: the vision-language model at {model_path} trains unquantised; drop quantization_bit")
 
 
 def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:

@@ -167,10 +167,12 @@ def test_bad_image_rows_name_file_and_row(tiny_llava, shapes_dir, tmp_path, row,
     assert message.startswith(f"{root}/pics.json: 1 invalid rows: ") and expected in message and "\n" not in message
 
 
-def test_images_need_a_vision_language_model_and_a_method_that_trains_one(tiny_model, tiny_llava, shapes_dir):
+def test_images_need_a_vlm_and_a_vlm_needs_lora_merged_unquantised(tiny_model, tiny_llava, shapes_dir):
     with pytest.raises(UserError, match="has images but the model at .* is not a vision-language model"):
         prepare_dataset(_cfg(tiny_model, shapes_dir), tiny_model)
     with pytest.raises(UserError, match="finetuning_type 'prefix' cannot train the vision-language model"):
         prepare_dataset(_cfg(tiny_llava, shapes_dir, finetuning_type="prefix"), tiny_llava)
     with pytest.raises(UserError, match="merge: false: the vision-language model at .* is published merged"):
         prepare_dataset(_cfg(tiny_llava, shapes_dir, merge=False), tiny_llava)
+    with pytest.raises(UserError, match="quantization_bit: the vision-language model at .* trains unquantised"):
+        prepare_dataset(_cfg(tiny_llava, shapes_dir, quantization_bit=4), tiny_llava)
