@@ -87,14 +87,15 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
 @app.command()
 def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. models:/NAME@champion, or a local dir."),
              prompt: str = typer.Option(..., "--prompt", help="User message."),
+             image: Optional[str] = typer.Option(None, "--image", help="Image file the message is about (vision-language models)."),
              max_new_tokens: int = typer.Option(128, help="Generation budget.")) -> None:
-    """Generate a chat reply from a registered (or local) model."""
+    """Generate a chat reply from a registered (or local) model, about an image with --image."""
     try:
         from peftflow import registry
 
         registry.configure_mlflow()
         _check_model_ref(model)
-        text = registry.generate_reply(model, prompt, max_new_tokens)
+        text = registry.generate_reply(model, prompt, max_new_tokens, image=image)
     except Exception as e:  # noqa: BLE001
         _fail(_as_user_error(e, model))
         return

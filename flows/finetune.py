@@ -10,6 +10,7 @@ from prefect import flow
 from peftflow.config import RunConfig
 from peftflow.keys import code_version, stage_dir, train_key
 from peftflow.methods import get_method, method_name
+from peftflow.report import trainable_parts_line
 from peftflow.train import remove_checkpoints
 from tasks.evaluate_models import evaluate_guard, evaluate_models, find_champion
 from tasks.merge_adapter import merge_adapter
@@ -66,6 +67,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         notes = [f"MLflow run `{run_id}`; training key `{key}`",
                  f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
                  f"optimizer: {adapter.optimizer_used}"]
+        if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
+            notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
         if config.should_merge:
             merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
             tuned_dir = merged.merged_dir

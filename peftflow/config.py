@@ -77,8 +77,8 @@ class PromotionConfig(_Strict):
 class EvaluationConfig(_Strict):
     """Held-out evaluation of base, fine-tune and champion."""
 
-    metric: Literal["exact_match", "token_f1", "json_fields"] = Field(
-        "token_f1", description="Generation metric per example; the demo task uses json_fields.")
+    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy"] = Field(
+        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task answer_accuracy.")
     max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
     batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
@@ -106,6 +106,13 @@ class RunConfig(_Strict):
         "all", description="`all`, a comma list or list of module names, or a regex string (one with regex "
                            "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
     additional_target: str | list[str] | None = Field(None, description="Modules trained in full and saved (modules_to_save).")
+    # vision-language models (LLaVA-style); ignored for text-only models
+    freeze_vision_tower: bool = Field(
+        True, description="Vision-language models: keep the image encoder frozen; false also puts LoRA adapters into it.")
+    train_projector: bool = Field(
+        True, description="Vision-language models: train the multimodal projector in full (saved as peft modules_to_save).")
+    freeze_multi_modal_projector: bool | None = Field(
+        None, description="LLaMA-Factory's key: the opposite of train_projector.")
     use_dora: bool = False
     use_rslora: bool = False
     lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
@@ -244,6 +251,9 @@ class RunConfig(_Strict):
             lora_only += ["lora_init"] if self.lora_init != "default" else []
             if lora_only:
                 raise ValueError(f"{', '.join(lora_only)} only apply to finetuning_type 'lora', not {method}")
+        if ("train_projector" in self.model_fields_set and self.freeze_multi_modal_projector is not None
+                and self.train_projector == self.freeze_multi_modal_projector):
+            raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
         if self.pissa_init and self.lora_init not in ("default", "pissa"):
             raise ValueError(f"pissa_init: true and lora_init: {self.lora_init} disagree; keep one")
         if self.prompt_tuning_init == "text":
@@ -257,6 +267,13 @@ class RunConfig(_Strict):
     def should_merge(self) -> bool:
         """Ship a merged checkpoint (True) or the adapter with its base (False)."""
         return self.merge if self.merge is not None else TRAITS[self.finetuning_type].mergeable
+
+    @property
+    def trains_projector(self) -> bool:
+        """Vision-language models: train_projector, or LLaMA-Factory's freeze_multi_modal_projector when set."""
+        if self.freeze_multi_modal_projector is not None:
+            return not self.freeze_multi_modal_projector
+        return self.train_projector
 
     @property
     def dataset_names(self) -> list[str]:

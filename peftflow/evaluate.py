@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets, load_from_disk
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer
 
+from peftflow import vision
 from peftflow.config import RunConfig
 from peftflow.data import end_of_turn_token_id
 
@@ -50,7 +51,14 @@ def json_fields(pred: str, ref: str) -> float:
     return sum(got.get(k) == v for k, v in expected.items()) / len(expected)
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields}
+def answer_accuracy(pred: str, ref: str) -> float:
+    """Exact match up to case, spacing and trailing punctuation: a caption or short answer is right or not."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().split()).rstrip(".!")
+    return float(norm(pred) == norm(ref))
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy}
 
 
 @dataclass
@@ -65,9 +73,18 @@ class ModelScores:
         return {"loss": self.loss, "perplexity": self.perplexity, "score": self.score}
 
 
+def _image_inputs(pixels, rows: dict) -> dict:
+    """`pixel_values` for a batch of rows with images (multimodal data); nothing for text."""
+    if pixels is None or "images" not in rows:
+        return {}
+    values = pixels(rows["images"])
+    return {} if values is None else {"pixel_values": values}
+
+
 @torch.no_grad()
-def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
-    """Mean cross-entropy per supervised token (token-weighted, like training)."""
+def heldout_loss(model, eval_set, pad_id: int, batch_size: int, pixels=None) -> float:
+    """Mean cross-entropy per supervised token (token-weighted, like training).
+    `pixels(images of the rows) -> pixel_values` feeds a vision-language model its images."""
     total, count = 0.0, 0
     for start in range(0, len(eval_set), batch_size):
         rows = eval_set[start:start + batch_size]
@@ -75,7 +92,7 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows["input_ids"]])
         labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows["labels"]])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]])
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, **_image_inputs(pixels, rows)).logits
         # Prompt / P-tuning models return logits for their virtual tokens too, in front.
         logits = logits[:, logits.shape[1] - ids.shape[1]:][:, :-1].float()
         target = labels[:, 1:]
@@ -86,8 +103,9 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int) -> float:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_id: int) -> list[str]:
-    """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt."""
+             stop_id: int, images: list | None = None, pixels=None) -> list[str]:
+    """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt.
+    `images` (per prompt) and `pixels` as in heldout_loss, for a vision-language model."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs = []
     for start in range(0, len(prompts), batch_size):
@@ -95,8 +113,9 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         width = max(map(len, chunk))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        extra = _image_inputs(pixels, {"images": images[start:start + batch_size]} if images else {})
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_id, pad_token_id=pad)
+                             eos_token_id=stop_id, pad_token_id=pad, **extra)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return outputs
 
@@ -109,12 +128,12 @@ def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_c
     """A plain model dir, or an adapter dir applied to its base (`base_model_dir`, else the base
     the adapter records). Prompt-family adapters cannot be merged, so they are scored this way."""
     if not is_adapter_dir(model_dir):
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                    trust_remote_code=trust_remote_code).eval()
+        return vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32,
+                                                             trust_remote_code=trust_remote_code).eval()
     from peft import PeftConfig, PeftModel
 
     base_dir = base_model_dir or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = vision.model_class(base_dir).from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
@@ -125,12 +144,17 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    loss = heldout_loss(model, eval_set, pad, ecfg.batch_size) if len(eval_set) else math.nan
+    pixels = None
+    if "images" in eval_set.column_names:  # held-out images go through the scored model's own image processor
+        image_processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code).image_processor
+        pixels = lambda images: vision.pixel_values(image_processor, images)  # noqa: E731
+    loss = heldout_loss(model, eval_set, pad, ecfg.batch_size, pixels) if len(eval_set) else math.nan
 
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
     predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
-                           end_of_turn_token_id(tokenizer, cfg.template))
+                           end_of_turn_token_id(tokenizer, cfg.template),
+                           scored["images"] if pixels else None, pixels)
     metric = METRICS[ecfg.metric]
     examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
                 for i, (p, r) in enumerate(zip(predictions, scored["reference"]))]

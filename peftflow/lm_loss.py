@@ -23,13 +23,15 @@ CHUNK_POSITIONS = 512  # supervised positions per logits chunk: 512 x 49,152 fp3
 
 def supports_chunked_loss(model) -> bool:
     """True when logits are the output head applied to the decoder's last hidden state. Not for
-    prompt-learning adapters (their virtual tokens live in PeftModel.forward) or models that
-    rescale logits after the head (Gemma's soft-capping, Cohere's logit_scale)."""
+    prompt-learning adapters (their virtual tokens live in PeftModel.forward), vision-language
+    models, or models that rescale logits after the head (Gemma's soft-capping, Cohere's logit_scale)."""
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
+    if getattr(config, "vision_config", None) is not None:
+        return False  # the decoder alone would never see the image features
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
         return False
     try:

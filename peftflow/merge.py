@@ -26,7 +26,9 @@ from peft.tuners.lora import Linear as LoraLinear
 from peft.utils import load_peft_weights
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+from peftflow import vision
 
 
 PROBE_TEXTS = (
@@ -80,15 +82,17 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     out_dir = Path(out_dir)
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         return _ship_full_checkpoint(Path(adapter_dir), out_dir, tolerance)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
-    batch = probe_batch(tokenizer)
+    # A vision-language model: its processor (tokenizer + image processor), and a probe with images.
+    is_vlm = vision.is_vision_language(base_path)
+    tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+    batch = vision.probe_batch(tokenizer, PROBE_TEXTS) if is_vlm else probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()
-    if not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
+    if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
     tokenizer.save_pretrained(out_dir)
     # One model in memory at a time: the adapter on the fp32 base, then the merged checkpoint.
     before = _logits(_adapter_model(base_path, adapter_dir, trust_remote_code), batch)[mask]
-    after = _logits(AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32,
+    after = _logits(vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32,
                                                          trust_remote_code=trust_remote_code), batch)[mask]
     diff = float((before - after).abs().max())
     qdiff = None
@@ -113,7 +117,7 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
 
 def _adapter_model(base_path: str, adapter_dir: str, trust_remote_code: bool):
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = vision.model_class(base_path).from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, adapter_dir).eval()
 
 

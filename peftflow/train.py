@@ -7,17 +7,18 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from datasets import load_from_disk
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+from transformers import (AutoModelForCausalLM, AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                           TrainerCallback, TrainingArguments, set_seed)
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
+from peftflow import vision
 from peftflow.config import RunConfig
 from peftflow.lm_loss import supervised_ce, supports_chunked_loss
 from peftflow.methods import get_method
@@ -49,11 +50,14 @@ class TrainResult:
     loss_history: tuple[tuple[int, float], ...]
     method: str = "lora"
     optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
+    # Vision-language models: trainable parameters per part (vision_tower, projector, lora, other).
+    trainable_by_part: dict[str, int] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
                 "supervised_tokens_per_s": self.tokens_per_second, "trainable_params": self.trainable_params,
-                "total_params": self.total_params}
+                "total_params": self.total_params,
+                **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()}}
 
 
 class _SupervisedTokenTrainer(Trainer):
@@ -197,6 +201,8 @@ def compute_dtype(cfg: RunConfig) -> torch.dtype:
 
 def load_base(model_path: str, cfg: RunConfig):
     dtype = compute_dtype(cfg)
+    if vision.is_vision_language(model_path):  # never quantised: data preparation refuses quantization_bit for it
+        return vision.model_class(model_path).from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if not cfg.quantization_bit:
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     from transformers import BitsAndBytesConfig
@@ -256,7 +262,14 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     model = method.build(load_base(model_path, cfg), cfg)
     init_dir = method.before_train(model, output_dir)
     trainable, total = _parameter_counts(model)
-    train_set = load_from_disk(str(Path(data_path) / "train")).select_columns(["input_ids", "labels"])
+    train_set = load_from_disk(str(Path(data_path) / "train"))
+    multimodal = "images" in train_set.column_names
+    train_set = train_set.select_columns(["input_ids", "labels"] + (["images"] if multimodal else []))
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
+    is_vlm = vision.is_vision_language(model_path)
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code) if is_vlm else None
+    if multimodal:
+        collator = vision.VisionCollator(collator, processor.image_processor)
 
     args = training_arguments(cfg, output_dir)
     trainer_cls, extra = _SupervisedTokenTrainer, {}
@@ -266,7 +279,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         train_set = train_set.add_column("row_id", list(range(len(train_set))))
     trainer = trainer_cls(
         model=model, args=args, train_dataset=train_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8),
+        data_collator=collator,
         callbacks=[*callbacks, first_step := _FirstStep()], **extra,
     )
     checkpoint = last_complete_checkpoint(Path(args.output_dir))
@@ -288,10 +301,12 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         trainable_params=trainable, total_params=total,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
         method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
+        trainable_by_part=vision.trainable_by_part(model) if is_vlm else {},
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
         method.save(model, adapter_dir, init_dir)
-        tokenizer.save_pretrained(adapter_dir)
+        # A vision-language model ships its processor (tokenizer + image processor) with the adapter.
+        (processor or tokenizer).save_pretrained(adapter_dir)
         (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
 

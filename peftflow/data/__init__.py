@@ -25,6 +25,7 @@ from filelock import FileLock
 
 from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
+from peftflow.data.images import images_digest, read_images
 from peftflow.data.registry import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.templates import end_of_turn_token_id, get_template
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
@@ -37,9 +38,11 @@ log = logging.getLogger("peftflow.data")
 
 PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
 STATS_FILE = "stats.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "processor_config.json", "preprocessor_config.json")
 OPTIONS = ("cutoff_len", "max_samples", "val_size", "seed", "train_on_prompt", "mask_history", "on_invalid_rows")
 CUTOFF_DROP = "no supervised tokens within cutoff_len"
+IMAGE_CUT_DROP = "cutoff_len cuts through an image"
 SHOWN_ROWS = 5  # invalid rows named in a message
 
 
@@ -87,6 +90,7 @@ class DataReport:
 @dataclass
 class _Analysis:
     rows: list[EncodedRow] = field(default_factory=list)   # kept, cut at cutoff_len
+    images: list[list[bytes]] = field(default_factory=list)  # each kept row's images (empty for text)
     rows_read: int = 0
     drops: list[tuple[str, str]] = field(default_factory=list)  # (reason, "<file> row N")
     lengths: list[int] = field(default_factory=list)        # tokens per valid row, before cutoff
@@ -95,6 +99,7 @@ class _Analysis:
 
 
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
+    _check_method_fits_model(cfg, model_path)
     sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
     fingerprint = _fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
@@ -109,6 +114,7 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
 
 
 def data_report(cfg: RunConfig, model_path: str) -> DataReport:
+    _check_method_fits_model(cfg, model_path)
     sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
     a = _analyse(cfg, sources, model_path, strict=False)
     by_reason: dict[str, list[str]] = {}
@@ -133,7 +139,7 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
 
     if cfg.train_on_prompt and cfg.mask_history:
         raise UserError("train_on_prompt and mask_history are both true; mask_history masks answers that train_on_prompt would learn, choose one")
-    kept: list[tuple[Conversation, str]] = []  # (conversation, "<file> row N")
+    kept: list[tuple[Conversation, list[bytes], str]] = []  # (conversation, images, "<file> row N")
     for source in sources:
         valid, invalid = _read_source(source, a)
         if invalid and cfg.on_invalid_rows == "error":
@@ -143,12 +149,19 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
         if not valid:
             problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
         kept += valid[:cfg.max_samples]
-    encoded = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code).encode([c for c, _ in kept], cfg.train_on_prompt, cfg.mask_history)
-    for row, (_, where) in zip(encoded, kept):
+    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code)
+    _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
+    encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
+    for row, (_, images, where) in zip(encoded, kept):
         a.lengths.append(len(row.input_ids))
         row, truncated = cut(row, cfg.cutoff_len)
-        if supervised(row):
+        image_id, image_tokens = encoder.image_token_id, len(images) * encoder.tokens_per_image
+        # The model needs every feature of every image: a row cut inside its image tokens cannot train.
+        if images and not row.input_ids.count(image_id) == row.prompt_ids.count(image_id) == image_tokens:
+            a.drops.append((IMAGE_CUT_DROP, where))
+        elif supervised(row):
             a.rows.append(row)
+            a.images.append(images)
             a.truncated += truncated
         else:
             a.drops.append((CUTOFF_DROP, where))
@@ -158,20 +171,44 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
         problem(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
                 "and leaves none to train on; lower val_size or add data")
-    cutoff_drops = sum(reason == CUTOFF_DROP for reason, _ in a.drops)
+    cutoff_drops = sum(reason in (CUTOFF_DROP, IMAGE_CUT_DROP) for reason, _ in a.drops)
     if cutoff_drops and a.rows:
         log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
     return a
 
 
-def _read_source(source: DatasetSource, a: _Analysis) -> tuple[list[tuple[Conversation, str]], list[tuple[str, str, str]]]:
-    """One dataset's valid rows as (conversation, "<file> row N"), and its invalid rows as (file, reason, message)."""
+def _check_method_fits_model(cfg: RunConfig, model_path: str) -> None:
+    """A config x model check, made before the cache (prepared data does not depend on the method)."""
+    from peftflow.methods.traits import TRAITS, names_with
+    from peftflow.vision import is_vision_language, model_type, parts_of
+
+    if not is_vision_language(model_path):
+        return
+    parts_of(model_type(model_path))  # a model type peftflow knows the parts of
+    if not TRAITS[cfg.finetuning_type].vision_language:
+        raise UserError(f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
+                        f"(methods that can: {', '.join(names_with('vision_language'))})")
+    if cfg.merge is False:  # an adapter version reloads onto a causal-LM base; a VLM ships merged
+        raise UserError(f"merge: false: the vision-language model at {model_path} is published merged; drop merge")
+    if cfg.quantization_bit:
+        raise UserError(f"quantization_bit: the vision-language model at {model_path} trains unquantised; drop quantization_bit")
+
+
+def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:
+    if has_images and encoder.image_token_id is None:
+        raise UserError(f"dataset {cfg.dataset} has images but the model at {model_path} is not a vision-language model")
+
+
+def _read_source(source: DatasetSource, a: _Analysis) -> tuple[list[tuple[Conversation, list[bytes], str]], list[tuple[str, str, str]]]:
+    """One dataset's valid rows as (conversation, images, "<file> row N"), and its invalid rows as (file, reason, message)."""
     valid, invalid = [], []
     for file in source.files:
         for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
             a.rows_read += 1
             try:
-                valid.append((source.format.to_conversation(row), f"{file.shown} row {number}"))
+                conversation = source.format.to_conversation(row)
+                images = read_images(source, source.format.images(row, conversation))
+                valid.append((conversation, images, f"{file.shown} row {number}"))
             except InvalidRow as e:
                 invalid.append((file.shown, e.reason, f"row {number}: {e}"))
                 a.drops.append((e.reason, f"{file.shown} row {number}"))
@@ -207,13 +244,16 @@ def _write(a: _Analysis, cfg: RunConfig, target: Path, fingerprint: str) -> None
 
     train_idx, eval_idx = _split(len(a.rows), cfg)
     ids = List(Value("int64"))
-    train = Dataset.from_dict(
-        {"input_ids": [a.rows[i].input_ids for i in train_idx], "labels": [a.rows[i].labels for i in train_idx]},
-        features=Features({"input_ids": ids, "labels": ids}))
-    evaluation = Dataset.from_dict(
-        {"input_ids": [a.rows[i].input_ids for i in eval_idx], "labels": [a.rows[i].labels for i in eval_idx],
-         "prompt_ids": [a.rows[i].prompt_ids for i in eval_idx], "reference": [a.rows[i].reference for i in eval_idx]},
-        features=Features({"input_ids": ids, "labels": ids, "prompt_ids": ids, "reference": Value("string")}))
+    train_cols = {"input_ids": [a.rows[i].input_ids for i in train_idx], "labels": [a.rows[i].labels for i in train_idx]}
+    eval_cols = {"input_ids": [a.rows[i].input_ids for i in eval_idx], "labels": [a.rows[i].labels for i in eval_idx],
+                 "prompt_ids": [a.rows[i].prompt_ids for i in eval_idx], "reference": [a.rows[i].reference for i in eval_idx]}
+    train_features = {"input_ids": ids, "labels": ids}
+    eval_features = {**train_features, "prompt_ids": ids, "reference": Value("string")}
+    if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
+        train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
+        train_features["images"] = eval_features["images"] = List(Value("binary"))
+    train = Dataset.from_dict(train_cols, features=Features(train_features))
+    evaluation = Dataset.from_dict(eval_cols, features=Features(eval_features))
     stats = {
         "fingerprint": fingerprint, "datasets": cfg.dataset_names, "template": cfg.template, "cutoff_len": cfg.cutoff_len,
         "rows_read": a.rows_read, "train_rows": len(train_idx), "eval_rows": len(eval_idx),
@@ -244,6 +284,8 @@ def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) 
         add("entry", json.dumps(source.entry, sort_keys=True).encode())
         for file in source.files:
             add("file", file.path.read_bytes())
+        if source.format.columns.get("images"):
+            add("images", images_digest(source))
     for name in TOKENIZER_FILES:
         if (Path(model_path) / name).is_file():
             add(name, (Path(model_path) / name).read_bytes())

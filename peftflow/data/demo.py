@@ -11,6 +11,8 @@ import json
 import random
 from pathlib import Path
 
+from peftflow.data.shapes import write_shapes_dataset
+
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]
 COLORS = ["red", "blue", "green", "black", "white", "yellow"]
@@ -57,16 +59,18 @@ def make_general_rows(n: int, seed: int = 1) -> list[dict]:
     return rows
 
 
-BUILTIN_FILES = ("dataset_info.json", "demo_orders.json", "demo_general.json")
+BUILTIN_NAMES = ("demo_orders", "demo_general", "demo_shapes")
 
 
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
-    """Write the demo data, the guard set and their dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
+    """Write the demo data (orders; the arithmetic guard set; the shapes image task) and their
+    dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
     info = {"demo_orders": {"file_name": "demo_orders.json", "formatting": "alpaca", "columns": columns},
             "demo_general": {"file_name": "demo_general.json", "formatting": "alpaca", "columns": columns}}
     (dataset_dir / "demo_orders.json").write_text(json.dumps(make_rows(n, seed), indent=1))
     (dataset_dir / "demo_general.json").write_text(json.dumps(make_general_rows(64), indent=1))
+    info |= write_shapes_dataset(dataset_dir, seed=seed)
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return dataset_dir

@@ -19,9 +19,11 @@ from peftflow.errors import UserError
 Conversation = list[dict[str, str]]
 
 COLUMNS = {
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None},
-    "sharegpt": {"messages": "conversations", "system": None},
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None,
+               "images": None},
+    "sharegpt": {"messages": "conversations", "system": None, "images": None},
 }
+IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: one per image, in the order of the images column
 REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",)}
 SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
@@ -53,7 +55,7 @@ class RowFormat:
         unknown = sorted(set(given) - set(COLUMNS[formatting]))
         if unknown:
             raise UserError(f"{source}: '{name}' columns {', '.join(unknown)} are not supported for {formatting} "
-                            f"(supported: {', '.join(COLUMNS[formatting])}; peftflow trains on text conversations only)")
+                            f"(supported: {', '.join(COLUMNS[formatting])})")
         tags = _mapping(entry, "tags", name, source)
         unknown = sorted(set(tags) - set(SHAREGPT_TAGS))
         if unknown:
@@ -72,6 +74,21 @@ class RowFormat:
             return turns
         system = _optional_text(row, self.columns["system"])
         return ([{"role": "system", "content": system}] if system else []) + turns
+
+    def images(self, row: dict[str, Any], conversation: Conversation) -> list[str]:
+        """The row's image paths (as written, relative to dataset_dir); one per `<image>` placeholder."""
+        column = self.columns["images"]
+        if not column:  # a text dataset: "<image>" in it is just text
+            return []
+        value = row.get(column)
+        images = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(images, (list, tuple)) or not all(isinstance(i, str) and i for i in images):
+            raise InvalidRow(f"field '{column}' is not a list of image paths")
+        placeholders = sum(turn["content"].count(IMAGE_PLACEHOLDER) for turn in conversation)
+        if placeholders != len(images):
+            raise InvalidRow("image placeholders do not match images",
+                             f"{placeholders} {IMAGE_PLACEHOLDER} in the messages, {len(images)} in '{column}'")
+        return list(images)
 
     def _alpaca(self, row: dict[str, Any]) -> Conversation:
         prompt = _text(row, self.columns["prompt"])

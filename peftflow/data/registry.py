@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from peftflow.data.demo import BUILTIN_FILES, write_builtin_datasets
+from peftflow.data.demo import BUILTIN_NAMES, write_builtin_datasets
 from peftflow.data.formats import RowFormat
 from peftflow.errors import UserError
 from peftflow.paths import cache_dir
@@ -41,6 +41,7 @@ class DatasetSource:
     entry: dict[str, Any]   # the dataset_info.json entry as written
     format: RowFormat
     files: tuple[DataFile, ...]
+    root: Path | None = None   # dataset_dir, where relative image paths point; None for cloud files
 
 
 def dataset_root(dataset_dir: str) -> Path:
@@ -71,9 +72,9 @@ def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
             raise UserError(f"{info_path}: '{name}' must be an object")
         _check_entry(name, entry, info_path)
         fmt = RowFormat.from_entry(name, entry, str(info_path))
-        files = (_cloud_files(entry["cloud_file_name"]) if entry.get("cloud_file_name")
-                 else _data_files(root, entry["file_name"], name, info_path))
-        sources.append(DatasetSource(name, entry, fmt, files))
+        cloud = bool(entry.get("cloud_file_name"))
+        files = _cloud_files(entry["cloud_file_name"]) if cloud else _data_files(root, entry["file_name"], name, info_path)
+        sources.append(DatasetSource(name, entry, fmt, files, None if cloud else root))
     return sources
 
 
@@ -99,7 +100,8 @@ def _builtin_root() -> Path:
     """peftflow's generated datasets, written once; atomically, since parallel runs may race."""
     root = cache_dir("datasets") / BUILTIN
     with FileLock(str(root) + ".lock"):
-        if not all((root / name).is_file() for name in BUILTIN_FILES):  # older caches lack newer sets
+        # Written by an older peftflow without every built-in dataset: write again (same bytes for the old ones).
+        if not (root / INFO_FILE).is_file() or not set(BUILTIN_NAMES) <= set(json.loads((root / INFO_FILE).read_text())):
             tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{BUILTIN}-"))
             write_builtin_datasets(tmp)
             shutil.rmtree(root, ignore_errors=True)

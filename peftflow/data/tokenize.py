@@ -40,6 +40,18 @@ class ChatEncoder:
             raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
         self.template = template
         self.jinja, self.end_of_turn = templates.resolve(self.tokenizer, template, model_path)
+        # A vision-language model expects each image placeholder repeated once per image feature.
+        self.image_token_id, self.tokens_per_image = None, 0
+        from peftflow import vision
+
+        if vision.is_vision_language(model_path):
+            self.image_token_id = vision.image_token(self.tokenizer)[1]
+            self.tokens_per_image = vision.tokens_per_image(model_path)
+
+    def _expand_images(self, ids: list[int]) -> list[int]:
+        if self.image_token_id is None or self.image_token_id not in ids:
+            return ids
+        return [t for i in ids for t in ([i] * self.tokens_per_image if i == self.image_token_id else [i])]
 
     def encode(self, conversations: list[Conversation], train_on_prompt: bool, mask_history: bool) -> list[EncodedRow]:
         if not conversations:
@@ -51,10 +63,11 @@ class ChatEncoder:
             last_answer = max(i for i, (_, kind) in enumerate(row) if kind == ANSWER)
             input_ids, labels, prompt_ids = [], [], []
             for i, (_, kind) in enumerate(row):
-                piece = next(ids)
+                piece = self._expand_images(next(ids))
                 learned = train_on_prompt or (kind == ANSWER and (not mask_history or i == last_answer))
                 input_ids += piece
-                labels += piece if learned else [IGNORE] * len(piece)
+                # Image positions are features, not text: never a label.
+                labels += [IGNORE if not learned or t == self.image_token_id else t for t in piece]
                 if i < last_answer:
                     prompt_ids += piece
             rows.append(EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"]))

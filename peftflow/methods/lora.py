@@ -21,8 +21,16 @@ def init_of(cfg) -> str:
     return "pissa" if cfg.pissa_init else cfg.lora_init
 
 
-def lora_config(cfg) -> LoraConfig:
+def lora_config(cfg, model=None) -> LoraConfig:
+    """`model`: a vision-language model gets adapters only where peftflow.vision.peft_scope allows."""
     extra = cfg.additional_target
+    extra = [extra] if isinstance(extra, str) else list(extra or [])
+    scope = {}
+    if model is not None and hasattr(model.config, "vision_config"):
+        from peftflow.vision import peft_scope
+
+        scope = peft_scope(model, cfg)
+        extra += scope.pop("modules_to_save")
     init = init_of(cfg)
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
@@ -30,10 +38,11 @@ def lora_config(cfg) -> LoraConfig:
         lora_alpha=cfg.effective_lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=_targets(cfg.lora_target),
-        modules_to_save=[extra] if isinstance(extra, str) else extra,
+        modules_to_save=extra or None,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,
         init_lora_weights=True if init == "default" else init,
+        **scope,
     )
 
 
@@ -42,7 +51,7 @@ def build(model, cfg):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    return get_peft_model(model, lora_config(cfg))
+    return get_peft_model(model, lora_config(cfg, model))
 
 
 def before_train(model, output_dir) -> str | None:

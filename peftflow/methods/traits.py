@@ -20,6 +20,7 @@ class Traits:
     gradient_checkpointing: bool  # trains correctly with gradient_checkpointing: true
     multi_gpu: bool              # DDP-safe (all trainable params receive gradients each step)
     distill_student: bool        # may be the student of a distillation run
+    vision_language: bool = False  # can train a vision-language model (frozen tower, projector, LM adapters)
 
 
 TRAITS: dict[str, Traits] = {
@@ -27,7 +28,7 @@ TRAITS: dict[str, Traits] = {
     "full": Traits("full", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
                    multi_gpu=True, distill_student=True),
     "lora": Traits("lora", mergeable=True, supports_kbit=True, gradient_checkpointing=True,
-                   multi_gpu=True, distill_student=True),
+                   multi_gpu=True, distill_student=True, vision_language=True),
     "ia3": Traits("ia3", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
                   multi_gpu=True, distill_student=False),
     # Prompt family: virtual tokens, not weight deltas, so nothing to fold into the base.

@@ -61,7 +61,7 @@ def test_dataset_info_problems(write_dataset, tiny_model, tmp_path):
     ({"cloud_file_name": "gs://b/qa.json"}, "'qa': cloud_file_name must be an s3://bucket/key URI"),
     ({"file_name": "qa.json", "ranking": True}, "'qa' is a ranking (preference) dataset"),
     ({"file_name": "qa.json", "formatting": "openai"}, "'qa' formatting 'openai' is not supported"),
-    ({"file_name": "qa.json", "columns": {"images": "images"}}, "'qa' columns images are not supported for alpaca"),
+    ({"file_name": "qa.json", "columns": {"videos": "videos"}}, "'qa' columns videos are not supported for alpaca"),
     ({"file_name": "qa.json", "formatting": "sharegpt", "columns": {"tools": "tools"}}, "'qa' columns tools are not supported for sharegpt"),
     ({"formatting": "alpaca"}, "'qa' has no file_name"),
 ])
