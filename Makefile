@@ -22,7 +22,7 @@ demo: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/peftflow run
 
 test: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/pytest -n 2 --dist loadfile -q tests
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/pytest -n 2 --dist loadfile -q --durations=30 tests
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
