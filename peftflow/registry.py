@@ -381,8 +381,8 @@ def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens
         raise UserError(f"--image given, but the model at {model_dir} is not a vision-language model")
     if not Path(image).is_file():
         raise UserError(f"--image {image}: file not found")
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)  # peftflow's own published models
+    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
     token = vision.image_token(processor.tokenizer)[0]
     text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"{token}{prompt}"}], tokenize=False,
                                                    add_generation_prompt=True)

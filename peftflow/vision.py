@@ -91,11 +91,11 @@ def image_token(tokenizer) -> tuple[str, int]:
     return text, ids[0]
 
 
-def tokens_per_image(model_path: str | Path) -> int:
+def tokens_per_image(model_path: str | Path, trust_remote_code: bool = False) -> int:
     """How many placeholder tokens the processor writes for one image (what the model expects)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(model_path)
+    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     text, token_id = image_token(processor.tokenizer)
     ids = processor(text=[text], images=[blank_image(processor)], return_tensors="pt")["input_ids"][0]
     return int((ids == token_id).sum())

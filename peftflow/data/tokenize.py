@@ -46,7 +46,7 @@ class ChatEncoder:
 
         if vision.is_vision_language(model_path):
             self.image_token_id = vision.image_token(self.tokenizer)[1]
-            self.tokens_per_image = vision.tokens_per_image(model_path)
+            self.tokens_per_image = vision.tokens_per_image(model_path, trust_remote_code)
 
     def _expand_images(self, ids: list[int]) -> list[int]:
         if self.image_token_id is None or self.image_token_id not in ids:
