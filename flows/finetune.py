@@ -85,9 +85,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         if teacher:
             retention = evaluation.retention()
             notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
-        guard = None
-        if config.promotion.guard_dataset:
-            guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id)
+        guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id) if guard_data else None
+        if guard:
             notes.append(f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
                          f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})")
         version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)

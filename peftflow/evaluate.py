@@ -137,13 +137,18 @@ def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_c
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
+def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig):
+    """(tokenizer, model, pad id) of a model dir (or adapter dir on its base) for scoring."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return tokenizer, load_model(model_dir, base_model_dir, cfg.trust_remote_code), pad
+
+
 def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
                 base_model_dir: str | None = None) -> ModelScores:
     ecfg = cfg.evaluation
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
-    model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
+    tokenizer, model, pad = _load_scored(model_dir, base_model_dir, cfg)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pixels = None
     if "images" in eval_set.column_names:  # held-out images go through the scored model's own image processor
         image_processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code).image_processor
@@ -205,9 +210,7 @@ def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_mo
     rows = rows.select(range(min(cfg.promotion.guard_max_samples, len(rows))))
     losses = {}
     for label, model_dir in models.items():
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        model = load_model(model_dir, base_model_dir, cfg.trust_remote_code)
+        _, model, pad = _load_scored(model_dir, base_model_dir, cfg)
         losses[label] = round(heldout_loss(model, rows, pad, cfg.evaluation.batch_size), 5) if len(rows) else math.nan
     return losses
 
