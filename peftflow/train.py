@@ -147,6 +147,7 @@ class MetricsCallback(TrainerCallback):
 def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     # transformers 5 has no warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio.
     warmup = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio
+    bf16 = cfg.bf16 or bf16_autocast(cfg)
     return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -163,7 +164,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=cfg.bf16 or bf16_autocast(cfg),  # fp32 weights stay fp32 (load_base): autocast only
+        bf16=bf16,  # fp32 weights stay fp32 (load_base): autocast only
+        use_cpu=bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name for it
         report_to=[],
