@@ -66,7 +66,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id, teacher)
         notes = [f"MLflow run `{run_id}`; training key `{key}`",
                  f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
-                 f"optimizer: {adapter.optimizer_used}"]
+                 f"optimizer: {adapter.optimizer_used}; compute: {adapter.compute}",
+                 f"gradient checkpointing {adapter.gradient_checkpointing}; peak memory {adapter.peak_memory_mb:,.0f} MB"]
         if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
             notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
         if config.should_merge:

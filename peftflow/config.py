@@ -164,7 +164,10 @@ class RunConfig(_Strict):
         None, description="Keep float32 weights, optimizer and loss, and run the matmuls in bfloat16 under "
                           "torch.autocast. null: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with "
                           "AMX or AVX512-BF16) and neither bf16 nor fp16 nor quantization_bit is set; else off.")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations in the backward pass instead of keeping them. auto: on when "
+                            "the longest batch's activations would take over half the memory free after loading "
+                            "the model (peftflow.memory); the run records what it chose.")
     # distributed training (the train stage runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, description="Training processes per node (one per GPU); > 1 runs the train stage with torchrun. Global batch = per_device_train_batch_size x gradient_accumulation_steps x num_processes x nnodes.")
     nnodes: int = Field(1, ge=1, description="Nodes; > 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
@@ -175,6 +178,9 @@ class RunConfig(_Strict):
     merge: bool | None = Field(None, description="Ship a merged model. Default (null): merge when the method "
                                                 "can, else publish the adapter with its base.")
     merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
+    quantized_merge_tolerance: float | None = Field(
+        None, gt=0.0, description="With quantization_bit: largest allowed |logit| difference, merged (fp32) vs the "
+                                  "k-bit model as trained, i.e. the base's quantisation error. null: reported, not enforced.")
     # distillation (stage: distill)
     teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id, models:/NAME@ALIAS or models:/NAME/VERSION.")
     teacher_adapter: str | None = Field(None, description="A PEFT adapter dir applied to the teacher.")
@@ -236,7 +242,7 @@ class RunConfig(_Strict):
         name = self.finetuning_type
         traits = TRAITS[name]
         method = f"finetuning_type '{name}'"
-        if self.gradient_checkpointing and not traits.gradient_checkpointing:
+        if self.gradient_checkpointing is True and not traits.gradient_checkpointing:
             raise ValueError(f"gradient_checkpointing: true does not work with {method}; set it to false")
         if self.merge is False and name == "full":
             raise ValueError("merge: false with finetuning_type 'full': a full fine-tune ships as trained; drop merge")

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pyarrow.compute as pc
 import torch
 from datasets import load_from_disk
 from transformers import (AutoModelForCausalLM, AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
@@ -18,7 +19,7 @@ from transformers import (AutoModelForCausalLM, AutoProcessor, AutoTokenizer, Da
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import get_last_checkpoint
 
-from peftflow import vision
+from peftflow import memory, vision
 from peftflow.config import RunConfig
 from peftflow.lm_loss import supervised_ce, supports_chunked_loss
 from peftflow.methods import get_method
@@ -52,11 +53,16 @@ class TrainResult:
     optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
     # Vision-language models: trainable parameters per part (vision_tower, projector, lora, other).
     trainable_by_part: dict[str, int] = field(default_factory=dict)
+    compute: str = ""            # weights dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
+    gradient_checkpointing: str = ""  # "on (why)" / "off (why)"
+    footprint_mb: float = 0.0    # the base model's weights as loaded for training (4-bit for QLoRA)
+    peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
 
     def metrics(self) -> dict[str, float]:
         return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
                 "supervised_tokens_per_s": self.tokens_per_second, "trainable_params": self.trainable_params,
-                "total_params": self.total_params,
+                "total_params": self.total_params, "seconds_per_step": round(self.train_seconds / max(self.steps, 1), 3),
+                "model_footprint_mb": self.footprint_mb, "peak_memory_mb": self.peak_memory_mb,
                 **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()}}
 
 
@@ -145,6 +151,7 @@ class MetricsCallback(TrainerCallback):
 
 
 def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    """`cfg` with gradient_checkpointing already decided (resolve_gradient_checkpointing) where it was auto."""
     # transformers 5 has no warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio.
     warmup = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio
     bf16 = cfg.bf16 or bf16_autocast(cfg)
@@ -167,7 +174,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         bf16=bf16,  # fp32 weights stay fp32 (load_base): autocast only
         use_cpu=bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
         fp16=cfg.fp16,
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name for it
+        activation_checkpointing=cfg.gradient_checkpointing is True,  # transformers 5 name for it
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -218,6 +225,27 @@ def load_base(model_path: str, cfg: RunConfig):
                                                 device_map=device_map, trust_remote_code=cfg.trust_remote_code)
 
 
+def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set) -> tuple[RunConfig, str]:
+    """cfg with gradient_checkpointing true or false (auto decided by memory need), and why."""
+    lengths = pc.list_value_length(train_set.data.column("input_ids"))
+    longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
+    tokens = cfg.per_device_train_batch_size * (-(-longest // 8) * 8)  # the collator pads to a multiple of 8
+    half = cfg.bf16 or cfg.fp16 or bf16_autocast(cfg)
+    on, why = memory.choose_gradient_checkpointing(cfg.gradient_checkpointing, get_method(cfg).gradient_checkpointing,
+                                                   base.config, tokens, 2 if half else 4)
+    log.info("gradient checkpointing %s (%s)", "on" if on else "off", why)
+    return cfg.model_copy(update={"gradient_checkpointing": on}), f"{'on' if on else 'off'} ({why})"
+
+
+def compute_label(cfg: RunConfig) -> str:
+    """What the matmuls ran in, e.g. `float32 + bf16 autocast` or `nf4 weights, float32 compute`."""
+    dtype = str(compute_dtype(cfg)).removeprefix("torch.")
+    if cfg.quantization_bit:
+        kind = cfg.quantization_type if cfg.quantization_bit == 4 else "int8"
+        return f"{kind} weights, {dtype} compute"
+    return f"{dtype} + bf16 autocast" if bf16_autocast(cfg) else dtype
+
+
 def optimizer_used(cfg: RunConfig, optimizer) -> str:
     """The optimizer that ran, e.g. `bitsandbytes.AdamW 8-bit paged`. bitsandbytes' paged
     optimizers page only on CUDA; on CPU they run unpaged (with a warning), which this records."""
@@ -261,10 +289,15 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
-    model = method.build(load_base(model_path, cfg), cfg)
+    memory.return_freed_memory()
+    memory.reset_peak()
+    train_set = load_from_disk(str(Path(data_path) / "train"))
+    base = load_base(model_path, cfg)
+    footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
+    cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, train_set)
+    model = method.build(base, cfg)
     init_dir = method.before_train(model, output_dir)
     trainable, total = _parameter_counts(model)
-    train_set = load_from_disk(str(Path(data_path) / "train"))
     multimodal = "images" in train_set.column_names
     train_set = train_set.select_columns(["input_ids", "labels"] + (["images"] if multimodal else []))
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
@@ -304,6 +337,8 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         resumed_from_step=resumed_from[0] if resumed_from else None, loss_history=history,
         method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
         trainable_by_part=vision.trainable_by_part(model) if is_vlm else {},
+        compute=compute_label(cfg), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
+        peak_memory_mb=round(memory.peak_mb(), 1),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
         method.save(model, adapter_dir, init_dir)

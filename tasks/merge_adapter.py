@@ -9,7 +9,8 @@ from peftflow.train import TrainResult
 
 
 def _key(context, params) -> str:
-    return f"merge-{params['adapter'].adapter_dir}-{params['config'].merge_tolerance}"
+    config = params["config"]
+    return f"merge-{params['adapter'].adapter_dir}-{config.merge_tolerance}-{config.quantized_merge_tolerance}"
 
 
 @task(name="merge-adapter", cache_key_fn=_key, persist_result=True)
@@ -22,5 +23,6 @@ def merge_adapter(config: RunConfig, model: ResolvedModel, adapter: TrainResult,
     metrics = {"merge.max_abs_logit_diff": result.max_abs_logit_diff}
     if result.max_abs_logit_diff_vs_quantized is not None:
         metrics["merge.max_abs_logit_diff_vs_quantized"] = result.max_abs_logit_diff_vs_quantized
+        metrics["merge.top1_agreement_vs_quantized"] = result.top1_agreement_vs_quantized
     registry.log_metrics(run_id, metrics)
     return result

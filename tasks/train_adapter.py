@@ -48,5 +48,7 @@ def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, t
             result = train.run(config, model.path, data.path, stage_dir(config, train_key),
                                callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
     registry.log_metrics(run_id, result.metrics())
-    registry.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method})
+    registry.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method,
+                                   "peftflow.compute": result.compute,
+                                   "peftflow.gradient_checkpointing": result.gradient_checkpointing})
     return result

@@ -27,7 +27,9 @@ def test_prefix_tuning_skips_merge_and_publishes_an_adapter(harness, env, tiny_m
     version = MlflowClient().get_model_version("tiny-prefix", "1")
     assert version.tags["peftflow.kind"] == "adapter" and version.tags["method"] == "prefix"
     assert version.tags["base_model_path"]
-    assert "peftflow.optimizer_used" in MlflowClient().get_run(result.run_id).data.tags
+    run = MlflowClient().get_run(result.run_id).data
+    assert {"peftflow.optimizer_used", "peftflow.compute", "peftflow.gradient_checkpointing"} <= set(run.tags)
+    assert {"trainable_params", "total_params", "model_footprint_mb", "peak_memory_mb", "seconds_per_step"} <= set(run.metrics)
 
     adapter = registry.download_model_dir("models:/tiny-prefix/1")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(version.tags["base_model_path"]),

@@ -10,7 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from peftflow import merge, train
+from peftflow import memory, merge, train
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.lm_loss import supervised_ce, supports_chunked_loss
@@ -82,6 +82,44 @@ def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path):
     cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1)
     result = train.run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path)
     assert result.steps == 2 and all(math.isfinite(loss) for _, loss in result.loss_history)
+
+
+def test_activation_estimate_is_near_what_autograd_saves(tiny_model):
+    cfg = RunConfig(model_name_or_path=tiny_model)
+    model = get_method(cfg).build(load_base(tiny_model, cfg), cfg).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):  # each storage once; the frozen weights autograd keeps are not activations
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(10, 1000, (4, 64))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        supervised_ce(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    ratio = memory.activation_bytes(model.config, 4 * 64, 4) / sum(saved.values())
+    assert 0.67 < ratio < 1.5, ratio
+
+
+def test_gradient_checkpointing_auto_follows_memory_need(tiny_model):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    assert memory.choose_gradient_checkpointing("auto", True, config, 10**9, 4)[0]  # terabytes: never fits
+    off, why = memory.choose_gradient_checkpointing("auto", True, config, 64, 4)
+    assert not off and why.startswith("auto: activations of the longest batch")
+    assert memory.choose_gradient_checkpointing("auto", False, config, 10**9, 4) == (False, "auto: this method does not support it")
+    assert memory.choose_gradient_checkpointing(True, True, config, 64, 4) == (True, "set in the config")
+
+
+def test_peak_memory_is_this_runs_peak():
+    memory.reset_peak()
+    big = torch.ones(64 * 2**20)  # 256 MB, touched
+    high = memory.peak_mb()
+    del big
+    memory.reset_peak()
+    assert memory.peak_mb() < high - 200
 
 
 @pytest.fixture(scope="module")

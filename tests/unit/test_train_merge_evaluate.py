@@ -33,6 +33,10 @@ def test_training_lowers_loss_and_reports_metrics(trained):
     steps_with_speed = [s for s, m in logged if "supervised_tokens_per_s" in m and "learning_rate" in m]
     assert steps_with_speed == [2, 4, 6, 8, 10, 12]
     assert 0 < result.trainable_params < result.total_params
+    # What ran and what it cost: recorded for MLflow (metrics + tags in tasks/train_adapter.py).
+    metrics = result.metrics()
+    assert 0 < metrics["model_footprint_mb"] < metrics["peak_memory_mb"] and metrics["seconds_per_step"] > 0
+    assert result.compute.startswith("float32") and result.gradient_checkpointing.startswith("off (auto: ")
 
 
 def test_adapter_reloads_with_plain_peft(trained, tiny_model):
