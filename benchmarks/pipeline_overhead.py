@@ -1,11 +1,10 @@
 """What the orchestration costs: the finetune flow's wall time against its stages' own time.
 
-Runs the demo (configs/demo.yaml, fewer steps and evaluation samples so it takes minutes) twice
-under a temporary Prefect server, in a fresh PEFTFLOW_HOME with the built-in model converted
+Runs the demo (configs/demo.yaml; --steps / --eval-samples shorten it) twice under a temporary Prefect server, in a fresh PEFTFLOW_HOME with the built-in model converted
 beforehand. For each run it prints the flow's wall time, the sum of its task runs' times (the
 stage compute), the difference as a share of the wall time (orchestration overhead), and for the
 second run, with unchanged inputs, its wall time as a share of the first run's. Usage:
-  .venv/bin/python benchmarks/pipeline_overhead.py --steps 10 --eval-samples 8
+  .venv/bin/python benchmarks/pipeline_overhead.py
 """
 
 from __future__ import annotations
@@ -35,8 +34,8 @@ def task_times(flow_run_id) -> dict[str, tuple[float, str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--eval-samples", type=int, default=8)
+    ap.add_argument("--steps", type=int, help="optimizer steps (default: the demo's)")
+    ap.add_argument("--eval-samples", type=int, help="held-out rows scored (default: the demo's)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="peftflow-overhead-"))
@@ -49,8 +48,8 @@ def main() -> None:
     from peftflow.models import resolve_model
 
     cfg, _ = load_config(ROOT / "configs" / "demo.yaml")
-    cfg = cfg.model_copy(update={"max_steps": args.steps, "evaluation": cfg.evaluation.model_copy(
-        update={"max_samples": args.eval_samples})})
+    cfg = cfg.model_copy(update={"max_steps": args.steps or cfg.max_steps, "evaluation": cfg.evaluation.model_copy(
+        update={"max_samples": args.eval_samples or cfg.evaluation.max_samples})})
     resolve_model(cfg.model_name_or_path)  # the one-off GGUF conversion is not part of a run
     start = time.perf_counter()
     with prefect_test_harness(server_startup_timeout=180):

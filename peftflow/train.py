@@ -323,6 +323,8 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
+    # Under autocast accelerate wrapped model.forward in it; a caller using the model afterwards gets fp32 back.
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     history = tuple((h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h)
     if resumed_from:
         _check_resume(resumed_from, history, first_loss, first_step.step)
