@@ -101,6 +101,15 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int, pixels=None) -> 
     return total / max(count, 1)
 
 
+def uncached_generation(model) -> bool:
+    """Prompt-learning adapters (prompt tuning, P-tuning) generate garbage after the first token when
+    generate() reuses its KV cache (peft 0.18 x transformers 5: the virtual tokens and the cache
+    disagree), while their teacher-forced loss is fine; without the cache they match a step-by-step
+    greedy decode (tests/unit/test_methods.py). Slower, but right."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
              stop_id: int, images: list | None = None, pixels=None) -> list[str]:
@@ -115,7 +124,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         extra = _image_inputs(pixels, {"images": images[start:start + batch_size]} if images else {})
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_id, pad_token_id=pad, **extra)
+                             eos_token_id=stop_id, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return outputs
 

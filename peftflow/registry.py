@@ -361,10 +361,13 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
         pipe = pipeline("text-generation", model=str(Path(model).expanduser()))
     else:
         pipe = load_pipeline(model)
+    from peftflow.evaluate import uncached_generation
+
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=not uncached_generation(pipe.model))
     if pipe.tokenizer.chat_template:
-        out = pipe([{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens, do_sample=False)
+        out = pipe([{"role": "user", "content": prompt}], **options)
         return out[0]["generated_text"][-1]["content"]
-    out = pipe(prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False)
+    out = pipe(prompt, return_full_text=False, **options)
     return out[0]["generated_text"]
 
 

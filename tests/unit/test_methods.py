@@ -6,7 +6,7 @@ Rejected method x option combinations fail at config time with one line naming t
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from peftflow import evaluate, merge, train
 from peftflow.config import RunConfig, parse_config
@@ -43,6 +43,26 @@ def _cfg(tiny_model, **overrides) -> RunConfig:
     fields = dict(model_name_or_path=tiny_model, max_steps=8, learning_rate=5e-3, logging_steps=1, save_steps=100,
                   per_device_train_batch_size=4, lr_scheduler_type="constant")
     return RunConfig(**{**fields, **overrides})
+
+
+@pytest.mark.parametrize("case", ["prefix", "prompt", "ptuning"])
+def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
+    cfg = _cfg(tiny_model, **METHOD_CASES[case])
+    model = METHODS[case].build(train.load_base(tiny_model, cfg), cfg).eval()
+    for p in model.parameters():  # virtual tokens far from their init, so they matter
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=1.0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tok("Extract the order as JSON: two mugs to Oslo", add_special_tokens=False)["input_ids"]
+    got = evaluate.generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_id=tok.eos_token_id)[0]
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(8):  # full forward per token: no cache involved
+            nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], 1)
+            if nxt == tok.eos_token_id:
+                break
+    assert got == tok.decode(ids[0, len(prompt):], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("case", list(METHOD_CASES))
