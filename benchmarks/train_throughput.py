@@ -4,7 +4,8 @@ Both sides train LoRA r=8 on every linear layer of SmolLM2-135M-Instruct over th
 alpaca demo rows (chat template, prompt masked, cutoff 256), with the same batch size, learning
 rate and number of optimizer steps. Each side runs in its own child process so peak memory
 (ru_maxrss) is that side's alone. Printed per side: supervised (label) tokens per second over
-the training loop, peak process memory, final training loss, last gradient norm, and the loss
+the training loop and per CPU second (user + system time of the process: steadier than wall time
+on a machine shared with other jobs), peak process memory, final training loss, last gradient norm, and the loss
 of the trained model on 32 fixed rows scored the same way for both (stock loss, fp32). Then the
 ratios peftflow / reference. Usage:
   .venv/bin/python benchmarks/train_throughput.py --steps 8
@@ -90,11 +91,11 @@ def run_reference(steps: int, batch: int, work: Path) -> dict:
                              learning_rate=LR, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
                              report_to=[], seed=42, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), data_collator=counting_collate)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    return _summary(seen[0], seconds, logs, eval_loss(model, tokenizer, rows[-EVAL_ROWS:]))
+    return _summary(seen[0], seconds, cpu, logs, eval_loss(model, tokenizer, rows[-EVAL_ROWS:]))
 
 
 def run_peftflow(steps: int, batch: int, work: Path, overrides: dict) -> dict:
@@ -112,17 +113,19 @@ def run_peftflow(steps: int, batch: int, work: Path, overrides: dict) -> dict:
                     logging_steps=1, save_steps=10_000, **overrides)
     data = prepare_dataset(cfg, path)
     logs = []
+    cpu = time.process_time()  # includes train.run's model loading: counts against peftflow
     result = train.run(cfg, path, data.path, work / "peftflow",
                        callbacks=(train.MetricsCallback(lambda step, m: logs.append(m) if "loss" in m else None),))
+    cpu = time.process_time() - cpu
     tokenizer = AutoTokenizer.from_pretrained(path)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), result.adapter_dir)
     rows = reference_rows(tokenizer, _load_rows())[-EVAL_ROWS:]
-    return _summary(result.supervised_tokens, result.train_seconds, logs, eval_loss(tuned, tokenizer, rows))
+    return _summary(result.supervised_tokens, result.train_seconds, cpu, logs, eval_loss(tuned, tokenizer, rows))
 
 
-def _summary(tokens: int, seconds: float, logs: list[dict], held_out: float) -> dict:
+def _summary(tokens: int, seconds: float, cpu: float, logs: list[dict], held_out: float) -> dict:
     tail = [h["loss"] for h in logs[-3:]]
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "final_loss": sum(tail) / len(tail), "grad_norm": logs[-1].get("grad_norm", 0.0),
             "zero_grad_steps": sum(1 for h in logs if not h.get("grad_norm")), "eval_loss": held_out}
@@ -159,14 +162,15 @@ def main() -> None:
     results = {side: measure(side, args) for side in ("reference", "peftflow")}
     print(f"steps {args.steps}, batch {args.batch}, cutoff {CUTOFF}, peftflow overrides {args.overrides}, "
           f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'':10} {'tokens/s':>9} {'peak MB':>8} {'final loss':>10} {'eval loss':>9} {'grad norm':>9} {'tokens':>7} {'train s':>7}")
+    print(f"{'':10} {'tokens/s':>9} {'tok/CPU-s':>9} {'peak MB':>8} {'final loss':>10} {'eval loss':>9} {'grad norm':>9} {'tokens':>7} {'train s':>7}")
     for side, r in results.items():
-        print(f"{side:10} {r['tokens_per_s']:9.1f} {r['peak_mb']:8.0f} {r['final_loss']:10.4f} {r['eval_loss']:9.4f} "
+        print(f"{side:10} {r['tokens_per_s']:9.1f} {r['tokens_per_cpu_s']:9.2f} {r['peak_mb']:8.0f} {r['final_loss']:10.4f} {r['eval_loss']:9.4f} "
               f"{r['grad_norm']:9.4f} {r['tokens']:7d} {r['seconds']:7.1f}")
         if r["zero_grad_steps"]:
             print(f"INVALID {side}: {r['zero_grad_steps']} steps logged a zero gradient norm")
     ref, ours = results["reference"], results["peftflow"]
     print(f"ratios peftflow/reference: tokens/s {ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x, "
+          f"tokens per CPU second {ours['tokens_per_cpu_s'] / ref['tokens_per_cpu_s']:.2f}x, "
           f"peak memory {ours['peak_mb'] / ref['peak_mb']:.2f}x, final loss {ours['final_loss'] / ref['final_loss']:.3f}x, "
           f"eval loss {ours['eval_loss'] / ref['eval_loss']:.3f}x")
 
