@@ -5,8 +5,8 @@ alpaca demo rows (chat template, prompt masked, cutoff 256), with the same batch
 rate and number of optimizer steps. Each side runs in its own child process so peak memory
 (ru_maxrss) is that side's alone. Printed per side: supervised (label) tokens per second over
 the training loop and per CPU second (user + system time of the process: steadier than wall time
-on a machine shared with other jobs), peak process memory, final training loss, last gradient norm, and the loss
-of the trained model on 32 fixed rows scored the same way for both (stock loss, fp32). Then the
+on a machine shared with other jobs), peak process memory, final training loss, last gradient
+norm, and the loss of the trained model on 32 fixed rows scored the same way for both (stock loss, fp32). Then the
 ratios peftflow / reference. Usage:
   .venv/bin/python benchmarks/train_throughput.py --steps 8
 """

@@ -13,8 +13,8 @@ from peftflow.config import RunConfig
 
 # Sections that change publishing or scoring, not the trained weights.
 # The teacher is keyed by its content fingerprint, not by how it was named (alias or version).
-_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "quantized_merge_tolerance", "output_dir", "on_invalid_rows",
-                 "teacher", "teacher_adapter"}
+_NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "quantized_merge_tolerance",
+                 "output_dir", "on_invalid_rows", "teacher", "teacher_adapter"}
 
 
 def _digest(*parts) -> str:

@@ -13,15 +13,12 @@ Three things, each measured on SmolLM2-135M LoRA, batch 8 x 256, on a CPU (docs/
 from __future__ import annotations
 
 import ctypes
-import logging
 import platform
 import resource
 from pathlib import Path
 
 import psutil
 import torch
-
-log = logging.getLogger("peftflow.memory")
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 MMAP_THRESHOLD_BYTES = 1 << 20
