@@ -16,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftflow import evaluate, merge, train
+from peftflow import merge
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import prepare_dataset
-from peftflow.methods.distill import prune_layers
-from peftflow.models import resolve_model
+from peftflow.distill.teacher import prune_layers
+from peftflow.evaluation.scoring import compare
+from peftflow.models.resolve import resolve_model
+from peftflow.training.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,7 @@ def main() -> None:
     data = prepare_dataset(cfg, base.path)
 
     t0 = time.perf_counter()
-    teacher_adapter = train.run(cfg, base.path, data.path, work / "teacher").adapter_dir
+    teacher_adapter = train_run(cfg, base.path, data.path, work / "teacher").adapter_dir
     teacher = merge.merge(base.path, teacher_adapter, work / "teacher" / "merged", tolerance=1e-3).merged_dir
     student = str(prune_layers(teacher, args.student_layers, work / "student-init"))
 
@@ -55,11 +57,11 @@ def main() -> None:
     for label, arm in arms.items():
         start = time.perf_counter()
         out = work / label.replace(" ", "-")
-        result = train.run(arm, student, data.path, out, teacher_path=teacher if arm.stage == "distill" else None)
+        result = train_run(arm, student, data.path, out, teacher_path=teacher if arm.stage == "distill" else None)
         models[label] = merge.merge(student, result.adapter_dir, out / "merged", tolerance=1e-3).merged_dir
         seconds[label] = time.perf_counter() - start
 
-    report = evaluate.compare(models, data.path, cfg, work / "report.json")
+    report = compare(models, data.path, cfg, work / "report.json")
     teacher_score = report.models["teacher"].score
     rows = ["| model | json_fields | held-out loss | teacher retention | train seconds |", "|---|---|---|---|---|"]
     for label, s in report.models.items():

@@ -28,7 +28,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10"
 
 def model_dir(name: str, work: Path) -> str:
     if name == "smollm2":
-        from peftflow.models import resolve_model
+        from peftflow.models.resolve import resolve_model
 
         return resolve_model("builtin:smollm2-135m-instruct").path
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -67,7 +67,7 @@ def flops_per_token(model, seq: int) -> float:
 
 
 def measure(name: str, method: str, args, work: Path) -> dict:
-    from peftflow.lm_loss import supervised_ce
+    from peftflow.losses import supervised_ce
 
     device = args.device
     model = build(model_dir(name, work), method, device)

@@ -71,7 +71,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     work = Path(tempfile.mkdtemp(prefix="peftflow-merge-bench-"))
     shipped = Path(resolve_model("builtin:smollm2-135m-instruct").path)

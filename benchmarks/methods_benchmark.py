@@ -13,12 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftflow import evaluate, train
 from peftflow.config import load_config
 from peftflow.data import prepare_dataset
+from peftflow.evaluation.scoring import score_model
 from peftflow.merge import merge
 from peftflow.methods import get_method
-from peftflow.models import resolve_model
+from peftflow.models.load import load_base
+from peftflow.models.resolve import resolve_model
+from peftflow.training.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["demo", "lora-dora", "qlora", "ia3", "prefix", "prompt", "ptuning"]
@@ -26,7 +28,7 @@ CONFIGS = ["demo", "lora-dora", "qlora", "ia3", "prefix", "prompt", "ptuning"]
 
 def footprint_mb(cfg, model_path: str) -> float:
     """Bytes of the weights as training loads them (4-bit for QLoRA), before any adapter."""
-    return train.load_base(model_path, cfg).get_memory_footprint() / 2**20
+    return load_base(model_path, cfg).get_memory_footprint() / 2**20
 
 
 def main() -> None:
@@ -47,12 +49,12 @@ def main() -> None:
         mb = footprint_mb(cfg, model.path)
         fp32_mb = fp32_mb or (mb if not cfg.quantization_bit else None)
         start = time.perf_counter()
-        result = train.run(cfg, model.path, data.path, work / name)
+        result = train_run(cfg, model.path, data.path, work / name)
         step_s = (time.perf_counter() - start) / result.steps
         tuned = result.adapter_dir
         if get_method(cfg).mergeable:
             tuned = merge(model.path, result.adapter_dir, work / name / "merged", cfg.merge_tolerance, train_cfg=cfg).merged_dir
-        score = evaluate.score_model(name, tuned, data.path, cfg, base_model_dir=model.path).score
+        score = score_model(name, tuned, data.path, cfg, base_model_dir=model.path).score
         first, last = result.loss_history[0][1], result.loss_history[-1][1]
         rows.append((name, result, mb, step_s, score, first, last))
         print(f"{name}: {100 * result.trainable_params / result.total_params:.3f}% trainable, {mb:.0f} MB, "

@@ -46,7 +46,7 @@ def main() -> None:
 
     from flows.finetune import finetune
     from peftflow.config import load_config
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     cfg, _ = load_config(ROOT / "configs" / "demo.yaml")
     cfg = cfg.model_copy(update={"max_steps": args.steps or cfg.max_steps, "evaluation": cfg.evaluation.model_copy(

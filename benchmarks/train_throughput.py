@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from peftflow.training.run import run as train_run
+from peftflow.training.trainer import MetricsCallback
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / ".." / "shared" / "fixtures" / "llamafactory"
 MODEL = "builtin:smollm2-135m-instruct"
@@ -68,10 +71,16 @@ def _load_rows():
 def run_reference(steps: int, batch: int, work: Path) -> dict:
     import datasets
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     path = resolve_model(MODEL).path
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -102,10 +111,9 @@ def run_peftflow(steps: int, batch: int, work: Path, overrides: dict) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from peftflow import train
     from peftflow.config import RunConfig
     from peftflow.data import prepare_dataset
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     path = resolve_model(MODEL).path
     cfg = RunConfig(model_name_or_path=MODEL, dataset="alpaca_en_demo", dataset_dir=str(FIXTURES), cutoff_len=CUTOFF,
@@ -113,9 +121,9 @@ def run_peftflow(steps: int, batch: int, work: Path, overrides: dict) -> dict:
                     logging_steps=1, save_steps=10_000, **overrides)
     data = prepare_dataset(cfg, path)
     logs = []
-    cpu = time.process_time()  # includes train.run's model loading: counts against peftflow
-    result = train.run(cfg, path, data.path, work / "peftflow",
-                       callbacks=(train.MetricsCallback(lambda step, m: logs.append(m) if "loss" in m else None),))
+    cpu = time.process_time()  # includes train_run's model loading: counts against peftflow
+    result = train_run(cfg, path, data.path, work / "peftflow",
+                       callbacks=(MetricsCallback(lambda step, m: logs.append(m) if "loss" in m else None),))
     cpu = time.process_time() - cpu
     tokenizer = AutoTokenizer.from_pretrained(path)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), result.adapter_dir)

@@ -13,12 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from peftflow import evaluate, train
 from peftflow.config import load_config
 from peftflow.data import prepare_dataset
+from peftflow.evaluation.scoring import score_model
 from peftflow.merge import merge
-from peftflow.models import resolve_model
-from peftflow.report import trainable_parts_line
+from peftflow.models.resolve import resolve_model
+from peftflow.summary import trainable_parts_line
+from peftflow.training.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,14 +38,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peftflow-vlm-bench-"))
     metric = cfg.evaluation.metric
 
-    before = evaluate.score_model("base", model.path, data.path, cfg)
+    before = score_model("base", model.path, data.path, cfg)
     print(f"before: held-out {metric} {before.score:.3f} (loss {before.loss:.3f}) on {len(before.examples)} images; "
           f"e.g. {before.examples[0]['prediction']!r} for {before.examples[0]['reference']!r}", flush=True)
     start = time.perf_counter()
-    result = train.run(cfg, model.path, data.path, work)
+    result = train_run(cfg, model.path, data.path, work)
     seconds = time.perf_counter() - start
     merged = merge(model.path, result.adapter_dir, work / "merged", cfg.merge_tolerance)
-    after = evaluate.score_model("tuned", merged.merged_dir, data.path, cfg)
+    after = score_model("tuned", merged.merged_dir, data.path, cfg)
     print(f"trained {result.steps} steps in {seconds:.0f} s ({seconds / result.steps:.2f} s/step), loss "
           f"{result.loss_history[0][1]:.3f} -> {result.loss_history[-1][1]:.3f}; "
           f"{trainable_parts_line(result.trainable_by_part, result.total_params)}")

@@ -6,8 +6,9 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from peftflow.evaluate import EvalReport
-from peftflow.registry import GateDecision, ModelVersionRef
+from peftflow.evaluation.report import EvalReport
+from peftflow.mlflow_io.versions import ModelVersionRef
+from peftflow.promotion import GateDecision
 
 
 class PromotionApproval(RunInput):

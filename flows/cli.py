@@ -91,13 +91,12 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
              max_new_tokens: int = typer.Option(128, help="Generation budget.")) -> None:
     """Generate a chat reply from a registered (or local) model, about an image with --image."""
     try:
-        from peftflow import registry
+        from peftflow.inference import generate_reply
 
-        registry.configure_mlflow()
         _check_model_ref(model)
-        text = registry.generate_reply(model, prompt, max_new_tokens, image=image)
+        text = generate_reply(model, prompt, max_new_tokens, image=image)
     except Exception as e:  # noqa: BLE001
-        _fail(_as_user_error(e, model))
+        _fail(_registry_error(e, f"--model {model}"))
         return
     typer.echo(text)
 
@@ -113,6 +112,7 @@ def _actor(given: Optional[str]) -> str:
 
 
 def _registry_error(e: Exception, what: str) -> Exception:
+    """An unknown registered model, version or alias is the user's mistake, not a crash."""
     from mlflow.exceptions import MlflowException
 
     from peftflow.errors import UserError
@@ -125,11 +125,12 @@ def _registry_error(e: Exception, what: str) -> Exception:
 
 
 def _show_aliases(name: str) -> None:
-    from peftflow import registry
+    from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS
+    from peftflow.mlflow_io.versions import get_version_by_alias
 
     parts = []
-    for alias in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER):
-        ref = registry.get_version_by_alias(name, alias)
+    for alias in (CHAMPION, PREVIOUS, CHALLENGER):
+        ref = get_version_by_alias(name, alias)
         parts.append(f"{alias} -> v{ref.version}" if ref else f"{alias} -> none")
     typer.echo(f"{name}: " + ", ".join(parts))
 
@@ -141,10 +142,9 @@ def promote(name: str = typer.Argument(..., help="Registered model name."),
             actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
     """Make VERSION the champion by hand (no gate); the old champion becomes `previous`."""
     try:
-        from peftflow import registry
+        from peftflow.mlflow_io.aliases import move_champion
 
-        registry.configure_mlflow()
-        registry.move_champion(name, version, reason, _actor(actor))
+        move_champion(name, version, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
         _fail(_registry_error(e, f"{name} v{version}"))
@@ -156,10 +156,9 @@ def rollback(name: str = typer.Argument(..., help="Registered model name."),
              actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
     """Swap `champion` and `previous`: the previous champion serves again (run twice to undo)."""
     try:
-        from peftflow import registry
+        from peftflow.mlflow_io.aliases import rollback as roll_back
 
-        registry.configure_mlflow()
-        registry.rollback(name, reason, _actor(actor))
+        roll_back(name, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
         _fail(_registry_error(e, name))
@@ -172,11 +171,9 @@ def history(name: str = typer.Argument(..., help="Registered model name."),
     try:
         import json
 
-        from peftflow import registry
+        from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS, alias_history
 
-        registry.configure_mlflow()
-        moves = [{"alias": a, **m} for a in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER)
-                 for m in registry.alias_history(name, version, a)]
+        moves = [{"alias": a, **m} for a in (CHAMPION, PREVIOUS, CHALLENGER) for m in alias_history(name, version, a)]
     except Exception as e:  # noqa: BLE001
         _fail(_registry_error(e, f"{name} v{version}"))
         return
@@ -230,19 +227,6 @@ def _check_model_ref(model: str) -> None:
         raise UserError(f"--model {model}: directory not found")
 
 
-def _as_user_error(e: Exception, model: str) -> Exception:
-    """An unknown registered model, version or alias is the user's mistake, not a crash."""
-    from mlflow.exceptions import MlflowException
-
-    from peftflow.errors import UserError
-
-    if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        err = UserError(f"--model {model}: {e.message}")
-        err.__cause__ = e
-        return err
-    return e
-
-
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset, resolve_datasets
@@ -259,11 +243,12 @@ def _precheck(cfg) -> None:
 def _trained_model(cfg):
     """The model the run trains: the base, or in a distillation run the student (checked against
     its teacher's tokenizer)."""
-    from peftflow.methods import distill
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     if cfg.stage == "distill":
-        return distill.resolve_student(cfg, distill.resolve_teacher(cfg))
+        from peftflow.distill.teacher import resolve_student, resolve_teacher  # peft: only when distilling
+
+        return resolve_student(cfg, resolve_teacher(cfg))
     return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
 
 

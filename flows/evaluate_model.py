@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from peftflow import evaluate, registry
 from peftflow.config import RunConfig
-from peftflow.data import prepare_dataset
-
-
-@task(name="download-version")
-def download_version(model_uri: str) -> str:
-    return registry.download_model_dir(model_uri)
-
-
-@task(name="score-version")
-def score_version(label: str, model_dir: str, config: RunConfig) -> dict:
-    data = prepare_dataset(config, model_dir)  # the version's own tokenizer and chat template
-    scores = evaluate.score_model(label, model_dir, data.path, config)
-    return {"data_fingerprint": data.fingerprint, "eval_rows": data.eval_rows, **scores.summary()}
+from peftflow.mlflow_io.versions import get_version_by_alias, set_version_tag
+from tasks.download_version import download_version
+from tasks.score_version import score_version
 
 
 @flow(name="evaluate-model", log_prints=True)
@@ -35,8 +24,7 @@ def evaluate_model(name: str, version: str = "champion", config: RunConfig = Run
         config: Supplies the dataset (`dataset`, `dataset_dir`, `val_size`, `cutoff_len`, `template`)
             and the `evaluation` section; the training fields are ignored.
     """
-    registry.configure_mlflow()
-    ref = registry.get_version_by_alias(name, version) if not version.isdigit() else None
+    ref = get_version_by_alias(name, version) if not version.isdigit() else None
     if not version.isdigit() and ref is None:
         raise ValueError(f"{name}: no alias '{version}'")
     number = ref.version if ref else version
@@ -44,9 +32,7 @@ def evaluate_model(name: str, version: str = "champion", config: RunConfig = Run
     result = score_version(f"{name} v{number}", model_dir, config)
     result = {"name": name, "version": number, "dataset": config.dataset, "metric": config.evaluation.metric,
               **result}
-    from mlflow import MlflowClient
-
-    MlflowClient().set_model_version_tag(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
+    set_version_tag(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
     create_table_artifact(key="evaluate-model", table=[result],
                           description=f"{name} v{number} on {config.dataset}")
     print(json.dumps(result))

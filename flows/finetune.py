@@ -7,19 +7,28 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.approval import request_approval
 from peftflow.config import RunConfig
-from peftflow.keys import code_version, stage_dir, train_key
-from peftflow.methods import get_method, method_name
-from peftflow.report import trainable_parts_line
-from peftflow.train import remove_checkpoints
-from tasks.evaluate_models import evaluate_guard, evaluate_models, find_champion
+from peftflow.lineage import lineage as run_lineage
+from peftflow.lineage import stage_dir, train_key
+from peftflow.methods import get_method
+from peftflow.summary import training_notes
+from peftflow.training.resume import remove_checkpoints
+from tasks.apply_approval import apply_approval
+from tasks.evaluate_guard_set import evaluate_guard
+from tasks.evaluate_models import evaluate_models
+from tasks.find_champion import find_champion
+from tasks.finish_tracking_run import finish_tracking_run
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
-from flows.approval import request_approval
-from tasks.publish_version import apply_approval, promote_version, publish_version, write_summary
-from tasks.resolve_model import resolve_model, resolve_student, resolve_teacher
-from tasks.tracking import finish_tracking_run, flow_run_id, start_tracking_run
+from tasks.promote_version import promote_version
+from tasks.publish_version import publish_version
+from tasks.resolve_model import resolve_model
+from tasks.resolve_student import resolve_student
+from tasks.resolve_teacher import resolve_teacher
+from tasks.start_tracking_run import flow_run_id, start_tracking_run
 from tasks.train_adapter import train_adapter
+from tasks.write_summary import write_summary
 
 
 @dataclass(frozen=True)
@@ -49,27 +58,12 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     # Prepared up front, so a bad guard set stops the run before any training.
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
     key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
-    lineage = {
-        "base_model": f"{config.teacher} pruned to {config.student_layers} layers" if config.student_layers
-        else config.model_name_or_path,
-        "base_model_fingerprint": model.fingerprint,
-        "data_fingerprint": data.fingerprint, "config_fingerprint": config.fingerprint(),
-        "method": method_name(config), "stage": config.stage, "prefect_flow_run_id": flow_run_id(),
-        "code_version": code_version(), "train_key": key,
-    }
-    if teacher:
-        lineage |= {"teacher": config.teacher, "teacher_fingerprint": teacher.fingerprint,
-                    "teacher_adapter": config.teacher_adapter or "", "student_layers": str(config.student_layers or "")}
+    lineage = run_lineage(config, model, data, key, flow_run_id(), teacher)
     run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
         adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id, teacher)
-        notes = [f"MLflow run `{run_id}`; training key `{key}`",
-                 f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
-                 f"optimizer: {adapter.optimizer_used}; compute: {adapter.compute}",
-                 f"gradient checkpointing {adapter.gradient_checkpointing}; peak memory {adapter.peak_memory_mb:,.0f} MB"]
-        if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
-            notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
+        notes = training_notes(run_id, key, data, adapter)
         if config.should_merge:
             merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
             tuned_dir = merged.merged_dir
@@ -77,7 +71,7 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
             # Prompt-family adapters have no weight delta to fold in: ship adapter + base instead.
             merged, tuned_dir = None, adapter.adapter_dir
             why = "cannot be merged" if not get_method(config).mergeable else "are not merged (merge: false)"
-            notes.append(f"{method_name(config)} adapters {why}; published as an adapter version")
+            notes.append(f"{config.finetuning_type} adapters {why}; published as an adapter version")
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
@@ -102,7 +96,7 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     finish_tracking_run(run_id)
     # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
     remove_checkpoints(work)
-    summary = write_summary(config, version, evaluation, decision, current_champion, notes)
+    summary = write_summary(version, evaluation, decision, current_champion, notes)
     print(summary)
     promoted = decision.promote and current_champion == version.version
     return FinetuneResult(version.name, version.version, current_champion, promoted,

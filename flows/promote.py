@@ -6,7 +6,9 @@ from typing import Literal
 
 from prefect import flow
 
-from peftflow import registry
+from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS, move_champion, rollback
+from peftflow.mlflow_io.versions import get_version_by_alias
+from tasks.start_tracking_run import flow_run_id
 
 
 @flow(name="promote", log_prints=True)
@@ -22,17 +24,14 @@ def promote(name: str, reason: str, action: Literal["promote", "rollback"] = "pr
         version: The version to promote (action `promote` only).
         actor: Who asks; defaults to this flow run.
     """
-    from tasks.tracking import flow_run_id
-
-    registry.configure_mlflow()
     who = actor or f"prefect flow run {flow_run_id()}"
     if action == "promote":
         if not version:
             raise ValueError("action `promote` needs a version")
-        registry.move_champion(name, version, reason, who)
+        move_champion(name, version, reason, who)
     else:
-        registry.rollback(name, reason, who)
-    out = {alias: (ref.version if (ref := registry.get_version_by_alias(name, alias)) else None)
-           for alias in (registry.CHAMPION, registry.PREVIOUS, registry.CHALLENGER)}
+        rollback(name, reason, who)
+    out = {alias: (ref.version if (ref := get_version_by_alias(name, alias)) else None)
+           for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
     print(f"{name}: " + ", ".join(f"{k} -> v{v}" for k, v in out.items() if v))
     return out

@@ -19,7 +19,7 @@ from prefect.states import Completed
 
 from flows.finetune import finetune
 from peftflow.config import RunConfig
-from tasks.evaluate_models import find_champion
+from tasks.find_champion import find_champion
 from tasks.prepare_dataset import prepare_dataset
 from tasks.resolve_model import resolve_model
 

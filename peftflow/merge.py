@@ -28,13 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
-from peftflow import vision
-
-
-PROBE_TEXTS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Extract the order as JSON: Ship four red mugs to Oslo. Regards, Lena Novak.",
-)
+from peftflow.builtin.probes import image_probe_batch, probe_batch
+from peftflow.models import vision
+from peftflow.models.load import load_base
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,6 @@ class MergeResult:
 
 class MergeFidelityError(RuntimeError):
     """The merged model's logits drifted from the adapter model's beyond the tolerance."""
-
-
-def probe_batch(tokenizer) -> dict[str, torch.Tensor]:
-    return tokenizer(list(PROBE_TEXTS), return_tensors="pt", padding=True)
 
 
 @torch.no_grad()
@@ -87,7 +79,7 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     # A vision-language model: its processor (tokenizer + image processor), and a probe with images.
     is_vlm = vision.is_vision_language(base_path)
     tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
-    batch = vision.probe_batch(tokenizer, PROBE_TEXTS) if is_vlm else probe_batch(tokenizer)
+    batch = image_probe_batch(tokenizer) if is_vlm else probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()
     if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
@@ -99,8 +91,6 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     diff = float((before - after).abs().max())
     qdiff = agreement = qtolerance = None
     if train_cfg is not None and train_cfg.quantization_bit:
-        from peftflow.train import load_base
-
         trained = PeftModel.from_pretrained(load_base(base_path, train_cfg), adapter_dir).eval()
         quantized = _logits(trained, batch)[mask]
         del trained

@@ -2,10 +2,11 @@ from pathlib import Path
 
 from prefect import task
 
-from peftflow import merge, registry
+from peftflow import merge
 from peftflow.config import RunConfig
-from peftflow.models import ResolvedModel
-from peftflow.train import TrainResult
+from peftflow.mlflow_io import tracking
+from peftflow.models.resolve import ResolvedModel
+from peftflow.training.run import TrainResult
 
 
 def _key(context, params) -> str:
@@ -19,10 +20,9 @@ def merge_adapter(config: RunConfig, model: ResolvedModel, adapter: TrainResult,
     out = Path(adapter.adapter_dir).parent / "merged"
     result = merge.merge(model.path, adapter.adapter_dir, out, config.merge_tolerance, train_cfg=config,
                          trust_remote_code=config.trust_remote_code)
-    registry.configure_mlflow()
     metrics = {"merge.max_abs_logit_diff": result.max_abs_logit_diff}
     if result.max_abs_logit_diff_vs_quantized is not None:
         metrics["merge.max_abs_logit_diff_vs_quantized"] = result.max_abs_logit_diff_vs_quantized
         metrics["merge.top1_agreement_vs_quantized"] = result.top1_agreement_vs_quantized
-    registry.log_metrics(run_id, metrics)
+    tracking.log_metrics(run_id, metrics)
     return result

@@ -2,8 +2,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from peftflow.config import RunConfig
-from peftflow.data import PreparedData, prepare_dataset as _prepare
-from peftflow.models import ResolvedModel
+from peftflow.data import PreparedData
+from peftflow.data import prepare_dataset as _prepare
+from peftflow.models.resolve import ResolvedModel
 
 
 @task(name="prepare-dataset")

@@ -6,11 +6,14 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from transformers import TrainerCallback
 
-from peftflow import distributed, registry, train
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
-from peftflow.keys import stage_dir
-from peftflow.models import ResolvedModel
+from peftflow.lineage import stage_dir
+from peftflow.mlflow_io import tracking
+from peftflow.models.resolve import ResolvedModel
+from peftflow.training import distributed
+from peftflow.training.run import TrainResult
+from peftflow.training.trainer import MetricsCallback
 from tasks._policy import gpu_slot, retry_unless_user_error
 
 
@@ -33,22 +36,19 @@ def _key(context, params) -> str:
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_unless_user_error)
 def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
-                  run_id: str, teacher: ResolvedModel | None = None) -> train.TrainResult:
+                  run_id: str, teacher: ResolvedModel | None = None) -> TrainResult:
     """Resumes from the last checkpoint of this training key, so a retry continues, not restarts.
     From a deployment, holds a slot of the strict `gpu` concurrency limit while training."""
-    registry.configure_mlflow()
-    sink = train.MetricsCallback(lambda step, metrics: registry.log_metrics(run_id, metrics, step=step))
+    sink = MetricsCallback(lambda step, metrics: tracking.log_metrics(run_id, metrics, step=step))
     # One slot per GPU process: queue behind other runs for the accelerator instead of fighting over it.
     with gpu_slot(config.num_processes):
-        if distributed.is_distributed(config):  # torchrun; the loss history is logged afterwards
-            result = distributed.run(config, model.path, data.path, stage_dir(config, train_key))
-            for step, loss in result.loss_history:
-                registry.log_metrics(run_id, {"loss": loss}, step=step)
-        else:
-            result = train.run(config, model.path, data.path, stage_dir(config, train_key),
-                               callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
-    registry.log_metrics(run_id, result.metrics())
-    registry.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method,
+        result = distributed.train(config, model.path, data.path, stage_dir(config, train_key),
+                                   callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
+    if distributed.is_distributed(config):  # torchrun reports no steps live: log its loss history now
+        for step, loss in result.loss_history:
+            tracking.log_metrics(run_id, {"loss": loss}, step=step)
+    tracking.log_metrics(run_id, result.metrics())
+    tracking.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method,
                                    "peftflow.compute": result.compute,
                                    "peftflow.gradient_checkpointing": result.gradient_checkpointing})
     return result

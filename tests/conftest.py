@@ -24,7 +24,7 @@ def peftflow_home(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model(peftflow_home) -> str:
     """Local dir of builtin:tiny-random (SmolLM2's tokenizer and chat template, random weights)."""
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     return resolve_model("builtin:tiny-random").path
 

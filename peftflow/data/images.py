@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 
 from peftflow.data.formats import InvalidRow
-from peftflow.data.registry import DatasetSource, read_rows
+from peftflow.data.sources import DatasetSource, read_rows
 
 
 def read_images(source: DatasetSource, paths: list[str]) -> list[bytes]:

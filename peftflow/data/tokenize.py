@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peftflow.data import templates
 from peftflow.data.formats import Conversation
+from peftflow.data.templates import resolve as resolve_template
 from peftflow.errors import UserError
+from peftflow.models import vision
 
 IGNORE = -100  # label of a token the loss skips
 PROMPT, ANSWER, GLUE = "prompt", "answer", "glue"
@@ -39,11 +40,9 @@ class ChatEncoder:
         except (OSError, ValueError) as e:
             raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
         self.template = template
-        self.jinja, self.end_of_turn = templates.resolve(self.tokenizer, template, model_path)
+        self.jinja, self.end_of_turn = resolve_template(self.tokenizer, template, model_path)
         # A vision-language model expects each image placeholder repeated once per image feature.
         self.image_token_id, self.tokens_per_image = None, 0
-        from peftflow import vision
-
         if vision.is_vision_language(model_path):
             self.image_token_id = vision.image_token(self.tokenizer)[1]
             self.tokens_per_image = vision.tokens_per_image(model_path, trust_remote_code)

@@ -6,12 +6,14 @@ names targets those, and the feed-forward ones among them (down_proj / fc2 / w2)
 
 from __future__ import annotations
 
-from peft import IA3Config, TaskType, get_peft_model
+from peftflow.methods.base import Method, Traits
 
 _FEEDFORWARD = ("down_proj", "fc2", "w2", "c_proj", "dense_4h_to_h")
 
 
-def ia3_config(cfg) -> IA3Config:
+def ia3_config(cfg):
+    from peft import IA3Config, TaskType
+
     if cfg.lora_target == "all":
         targets = feedforward = None  # peft's defaults for the model type
     else:
@@ -23,4 +25,10 @@ def ia3_config(cfg) -> IA3Config:
 
 
 def build(model, cfg):
+    from peft import get_peft_model
+
     return get_peft_model(model, ia3_config(cfg))
+
+
+METHODS = [Method("ia3", Traits("ia3", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
+                                distill_student=False), build=build)]

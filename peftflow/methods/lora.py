@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peftflow.methods.base import Method, Traits
 
 # Inits that rewrite the base weights: the adapter is converted back to plain LoRA at save time,
 # so it reloads onto the untouched base (PeftModel.from_pretrained) and merges into it.
@@ -21,13 +21,15 @@ def init_of(cfg) -> str:
     return "pissa" if cfg.pissa_init else cfg.lora_init
 
 
-def lora_config(cfg, model=None) -> LoraConfig:
-    """`model`: a vision-language model gets adapters only where peftflow.vision.peft_scope allows."""
+def lora_config(cfg, model=None):
+    """`model`: a vision-language model gets adapters only where peftflow.models.vision.peft_scope allows."""
+    from peft import LoraConfig, TaskType
+
     extra = cfg.additional_target
     extra = [extra] if isinstance(extra, str) else list(extra or [])
     scope = {}
     if model is not None and hasattr(model.config, "vision_config"):
-        from peftflow.vision import peft_scope
+        from peftflow.models.vision import peft_scope
 
         scope = peft_scope(model, cfg)
         extra += scope.pop("modules_to_save")
@@ -47,6 +49,8 @@ def lora_config(cfg, model=None) -> LoraConfig:
 
 
 def build(model, cfg):
+    from peft import get_peft_model
+
     if getattr(cfg, "quantization_bit", None):
         from peft import prepare_model_for_kbit_training
 
@@ -73,3 +77,14 @@ def save(model, adapter_dir, init_dir=None) -> None:
         model.save_pretrained(adapter_dir, safe_serialization=True, path_initial_model_for_weight_conversion=init_dir)
     else:
         model.save_pretrained(adapter_dir, safe_serialization=True)
+
+
+def check(cfg) -> None:
+    if cfg.pissa_init and cfg.lora_init not in ("default", "pissa"):
+        raise ValueError(f"pissa_init: true and lora_init: {cfg.lora_init} disagree; keep one")
+
+
+METHODS = [Method("lora", Traits("lora", mergeable=True, supports_kbit=True, gradient_checkpointing=True,
+                                 distill_student=True, vision_language=True),
+                  build=build, before_train=before_train, save=save, check=check,
+                  options=("use_dora", "use_rslora", "pissa_init", "lora_init"))]

@@ -16,12 +16,17 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from peftflow import registry, train
+from peftflow.builtin.probes import probe_batch
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.merge import merge, probe_batch
+from peftflow.inference import generate_reply
+from peftflow.merge import merge
 from peftflow.methods import METHODS
-from peftflow.models import resolve_model
+from peftflow.mlflow_io.publishing import publish_adapter, publish_model
+from peftflow.mlflow_io.tracking import configure_mlflow, start_run
+from peftflow.models.load import load_base
+from peftflow.models.resolve import resolve_model
+from peftflow.training.run import run as train_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -60,7 +65,7 @@ def smollm2(peftflow_home):
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    registry.configure_mlflow()
+    configure_mlflow()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -68,11 +73,11 @@ def test_method_on_smollm2_trains_reloads_and_serves(case, smollm2, store, tmp_p
     model_path, data = smollm2
     cfg = _cfg(**CASES[case], registry={"name": f"e2e-{case}"})
     keep = _Keep()
-    result = train.run(cfg, model_path, data.path, tmp_path / "run", callbacks=(keep,))
+    result = train_run(cfg, model_path, data.path, tmp_path / "run", callbacks=(keep,))
     losses = [loss for _, loss in result.loss_history]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
 
-    base = train.load_base(model_path, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(model_path)
+    base = load_base(model_path, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(model_path)
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
     with torch.no_grad():
@@ -81,12 +86,12 @@ def test_method_on_smollm2_trains_reloads_and_serves(case, smollm2, store, tmp_p
     if case not in PUBLISHED:
         return
     mergeable = METHODS[cfg.finetuning_type].mergeable
-    run_id = registry.start_run(cfg, tags={"method": case}, train_key=case)
+    run_id = start_run(cfg, tags={"method": case}, train_key=case)
     if mergeable:
         merged = merge(model_path, result.adapter_dir, tmp_path / "merged", cfg.merge_tolerance, train_cfg=cfg)
-        version = registry.publish_model(run_id, cfg.registry.name, merged.merged_dir, {"method": case}, {})
+        version = publish_model(run_id, cfg.registry.name, merged.merged_dir, {"method": case}, {})
     else:
-        version = registry.publish_adapter(run_id, cfg.registry.name, result.adapter_dir, model_path, {"method": case}, {})
-    reply = registry.generate_reply(f"models:/{cfg.registry.name}/{version.version}", "Ship two mugs to Oslo.",
+        version = publish_adapter(run_id, cfg.registry.name, result.adapter_dir, model_path, {"method": case}, {})
+    reply = generate_reply(f"models:/{cfg.registry.name}/{version.version}", "Ship two mugs to Oslo.",
                                     max_new_tokens=8)
     assert isinstance(reply, str) and reply.strip()

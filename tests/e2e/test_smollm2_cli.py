@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import registry
-
-from peftflow.data.demo import INSTRUCTION
+from peftflow.builtin.datasets import INSTRUCTION
+from peftflow.mlflow_io.tracking import configure_mlflow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -79,7 +78,7 @@ def trained(tmp_path_factory, peftflow_home):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        registry.configure_mlflow()  # earlier tests in this worker pointed MLflow's process-wide URIs elsewhere
+        configure_mlflow()  # earlier tests in this worker pointed MLflow's process-wide URIs elsewhere
         yield {"proc": proc, "env": env, "tmp": tmp, "out_dir": out_dir, "elapsed": elapsed}
 
 
@@ -148,7 +147,7 @@ def test_merged_and_adapter_dirs_load_with_plain_transformers_and_peft(trained):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     key = _champion(trained["env"]["MLFLOW_TRACKING_URI"]).tags["train_key"]
     stage = trained["out_dir"] / key

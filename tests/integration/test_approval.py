@@ -9,7 +9,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.flow_runs import resume_flow_run
 
 from flows.finetune import finetune
-from peftflow import registry
+from peftflow.mlflow_io.aliases import alias_history
 from tests.integration.conftest import tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -49,5 +49,5 @@ def test_promotion_waits_for_a_person(harness, env, tiny_model):
     # The same training again (cached stages), approved this time.
     _, approved = _run_and_answer(cfg, {"approve": True, "reason": "checked samples", "approver": "alice"})
     assert (approved.version, approved.promoted, approved.champion) == ("1", True, "1")
-    history = registry.alias_history("tiny-approval", "1", "champion")
+    history = alias_history("tiny-approval", "1", "champion")
     assert [h["by"] for h in history] == ["ui:alice"] and "approved: checked samples" in history[0]["reason"]

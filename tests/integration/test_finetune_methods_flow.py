@@ -8,7 +8,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from flows.finetune import finetune
-from peftflow import registry
+from peftflow.mlflow_io.downloads import download_model_dir
 from tests.integration.conftest import task_states, tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -31,7 +31,7 @@ def test_prefix_tuning_skips_merge_and_publishes_an_adapter(harness, env, tiny_m
     assert {"peftflow.optimizer_used", "peftflow.compute", "peftflow.gradient_checkpointing"} <= set(run.tags)
     assert {"trainable_params", "total_params", "model_footprint_mb", "peak_memory_mb", "seconds_per_step"} <= set(run.metrics)
 
-    adapter = registry.download_model_dir("models:/tiny-prefix/1")
+    adapter = download_model_dir("models:/tiny-prefix/1")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(version.tags["base_model_path"]),
                                       adapter).eval()
     tok = AutoTokenizer.from_pretrained(adapter)

@@ -7,9 +7,10 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.finetune import finetune
-from peftflow import registry, vision
-from peftflow.data.shapes import write_shapes_dataset
-from peftflow.models import resolve_model
+from peftflow.builtin.shapes import write_shapes_dataset
+from peftflow.mlflow_io.downloads import download_model_dir
+from peftflow.models import vision
+from peftflow.models.resolve import resolve_model
 from tests.integration.conftest import tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -28,5 +29,5 @@ def test_vlm_trains_projector_and_lora_and_publishes_a_merged_model(harness, env
     assert version.tags["peftflow.kind"] == "merged"
     metrics = MlflowClient().get_run(result.run_id).data.metrics
     assert metrics["trainable_params.vision_tower"] == 0 and metrics["trainable_params.projector"] > 0
-    downloaded = registry.download_model_dir(f"models:/tiny-vlm/{result.version}")
+    downloaded = download_model_dir(f"models:/tiny-vlm/{result.version}")
     assert vision.is_vision_language(downloaded)

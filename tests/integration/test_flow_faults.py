@@ -8,14 +8,16 @@ from mlflow import MlflowClient
 
 import flows.finetune as finetune_module
 from flows.finetune import finetune
-from peftflow import registry
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
-from peftflow.keys import stage_dir, train_key
-from peftflow.models import resolve_model
+from peftflow.lineage import stage_dir, train_key
+from peftflow.mlflow_io import publishing
+from peftflow.mlflow_io.aliases import set_alias
+from peftflow.mlflow_io.publishing import publish_model
+from peftflow.mlflow_io.versions import get_version_by_alias
+from peftflow.models.resolve import resolve_model
 from tasks.publish_version import publish_version
-
 from tests.integration.conftest import tiny_config as shared_tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -61,27 +63,27 @@ def test_crash_between_register_and_aliases_then_rerun(harness, env, tiny_model,
     cfg = tiny_config(tiny_model, env)
     model = resolve_model(tiny_model)
     work = stage_dir(cfg, train_key(cfg, model.fingerprint, prepare_dataset(cfg, tiny_model).fingerprint))
-    real_set_alias = registry.set_alias
+    real_set_alias = set_alias
 
     def killed_before_aliases(name, alias, *args, **kwargs):
         raise RuntimeError("worker killed after create_model_version")
 
     # The process dies right after the version is registered, before any alias moves (no retry:
     # a killed worker does not retry in-process).
-    monkeypatch.setattr(registry, "set_alias", killed_before_aliases)
+    monkeypatch.setattr(publishing, "set_alias", killed_before_aliases)
     monkeypatch.setattr(finetune_module, "publish_version", publish_version.with_options(retries=0))
     crashed = finetune(cfg, return_state=True)
     assert crashed.is_failed() and "worker killed" in crashed.message
     client = MlflowClient()
     assert registered(env) == (1, 1)
-    assert registry.get_version_by_alias("tiny-faults", "champion") is None
+    assert get_version_by_alias("tiny-faults", "champion") is None
     assert (work / "checkpoints").is_dir()  # not published: the resume point stays
 
-    monkeypatch.setattr(registry, "set_alias", real_set_alias)
+    monkeypatch.setattr(publishing, "set_alias", real_set_alias)
     result = finetune(cfg)
     assert (result.version, result.champion, result.promoted) == ("1", "1", True)
     assert registered(env) == (1, 1)  # the rerun found the version, it did not register another
-    assert registry.get_version_by_alias("tiny-faults", "challenger").version == "1"
+    assert get_version_by_alias("tiny-faults", "challenger").version == "1"
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
     # Published: the scratch space is gone, the outputs stay, and every weight file is safetensors.
@@ -93,7 +95,7 @@ def test_crash_between_register_and_aliases_then_rerun(harness, env, tiny_model,
 
     # A third run, and a second publish of the same run: still one version.
     assert finetune(cfg).version == "1"
-    again = registry.publish_model(result.run_id, "tiny-faults", str(work / "merged"), {}, {})
+    again = publish_model(result.run_id, "tiny-faults", str(work / "merged"), {}, {})
     assert again.version == "1" and registered(env) == (1, 1)
 
 
@@ -102,6 +104,6 @@ def test_failed_merge_fidelity_registers_nothing(harness, env, tiny_model):
     state = finetune(cfg, return_state=True)
     assert state.is_failed() and "merged model differs from the adapter model" in state.message
     assert registered(env) == (0, 0)
-    assert registry.get_version_by_alias("tiny-unfaithful", "champion") is None
+    assert get_version_by_alias("tiny-unfaithful", "champion") is None
     runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("peftflow").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]

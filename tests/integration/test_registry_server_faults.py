@@ -24,11 +24,13 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from peftflow import registry
 from peftflow.config import RunConfig
-from peftflow.evaluate import EvalReport, ModelScores
+from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.merge import MergeResult
-from peftflow.train import TrainResult
+from peftflow.mlflow_io.aliases import alias_history
+from peftflow.mlflow_io.tracking import configure_mlflow, start_run
+from peftflow.mlflow_io.versions import get_version_by_alias
+from peftflow.training.run import TrainResult
 from tasks.publish_version import publish_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -88,7 +90,7 @@ def tracking(server, monkeypatch, peftflow_home):
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    registry.configure_mlflow()
+    configure_mlflow()
     return server
 
 
@@ -105,7 +107,7 @@ def _inputs(tiny_model: str, tmp_path: Path):
 
 def test_publish_survives_an_mlflow_outage_and_registers_once(harness, tracking, tiny_model, tmp_path):
     cfg = RunConfig(model_name_or_path=tiny_model, registry={"name": "outage", "experiment": "outage"})
-    run_id = registry.start_run(cfg, {})
+    run_id = start_run(cfg, {})
     train, merged, evaluation = _inputs(tiny_model, tmp_path)
 
     @flow
@@ -136,13 +138,13 @@ def test_publish_survives_an_mlflow_outage_and_registers_once(harness, tracking,
 
 PUBLISHER = """
 import json, sys
-from peftflow import registry
-from peftflow.registry import GateDecision
+from peftflow.mlflow_io.publishing import publish_model
+from peftflow.promotion import GateDecision, promote
 run_id, model_dir, lineage = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 print("ready", flush=True)
 sys.stdin.readline()  # both processes are loaded: go
-ref = registry.publish_model(run_id, "race", model_dir, lineage, {"score": 1.0})
-champion = registry.promote("race", ref.version, GateDecision(True, "beats base", 1.0, 0.0, "base model"), f"run {run_id}")
+ref = publish_model(run_id, "race", model_dir, lineage, {"score": 1.0})
+champion = promote("race", ref.version, GateDecision(True, "beats base", 1.0, 0.0, "base model"), f"run {run_id}")
 print(json.dumps([ref.version, champion]))
 """
 
@@ -151,7 +153,7 @@ def test_two_publishers_at_once_leave_consistent_aliases(tracking, tiny_model, t
     """Two processes (two flows' publish + promote) on the same registered model at the same time.
     Threads would not do: transformers' model loading is not thread-safe."""
     cfg = RunConfig(model_name_or_path=tiny_model, registry={"name": "race", "experiment": "race"})
-    run_ids = [registry.start_run(cfg, {"who": str(i)}) for i in range(2)]
+    run_ids = [start_run(cfg, {"who": str(i)}) for i in range(2)]
     script = tmp_path / "publisher.py"
     script.write_text(PUBLISHER)
     root = Path(__file__).resolve().parents[2]
@@ -174,9 +176,9 @@ def test_two_publishers_at_once_leave_consistent_aliases(tracking, tiny_model, t
     versions = {v.version: v.run_id for v in client.search_model_versions("name='race'")}
     assert sorted(versions) == ["1", "2"] and sorted(versions.values()) == sorted(run_ids)  # none lost, none twice
     assert {v for v, _ in results.values()} == {"1", "2"}
-    alias = {a: registry.get_version_by_alias("race", a) for a in ("champion", "challenger", "previous")}
+    alias = {a: get_version_by_alias("race", a) for a in ("champion", "challenger", "previous")}
     champion, previous = alias["champion"].version, alias["previous"].version
     assert {champion, previous} == {"1", "2"}  # promotions were serialised: the loser is `previous`
     assert alias["challenger"].version in {"1", "2"}
     # Each champion move is in the history of the version it landed on.
-    assert registry.alias_history("race", champion, "champion") and registry.alias_history("race", previous, "champion")
+    assert alias_history("race", champion, "champion") and alias_history("race", previous, "champion")

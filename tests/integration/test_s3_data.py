@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.data.demo import make_rows
 from peftflow.errors import UserError
-from tests.integration.stack import free_port, wait_http, Proc
+from tests.integration.stack import Proc, free_port, wait_http
 
 pytestmark = [pytest.mark.integration]
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}

@@ -16,9 +16,17 @@ import time
 import pytest
 
 from flows.deployfile import local_deployments
-from peftflow.data.demo import make_rows
-from tests.integration.stack import (ROOT, deploy, flow_runs_of, postgres_available, run_deployment,
-                                     start_worker, team_stack, wait_flow_run)
+from peftflow.builtin.datasets import make_rows
+from tests.integration.stack import (
+    ROOT,
+    deploy,
+    flow_runs_of,
+    postgres_available,
+    run_deployment,
+    start_worker,
+    team_stack,
+    wait_flow_run,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),
               pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from peftflow.data.demo import make_rows
+from peftflow.builtin.datasets import make_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}

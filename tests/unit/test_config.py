@@ -5,7 +5,7 @@ import yaml
 
 from peftflow.config import RunConfig, load_config
 from peftflow.errors import UserError
-from peftflow.train import training_arguments
+from peftflow.training.arguments import training_arguments
 
 # A LLaMA-Factory examples/train_lora/*_lora_sft.yaml, key for key.
 LLAMA_FACTORY_YAML = """

@@ -10,7 +10,7 @@ import pytest
 from datasets import load_from_disk
 from transformers import AutoTokenizer
 
-from peftflow.config import RunConfig
+from peftflow.config import RunConfig, parse_config
 from peftflow.data import data_report, end_of_turn_token_id, prepare_dataset
 from peftflow.errors import UserError
 
@@ -102,8 +102,8 @@ def test_train_on_prompt_learns_every_token(write_dataset, tiny_model):
     root = write_dataset(SHAREGPT, {"chat.json": TWO_TURNS})
     row = load_from_disk(f"{prepare_dataset(config(root, val_size=0, train_on_prompt=True), tiny_model).path}/train")[0]
     assert row["labels"] == row["input_ids"]
-    with pytest.raises(UserError, match="train_on_prompt and mask_history"):
-        prepare_dataset(config(root, train_on_prompt=True, mask_history=True), tiny_model)
+    with pytest.raises(UserError, match="train_on_prompt and mask_history"):  # refused with the config itself
+        parse_config({"dataset": "chat", "dataset_dir": str(root), "train_on_prompt": True, "mask_history": True})
 
 
 def test_eval_rows_hold_the_last_turn_as_reference(write_dataset, tiny_model, tokenizer):

@@ -4,8 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from peftflow.methods.distill import (KDSettings, TeacherTopK, final_hidden, kd_loss, pad_batch, prune_layers,
-                                      pruned_layer_indices, supervised, teacher_topk)
+from peftflow.distill.cache import pad_batch, teacher_topk
+from peftflow.distill.teacher import prune_layers, pruned_layer_indices
+from peftflow.losses import KDSettings, TeacherTopK, final_hidden, kd_loss, supervised
+from peftflow.training.run import run as train_run
+from peftflow.training.trainer import MetricsCallback
 
 torch.manual_seed(0)
 V, H = 50, 8
@@ -120,8 +123,8 @@ def test_missing_teacher_and_tokenizer_mismatch_are_clear_errors(tiny_model, tmp
     from transformers import AutoTokenizer
 
     from peftflow.config import RunConfig
+    from peftflow.distill.teacher import resolve_student, resolve_teacher
     from peftflow.errors import UserError
-    from peftflow.methods.distill import resolve_student, resolve_teacher
 
     with pytest.raises(UserError, match="directory not found"):
         resolve_teacher(RunConfig(stage="distill", teacher=str(tmp_path / "no-teacher")))
@@ -136,7 +139,7 @@ def test_missing_teacher_and_tokenizer_mismatch_are_clear_errors(tiny_model, tmp
 
 
 def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp_path):
-    from peftflow import merge, train
+    from peftflow import merge
     from peftflow.config import RunConfig
     from peftflow.data import prepare_dataset
 
@@ -144,8 +147,8 @@ def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp
                     max_steps=3, logging_steps=1, per_device_train_batch_size=2, learning_rate=1e-3, kd_chunk_size=8)
     data = prepare_dataset(cfg, tiny_model)
     logged = []
-    result = train.run(cfg, tiny_model, data.path, tmp_path, teacher_path=tiny_model,
-                       callbacks=(train.MetricsCallback(lambda s, m: logged.append(m)),))
+    result = train_run(cfg, tiny_model, data.path, tmp_path, teacher_path=tiny_model,
+                       callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
     assert result.trainable_params == result.total_params
     assert all("kd_kl" in m for m in logged if "loss" in m)
     shipped = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-3)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from peftflow import distributed, train
+from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.data.demo import make_rows
+from peftflow.training import distributed
+from peftflow.training.run import run as train_run
 
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
 
@@ -16,7 +17,7 @@ def test_launch_command():
     cfg = RunConfig(num_processes=4)
     cmd = distributed.launch_command(cfg, "job.json")
     assert cmd[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node=4", "--nnodes=1"] and "--standalone" in cmd
-    assert cmd[-3:] == ["-m", "peftflow.distributed", "job.json"]
+    assert cmd[-3:] == ["-m", "peftflow.training.distributed", "job.json"]
     assert distributed.is_distributed(cfg) and not distributed.is_distributed(RunConfig())
 
 
@@ -28,7 +29,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, write_data
                   learning_rate=2e-2, logging_steps=1, save_steps=100, cutoff_len=128)
     single = RunConfig(**common, per_device_train_batch_size=8)
     data = prepare_dataset(single, tiny_model)
-    one = train.run(single, tiny_model, data.path, tmp_path / "one")
+    one = train_run(single, tiny_model, data.path, tmp_path / "one")
     two = distributed.run(RunConfig(**common, per_device_train_batch_size=4, num_processes=2), tiny_model,
                           data.path, tmp_path / "two")
     assert [s for s, _ in two.loss_history] == [s for s, _ in one.loss_history] == [1, 2, 3, 4]

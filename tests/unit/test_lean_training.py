@@ -10,12 +10,15 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from peftflow import memory, merge, train
+from peftflow import merge
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.lm_loss import supervised_ce, supports_chunked_loss
+from peftflow.losses import supervised_ce, supports_chunked_loss
 from peftflow.methods import get_method
-from peftflow.train import bf16_autocast, load_base
+from peftflow.models.load import load_base
+from peftflow.training import memory
+from peftflow.training.arguments import bf16_autocast
+from peftflow.training.run import run as train_run
 
 
 def _lora_model(tiny_model, **lora):
@@ -80,7 +83,7 @@ def test_bf16_autocast_is_off_when_asked_or_when_weights_are_already_half():
 def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path):
     # transformers refuses bf16 without a GPU unless the run is marked as a CPU run
     cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1)
-    result = train.run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path)
+    result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path)
     assert result.steps == 2 and all(math.isfinite(loss) for _, loss in result.loss_history)
 
 

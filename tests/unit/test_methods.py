@@ -8,13 +8,15 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from peftflow import evaluate, merge, train
+from peftflow import merge
+from peftflow.builtin.probes import probe_batch
 from peftflow.config import RunConfig, parse_config
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
-from peftflow.merge import probe_batch
-from peftflow.methods import METHODS
-from peftflow.methods.traits import TRAITS
+from peftflow.evaluation.scoring import compare, generate
+from peftflow.methods import METHODS, TRAITS
+from peftflow.models.load import load_base
+from peftflow.training.run import run as train_run
 
 METHOD_CASES = {
     "lora": dict(finetuning_type="lora"),
@@ -48,13 +50,13 @@ def _cfg(tiny_model, **overrides) -> RunConfig:
 @pytest.mark.parametrize("case", ["prefix", "prompt", "ptuning"])
 def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
     cfg = _cfg(tiny_model, **METHOD_CASES[case])
-    model = METHODS[case].build(train.load_base(tiny_model, cfg), cfg).eval()
+    model = METHODS[case].build(load_base(tiny_model, cfg), cfg).eval()
     for p in model.parameters():  # virtual tokens far from their init, so they matter
         if p.requires_grad:
             torch.nn.init.normal_(p, std=1.0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompt = tok("Extract the order as JSON: two mugs to Oslo", add_special_tokens=False)["input_ids"]
-    got = evaluate.generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_id=tok.eos_token_id)[0]
+    got = generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_id=tok.eos_token_id)[0]
     ids = torch.tensor([prompt])
     with torch.no_grad():
         for _ in range(8):  # full forward per token: no cache involved
@@ -69,7 +71,7 @@ def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
 def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, data, tmp_path):
     cfg = _cfg(tiny_model, **METHOD_CASES[case])
     keep = _Keep()
-    result = train.run(cfg, tiny_model, data.path, tmp_path, callbacks=(keep,))
+    result = train_run(cfg, tiny_model, data.path, tmp_path, callbacks=(keep,))
     losses = [loss for _, loss in result.loss_history]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     assert result.method == cfg.finetuning_type and result.optimizer_used
@@ -78,7 +80,7 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
 
     trained = keep.model.eval()
     # QLoRA: reloaded onto the same 4-bit base it trained on (merge.py covers the fp32 base).
-    base = train.load_base(tiny_model, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(tiny_model)
+    base = load_base(tiny_model, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(tiny_model)
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     from transformers import AutoTokenizer
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
@@ -91,14 +93,14 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
         # Scored as base + adapter: held-out loss over the real tokens only, and generation.
         small = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
             update={"max_samples": 2, "max_new_tokens": 4, "batch_size": 2})})
-        report = evaluate.compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
+        report = compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
         tuned = report.models["tuned"]
         assert len(tuned.examples) == 2 and tuned.loss == tuned.loss  # not NaN
 
 
 def test_qlora_merges_into_fp32_base_and_reports_quantization_error(tiny_model, data, tmp_path):
     cfg = _cfg(tiny_model, quantization_bit=4, max_steps=2, optim="adamw_8bit")
-    result = train.run(cfg, tiny_model, data.path, tmp_path)
+    result = train_run(cfg, tiny_model, data.path, tmp_path)
     assert result.optimizer_used.startswith("bitsandbytes.") and "8-bit" in result.optimizer_used
     assert result.compute == "nf4 weights, float32 compute"
     merged = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-4, train_cfg=cfg)
@@ -114,7 +116,7 @@ def test_qlora_merges_into_fp32_base_and_reports_quantization_error(tiny_model, 
 def test_table_rows_match_traits():
     assert set(METHODS) == set(TRAITS)
     assert not METHODS["prefix"].mergeable and not METHODS["prefix"].gradient_checkpointing
-    assert METHODS["lora"].supports_kbit and METHODS["ia3"].mergeable
+    assert METHODS["lora"].traits.supports_kbit and METHODS["ia3"].mergeable
 
 
 @pytest.mark.parametrize("raw, keys", [

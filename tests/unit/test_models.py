@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from peftflow.errors import UserError
-from peftflow.models import resolve_model
+from peftflow.models.resolve import resolve_model
 
 
 def test_builtin_tiny_model_is_cached_and_fingerprinted(tiny_model):

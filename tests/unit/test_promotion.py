@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import registry
 from peftflow.config import RunConfig
-from peftflow.evaluate import EvalReport, ModelScores
-from peftflow.registry import decide_promotion, paired_bootstrap
+from peftflow.evaluation.report import EvalReport, ModelScores
+from peftflow.mlflow_io.aliases import alias_history, move_champion, rollback
+from peftflow.mlflow_io.tracking import configure_mlflow
+from peftflow.mlflow_io.versions import get_version_by_alias
+from peftflow.promotion import decide_promotion, paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +28,7 @@ def mlflow_db(tmp_path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    registry.configure_mlflow()
+    configure_mlflow()
     return uri
 
 
@@ -40,7 +42,7 @@ def _versions(name: str, n: int, tmp_path: Path) -> None:
 
 
 def _alias(name, alias):
-    ref = registry.get_version_by_alias(name, alias)
+    ref = get_version_by_alias(name, alias)
     return ref.version if ref else None
 
 
@@ -90,7 +92,7 @@ def _report(tuned: list[float], base: list[float]) -> EvalReport:
 
 
 def test_flow_gate_uses_per_example_scores_from_the_report():
-    from tasks.publish_version import gate
+    from peftflow.promotion import gate
 
     cfg = RunConfig(promotion={"metric": "score", "bootstrap_samples": 1000, "confidence": 0.9})
     assert not gate(cfg, _report([1.0] + [0.5] * 19, [0.5] * 20)).promote
@@ -109,25 +111,25 @@ def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
 
     _versions("m", 3, tmp_path)
     with pytest.raises(UserError, match="no champion"):
-        registry.rollback("m", "nothing yet", "alice")
-    registry.move_champion("m", "1", "first release", "alice")
+        rollback("m", "nothing yet", "alice")
+    move_champion("m", "1", "first release", "alice")
     with pytest.raises(UserError, match="no `previous`"):
-        registry.rollback("m", "nothing to go back to", "alice")
-    registry.move_champion("m", "3", "v3 is better", "bob")
+        rollback("m", "nothing to go back to", "alice")
+    move_champion("m", "3", "v3 is better", "bob")
     assert (_alias("m", "champion"), _alias("m", "previous")) == ("3", "1")
 
-    assert registry.rollback("m", "v3 hallucinates", "carol") == ("1", "3")
+    assert rollback("m", "v3 hallucinates", "carol") == ("1", "3")
     assert (_alias("m", "champion"), _alias("m", "previous")) == ("1", "3")
-    last = registry.alias_history("m", "1", "champion")[-1]
+    last = alias_history("m", "1", "champion")[-1]
     assert last["by"] == "carol" and "rollback from v3: v3 hallucinates" == last["reason"]
-    assert "rolled back to v1" in registry.alias_history("m", "3", "previous")[-1]["reason"]
+    assert "rolled back to v1" in alias_history("m", "3", "previous")[-1]["reason"]
     from mlflow import MlflowClient
     assert json.loads(MlflowClient().get_model_version("m", "3").tags["rolled_back"])["by"] == "carol"
 
-    assert registry.rollback("m", "undo", "carol") == ("3", "1")     # a second rollback undoes the first
+    assert rollback("m", "undo", "carol") == ("3", "1")     # a second rollback undoes the first
     assert (_alias("m", "champion"), _alias("m", "previous")) == ("3", "1")
     with pytest.raises(MlflowException):
-        registry.move_champion("m", "9", "no such version", "bob")
+        move_champion("m", "9", "no such version", "bob")
 
 
 def test_promote_flow_function(mlflow_db, tmp_path):
@@ -139,7 +141,7 @@ def test_promote_flow_function(mlflow_db, tmp_path):
     assert (out["champion"], out["previous"]) == ("2", "1")
     out = promote.fn("f", "bad answers", action="rollback", actor="dashboard:dana")
     assert (out["champion"], out["previous"]) == ("1", "2")
-    assert registry.alias_history("f", "1", "champion")[-1]["by"] == "dashboard:dana"
+    assert alias_history("f", "1", "champion")[-1]["by"] == "dashboard:dana"
 
 
 def test_cli_promote_rollback_history(mlflow_db, tmp_path):

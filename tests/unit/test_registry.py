@@ -9,15 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftflow import registry
 from peftflow.config import RunConfig
-from peftflow.registry import GateDecision, decide_promotion
+from peftflow.inference import generate_reply
+from peftflow.mlflow_io.aliases import alias_history, set_alias
+from peftflow.mlflow_io.downloads import download_model_dir, load_pipeline
+from peftflow.mlflow_io.publishing import publish_adapter, publish_model
+from peftflow.mlflow_io.tracking import (
+    configure_mlflow,
+    ensure_experiment,
+    finish_run,
+    log_artifact,
+    log_metrics,
+    start_run,
+)
+from peftflow.mlflow_io.versions import get_version_by_alias
+from peftflow.promotion import GateDecision, decide_promotion, promote
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
     """builtin:tiny-random, built once per session in its own PEFTFLOW_HOME."""
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     home = tmp_path_factory.mktemp("model-home")
     with pytest.MonkeyPatch.context() as mp:
@@ -33,7 +45,7 @@ def mlflow_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    registry.configure_mlflow()
+    configure_mlflow()
     return home
 
 
@@ -50,25 +62,25 @@ def _cfg(**kw) -> RunConfig:
 def test_configure_mlflow_defaults_to_sqlite_in_home_and_honours_env(mlflow_home, monkeypatch, tmp_path):
     import mlflow
 
-    assert registry.configure_mlflow() == f"sqlite:///{mlflow_home.resolve()}/mlflow.db"
-    assert registry.configure_mlflow() == mlflow.get_tracking_uri() == mlflow.get_registry_uri()
+    assert configure_mlflow() == f"sqlite:///{mlflow_home.resolve()}/mlflow.db"
+    assert configure_mlflow() == mlflow.get_tracking_uri() == mlflow.get_registry_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/other.db")
-    assert registry.configure_mlflow() == f"sqlite:///{tmp_path}/other.db" == mlflow.get_tracking_uri()
+    assert configure_mlflow() == f"sqlite:///{tmp_path}/other.db" == mlflow.get_tracking_uri()
     # MLflow copies what it is given into os.environ; configure_mlflow puts the user's values back,
     # so a later call with another home (or none of these variables) is not steered by this one.
     assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/other.db"
     assert "MLFLOW_REGISTRY_URI" not in os.environ
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "second-home"))
-    assert registry.configure_mlflow() == f"sqlite:///{(tmp_path / 'second-home').resolve()}/mlflow.db"
+    assert configure_mlflow() == f"sqlite:///{(tmp_path / 'second-home').resolve()}/mlflow.db"
     assert mlflow.get_registry_uri() == mlflow.get_tracking_uri() and "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_ensure_experiment_puts_artifacts_under_home(mlflow_home):
     from mlflow import MlflowClient
 
-    exp_id = registry.ensure_experiment("exp")
-    assert registry.ensure_experiment("exp") == exp_id
+    exp_id = ensure_experiment("exp")
+    assert ensure_experiment("exp") == exp_id
     exp = MlflowClient().get_experiment(exp_id)
     assert exp.artifact_location == (mlflow_home.resolve() / "mlartifacts").as_uri()
 
@@ -83,7 +95,7 @@ def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
 
     cfg = WithSecrets(registry={"name": "tiny", "experiment": "exp"}, lora_target="q_proj,v_proj",
                       promotion={"min_improvement": 0.05})
-    run_id = registry.start_run(cfg, {"peftflow.flow_run_id": "flow-1"})
+    run_id = start_run(cfg, {"peftflow.flow_run_id": "flow-1"})
     run = MlflowClient().get_run(run_id)
     params = run.data.params
     assert params["promotion.min_improvement"] == "0.05"
@@ -101,17 +113,17 @@ def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
 def test_log_metrics_artifacts_and_finish(mlflow_home, tmp_path):
     from mlflow import MlflowClient
 
-    run_id = registry.start_run(_cfg(), {})
-    registry.log_metrics(run_id, {"loss": 1.5, "eval/perplexity": 4}, step=3)
-    registry.log_metrics(run_id, {"loss": 1.2}, step=4)
+    run_id = start_run(_cfg(), {})
+    log_metrics(run_id, {"loss": 1.5, "eval/perplexity": 4}, step=3)
+    log_metrics(run_id, {"loss": 1.2}, step=4)
     report = tmp_path / "report.json"
     report.write_text("{}")
     adapter = tmp_path / "adapter"
     (adapter / "sub").mkdir(parents=True)
     (adapter / "sub" / "a.txt").write_text("x")
-    registry.log_artifact(run_id, str(report), "reports")
-    registry.log_artifact(run_id, str(adapter))
-    registry.finish_run(run_id)
+    log_artifact(run_id, str(report), "reports")
+    log_artifact(run_id, str(adapter))
+    finish_run(run_id)
 
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -129,13 +141,13 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     from mlflow import MlflowClient
     from safetensors.torch import load_file
 
-    run_id = registry.start_run(_cfg(), {})
-    ref = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+    run_id = start_run(_cfg(), {})
+    ref = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
 
     assert (ref.name, ref.version, ref.run_id, ref.uri) == ("tiny", "1", run_id, "models:/tiny/1")
     assert {k: ref.tags[k] for k in LINEAGE} == LINEAGE
     assert ref.tags["metric.score"] == "0.5" and ref.tags["metric.perplexity"] == "12.25"
-    assert registry.get_version_by_alias("tiny", "challenger") == ref
+    assert get_version_by_alias("tiny", "challenger") == ref
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "RUNNING"  # publishing does not end the run
 
@@ -144,7 +156,7 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     assert not (tmp_path / "mlruns").exists()
 
     # a retry of the same publish returns the same version and logs nothing new
-    again = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+    again = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
     assert again.version == "1"
     assert len(client.search_model_versions("name='tiny'")) == 1
     assert len(client.get_run(run_id).outputs.model_outputs) == 1
@@ -159,29 +171,29 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
 
     # what `peftflow generate` loads once the gate has passed
     gate = decide_promotion("score", 0.5, 0.1, "base model", 0.0)
-    assert registry.promote("tiny", ref.version, gate, actor="test") == "1"
-    champion = registry.load_pipeline("models:/tiny@champion")
+    assert promote("tiny", ref.version, gate, actor="test") == "1"
+    champion = load_pipeline("models:/tiny@champion")
     assert isinstance(champion("Hi", max_new_tokens=2, do_sample=False)[0]["generated_text"], str)
-    assert isinstance(registry.generate_reply("models:/tiny@champion", "Hi", max_new_tokens=3), str)
-    assert isinstance(registry.generate_reply(tiny_dir, "Hi", max_new_tokens=3), str)
+    assert isinstance(generate_reply("models:/tiny@champion", "Hi", max_new_tokens=3), str)
+    assert isinstance(generate_reply(tiny_dir, "Hi", max_new_tokens=3), str)
 
     # the champion as a plain from_pretrained dir (for evaluation), cached per version
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    local = registry.download_model_dir("models:/tiny@champion")
-    assert registry.download_model_dir("models:/tiny/1") == local
+    local = download_model_dir("models:/tiny@champion")
+    assert download_model_dir("models:/tiny/1") == local
     reloaded = AutoModelForCausalLM.from_pretrained(local).state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in saved.items())
     assert AutoTokenizer.from_pretrained(local).chat_template
     with pytest.raises(LookupError):
-        registry.download_model_dir("models:/tiny@nope")
+        download_model_dir("models:/tiny@nope")
 
 
 def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_dir, monkeypatch):
     """A publish that died after log_model but before registering does not log the model twice."""
     from mlflow import MlflowClient
 
-    run_id = registry.start_run(_cfg(), {})
+    run_id = start_run(_cfg(), {})
     real = MlflowClient.create_model_version
 
     def crash(*a, **kw):
@@ -189,9 +201,9 @@ def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_d
 
     monkeypatch.setattr(MlflowClient, "create_model_version", crash)
     with pytest.raises(RuntimeError):
-        registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
+        publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
     monkeypatch.setattr(MlflowClient, "create_model_version", real)
-    ref = registry.publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
+    ref = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
     assert ref.version == "1"
     assert len(MlflowClient().get_run(run_id).outputs.model_outputs) == 1
 
@@ -207,14 +219,14 @@ def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_di
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
 
-    run_id = registry.start_run(_cfg(), {})
-    ref = registry.publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
+    run_id = start_run(_cfg(), {})
+    ref = publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
     assert ref.tags["peftflow.kind"] == "adapter"
     assert ref.tags["base_model_path"] == str(Path(tiny_dir).resolve())
-    again = registry.publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
+    again = publish_adapter(run_id, "tiny-adapter", str(tmp_path / "adapter"), tiny_dir, LINEAGE, {"score": 0.1})
     assert again.version == ref.version == "1"
 
-    pipe = registry.load_pipeline("models:/tiny-adapter@challenger")
+    pipe = load_pipeline("models:/tiny-adapter@challenger")
     ids = AutoTokenizer.from_pretrained(tiny_dir)("hello world", return_tensors="pt").input_ids
     expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), tmp_path / "adapter")
     with torch.no_grad():
@@ -224,7 +236,7 @@ def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_di
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter is applied, not dropped
 
-    local = registry.download_model_dir(ref.uri)  # adapter + tokenizer; transformers adds the base
+    local = download_model_dir(ref.uri)  # adapter + tokenizer; transformers adds the base
     with torch.no_grad():
         assert torch.allclose(AutoModelForCausalLM.from_pretrained(local)(ids).logits, want, atol=1e-5)
 
@@ -241,18 +253,18 @@ def _versions(name: str, n: int, tmp_path) -> list[str]:
 
 
 def test_get_version_by_alias_missing_is_none(mlflow_home, tmp_path):
-    assert registry.get_version_by_alias("nope", "champion") is None
+    assert get_version_by_alias("nope", "champion") is None
     _versions("m", 1, tmp_path)
-    assert registry.get_version_by_alias("m", "champion") is None
+    assert get_version_by_alias("m", "champion") is None
 
 
 def test_set_alias_records_history(mlflow_home, tmp_path):
     _versions("m", 1, tmp_path)
-    registry.set_alias("m", "champion", "1", reason="first", actor="alice")
-    registry.set_alias("m", "champion", "1", reason="again", actor="bob")
-    history = registry.alias_history("m", "1", "champion")
+    set_alias("m", "champion", "1", reason="first", actor="alice")
+    set_alias("m", "champion", "1", reason="again", actor="bob")
+    history = alias_history("m", "1", "champion")
     assert [(h["by"], h["reason"]) for h in history] == [("alice", "first"), ("bob", "again")]
-    assert registry.get_version_by_alias("m", "champion").version == "1"
+    assert get_version_by_alias("m", "champion").version == "1"
 
 
 def test_promote_moves_champion_and_keeps_previous(mlflow_home, tmp_path):
@@ -260,19 +272,19 @@ def test_promote_moves_champion_and_keeps_previous(mlflow_home, tmp_path):
     yes = decide_promotion("score", 0.6, 0.5, "base model", 0.0)
     no = decide_promotion("score", 0.4, 0.5, "champion v1", 0.0)
 
-    assert registry.promote("m", "1", yes, actor="flow") == "1"
-    assert registry.get_version_by_alias("m", "previous") is None
-    assert registry.promote("m", "1", yes, actor="flow") == "1"      # already champion: no change
-    assert registry.get_version_by_alias("m", "previous") is None
+    assert promote("m", "1", yes, actor="flow") == "1"
+    assert get_version_by_alias("m", "previous") is None
+    assert promote("m", "1", yes, actor="flow") == "1"      # already champion: no change
+    assert get_version_by_alias("m", "previous") is None
 
-    assert registry.promote("m", "2", no, actor="flow") is None      # gate refused: nothing moves
-    assert registry.get_version_by_alias("m", "champion").version == "1"
+    assert promote("m", "2", no, actor="flow") is None      # gate refused: nothing moves
+    assert get_version_by_alias("m", "champion").version == "1"
 
-    assert registry.promote("m", "3", yes, actor="flow") == "3"
-    assert registry.get_version_by_alias("m", "champion").version == "3"
-    assert registry.get_version_by_alias("m", "previous").version == "1"
-    assert registry.alias_history("m", "3", "champion")[-1]["reason"] == yes.reason
-    assert registry.alias_history("m", "1", "previous")[-1]["reason"] == "replaced as champion by v3"
+    assert promote("m", "3", yes, actor="flow") == "3"
+    assert get_version_by_alias("m", "champion").version == "3"
+    assert get_version_by_alias("m", "previous").version == "1"
+    assert alias_history("m", "3", "champion")[-1]["reason"] == yes.reason
+    assert alias_history("m", "1", "previous")[-1]["reason"] == "replaced as champion by v3"
 
 
 @pytest.mark.parametrize(

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from peftflow import train
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.train import ResumeError, _check_resume, last_complete_checkpoint
+from peftflow.training.resume import ResumeError, last_complete_checkpoint
+from peftflow.training.resume import check_resume as _check_resume
+from peftflow.training.run import run as train_run
+from peftflow.training.trainer import MetricsCallback
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_STEPS = 10
@@ -29,15 +31,15 @@ MAX_STEPS = 10
 CHILD = """
 import sys, time
 from transformers import TrainerCallback
-from peftflow import train
 from peftflow.config import RunConfig
+from peftflow.training.run import run as train_run
 
 class Slow(TrainerCallback):  # leaves time to kill the process between checkpoints
     def on_step_end(self, *args, **kwargs):
         time.sleep(1.0)
 
 cfg = RunConfig.model_validate_json(sys.argv[1])
-train.run(cfg, sys.argv[2], sys.argv[3], sys.argv[4], callbacks=(Slow(),))
+train_run(cfg, sys.argv[2], sys.argv[3], sys.argv[4], callbacks=(Slow(),))
 print("finished", flush=True)
 """
 
@@ -100,8 +102,8 @@ def test_sigkill_after_checkpoint_then_rerun_resumes_exactly(tiny_model, data, t
     (half / "adapter_model.safetensors").write_bytes(b"partial")
 
     logged: list[tuple[int, dict]] = []
-    resumed = train.run(cfg, tiny_model, data.path, out,
-                        callbacks=(train.MetricsCallback(lambda s, m: logged.append((s, m))),))
+    resumed = train_run(cfg, tiny_model, data.path, out,
+                        callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),))
     assert resumed.resumed_from_step == n
     assert resumed.steps == MAX_STEPS
     assert [s for s, _ in logged if "loss" in _] == list(range(n + 1, MAX_STEPS + 1))  # counter continues
@@ -117,7 +119,7 @@ def test_sigkill_after_checkpoint_then_rerun_resumes_exactly(tiny_model, data, t
             assert metrics["learning_rate"] == pytest.approx(lr1 + slope * (step - s1), rel=1e-4, abs=1e-9), step
 
     # Optimizer restored: the loss curve after the resume is the uninterrupted run's.
-    reference = train.run(cfg, tiny_model, data.path, tmp_path / "reference")
+    reference = train_run(cfg, tiny_model, data.path, tmp_path / "reference")
     ref = dict(reference.loss_history)
     for step, loss in resumed.loss_history:
         assert loss == pytest.approx(ref[step], rel=2e-3), (step, loss, ref[step])
@@ -135,7 +137,7 @@ def test_a_checkpoint_without_optimizer_state_is_not_resumed(tiny_model, data, t
     """Resuming the weights without the optimizer and scheduler state would restart Adam and the
     LR schedule (a silent partial restart): such a checkpoint is set aside, like a half-written one."""
     out = tmp_path / "run"
-    train.run(_cfg(tiny_model).model_copy(update={"max_steps": 3, "save_steps": 3}), tiny_model, data.path, out)
+    train_run(_cfg(tiny_model).model_copy(update={"max_steps": 3, "save_steps": 3}), tiny_model, data.path, out)
     ckpt = out / "checkpoints" / "checkpoint-3"
     assert last_complete_checkpoint(out / "checkpoints") == str(ckpt)
     (ckpt / "optimizer.pt").unlink()

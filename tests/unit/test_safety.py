@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from peftflow import registry
 from peftflow.config import RunConfig, parse_config
 from peftflow.errors import UserError
-from peftflow.models import resolve_model
+from peftflow.mlflow_io.tracking import config_params
+from peftflow.models.resolve import resolve_model
 from peftflow.redact import MASK, is_secret_key, redact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +39,13 @@ def test_credentials_in_the_config_are_refused_without_echoing_them(raw, key):
 def test_no_config_field_can_hold_a_secret():
     """What Prefect shows as the flow run's parameters is the RunConfig: no field of it is a credential."""
     cfg = RunConfig().model_dump(mode="json")
-    flat = registry.config_params(cfg)
+    flat = config_params(cfg)
     assert not [k for k in flat if is_secret_key(k)]
     assert not is_secret_key("evaluation.max_new_tokens") and not is_secret_key("promotion.auto_promote")
 
 
 def test_config_params_masks_any_secret_like_key():
-    params = registry.config_params({"lora_rank": 8, "hub_token": SECRET, "s3": {"secret_access_key": SECRET},
+    params = config_params({"lora_rank": 8, "hub_token": SECRET, "s3": {"secret_access_key": SECRET},
                                      "db": {"password": SECRET, "user": "ann"}, "api_key": None})
     assert params["hub_token"] == params["s3.secret_access_key"] == params["db.password"] == MASK
     assert params["db.user"] == "ann" and params["lora_rank"] == "8" and params["api_key"] == "None"
@@ -64,7 +64,7 @@ def test_trust_remote_code_is_off_by_default_and_passed_to_every_load():
     """Every from_pretrained of a model or tokenizer under peftflow/ passes trust_remote_code
     explicitly; the only exceptions build peftflow's own built-in models from known local files."""
     assert RunConfig().trust_remote_code is False
-    exempt = {("models.py", "_convert_smollm2"), ("models.py", "_build_tiny_random"), ("vision.py", "build_llava")}
+    exempt = {("models.py", "convert_smollm2"), ("models.py", "build_tiny_random"), ("models.py", "build_llava")}
     missing = []
     for path in (ROOT / "peftflow").rglob("*.py"):
         tree = ast.parse(path.read_text())

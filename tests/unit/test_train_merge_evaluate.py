@@ -8,9 +8,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from peftflow import evaluate, merge, train
+from peftflow import merge
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
+from peftflow.evaluation.metrics import METRICS
+from peftflow.evaluation.report import EvalReport
+from peftflow.evaluation.scoring import compare, heldout_loss
+from peftflow.training.run import run as train_run
+from peftflow.training.trainer import MetricsCallback
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +26,7 @@ def trained(tiny_model, tmp_path_factory):
                                                                "max_new_tokens": 8, "batch_size": 4})
     data = prepare_dataset(cfg, tiny_model)
     logged = []
-    result = train.run(cfg, tiny_model, data.path, out, callbacks=(train.MetricsCallback(lambda s, m: logged.append((s, m))),))
+    result = train_run(cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),))
     return cfg, data, result, logged, out
 
 
@@ -49,7 +54,7 @@ def test_adapter_reloads_with_plain_peft(trained, tiny_model):
 def test_resume_continues_from_the_last_checkpoint(trained, tiny_model):
     cfg, data, first, _, out = trained
     # A longer run in the same directory starts from checkpoint-12, not step 0.
-    again = train.run(cfg.model_copy(update={"max_steps": 14}), tiny_model, data.path, out)
+    again = train_run(cfg.model_copy(update={"max_steps": 14}), tiny_model, data.path, out)
     assert again.resumed_from_step == 12
     assert [s for s, _ in again.loss_history if s > 12] == [14]
 
@@ -71,11 +76,11 @@ def test_merge_fails_past_tolerance(trained, tiny_model, tmp_path):
 
 def test_evaluate_keeps_per_example_scores(trained, tiny_model, tmp_path):
     cfg, data, _, _, _ = trained
-    report = evaluate.compare({"base": tiny_model}, data.path, cfg, tmp_path / "r.json")
+    report = compare({"base": tiny_model}, data.path, cfg, tmp_path / "r.json")
     base = report.models["base"]
     assert len(base.examples) == 4 and all(0 <= e["score"] <= 1 for e in base.examples)
     assert math.isclose(base.perplexity, math.exp(base.loss), rel_tol=1e-3)
-    assert evaluate.EvalReport.from_json(tmp_path / "r.json").models["base"].score == base.score
+    assert EvalReport.from_json(tmp_path / "r.json").models["base"].score == base.score
 
 
 @pytest.mark.parametrize("metric, pred, ref, expected", [
@@ -86,7 +91,7 @@ def test_evaluate_keeps_per_example_scores(trained, tiny_model, tmp_path):
     ("json_fields", "not json", '{"a": 1}', 0.0),
 ])
 def test_metrics(metric, pred, ref, expected):
-    assert evaluate.METRICS[metric](pred, ref) == pytest.approx(expected)
+    assert METRICS[metric](pred, ref) == pytest.approx(expected)
 
 
 def test_heldout_loss_ignores_masked_positions():
@@ -96,5 +101,5 @@ def test_heldout_loss_ignores_masked_positions():
 
     rows = {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]]}
     from datasets import Dataset
-    loss = evaluate.heldout_loss(Uniform(), Dataset.from_dict(rows), pad_id=0, batch_size=2)
+    loss = heldout_loss(Uniform(), Dataset.from_dict(rows), pad_id=0, batch_size=2)
     assert loss == pytest.approx(math.log(10))

@@ -10,16 +10,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peftflow import evaluate, merge, registry, train, vision
+from peftflow import merge
+from peftflow.builtin.shapes import write_shapes_dataset
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.data.shapes import write_shapes_dataset
 from peftflow.errors import UserError
+from peftflow.evaluation.metrics import METRICS
+from peftflow.evaluation.scoring import compare
+from peftflow.inference import generate_image_reply, generate_reply
+from peftflow.mlflow_io.downloads import download_model_dir
+from peftflow.mlflow_io.publishing import publish_model
+from peftflow.mlflow_io.tracking import configure_mlflow, start_run
+from peftflow.models import vision
+from peftflow.training.run import run as train_run
 
 
 @pytest.fixture(scope="session")
 def tiny_llava(peftflow_home) -> str:
-    from peftflow.models import resolve_model
+    from peftflow.models.resolve import resolve_model
 
     return resolve_model("builtin:tiny-llava").path
 
@@ -44,7 +52,7 @@ def trained(tiny_llava, shapes_dir, tmp_path_factory):
     cfg = _cfg(tiny_llava, shapes_dir)
     data = prepare_dataset(cfg, tiny_llava)
     out = tmp_path_factory.mktemp("vlm-run")
-    result = train.run(cfg, tiny_llava, data.path, out)
+    result = train_run(cfg, tiny_llava, data.path, out)
     merged = merge.merge(tiny_llava, result.adapter_dir, out / "merged", tolerance=1e-4)
     return cfg, data, result, merged
 
@@ -104,7 +112,7 @@ def test_freeze_vision_tower_false_puts_adapters_into_it(tiny_llava):
 
 def test_evaluation_scores_answers_on_heldout_images(trained, tiny_llava, tmp_path):
     cfg, data, _, merged = trained
-    report = evaluate.compare({"base": tiny_llava, "tuned": merged.merged_dir}, data.path, cfg, tmp_path / "r.json")
+    report = compare({"base": tiny_llava, "tuned": merged.merged_dir}, data.path, cfg, tmp_path / "r.json")
     for scores in report.models.values():
         assert len(scores.examples) == 4 and scores.loss > 0
         assert all(e["reference"].startswith("a ") for e in scores.examples)
@@ -117,21 +125,21 @@ def test_evaluation_scores_answers_on_heldout_images(trained, tiny_llava, tmp_pa
     ("answer_accuracy", "a red square", "a red circle", 0.0),
 ])
 def test_answer_accuracy(metric, pred, ref, expected):
-    assert evaluate.METRICS[metric](pred, ref) == expected
+    assert METRICS[metric](pred, ref) == expected
 
 
 def test_registry_version_reloads_and_answers_about_an_image(trained, shapes_dir, tmp_path, monkeypatch):
     _, _, _, merged = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    registry.configure_mlflow()
-    run_id = registry.start_run(RunConfig(registry={"name": "tiny-vlm", "experiment": "vlm"}), tags={})
-    version = registry.publish_model(run_id, "tiny-vlm", merged.merged_dir, {"method": "lora"}, {})
+    configure_mlflow()
+    run_id = start_run(RunConfig(registry={"name": "tiny-vlm", "experiment": "vlm"}), tags={})
+    version = publish_model(run_id, "tiny-vlm", merged.merged_dir, {"method": "lora"}, {})
     image = str(shapes_dir / "demo_shapes" / "0000.png")
-    reply = registry.generate_reply(version.uri, "What is in the picture?", max_new_tokens=6, image=image)
-    local = registry.generate_image_reply(merged.merged_dir, "What is in the picture?", image, max_new_tokens=6)
+    reply = generate_reply(version.uri, "What is in the picture?", max_new_tokens=6, image=image)
+    local = generate_image_reply(merged.merged_dir, "What is in the picture?", image, max_new_tokens=6)
     assert reply and reply == local
-    downloaded = registry.download_model_dir(version.uri)
+    downloaded = download_model_dir(version.uri)
     assert vision.is_vision_language(downloaded) and vision.tokens_per_image(downloaded) == 16
 
 

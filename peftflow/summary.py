@@ -1,4 +1,4 @@
-"""Human-readable outputs of a run: the loss curve and the Markdown summary."""
+"""What a person reads about a run: the loss curve and the Markdown summary."""
 
 from __future__ import annotations
 
@@ -50,3 +50,14 @@ def trainable_parts_line(trainable_by_part: dict[str, int], total: int) -> str:
     names = {"vision_tower": "vision tower", "projector": "projector", "lora": "LoRA", "other": "other"}
     parts = ", ".join(f"{names[k]} {v:,}" for k, v in trainable_by_part.items() if k != "other" or v)
     return f"trainable parameters: {parts} (of {total:,})"
+
+
+def training_notes(run_id: str, key: str, data, adapter) -> list[str]:
+    """The summary's lines about where the run is recorded, its data and how it trained."""
+    notes = [f"MLflow run `{run_id}`; training key `{key}`",
+             f"{data.train_rows} train / {data.eval_rows} held-out rows; {data.dropped} dropped",
+             f"optimizer: {adapter.optimizer_used}; compute: {adapter.compute}",
+             f"gradient checkpointing {adapter.gradient_checkpointing}; peak memory {adapter.peak_memory_mb:,.0f} MB"]
+    if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
+        notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
+    return notes

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from peftflow.data.shapes import write_shapes_dataset
+from peftflow.builtin.shapes import write_shapes_dataset
 
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]

@@ -12,6 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftflow.errors import UserError
+from peftflow.methods import TRAITS, names_with
+
 IMAGE_TOKEN = "<image>"
 
 
@@ -44,11 +47,23 @@ def is_vision_language(model_path: str | Path) -> bool:
 
 
 def parts_of(model_type: str) -> Parts:
-    from peftflow.errors import UserError
-
     if model_type not in PARTS:
         raise UserError(f"vision-language model type '{model_type}' is not supported yet (supported: {', '.join(PARTS)})")
     return PARTS[model_type]
+
+
+def check_config_fits(cfg, model_path: str) -> None:
+    """A config x model check: a vision-language model trains only with a method that can train one, merged, unquantised."""
+    if not is_vision_language(model_path):
+        return
+    parts_of(model_type(model_path))  # a model type peftflow knows the parts of
+    if not TRAITS[cfg.finetuning_type].vision_language:
+        raise UserError(f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
+                        f"(methods that can: {', '.join(names_with('vision_language'))})")
+    if cfg.merge is False:  # an adapter version reloads onto a causal-LM base; a VLM ships merged
+        raise UserError(f"merge: false: the vision-language model at {model_path} is published merged; drop merge")
+    if cfg.quantization_bit:
+        raise UserError(f"quantization_bit: the vision-language model at {model_path} trains unquantised; drop quantization_bit")
 
 
 def model_class(model_path: str | Path):
@@ -108,18 +123,6 @@ def blank_image(processor):
     return Image.new("RGB", (size["width"], size["height"]), "white")
 
 
-def probe_batch(processor, texts: tuple[str, ...]):
-    """Texts, each after an image placeholder, with a drawn image each: what the merge check compares."""
-    import random
-
-    from peftflow.data.shapes import COLOURS, SHAPES, draw
-
-    rng = random.Random(0)
-    token = image_token(processor.tokenizer)[0]
-    images = [draw(list(COLOURS)[i % len(COLOURS)], SHAPES[i % len(SHAPES)], rng) for i in range(len(texts))]
-    return processor(text=[f"{token}{t}" for t in texts], images=images, padding=True, return_tensors="pt")
-
-
 def open_image(data: bytes):
     from PIL import Image
 
@@ -145,37 +148,3 @@ class VisionCollator:
         if pixels is not None:
             batch["pixel_values"] = pixels
         return batch
-
-
-def build_llava(out: Path, language_model_dir: Path, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> None:
-    """A LLaVA model: a small random CLIP vision tower, a random projector and the (random or
-    pretrained) language model at `language_model_dir`, with an `<image>` token added to its
-    tokenizer. Deterministic for a seed."""
-    import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    tok = AutoTokenizer.from_pretrained(language_model_dir)
-    tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    text_config = AutoConfig.from_pretrained(language_model_dir)
-    torch.manual_seed(seed)
-    language = AutoModelForCausalLM.from_pretrained(language_model_dir, dtype=torch.float32)
-    language.resize_token_embeddings(len(tok), mean_resizing=False)
-    text_config.vocab_size = len(tok)
-    vision_config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                     image_size=image_size, patch_size=patch_size, projection_dim=64)
-    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
-                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                         image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default",
-                         vision_feature_layer=-1, tie_word_embeddings=text_config.tie_word_embeddings)
-    model = LlavaForConditionalGeneration(config)
-    model.model.language_model.load_state_dict(language.model.state_dict())
-    model.lm_head.load_state_dict(language.lm_head.state_dict())
-    model.generation_config = language.generation_config
-    model.save_pretrained(out, safe_serialization=True)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                            crop_size={"height": image_size, "width": image_size})
-    LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                   chat_template=tok.chat_template).save_pretrained(out)

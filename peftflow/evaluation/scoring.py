@@ -2,75 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets, load_from_disk
 from transformers import AutoProcessor, AutoTokenizer
 
-from peftflow import vision
 from peftflow.config import RunConfig
-from peftflow.data import end_of_turn_token_id
-
-
-# --- per-example metrics: (prediction, reference) -> score in [0, 1] -----------------------
-
-def exact_match(pred: str, ref: str) -> float:
-    return float(pred.strip() == ref.strip())
-
-
-def token_f1(pred: str, ref: str) -> float:
-    p, r = re.findall(r"\w+", pred.lower()), re.findall(r"\w+", ref.lower())
-    common = sum((Counter(p) & Counter(r)).values())
-    if not p or not r or not common:
-        return float(p == r)
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def json_fields(pred: str, ref: str) -> float:
-    """Share of the reference JSON object's fields that the prediction gets exactly right.
-    A reference that is not a JSON object is scored by exact match."""
-    try:
-        expected = json.loads(ref)
-    except json.JSONDecodeError:
-        expected = None
-    if not isinstance(expected, dict) or not expected:
-        return exact_match(pred, ref)
-    try:
-        got = json.loads(pred.strip())
-    except json.JSONDecodeError:
-        return 0.0
-    if not isinstance(got, dict):
-        return 0.0
-    return sum(got.get(k) == v for k, v in expected.items()) / len(expected)
-
-
-def answer_accuracy(pred: str, ref: str) -> float:
-    """Exact match up to case, spacing and trailing punctuation: a caption or short answer is right or not."""
-    def norm(text: str) -> str:
-        return " ".join(text.lower().split()).rstrip(".!")
-    return float(norm(pred) == norm(ref))
-
-
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy}
-
-
-@dataclass
-class ModelScores:
-    label: str
-    loss: float
-    perplexity: float
-    score: float
-    examples: list[dict] = field(default_factory=list)  # index, prediction, reference, score
-
-    def summary(self) -> dict[str, float]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "score": self.score}
+from peftflow.data.templates import end_of_turn_token_id
+from peftflow.evaluation.metrics import METRICS
+from peftflow.evaluation.report import EvalReport, ModelScores
+from peftflow.models import vision
 
 
 def _image_inputs(pixels, rows: dict) -> dict:
@@ -177,31 +120,6 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
                        round(score, 4), examples)
 
 
-@dataclass
-class EvalReport:
-    metric: str
-    models: dict[str, ModelScores]
-
-    def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps({"metric": self.metric, "models": {k: asdict(v) for k, v in self.models.items()}}, indent=1))
-
-    @classmethod
-    def from_json(cls, path: Path) -> "EvalReport":
-        raw = json.loads(Path(path).read_text())
-        return cls(raw["metric"], {k: ModelScores(**v) for k, v in raw["models"].items()})
-
-    def retention(self) -> float:
-        """Distillation: the student's score as a share of the teacher's."""
-        teacher = self.models["teacher"].score
-        return self.models["tuned"].score / teacher if teacher else math.nan
-
-    def flat_metrics(self) -> dict[str, float]:
-        flat = {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
-        if "teacher" in self.models:
-            flat["eval.teacher_retention"] = self.retention()
-        return flat
-
-
 def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path,
             base_model_dir: str | None = None) -> EvalReport:
     """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows.
@@ -222,4 +140,3 @@ def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_mo
         _, model, pad = _load_scored(model_dir, base_model_dir, cfg)
         losses[label] = round(heldout_loss(model, rows, pad, cfg.evaluation.batch_size), 5) if len(rows) else math.nan
     return losses
-

@@ -1,4 +1,5 @@
-"""Content keys for stages: the same key means the stage's output can be reused."""
+"""Where a fine-tune comes from: the train key (same key, same trained weights: reuse them), the
+stage directory it names, the code version, and the lineage recorded on the run and the version."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import peftflow
 from peftflow.config import RunConfig
+from peftflow.data import PreparedData
+from peftflow.models.resolve import ResolvedModel
 
 # Sections that change publishing or scoring, not the trained weights.
 # The teacher is keyed by its content fingerprint, not by how it was named (alias or version).
@@ -41,3 +44,21 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{peftflow.__version__}+{sha}" if sha else peftflow.__version__
+
+
+def lineage(cfg: RunConfig, model: ResolvedModel, data: PreparedData, key: str, flow_run_id: str,
+            teacher: ResolvedModel | None = None) -> dict[str, str]:
+    """The tags that say what a run trained: base, data, config, method, code, orchestration run;
+    in a distillation run also the teacher and how the student was made."""
+    tags = {
+        "base_model": f"{cfg.teacher} pruned to {cfg.student_layers} layers" if cfg.student_layers
+        else cfg.model_name_or_path,
+        "base_model_fingerprint": model.fingerprint,
+        "data_fingerprint": data.fingerprint, "config_fingerprint": cfg.fingerprint(),
+        "method": cfg.finetuning_type, "stage": cfg.stage, "prefect_flow_run_id": flow_run_id,
+        "code_version": code_version(), "train_key": key,
+    }
+    if teacher:
+        tags |= {"teacher": cfg.teacher, "teacher_fingerprint": teacher.fingerprint,
+                 "teacher_adapter": cfg.teacher_adapter or "", "student_layers": str(cfg.student_layers or "")}
+    return tags

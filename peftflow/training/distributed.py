@@ -1,7 +1,7 @@
 """Multi-process (and multi-node) training: the train stage through torchrun.
 
 `run()` writes the job to `<output_dir>/launch.json`, starts
-`python -m torch.distributed.run --nproc_per_node N ... -m peftflow.distributed launch.json`, and
+`python -m torch.distributed.run --nproc_per_node N ... -m peftflow.training.distributed launch.json`, and
 reads back the `train_result.json` that rank 0 writes. Every process runs `train.run`; the HF
 Trainer sees torchrun's environment and trains with DistributedDataParallel (NCCL on GPUs, gloo
 on CPUs). Per-step metrics come back as the result's loss history, not live.
@@ -15,9 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from peftflow.config import RunConfig
+from transformers import TrainerCallback
 
-ROOT = Path(__file__).resolve().parent.parent
+from peftflow.config import RunConfig
+from peftflow.training import run as local
+from peftflow.training.run import TrainResult
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def is_distributed(cfg: RunConfig) -> bool:
@@ -32,12 +36,19 @@ def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
                 f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
     else:
         cmd += ["--standalone"]
-    return cmd + ["-m", "peftflow.distributed", str(job_file)]
+    return cmd + ["-m", "peftflow.training.distributed", str(job_file)]
 
 
-def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path):
-    from peftflow.train import TrainResult
+def train(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
+          callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
+    """The train stage: in this process, or through torchrun when the config asks for several
+    processes or nodes (per-step callbacks then see nothing; the result carries the loss history)."""
+    if is_distributed(cfg):
+        return run(cfg, model_path, data_path, output_dir)
+    return local.run(cfg, model_path, data_path, output_dir, callbacks=callbacks, teacher_path=teacher_path)
 
+
+def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path) -> TrainResult:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     job = output_dir / "launch.json"
@@ -56,10 +67,8 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
 
 
 def _main(job_file: str) -> None:
-    from peftflow import train
-
     job = json.loads(Path(job_file).read_text())
-    train.run(RunConfig.model_validate(job["config"]), job["model_path"], job["data_path"], job["output_dir"])
+    local.run(RunConfig.model_validate(job["config"]), job["model_path"], job["data_path"], job["output_dir"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Every cross-field check of a run config, in one place.
+
+They run as RunConfig's validators, so YAML, deployment JSON, the dashboard form and Python all get
+them. A check never asks whether a key was *written*: a deployment stores the config as JSON with
+every field filled in, and the worker validates that again. "Given" means "differs from the
+default" (`given`), which survives the round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftflow.methods import METHODS, names_with
+from peftflow.redact import is_secret_key
+
+
+def given(cfg, key: str) -> bool:
+    """The field holds something other than its default."""
+    return getattr(cfg, key) != type(cfg).model_fields[key].get_default(call_default_factory=True)
+
+
+def refuse_credentials(raw: Any, prefix: str = "") -> None:
+    """A key that looks like a credential, at any depth. The value is never echoed: it would land
+    in logs, Prefect parameters and MLflow params."""
+    if not isinstance(raw, dict):
+        return
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if is_secret_key(str(k)):
+            raise ValueError(f"key '{key}' looks like a credential; the run config is shown in the Prefect UI and "
+                             "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
+                             "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config")
+        refuse_credentials(v, key + ".")
+
+
+def check_run(cfg) -> None:
+    """Raise ValueError naming the keys of the first combination that cannot run."""
+    if cfg.bf16 and cfg.fp16:
+        raise ValueError("bf16 and fp16 are both true; choose one")
+    if cfg.bf16_autocast and cfg.fp16:
+        raise ValueError("bf16_autocast and fp16 are both true; choose one")
+    if cfg.warmup_ratio and cfg.warmup_steps:
+        raise ValueError("warmup_ratio and warmup_steps are both set; keep one")
+    if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
+        raise ValueError("val_size must be a fraction below 1 or a whole number of rows")
+    if not cfg.dataset_names:
+        raise ValueError("dataset names no dataset")
+    if cfg.train_on_prompt and cfg.mask_history:
+        raise ValueError("train_on_prompt and mask_history are both true; mask_history masks answers that "
+                         "train_on_prompt would learn, choose one")
+    if cfg.freeze_multi_modal_projector is not None and given(cfg, "train_projector") \
+            and cfg.train_projector == cfg.freeze_multi_modal_projector:
+        raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
+    check_method(cfg)
+    check_distillation(cfg)
+
+
+def check_method(cfg) -> None:
+    """Method x option checks, from the method's traits, its own check and the options of the others."""
+    method = METHODS[cfg.finetuning_type]
+    name = f"finetuning_type '{method.name}'"
+    if cfg.gradient_checkpointing is True and not method.traits.gradient_checkpointing:
+        raise ValueError(f"gradient_checkpointing: true does not work with {name}; set it to false")
+    if cfg.merge and not method.mergeable:
+        raise ValueError(f"merge: true but {name} cannot be merged into the base; drop merge "
+                         f"(the adapter is published with its base)")
+    if cfg.quantization_bit and not method.traits.supports_kbit:
+        raise ValueError(f"quantization_bit: {cfg.quantization_bit} needs a method that trains on a k-bit "
+                         f"base; {name} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})")
+    for other in METHODS.values():
+        foreign = [k for k in other.options if k not in method.options and given(cfg, k)]
+        if foreign:
+            verb = "applies" if len(foreign) == 1 else "apply"
+            raise ValueError(f"{', '.join(foreign)} only {verb} to finetuning_type '{other.name}', not {name}")
+    method.check(cfg)
+
+
+def check_distillation(cfg) -> None:
+    distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(cfg, k) is not None]
+    if cfg.stage != "distill":
+        if distill_keys:
+            raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")
+        return
+    if not cfg.teacher:
+        raise ValueError("stage: distill needs a teacher (a model reference)")
+    if cfg.student_layers and given(cfg, "model_name_or_path"):
+        raise ValueError("student_layers and model_name_or_path both name the student; keep one")
+    if not METHODS[cfg.finetuning_type].traits.distill_student:
+        raise ValueError(f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
+                         f"(students: {', '.join(names_with('distill_student'))})")
+    if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
+        raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")

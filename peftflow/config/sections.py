@@ -1,0 +1,51 @@
+"""peftflow's own sections of a run config: where the fine-tune is published, the gate that
+promotes it, and how it is evaluated."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    # Inputs stay out of error texts: a mistyped key may hold a credential.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+
+class RegistryConfig(Strict):
+    """Where the fine-tune is published (MLflow model registry)."""
+
+    name: str = Field("peftflow-demo", description="Registered model name in MLflow.")
+    experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
+
+
+class PromotionConfig(Strict):
+    """The gate that moves the `champion` alias."""
+
+    metric: Literal["score", "loss", "perplexity"] = Field(
+        "score", description="Compared metric: `score` (generation metric, higher wins), `loss` or `perplexity` (lower wins).")
+    min_improvement: float = Field(0.0, description="How much the challenger must beat the champion (or base) by.")
+    auto_promote: bool = Field(True, description="Move `champion` when the gate passes.")
+    bootstrap_samples: int = Field(
+        0, ge=0, description="Paired bootstrap resamples over per-example scores (metric `score` only); "
+                             "> 0: promote only when the lower confidence bound of the gain clears min_improvement. 0: off.")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0, description="Confidence level of the bootstrap interval.")
+    require_approval: bool = Field(
+        False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
+    approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
+    guard_dataset: str | None = Field(
+        None, description="Dataset name(s) in `dataset_dir` kept apart as a general-ability guard set: the fine-tune's "
+                          "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
+    guard_tolerance: float = Field(0.05, description="Largest allowed rise in guard-set loss (nats per token).")
+    guard_max_samples: int = Field(64, gt=0, description="Guard rows scored.")
+
+
+class EvaluationConfig(Strict):
+    """Held-out evaluation of base, fine-tune and champion."""
+
+    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy"] = Field(
+        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task answer_accuracy.")
+    max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
+    max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
+    batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")

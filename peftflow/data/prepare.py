@@ -1,0 +1,270 @@
+"""Dataset preparation: LLaMA-Factory datasets in, tokenised Arrow train / eval splits out.
+
+prepare_dataset() reads the datasets the config names, validates and normalises every row,
+tokenises with the chat template, masks the prompt, cuts at cutoff_len and splits off the eval
+rows. The result is cached under cache_dir("prepared")/<fingerprint>, where the fingerprint
+covers everything that changes the output (data bytes, dataset_info entries, tokenizer files,
+template and data options), so an unchanged input is never tokenised twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftflow.atomic import build_once
+from peftflow.config import RunConfig
+from peftflow.data.formats import Conversation, InvalidRow
+from peftflow.data.images import images_digest, read_images
+from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
+from peftflow.data.templates import get_template
+from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
+from peftflow.errors import UserError
+from peftflow.models.vision import check_config_fits
+from peftflow.paths import cache_dir
+
+log = logging.getLogger("peftflow.data")
+
+PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
+STATS_FILE = "stats.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "processor_config.json", "preprocessor_config.json")
+OPTIONS = ("cutoff_len", "max_samples", "val_size", "seed", "train_on_prompt", "mask_history", "on_invalid_rows")
+CUTOFF_DROP = "no supervised tokens within cutoff_len"
+IMAGE_CUT_DROP = "cutoff_len cuts through an image"
+SHOWN_ROWS = 5  # invalid rows named in a message
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    path: str          # directory holding train/ and eval/ (datasets.Dataset.save_to_disk) and stats.json
+    fingerprint: str   # content fingerprint of everything that shapes the output
+    train_rows: int
+    eval_rows: int
+    dropped: int       # invalid rows dropped + rows with nothing supervised left after cutoff
+    truncated: int     # kept rows cut at cutoff_len
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What `peftflow validate` shows about the data, without writing anything."""
+
+    datasets: tuple[str, ...]
+    rows_read: int
+    rows_kept: int
+    dropped: dict[str, int]                  # reason -> rows
+    dropped_rows: dict[str, tuple[str, ...]]  # reason -> the first few, as "<file> row N"
+    token_lengths: dict[str, int]            # p50 / p90 / p99 / max tokens per row, before cutoff
+    cutoff_len: int
+    truncated: int
+    problems: tuple[str, ...]                # what would stop prepare_dataset
+
+    @property
+    def truncation_rate(self) -> float:
+        return self.truncated / self.rows_kept if self.rows_kept else 0.0
+
+    def to_text(self) -> str:
+        lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
+        lines = [
+            f"datasets: {', '.join(self.datasets)}",
+            f"rows: {self.rows_read} read, {self.rows_kept} kept, {sum(self.dropped.values())} dropped",
+            *(f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})" for reason, n in self.dropped.items()),
+            f"tokens per row: {lengths}",
+            f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})",
+            *(f"problem: {p}" for p in self.problems),
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Analysis:
+    rows: list[EncodedRow] = field(default_factory=list)   # kept, cut at cutoff_len
+    images: list[list[bytes]] = field(default_factory=list)  # each kept row's images (empty for text)
+    rows_read: int = 0
+    drops: list[tuple[str, str]] = field(default_factory=list)  # (reason, "<file> row N")
+    lengths: list[int] = field(default_factory=list)        # tokens per valid row, before cutoff
+    truncated: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
+    check_config_fits(cfg, model_path)  # prepared data does not depend on the method: checked before the cache
+    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    fingerprint = _fingerprint(cfg, sources, model_path)
+    target = cache_dir("prepared") / fingerprint
+    if (target / STATS_FILE).is_file():
+        log.info("reusing prepared data at %s", target)
+    else:
+        build_once(target, lambda out: _write(_analyse(cfg, sources, model_path, strict=True), cfg, out, fingerprint),
+                   ready=lambda t: (t / STATS_FILE).is_file())
+        log.info("prepared data at %s", target)
+    stats = json.loads((target / STATS_FILE).read_text())
+    return PreparedData(str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"])
+
+
+def data_report(cfg: RunConfig, model_path: str) -> DataReport:
+    check_config_fits(cfg, model_path)
+    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    a = _analyse(cfg, sources, model_path, strict=False)
+    by_reason: dict[str, list[str]] = {}
+    for reason, where in a.drops:
+        by_reason.setdefault(reason, []).append(where)
+    return DataReport(
+        datasets=tuple(cfg.dataset_names), rows_read=a.rows_read, rows_kept=len(a.rows),
+        dropped={r: len(w) for r, w in by_reason.items()},
+        dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
+        token_lengths=_percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
+        problems=tuple(a.problems))
+
+
+def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, strict: bool) -> _Analysis:
+    """Read, validate, tokenise and cut. `strict` raises the first problem; otherwise it is noted."""
+    a = _Analysis()
+
+    def problem(message: str) -> None:
+        if strict:
+            raise UserError(message)
+        a.problems.append(message)
+
+    kept: list[tuple[Conversation, list[bytes], str]] = []  # (conversation, images, "<file> row N")
+    for source in sources:
+        valid, invalid = _read_source(source, a)
+        if invalid and cfg.on_invalid_rows == "error":
+            problem(_invalid_rows_message(invalid))
+        elif invalid:
+            log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
+        if not valid:
+            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
+        kept += valid[:cfg.max_samples]
+    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code)
+    _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
+    encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
+    for row, (_, images, where) in zip(encoded, kept):
+        a.lengths.append(len(row.input_ids))
+        row, truncated = cut(row, cfg.cutoff_len)
+        image_id, image_tokens = encoder.image_token_id, len(images) * encoder.tokens_per_image
+        # The model needs every feature of every image: a row cut inside its image tokens cannot train.
+        if images and not row.input_ids.count(image_id) == row.prompt_ids.count(image_id) == image_tokens:
+            a.drops.append((IMAGE_CUT_DROP, where))
+        elif supervised(row):
+            a.rows.append(row)
+            a.images.append(images)
+            a.truncated += truncated
+        else:
+            a.drops.append((CUTOFF_DROP, where))
+    if kept and not a.rows:
+        problem(f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
+                f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)")
+    if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
+        problem(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
+                "and leaves none to train on; lower val_size or add data")
+    cutoff_drops = sum(reason in (CUTOFF_DROP, IMAGE_CUT_DROP) for reason, _ in a.drops)
+    if cutoff_drops and a.rows:
+        log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
+    return a
+
+
+def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:
+    if has_images and encoder.image_token_id is None:
+        raise UserError(f"dataset {cfg.dataset} has images but the model at {model_path} is not a vision-language model")
+
+
+def _read_source(source: DatasetSource, a: _Analysis) -> tuple[list[tuple[Conversation, list[bytes], str]], list[tuple[str, str, str]]]:
+    """One dataset's valid rows as (conversation, images, "<file> row N"), and its invalid rows as (file, reason, message)."""
+    valid, invalid = [], []
+    for file in source.files:
+        for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
+            a.rows_read += 1
+            try:
+                conversation = source.format.to_conversation(row)
+                images = read_images(source, source.format.images(row, conversation))
+                valid.append((conversation, images, f"{file.shown} row {number}"))
+            except InvalidRow as e:
+                invalid.append((file.shown, e.reason, f"row {number}: {e}"))
+                a.drops.append((e.reason, f"{file.shown} row {number}"))
+    return valid, invalid
+
+
+def _invalid_rows_message(invalid: list[tuple[str, str, str]]) -> str:
+    """One line about the first file with invalid rows: `<file>: N invalid rows: row 7: ...; ...`."""
+    first_file = invalid[0][0]
+    in_file = [m for f, _, m in invalid if f == first_file]
+    elsewhere = len(invalid) - len(in_file)
+    more = f"; and {elsewhere} in other files" if elsewhere else ""
+    return (f"{first_file}: {len(in_file)} invalid rows: {'; '.join(in_file[:SHOWN_ROWS])}{more} "
+            "(set on_invalid_rows: drop to skip them)")
+
+
+def _eval_count(n: int, val_size: float) -> int:
+    """Rows held out: a fraction rounds up (as datasets' train_test_split), a whole number is a count."""
+    return math.ceil(val_size * n) if val_size < 1 else int(val_size)
+
+
+def _split(n: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
+    """(train, eval) row indices: a seeded shuffle, the first val_size rows held out."""
+    n_eval = _eval_count(n, cfg.val_size)
+    order = list(range(n))
+    random.Random(cfg.seed).shuffle(order)
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
+    """Write train/, eval/ and stats.json into `out`."""
+    from datasets import Dataset, Features, List, Value
+
+    train_idx, eval_idx = _split(len(a.rows), cfg)
+    ids = List(Value("int64"))
+    train_cols = {"input_ids": [a.rows[i].input_ids for i in train_idx], "labels": [a.rows[i].labels for i in train_idx]}
+    eval_cols = {"input_ids": [a.rows[i].input_ids for i in eval_idx], "labels": [a.rows[i].labels for i in eval_idx],
+                 "prompt_ids": [a.rows[i].prompt_ids for i in eval_idx], "reference": [a.rows[i].reference for i in eval_idx]}
+    train_features = {"input_ids": ids, "labels": ids}
+    eval_features = {**train_features, "prompt_ids": ids, "reference": Value("string")}
+    if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
+        train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
+        train_features["images"] = eval_features["images"] = List(Value("binary"))
+    train = Dataset.from_dict(train_cols, features=Features(train_features))
+    evaluation = Dataset.from_dict(eval_cols, features=Features(eval_features))
+    stats = {
+        "fingerprint": fingerprint, "datasets": cfg.dataset_names, "template": cfg.template, "cutoff_len": cfg.cutoff_len,
+        "rows_read": a.rows_read, "train_rows": len(train_idx), "eval_rows": len(eval_idx),
+        "dropped": len(a.drops), "dropped_by_reason": dict(Counter(reason for reason, _ in a.drops)),
+        "truncated": a.truncated, "token_lengths": _percentiles(a.lengths),
+        "supervised_tokens": sum(supervised(r) for r in a.rows),
+    }
+    train.save_to_disk(str(out / "train"))
+    evaluation.save_to_disk(str(out / "eval"), num_shards=1)  # an empty split saves no shard otherwise, and cannot be loaded
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+
+
+def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:
+    h = hashlib.sha256()
+
+    def add(label: str, data: bytes) -> None:
+        h.update(f"{label}\0{len(data)}\0".encode() + data)
+
+    add("version", PREPARE_VERSION.encode())
+    for source in sources:
+        add("dataset", source.name.encode())
+        add("entry", json.dumps(source.entry, sort_keys=True).encode())
+        for file in source.files:
+            add("file", file.path.read_bytes())
+        if source.format.columns.get("images"):
+            add("images", images_digest(source))
+    for name in TOKENIZER_FILES:
+        if (Path(model_path) / name).is_file():
+            add(name, (Path(model_path) / name).read_bytes())
+    add("template", f"{cfg.template}\0{get_template(cfg.template).jinja or ''}".encode())
+    add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _percentiles(lengths: list[int]) -> dict[str, int]:
+    ordered = sorted(lengths) or [0]
+    at = {p: ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)] for p in (50, 90, 99)}
+    return {"p50": at[50], "p90": at[90], "p99": at[99], "max": ordered[-1]}

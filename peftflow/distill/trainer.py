@@ -1,0 +1,63 @@
+"""The distillation stage's trainer: the student learns the teacher's distribution (live, or from
+its cached top-k logits) through the KD loss of peftflow.losses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from peftflow.config import RunConfig
+from peftflow.distill.cache import TeacherCache, teacher_cache
+from peftflow.distill.teacher import load_teacher
+from peftflow.losses import KDSettings, decoder_and_head, final_hidden, kd_loss, supervised
+from peftflow.models.resolve import fingerprint_dir
+from peftflow.paths import cache_dir
+from peftflow.training.trainer import SupervisedTokenTrainer
+
+
+class DistillTrainer(SupervisedTokenTrainer):
+    """The student's loss is the distillation loss against a frozen teacher (or its cached top-k)."""
+
+    def __init__(self, *args, teacher=None, cache=None, settings=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.cache, self.settings = teacher, cache, settings
+        self._kd = [0.0, 0.0, 0]  # kl sum, ce sum, steps since the last log
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        with self.accelerator.autocast():  # distill_step calls the decoder, not model.forward
+            out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
+        self._kd = [self._kd[0] + float(out["kl"]), self._kd[1] + float(out["ce"]), self._kd[2] + 1]
+        return (out["loss"], None) if return_outputs else out["loss"]
+
+    def log(self, logs, *args, **kwargs):
+        kl, ce, n = self._kd
+        if "loss" in logs and n:
+            logs["kd_kl"], logs["kd_ce"] = round(kl / n, 5), round(ce / n, 5)
+            self._kd = [0.0, 0.0, 0]
+        super().log(logs, *args, **kwargs)
+
+
+def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCache | None = None):
+    """KD loss for one batch: from the live teacher, or from the cache rows named by batch['row_id']."""
+    s_hidden, targets = supervised(final_hidden(student, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    s_weight = decoder_and_head(student)[1].weight
+    if cache is not None:
+        return kd_loss(s_hidden, s_weight, targets, settings, teacher_topk=cache.rows(batch["row_id"].tolist()))
+    with torch.no_grad():
+        t_hidden, _ = supervised(final_hidden(teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    t_weight = decoder_and_head(teacher)[1].weight
+    return kd_loss(s_hidden, s_weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_weight.T)
+
+
+def distill_kwargs(cfg: RunConfig, teacher_path: str, data_path: str, train_set):
+    """Teacher, KD settings and (optional) top-k cache keyed by teacher, data and k."""
+    teacher = load_teacher(teacher_path, cfg.trust_remote_code)
+    settings = KDSettings(cfg.kd_temperature, cfg.kd_ratio, cfg.kd_direction, cfg.kd_chunk_size)
+    cache = None
+    if cfg.teacher_topk:
+        name = f"{fingerprint_dir(Path(teacher_path))}-{Path(data_path).name}-k{cfg.teacher_topk}.safetensors"
+        cache = teacher_cache(teacher, train_set, cfg.teacher_topk, cache_dir("teacher") / name)
+        teacher = None  # the cache replaces it
+    return dict(teacher=teacher, cache=cache, settings=settings)

@@ -1,0 +1,52 @@
+"""One chat reply from a registered version (`models:/NAME@champion`) or a local model dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftflow.errors import UserError
+from peftflow.evaluation.scoring import uncached_generation
+from peftflow.mlflow_io.downloads import download_model_dir, load_pipeline
+from peftflow.models import vision
+
+
+def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: str | None = None) -> str:
+    """One greedy chat reply from a model URI (`models:/NAME@champion`) or a local model dir;
+    with `image` (a file path), a vision-language model answers about that image."""
+    if image is not None:
+        local = Path(model).expanduser()
+        return generate_image_reply(str(local) if local.is_dir() else download_model_dir(model), prompt, image,
+                                    max_new_tokens)
+    if Path(model).expanduser().is_dir():
+        from transformers import pipeline
+
+        pipe = pipeline("text-generation", model=str(Path(model).expanduser()))
+    else:
+        pipe = load_pipeline(model)
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=not uncached_generation(pipe.model))
+    if pipe.tokenizer.chat_template:
+        out = pipe([{"role": "user", "content": prompt}], **options)
+        return out[0]["generated_text"][-1]["content"]
+    out = pipe(prompt, return_full_text=False, **options)
+    return out[0]["generated_text"]
+
+
+def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens: int = 128) -> str:
+    """One greedy reply of the vision-language model in `model_dir` to `prompt` about the image file."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    if not vision.is_vision_language(model_dir):
+        raise UserError(f"--image given, but the model at {model_dir} is not a vision-language model")
+    if not Path(image).is_file():
+        raise UserError(f"--image {image}: file not found")
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)  # peftflow's own published models
+    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
+    token = vision.image_token(processor.tokenizer)[0]
+    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"{token}{prompt}"}], tokenize=False,
+                                                   add_generation_prompt=True)
+    batch = processor(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)

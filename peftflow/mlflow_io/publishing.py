@@ -1,0 +1,158 @@
+"""Publish a fine-tune as a registered model version: log it to the run (transformers flavour), then
+register it with its lineage and scores as tags, and point `challenger` at it.
+
+MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/unit/test_registry.py):
+- `transformers.log_model(<directory path>)` fails (`'str' object has no attribute '__name__'`:
+  transformers 5 registers pipeline classes lazily as strings), so the model is loaded and logged
+  as a {"model", "tokenizer"} dict.
+- Without `pip_requirements`, `log_model` pins `torchvision`, which is not installed: it fails.
+- `log_model(run_id=...)` with no active run puts the model in the *default* experiment, whose
+  artifacts land in `./mlruns` of the current directory: the LoggedModel is created first in the
+  run's experiment and passed as `model_id`.
+- `search_model_versions` returns empty aliases; versions are read back one by one.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from peftflow.mlflow_io.aliases import CHALLENGER, set_alias
+from peftflow.mlflow_io.tracking import mlflow_client
+from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
+from peftflow.models import vision
+
+MODEL_ARTIFACT = "model"
+
+
+def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
+                  metrics: dict[str, float], trust_remote_code: bool = False) -> ModelVersionRef:
+    """Log a merged, plain transformers model dir to the run and register it as `challenger`.
+
+    Idempotent: a version of `name` already made from `run_id` is returned, not made again.
+    """
+    def components() -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if vision.is_vision_language(merged_dir):
+            return _vision_language_components(merged_dir, trust_remote_code)
+        return {"transformers_model": {
+            "model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
+            "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}}
+
+    return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
+
+
+def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
+                    lineage: dict[str, str], metrics: dict[str, float],
+                    trust_remote_code: bool = False) -> ModelVersionRef:
+    """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
+
+    Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
+    (same path), which the tag `base_model_path` records. Without `base_model_path`, MLflow would
+    reload the adapter onto randomly initialised weights without a word.
+    """
+    base_model_dir = str(Path(base_model_dir).resolve())
+
+    def components() -> dict[str, Any]:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
+        tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
+        return {"transformers_model": {
+            "model": PeftModel.from_pretrained(base, adapter_dir),
+            "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}}
+
+    lineage = {**lineage, "base_model_path": base_model_dir}
+    return _publish(run_id, name, lineage, metrics, components, kind="adapter",
+                    card_dir=adapter_dir, base_model_path=base_model_dir)
+
+
+def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict[str, Any]:
+    """MLflow builds no image-text-to-text pipeline from a components dict (it cannot find the
+    processor): it is given the pipeline, and the processor to store with it."""
+    from transformers import AutoProcessor, pipeline
+
+    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    return {"transformers_model": pipeline("image-text-to-text", model=model, processor=processor),
+            "task": "image-text-to-text", "processor": processor}
+
+
+def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_model_path=None):
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client()
+    existing = version_of_run(name, run_id)
+    if existing is None:
+        model_id = _logged_model_of_run(client, run_id) or _log_model(
+            client, run_id, name, lineage, components, card_dir, base_model_path)
+        tags = {**{k: str(v) for k, v in lineage.items()},
+                **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
+                "peftflow.kind": kind}
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        existing = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
+                                               tags=tags, model_id=model_id)
+    # Re-applied on a retry too, so a publish that stopped after registering still completes.
+    set_alias(name, CHALLENGER, str(existing.version), reason=f"published from run {run_id}", actor="publish")
+    return version_ref(client.get_model_version(name, str(existing.version)))
+
+
+def _logged_model_of_run(client, run_id: str) -> str | None:
+    """A model this run already logged completely (a retry after log_model, before register)."""
+    outputs = client.get_run(run_id).outputs
+    for out in (outputs.model_outputs if outputs else []):
+        lm = client.get_logged_model(out.model_id)
+        if lm.name == MODEL_ARTIFACT and lm.status == "READY":
+            return lm.model_id
+    return None
+
+
+def _log_model(client, run_id, name, lineage, components, card_dir, base_model_path) -> str:
+    import mlflow
+
+    run = client.get_run(run_id)
+    # Created here, in the run's experiment: log_model(run_id=...) alone would use the default one.
+    lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
+                                    source_run_id=run_id)
+    try:
+        model = {"task": "text-generation", **components()}
+        mlflow.transformers.log_model(
+            **model, name=MODEL_ARTIFACT, run_id=run_id,
+            model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),
+            pip_requirements=_pip_requirements(peft=base_model_path is not None,
+                                               images=model["task"] == "image-text-to-text"),
+            base_model_path=base_model_path)
+    except BaseException:
+        client.finalize_logged_model(lm.model_id, "FAILED")
+        raise
+    return lm.model_id
+
+
+def _model_card(name: str, src_dir: str, lineage: dict[str, str]):
+    """The source dir's README if it has one; else a short card with the lineage (and no
+    look-up on the Hugging Face Hub, which MLflow would otherwise try for the card)."""
+    from huggingface_hub import ModelCard
+
+    readme = Path(src_dir) / "README.md"
+    if readme.is_file():
+        return ModelCard.load(readme)
+    lines = "\n".join(f"- {k}: {v}" for k, v in sorted(lineage.items()))
+    return ModelCard(f"---\nlibrary_name: transformers\n---\n# {name}\n\nPublished by peftflow.\n\n{lines}\n")
+
+
+def _pip_requirements(peft: bool, images: bool = False) -> list[str]:
+    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else []) + (["pillow"] if images else [])
+    reqs = []
+    for p in pkgs:
+        try:
+            reqs.append(f"{p}=={metadata.version(p).split('+')[0]}")  # torch 2.13.0+cpu -> 2.13.0
+        except metadata.PackageNotFoundError:
+            reqs.append(p)
+    return reqs

@@ -1,0 +1,35 @@
+"""Load a resolved model for training: its dtype, and a 4/8-bit bitsandbytes base for QLoRA."""
+
+from __future__ import annotations
+
+import torch
+
+from peftflow.models import vision
+
+
+def compute_dtype(cfg) -> torch.dtype:
+    """The dtype weights are loaded in (and, for a k-bit base, compute in)."""
+    if cfg.compute_dtype:
+        return getattr(torch, cfg.compute_dtype)
+    return torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
+
+
+def load_base(model_path: str, cfg):
+    """The base model as `cfg` trains it: `compute_dtype`, quantised when `quantization_bit` is set."""
+    dtype = compute_dtype(cfg)
+    if vision.is_vision_language(model_path):  # never quantised: the config x model checks refuse quantization_bit
+        return vision.model_class(model_path).from_pretrained(model_path, dtype=dtype,
+                                                              trust_remote_code=cfg.trust_remote_code)
+    from transformers import AutoModelForCausalLM
+
+    if not cfg.quantization_bit:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=cfg.quantization_bit == 4, load_in_8bit=cfg.quantization_bit == 8,
+        bnb_4bit_quant_type=cfg.quantization_type, bnb_4bit_use_double_quant=cfg.double_quantization,
+        bnb_4bit_compute_dtype=dtype)
+    device_map = None if torch.cuda.is_available() else {"": "cpu"}
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quant,
+                                                device_map=device_map, trust_remote_code=cfg.trust_remote_code)

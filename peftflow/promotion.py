@@ -1,0 +1,145 @@
+"""The promotion gate: does the fine-tune beat the incumbent (champion, else base) by enough, with a
+paired bootstrap over per-example scores, a passing merge check and no guard-set regression?"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from peftflow.config import RunConfig
+from peftflow.evaluation.report import EvalReport
+from peftflow.mlflow_io.aliases import move_champion
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str            # one human line
+    candidate: float
+    incumbent: float | None
+    incumbent_label: str   # "champion v3" or "base model"
+
+
+def paired_bootstrap(candidate: list[float], incumbent: list[float], samples: int, confidence: float,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference (candidate - incumbent) and its bootstrap confidence interval.
+
+    `candidate[i]` and `incumbent[i]` score the same example. Resamples examples with replacement
+    `samples` times; returns (mean, lower, upper) of the percentile interval at `confidence`.
+    """
+    if len(candidate) != len(incumbent) or not candidate:
+        raise ValueError(f"paired bootstrap needs two equal, non-empty score lists (got {len(candidate)} and {len(incumbent)})")
+    diffs = np.asarray(candidate, dtype=float) - np.asarray(incumbent, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(samples, len(diffs)))].mean(axis=1)
+    tail = (1.0 - confidence) / 2
+    return float(diffs.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def decide_promotion(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
+                     min_improvement: float, higher_is_better: bool = True, *,
+                     paired: tuple[list[float], list[float]] | None = None, bootstrap_samples: int = 0,
+                     confidence: float = 0.95, merge_passed: bool = True,
+                     guard: tuple[float, float] | None = None, guard_tolerance: float = 0.0) -> GateDecision:
+    """Promote when the candidate beats the incumbent by at least `min_improvement`.
+
+    With a margin >= 0 a tie never promotes (the champion stays put). A NaN candidate never promotes; a missing or
+    NaN incumbent always loses to a finite candidate.
+
+    Further checks, each of which can only refuse:
+    - `merge_passed=False` (the merge fidelity check failed) refuses.
+    - `paired` = (candidate, incumbent) per-example scores of the same examples, with
+      `bootstrap_samples > 0`: the lower bound of the paired bootstrap interval of the mean
+      improvement (at `confidence`) must clear `min_improvement`, not only the point estimate.
+    - `guard` = (candidate, incumbent) loss on a guard set of general-ability rows (lower is
+      better): a rise of more than `guard_tolerance` refuses.
+    """
+    def decision(ok: bool, why: str) -> GateDecision:
+        return GateDecision(ok, why, candidate, incumbent, incumbent_label)
+
+    if not merge_passed:
+        return decision(False, "merge fidelity check failed; not promoted")
+    point = _point_decision(metric, candidate, incumbent, incumbent_label, min_improvement, higher_is_better)
+    if not point.promote:
+        return point
+    reason = point.reason
+    if paired is not None and bootstrap_samples > 0 and paired[0]:
+        cand, inc = paired
+        if not higher_is_better:
+            cand, inc = [-x for x in cand], [-x for x in inc]
+        mean, lower, upper = paired_bootstrap(cand, inc, bootstrap_samples, confidence)
+        ci = f"{confidence:.0%} paired bootstrap CI of the gain [{lower:.4f}, {upper:.4f}] over {len(cand)} examples"
+        clears = lower > min_improvement or (min_improvement < 0 and lower >= min_improvement)
+        if not clears:
+            return decision(False, f"{reason}, but the {ci} does not clear {min_improvement:.4f}; not promoted")
+        reason = f"{reason}; {ci}"
+    if guard is not None:
+        rise = guard[0] - guard[1]
+        if math.isnan(guard[0]) or rise > guard_tolerance + 1e-12:
+            return decision(False, f"{reason}, but the guard-set loss regressed from {guard[1]:.4f} to {guard[0]:.4f} "
+                                   f"(tolerance {guard_tolerance:.4f}); not promoted")
+        reason = f"{reason}; guard-set loss {guard[0]:.4f} vs {guard[1]:.4f}"
+    return decision(True, reason)
+
+
+def _point_decision(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
+                    min_improvement: float, higher_is_better: bool) -> GateDecision:
+    def decision(ok: bool, why: str) -> GateDecision:
+        return GateDecision(ok, why, candidate, incumbent, incumbent_label)
+
+    if candidate is None or math.isnan(candidate):
+        return decision(False, f"{metric} of the candidate is not a number; not promoted")
+    if incumbent is None or math.isnan(incumbent):
+        return decision(True, f"{metric} {candidate:.4f}; {incumbent_label} has no {metric} to beat")
+    gain = candidate - incumbent if higher_is_better else incumbent - candidate
+    lower = "" if higher_is_better else " (lower is better)"
+    vs = f"{incumbent_label} ({incumbent:.4f})"
+    # A margin >= 0 means "must beat": a tie keeps the incumbent. A negative margin accepts a
+    # candidate up to that much worse. The epsilon forgives float noise (0.71 - 0.5 < 0.21).
+    passed = gain >= min_improvement - 1e-12 and (gain > 0 or min_improvement < 0)
+    if passed and gain > 0:
+        return decision(True, f"{metric} {candidate:.4f} beats {vs} by {gain:.4f} >= {min_improvement:.4f}{lower}")
+    if passed:
+        return decision(True, f"{metric} {candidate:.4f} is within the allowed {-min_improvement:.4f} of {vs}{lower}")
+    if gain == 0:
+        return decision(False, f"{metric} {candidate:.4f} ties {vs}; not promoted{lower}")
+    if gain < 0:
+        return decision(False, f"{metric} {candidate:.4f} is worse than {vs} by {-gain:.4f}; not promoted{lower}")
+    return decision(False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}")
+
+
+def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
+         guard: tuple[float, float] | None = None) -> GateDecision:
+    """The promotion gate: the configured metric, tuned vs champion (or base), plus the paired
+    bootstrap over per-example scores (metric `score`, when enabled), the merge fidelity and the
+    guard-set loss (when a guard set is configured)."""
+    p = config.promotion
+    metric = p.metric
+    incumbent = "champion" if "champion" in evaluation.models else "base"
+    value = lambda label: getattr(evaluation.models[label], metric)  # noqa: E731
+    paired = None
+    if metric == "score" and p.bootstrap_samples:
+        paired = paired_scores(evaluation, "tuned", incumbent)
+    return decide_promotion(metric, value("tuned"), value(incumbent),
+                                     "current champion" if incumbent == "champion" else "base model",
+                                     p.min_improvement, higher_is_better=metric == "score", paired=paired,
+                                     bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
+                                     merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
+
+
+def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:
+    """Per-example scores of two models on the examples both scored, aligned by example index."""
+    left = {e["index"]: e["score"] for e in evaluation.models[a].examples}
+    right = {e["index"]: e["score"] for e in evaluation.models[b].examples}
+    common = sorted(left.keys() & right.keys())
+    return [left[i] for i in common], [right[i] for i in common]
+
+
+def promote(name: str, version: str, decision: GateDecision, actor: str) -> str | None:
+    """Move `champion` to `version` when the gate passed; the old champion becomes `previous`.
+    Returns the new champion version, or None when the gate refused."""
+    if not decision.promote:
+        return None
+    return move_champion(name, version, decision.reason, actor)

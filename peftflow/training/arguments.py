@@ -1,0 +1,90 @@
+"""How a config becomes HF TrainingArguments: precision (bf16 autocast where it is fast), gradient
+checkpointing chosen by memory need, and the labels a run records for both."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow.compute as pc
+import torch
+from transformers import TrainingArguments
+
+from peftflow.config import RunConfig
+from peftflow.models.load import compute_dtype
+from peftflow.training import memory
+
+log = logging.getLogger("peftflow.train")
+
+
+def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    """`cfg` with gradient_checkpointing already decided (resolve_gradient_checkpointing) where it was auto."""
+    # transformers 5 has no warmup_ratio: warmup_steps takes a float in [0, 1) as a ratio.
+    warmup = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio
+    bf16 = cfg.bf16 or bf16_autocast(cfg)
+    return TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        bf16=bf16,  # fp32 weights stay fp32 (load_base): autocast only
+        use_cpu=bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
+        fp16=cfg.fp16,
+        activation_checkpointing=cfg.gradient_checkpointing is True,  # transformers 5 name for it
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length",  # fewer pad tokens per batch
+        disable_tqdm=True,
+    )
+
+
+def bf16_autocast(cfg: RunConfig) -> bool:
+    """cfg.bf16_autocast, or where unset: on when this machine runs bf16 matmuls fast."""
+    if cfg.bf16_autocast is not None:
+        return cfg.bf16_autocast
+    if cfg.bf16 or cfg.fp16 or cfg.quantization_bit:
+        return False
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # not Linux: leave it to the config
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set, method_supports: bool) -> tuple[RunConfig, str]:
+    """cfg with gradient_checkpointing true or false (auto decided by memory need), and why."""
+    lengths = pc.list_value_length(train_set.data.column("input_ids"))
+    longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
+    tokens = cfg.per_device_train_batch_size * (-(-longest // 8) * 8)  # the collator pads to a multiple of 8
+    half = cfg.bf16 or cfg.fp16 or bf16_autocast(cfg)
+    on, why = memory.choose_gradient_checkpointing(cfg.gradient_checkpointing, method_supports,
+                                                   base.config, tokens, 2 if half else 4)
+    log.info("gradient checkpointing %s (%s)", "on" if on else "off", why)
+    return cfg.model_copy(update={"gradient_checkpointing": on}), f"{'on' if on else 'off'} ({why})"
+
+
+def compute_label(cfg: RunConfig) -> str:
+    """What the matmuls ran in, e.g. `float32 + bf16 autocast` or `nf4 weights, float32 compute`."""
+    dtype = str(compute_dtype(cfg)).removeprefix("torch.")
+    if cfg.quantization_bit:
+        kind = cfg.quantization_type if cfg.quantization_bit == 4 else "int8"
+        return f"{kind} weights, {dtype} compute"
+    return f"{dtype} + bf16 autocast" if bf16_autocast(cfg) else dtype

@@ -1,0 +1,104 @@
+"""Resume a killed run from its last complete checkpoint, and prove it continued rather than restarted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+from transformers.trainer_utils import get_last_checkpoint
+
+log = logging.getLogger("peftflow.train")
+
+# After a resume the first logged loss must be near the last one logged before the crash;
+# a run that silently restarted from scratch shows the untrained loss instead.
+RESUME_LOSS_TOLERANCE = 0.5
+# ... and it must not give back most of the progress made before the checkpoint (a restart that
+# reloads the step counter but not the adapter weights: the known PEFT trap).
+RESUME_PROGRESS_KEPT = 0.5
+# What a checkpoint needs to resume exactly: trainer_state.json is written last, so a checkpoint
+# killed mid-save lacks it (or holds half of it).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def remove_checkpoints(output_dir: str | Path) -> bool:
+    """Delete a finished run's scratch space (`<output_dir>/checkpoints`: weights plus optimizer
+    state per checkpoint); adapter/, merged/ and the reports stay. Call it only once the result is
+    safely published: until then the checkpoints are what a retry resumes from."""
+    scratch = Path(output_dir) / "checkpoints"
+    if not scratch.is_dir():
+        return False
+    shutil.rmtree(scratch)
+    log.info("removed scratch space %s", scratch)
+    return True
+
+
+def last_complete_checkpoint(checkpoints_dir: Path) -> str | None:
+    """The newest checkpoint that can be resumed from. A checkpoint cut short by a kill (no or
+    unreadable trainer_state.json, no optimizer or scheduler state) is set aside, not resumed:
+    Trainer would otherwise load it and fail, or silently start the optimizer afresh."""
+    while checkpoints_dir.is_dir() and (last := get_last_checkpoint(str(checkpoints_dir))):
+        if _complete(Path(last)):
+            return last
+        aside = Path(last).with_name(f"incomplete-{Path(last).name}-{time.time_ns()}")
+        log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", last, aside.name)
+        Path(last).rename(aside)
+    return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    if not all((checkpoint / f).is_file() for f in CHECKPOINT_FILES):
+        return False
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (ValueError, KeyError):
+        return False
+    return True
+
+
+def first_loss(checkpoint: str) -> float | None:
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return losses[0] if losses else None
+
+
+def loss_before(checkpoint: str) -> tuple[int, float] | None:
+    """(checkpoint step, last loss logged up to it) saved with a checkpoint."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    return state["global_step"], (losses[-1] if losses else math.nan)
+
+
+class ResumeError(RuntimeError):
+    """A resumed run that did not continue where the checkpoint left off."""
+
+
+def check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...],
+                  first_loss: float | None = None, first_new_step: int | None = None) -> None:
+    """Fail loudly when a resume looks like a restart from scratch.
+
+    `before` is (step, last loss logged) of the checkpoint, `history` the (step, loss) log after
+    training (it includes the checkpoint's own entries), `first_loss` the first loss the run ever
+    logged, `first_new_step` the first optimizer step this process finished. Three symptoms: the
+    step counter did not continue at step + 1, the loss jumped well above the last one, or it gave
+    back most of the progress made between the first logged loss and the checkpoint."""
+    step, loss = before
+    if first_new_step is not None and first_new_step != step + 1:
+        raise ResumeError(f"resume from step {step} restarted the step counter: the first step trained "
+                          f"after resuming was {first_new_step}, not {step + 1}")
+    after = [(s, l) for s, l in history if s > step]
+    if not after or math.isnan(loss):
+        return
+    first = after[0][1]
+    if first > loss + RESUME_LOSS_TOLERANCE * max(loss, 1.0):
+        raise ResumeError(f"resume from step {step} looks like a restart from scratch: "
+                          f"loss {loss:.3f} before, {first:.3f} after")
+    if first_loss is not None and not math.isnan(first_loss):
+        progress = first_loss - loss
+        if progress > 0.1 * max(first_loss, 1.0) and first > first_loss - RESUME_PROGRESS_KEPT * progress:
+            raise ResumeError(f"resume from step {step} looks like a restart from scratch: loss {first:.3f} after "
+                              f"resuming is back near the untrained {first_loss:.3f} (was {loss:.3f})")
+    log.info("resumed at step %d: loss %.3f before, %.3f after", step, loss, first)

@@ -1,0 +1,147 @@
+"""Train a method on prepared data with the HF Trainer: one call, path in, path out.
+
+`run` loads the base, builds the method, trains (resuming from the last complete checkpoint in
+the output dir), saves the adapter and `train_result.json`, and returns a `TrainResult`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback, set_seed
+
+from peftflow.config import RunConfig
+from peftflow.distill.trainer import DistillTrainer, distill_kwargs
+from peftflow.methods import get_method
+from peftflow.models import vision
+from peftflow.models.load import load_base
+from peftflow.training import memory
+from peftflow.training.arguments import compute_label, resolve_gradient_checkpointing, training_arguments
+from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
+from peftflow.training.trainer import FirstStep, SupervisedTokenTrainer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: str
+    final_loss: float
+    steps: int
+    train_seconds: float
+    supervised_tokens: int
+    tokens_per_second: float
+    trainable_params: int
+    total_params: int
+    resumed_from_step: int | None
+    loss_history: tuple[tuple[int, float], ...]
+    method: str = "lora"
+    optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
+    # Vision-language models: trainable parameters per part (vision_tower, projector, lora, other).
+    trainable_by_part: dict[str, int] = field(default_factory=dict)
+    compute: str = ""            # weights dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
+    gradient_checkpointing: str = ""  # "on (why)" / "off (why)"
+    footprint_mb: float = 0.0    # the base model's weights as loaded for training (4-bit for QLoRA)
+    peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
+
+    def metrics(self) -> dict[str, float]:
+        return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
+                "supervised_tokens_per_s": self.tokens_per_second, "trainable_params": self.trainable_params,
+                "total_params": self.total_params, "seconds_per_step": round(self.train_seconds / max(self.steps, 1), 3),
+                "model_footprint_mb": self.footprint_mb, "peak_memory_mb": self.peak_memory_mb,
+                **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()}}
+
+
+def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
+        callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
+    """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
+    With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
+    output_dir = Path(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
+    method = get_method(cfg)
+    memory.return_freed_memory()
+    memory.reset_peak()
+    train_set = load_from_disk(str(Path(data_path) / "train"))
+    base = load_base(model_path, cfg)
+    footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
+    cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, train_set, method.traits.gradient_checkpointing)
+    model = method.build(base, cfg)
+    init_dir = method.before_train(model, output_dir)
+    processor = (AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+                 if vision.is_vision_language(model_path) else None)
+    trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, teacher_path)
+    start = time.perf_counter()
+    history, resumed_from, mean_loss = _train(trainer)
+    seconds = time.perf_counter() - start
+    out = TrainResult(
+        adapter_dir=str(output_dir / "adapter"), final_loss=history[-1][1] if history else mean_loss,
+        steps=trainer.state.global_step, train_seconds=round(seconds, 2), supervised_tokens=trainer.supervised_tokens,
+        tokens_per_second=round(trainer.supervised_tokens / seconds, 1) if seconds else 0.0,
+        **dict(zip(("trainable_params", "total_params"), _parameter_counts(model))),
+        resumed_from_step=resumed_from, loss_history=history,
+        method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
+        trainable_by_part=vision.trainable_by_part(model) if processor else {},
+        compute=compute_label(cfg), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
+        peak_memory_mb=round(memory.peak_mb(), 1),
+    )
+    if trainer.is_world_process_zero():  # under torchrun, one process writes the results
+        method.save(model, out.adapter_dir, init_dir)
+        # A vision-language model ships its processor (tokenizer + image processor) with the adapter.
+        (processor or tokenizer).save_pretrained(out.adapter_dir)
+        (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
+    return out
+
+
+def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, teacher_path):
+    """The Trainer for this run: the distillation trainer for stage: distill, images for a VLM."""
+    multimodal = "images" in train_set.column_names
+    train_set = train_set.select_columns(["input_ids", "labels"] + (["images"] if multimodal else []))
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
+    if multimodal:
+        collator = vision.VisionCollator(collator, processor.image_processor)
+    trainer_cls, extra = SupervisedTokenTrainer, {}
+    if cfg.stage == "distill":
+        trainer_cls, extra = DistillTrainer, distill_kwargs(cfg, teacher_path, data_path, train_set)
+        # Rows carry their index so a batch can find its cached teacher outputs.
+        train_set = train_set.add_column("row_id", list(range(len(train_set))))
+    return trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,
+                       data_collator=collator, callbacks=[*callbacks, FirstStep()], **extra)
+
+
+def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
+    """Train, resuming from the last complete checkpoint (checked to continue, not restart); returns
+    the (step, loss) log, the checkpoint step resumed from, and the Trainer's mean training loss."""
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    before = loss_before(checkpoint) if checkpoint else None
+    first = first_loss(checkpoint) if checkpoint else None
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    # Under autocast accelerate wrapped model.forward in it; a caller using the model afterwards gets fp32 back.
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    history = tuple((h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h)
+    if before:
+        first_step = next(c.step for c in trainer.callback_handler.callbacks if isinstance(c, FirstStep))
+        check_resume(before, history, first, first_step)
+    return history, before[0] if before else None, float(result.training_loss)
+
+
+def optimizer_used(cfg: RunConfig, optimizer) -> str:
+    """The optimizer that ran, e.g. `bitsandbytes.AdamW 8-bit paged`. bitsandbytes' paged
+    optimizers page only on CUDA; on CPU they run unpaged (with a warning), which this records."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    name = f"{type(inner).__module__.split('.')[0]}.{type(inner).__name__}"
+    bits = getattr(getattr(inner, "args", None), "optim_bits", None)
+    if bits:
+        name += f" {bits}-bit"
+    if cfg.optim.startswith("paged_"):
+        name += " paged" if torch.cuda.is_available() else f" unpaged ({cfg.optim} requested; paging needs CUDA)"
+    return name
+
+
+def _parameter_counts(model) -> tuple[int, int]:
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft counts what its adapters add
+        return model.get_nb_trainable_parameters()
+    return (sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters()))
