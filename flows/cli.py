@@ -71,7 +71,10 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         cfg, _ = _load(config)
         from peftflow.data import data_report
 
+        from peftflow.preflight import check_training_setup
+
         model_path = _trained_model(cfg).path
+        check_training_setup(cfg, model_path)
         report = data_report(cfg, model_path)
         if cfg.promotion.guard_dataset:
             data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
@@ -231,7 +234,10 @@ def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset, resolve_datasets
 
+    from peftflow.preflight import check_training_setup
+
     model_path = _trained_model(cfg).path
+    check_training_setup(cfg, model_path)
     guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
     if guard:  # names first: a typo fails before minutes of tokenising the training data
         resolve_datasets(guard.dataset_dir, guard.dataset_names)

@@ -8,13 +8,15 @@ from pathlib import Path
 from prefect import flow
 
 from flows.approval import request_approval
-from peftflow.config import RunConfig
+from peftflow.config import RunConfig, demo_config
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import stage_dir, train_key
 from peftflow.methods import get_method
+from peftflow.models.resolve import ResolvedModel
 from peftflow.summary import training_notes
 from peftflow.training.resume import remove_checkpoints
 from tasks.apply_approval import apply_approval
+from tasks.check_training_setup import check_training_setup
 from tasks.evaluate_guard_set import evaluate_guard
 from tasks.evaluate_models import evaluate_models
 from tasks.find_champion import find_champion
@@ -43,7 +45,7 @@ class FinetuneResult:
 
 
 @flow(name="finetune", log_prints=True)
-def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
+def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs
     champion, publish, promote.
 
@@ -51,9 +53,8 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
         config: The run config: LLaMA-Factory's training keys plus peftflow's `registry`,
             `promotion` and `evaluation` sections (docs/configuration.md).
     """
-    teacher = resolve_teacher(config) if config.stage == "distill" else None
-    model = (resolve_student(config, teacher) if teacher
-             else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
+    model, teacher = resolve_models(config)
+    check_training_setup(config, model)
     data = prepare_dataset(config, model)
     # Prepared up front, so a bad guard set stops the run before any training.
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
@@ -101,6 +102,15 @@ def finetune(config: RunConfig = RunConfig()) -> FinetuneResult:
     promoted = decision.promote and current_champion == version.version
     return FinetuneResult(version.name, version.version, current_champion, promoted,
                           {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)
+
+
+def resolve_models(config: RunConfig) -> tuple[ResolvedModel, ResolvedModel | None]:
+    """(the model the run trains, its teacher): the base, or in a distillation run the student (given,
+    or the teacher pruned) and the teacher."""
+    teacher = resolve_teacher(config) if config.stage == "distill" else None
+    model = (resolve_student(config, teacher) if teacher
+             else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
+    return model, teacher
 
 
 def _unless_cached_output_gone(stage, output: Path):

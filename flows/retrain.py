@@ -17,11 +17,10 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.states import Completed
 
-from flows.finetune import finetune
-from peftflow.config import RunConfig
+from flows.finetune import finetune, resolve_models
+from peftflow.config import RunConfig, demo_config
 from tasks.find_champion import find_champion
 from tasks.prepare_dataset import prepare_dataset
-from tasks.resolve_model import resolve_model
 
 FINGERPRINTS = ("data_fingerprint", "base_model_fingerprint", "config_fingerprint")
 
@@ -38,7 +37,7 @@ def changed_fingerprints(current: dict[str, str], champion_tags: dict[str, str])
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(config: RunConfig = RunConfig(), dataset: str | None = None, dataset_dir: str | None = None,
+def retrain(config: RunConfig = demo_config(), dataset: str | None = None, dataset_dir: str | None = None,
             force: bool = False):
     """Fine-tune again only if the data, base model or config differ from the champion's.
 
@@ -49,7 +48,7 @@ def retrain(config: RunConfig = RunConfig(), dataset: str | None = None, dataset
         force: Retrain even when nothing changed.
     """
     config = with_overrides(config, dataset, dataset_dir)
-    model = resolve_model(config.model_name_or_path)
+    model, _ = resolve_models(config)  # in a distillation run the student, as finetune trains it
     data = prepare_dataset(config, model)
     champion = find_champion(config)
     current = {"data_fingerprint": data.fingerprint, "base_model_fingerprint": model.fingerprint,

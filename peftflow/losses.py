@@ -124,12 +124,16 @@ def _chunk_losses(s_hidden, s_weight, teacher_part, targets, settings: KDSetting
 
 
 def kd_loss(s_hidden: torch.Tensor, s_weight: torch.Tensor, targets: torch.Tensor, settings: KDSettings,
-            teacher_logits_fn=None, teacher_topk: TeacherTopK | None = None) -> dict[str, torch.Tensor]:
+            teacher_logits_fn=None, teacher_topk: TeacherTopK | None = None,
+            num_items_in_batch=None) -> dict[str, torch.Tensor]:
     """Distillation loss over N supervised positions, computed in chunks.
 
     s_hidden: student final hidden states [N, H]; s_weight: student output embedding [V, H].
     The teacher is either `teacher_logits_fn(start, end) -> [c, V]` (computed on the fly) or a
-    top-k cache aligned with the positions.
+    top-k cache aligned with the positions. The loss is the mean over the N positions, or, like
+    the stock loss under gradient accumulation, the sum divided by `num_items_in_batch` (the
+    supervised positions of every micro-batch of the optimizer step). `kl` and `ce` are per-position
+    means of this batch either way (what the logs show).
     """
     n = s_hidden.shape[0]
     if n == 0:
@@ -149,6 +153,6 @@ def kd_loss(s_hidden: torch.Tensor, s_weight: torch.Tensor, targets: torch.Tenso
         kl, ce = checkpoint(_chunk_losses, s_hidden[start:end], s_weight, part, targets[start:end], settings,
                             full_vocab, use_reentrant=False)
         kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
-    kl_mean, ce_mean = kl_sum / n, ce_sum / n
-    loss = settings.kd_ratio * settings.temperature ** 2 * kl_mean + (1 - settings.kd_ratio) * ce_mean
-    return {"loss": loss, "kl": kl_mean.detach(), "ce": ce_mean.detach()}
+    total = settings.kd_ratio * settings.temperature ** 2 * kl_sum + (1 - settings.kd_ratio) * ce_sum
+    divisor = n if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=total.device)
+    return {"loss": total / divisor, "kl": (kl_sum / n).detach(), "ce": (ce_sum / n).detach()}

@@ -32,6 +32,9 @@ def summary_markdown(name: str, version: str | None, metric: str, scores: dict[s
     lines = [
         f"# Fine-tune `{name}`" + (f" version {version}" if version else ""),
         "",
+        f"**Registered as** `models:/{name}/{version}` (MLflow registered model `{name}`)" if version else
+        "**Not registered**",
+        "",
         f"| model | {metric} | held-out loss | perplexity |",
         "|---|---|---|---|",
         rows,

@@ -8,7 +8,7 @@ from peftflow.data import PreparedData
 from peftflow.evaluation.report import EvalReport
 from peftflow.evaluation.scoring import compare
 from peftflow.mlflow_io import tracking
-from peftflow.mlflow_io.downloads import download_model_dir
+from peftflow.mlflow_io.downloads import local_version
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.models.resolve import ResolvedModel
 
@@ -31,10 +31,12 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
     the teacher is scored too."""
     models = {"teacher": teacher.path} if teacher else {}
     models |= {"base": model.path, "tuned": tuned_dir}
+    bases = {}
     if champion:
-        models["champion"] = download_model_dir(champion.uri)
+        models["champion"], champion_base = local_version(champion)
+        bases = {"champion": champion_base} if champion_base else {}
     out = Path(tuned_dir).parent / "eval_report.json"
-    report = compare(models, data.path, config, out, base_model_dir=model.path)
+    report = compare(models, data.path, config, out, base_model_dir=model.path, bases=bases)
     tracking.log_metrics(run_id, report.flat_metrics())
     tracking.log_artifact(run_id, str(out))
     create_table_artifact(

@@ -88,5 +88,8 @@ def check_distillation(cfg) -> None:
     if not METHODS[cfg.finetuning_type].traits.distill_student:
         raise ValueError(f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
                          f"(students: {', '.join(names_with('distill_student'))})")
+    if cfg.num_processes > 1 or cfg.nnodes > 1:
+        raise ValueError(f"stage: distill trains in one process (the teacher and its cache are not shared across "
+                         f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})")
     if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
         raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")

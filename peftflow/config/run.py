@@ -178,6 +178,8 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
         check_run(self)
+        if self.registry.name is None:  # filled once, so a copy with other data keeps its registered model
+            self.registry.name = default_registry_name(self)
         return self
 
     # derived values
@@ -215,6 +217,26 @@ class RunConfig(Strict):
         from peftflow.paths import peftflow_home
 
         return Path(self.output_dir) if self.output_dir else peftflow_home() / "runs" / self.registry.name
+
+
+def default_registry_name(cfg: RunConfig) -> str:
+    """A registered-model name that comes from the run itself (see RegistryConfig.name)."""
+    if cfg.output_dir:
+        parts = Path(cfg.output_dir).expanduser().parts
+        parts = parts[-3:] if Path(cfg.output_dir).is_absolute() else parts
+        raw = "-".join(p for p in parts if p not in ("/", ".", ".."))
+    else:
+        model = f"{_short_name(cfg.teacher)}-student" if cfg.stage == "distill" and cfg.teacher \
+            else _short_name(cfg.model_name_or_path)
+        raw = f"{model}-{'-'.join(cfg.dataset_names)}-{cfg.finetuning_type}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "peftflow"
+
+
+def _short_name(ref: str) -> str:
+    """builtin:NAME, models:/NAME@ALIAS or models:/NAME/N, org/name, /a/local/dir -> NAME, name, dir."""
+    if ref.startswith("models:/"):
+        return re.split(r"[@/]", ref.removeprefix("models:/"))[0]
+    return ref.removeprefix("builtin:").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _nearest(key: str, candidates: list[str]) -> str:
@@ -260,7 +282,8 @@ def demo_config() -> RunConfig:
     """What `peftflow run` does with no config: a short LoRA run on the built-in order-extraction
     task (configs/demo.yaml holds the same values). About 3 minutes of training on 2 CPU cores."""
     return RunConfig(
-        max_steps=40, learning_rate=1e-3, logging_steps=5, save_steps=20, val_size=32,
+        registry=RegistryConfig(name="peftflow-demo"), max_steps=40, learning_rate=1e-3, logging_steps=5, save_steps=20,
+        val_size=32,
         evaluation=EvaluationConfig(metric="json_fields", max_samples=32, max_new_tokens=48),
     )
 

@@ -16,7 +16,10 @@ class Strict(BaseModel):
 class RegistryConfig(Strict):
     """Where the fine-tune is published (MLflow model registry)."""
 
-    name: str = Field("peftflow-demo", description="Registered model name in MLflow.")
+    name: str | None = Field(
+        None, description="Registered model name in MLflow. Default: from the run, so two recipes never share a "
+                          "champion: LLaMA-Factory's output_dir (its path parts joined by '-'), else "
+                          "<model>-<dataset>-<finetuning_type> (distillation: <teacher>-student-...).")
     experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
 
 

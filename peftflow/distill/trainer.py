@@ -10,7 +10,7 @@ import torch
 from peftflow.config import RunConfig
 from peftflow.distill.cache import TeacherCache, teacher_cache
 from peftflow.distill.teacher import load_teacher
-from peftflow.losses import KDSettings, decoder_and_head, final_hidden, kd_loss, supervised
+from peftflow.losses import KDSettings, TeacherTopK, decoder_and_head, final_hidden, kd_loss, supervised
 from peftflow.models.resolve import fingerprint_dir
 from peftflow.paths import cache_dir
 from peftflow.training.trainer import SupervisedTokenTrainer
@@ -24,10 +24,15 @@ class DistillTrainer(SupervisedTokenTrainer):
         self.teacher, self.cache, self.settings = teacher, cache, settings
         self._kd = [0.0, 0.0, 0]  # kl sum, ce sum, steps since the last log
 
-    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        if self.teacher is not None and self.teacher.device != model.device:
+            self.teacher.to(model.device)  # the student is where the Trainer put it (a GPU): the teacher joins it
+        # As the stock loss: divided by the optimizer step's supervised positions under gradient
+        # accumulation, where the Trainer then does not divide by the accumulation steps itself.
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
         with self.accelerator.autocast():  # distill_step calls the decoder, not model.forward
-            out = distill_step(model, self.teacher, inputs, self.settings, self.cache)
+            out = distill_step(model, self.teacher, inputs, self.settings, self.cache, items)
         self._kd = [self._kd[0] + float(out["kl"]), self._kd[1] + float(out["ce"]), self._kd[2] + 1]
         return (out["loss"], None) if return_outputs else out["loss"]
 
@@ -39,16 +44,21 @@ class DistillTrainer(SupervisedTokenTrainer):
         super().log(logs, *args, **kwargs)
 
 
-def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCache | None = None):
-    """KD loss for one batch: from the live teacher, or from the cache rows named by batch['row_id']."""
+def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCache | None = None,
+                 num_items_in_batch=None):
+    """KD loss for one batch: from the live teacher, or from the cache rows named by batch['row_id']
+    (moved to the student's device)."""
     s_hidden, targets = supervised(final_hidden(student, batch["input_ids"], batch["attention_mask"]), batch["labels"])
     s_weight = decoder_and_head(student)[1].weight
     if cache is not None:
-        return kd_loss(s_hidden, s_weight, targets, settings, teacher_topk=cache.rows(batch["row_id"].tolist()))
+        top = cache.rows(batch["row_id"].tolist())
+        top = TeacherTopK(top.values.to(s_hidden.device), top.indices.to(s_hidden.device))
+        return kd_loss(s_hidden, s_weight, targets, settings, teacher_topk=top, num_items_in_batch=num_items_in_batch)
     with torch.no_grad():
         t_hidden, _ = supervised(final_hidden(teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
     t_weight = decoder_and_head(teacher)[1].weight
-    return kd_loss(s_hidden, s_weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_weight.T)
+    return kd_loss(s_hidden, s_weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_weight.T,
+                   num_items_in_batch=num_items_in_batch)
 
 
 def distill_kwargs(cfg: RunConfig, teacher_path: str, data_path: str, train_set):

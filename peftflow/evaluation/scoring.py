@@ -121,22 +121,26 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
 
 
 def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path,
-            base_model_dir: str | None = None) -> EvalReport:
+            base_model_dir: str | None = None, bases: dict[str, str] | None = None) -> EvalReport:
     """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows.
-    An adapter dir is scored as base + adapter (`base_model_dir`, else the base it records)."""
-    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg, base_model_dir)
+    An adapter dir is scored as base + adapter: its own base from `bases` (a champion published as
+    an adapter on another base), else `base_model_dir`, else the base it records."""
+    bases = bases or {}
+    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg,
+                                                                   bases.get(label, base_model_dir))
                                                 for label, d in models.items()})
     report.to_json(out_path)
     return report
 
 
-def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_model_dir: str | None = None) -> dict[str, float]:
+def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_model_dir: str | None = None,
+                 bases: dict[str, str] | None = None) -> dict[str, float]:
     """Loss of each labelled model on a guard set: rows of general ability, none of them trained on,
     so both prepared splits count."""
     rows = concatenate_datasets([load_from_disk(str(Path(data_path) / split)) for split in ("train", "eval")])
     rows = rows.select(range(min(cfg.promotion.guard_max_samples, len(rows))))
     losses = {}
     for label, model_dir in models.items():
-        _, model, pad = _load_scored(model_dir, base_model_dir, cfg)
+        _, model, pad = _load_scored(model_dir, (bases or {}).get(label, base_model_dir), cfg)
         losses[label] = round(heldout_loss(model, rows, pad, cfg.evaluation.batch_size), 5) if len(rows) else math.nan
     return losses

@@ -47,7 +47,7 @@ def alias_history(name: str, version: str, alias: str) -> list[dict[str, str]]:
     return json.loads((mv.tags or {}).get(f"alias.{alias}.history", "[]"))
 
 
-def _alias_lock(name: str):
+def alias_lock(name: str):
     """Serialises alias moves on one registered model among the processes of this machine (flows
     publishing to the same model at once): read champion, move previous, move champion is then one
     step. MLflow has no compare-and-set for aliases, so processes on other machines are not covered."""
@@ -60,7 +60,7 @@ def move_champion(name: str, version: str, reason: str, actor: str) -> str:
     The champion it replaces becomes `previous`. Nothing moves when it already is champion."""
     version = str(version)
     mlflow_client().get_model_version(name, version)  # raises RESOURCE_DOES_NOT_EXIST for a wrong version
-    with _alias_lock(name):
+    with alias_lock(name):
         current = get_version_by_alias(name, CHAMPION)
         if current is not None and current.version == version:
             return version
@@ -74,17 +74,18 @@ def move_champion(name: str, version: str, reason: str, actor: str) -> str:
 def rollback(name: str, reason: str, actor: str) -> tuple[str, str]:
     """Swap `champion` and `previous`: the previous champion serves again, and the version rolled
     back from becomes `previous` (so a second rollback undoes the first). Returns (new champion,
-    rolled-back version). The rolled-back version also gets the tag `rolled_back` with the reason."""
-    champion, previous = get_version_by_alias(name, CHAMPION), get_version_by_alias(name, PREVIOUS)
-    if champion is None:
-        raise UserError(f"{name}: has no champion to roll back")
-    if previous is None:
-        raise UserError(f"{name}: champion v{champion.version} has no `previous` version to roll back to")
-    if previous.version == champion.version:
-        raise UserError(f"{name}: `previous` and `champion` both point at v{champion.version}; nothing to roll back")
-    set_alias(name, CHAMPION, previous.version, reason=f"rollback from v{champion.version}: {reason}", actor=actor)
-    set_alias(name, PREVIOUS, champion.version, reason=f"rolled back to v{previous.version}: {reason}", actor=actor)
-    mlflow_client().set_model_version_tag(name, champion.version, "rolled_back",
-                                    json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                                "by": actor, "reason": reason[:REASON_MAX]}))
+    rolled-back version). The rolled-back version also gets the tag `rolled_back` with the reason.
+    Under the same lock as `move_champion`: a promotion cannot land between the two moves."""
+    with alias_lock(name):
+        champion, previous = get_version_by_alias(name, CHAMPION), get_version_by_alias(name, PREVIOUS)
+        if champion is None:
+            raise UserError(f"{name}: has no champion to roll back")
+        if previous is None:
+            raise UserError(f"{name}: champion v{champion.version} has no `previous` version to roll back to")
+        if previous.version == champion.version:
+            raise UserError(f"{name}: `previous` and `champion` both point at v{champion.version}; nothing to roll back")
+        set_alias(name, CHAMPION, previous.version, reason=f"rollback from v{champion.version}: {reason}", actor=actor)
+        set_alias(name, PREVIOUS, champion.version, reason=f"rolled back to v{previous.version}: {reason}", actor=actor)
+        mlflow_client().set_model_version_tag(name, champion.version, "rolled_back", json.dumps(
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor, "reason": reason[:REASON_MAX]}))
     return previous.version, champion.version

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from peftflow.atomic import build_once
 from peftflow.mlflow_io.tracking import configure_mlflow
-from peftflow.mlflow_io.versions import get_version_by_alias
+from peftflow.errors import UserError
+from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
 from peftflow.paths import cache_dir
 
 # MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/, and for a
@@ -24,6 +25,18 @@ def load_pipeline(model_uri: str):
 
     configure_mlflow()
     return mlflow.transformers.load_model(model_uri)
+
+
+def local_version(ref: ModelVersionRef) -> tuple[str, str | None]:
+    """A registered version as (local model dir, the base dir it loads onto or None). An adapter
+    version loads onto the base it was published with (its `base_model_path` tag), whatever base
+    the current run trains: that is what it served with."""
+    model_dir = download_model_dir(ref.uri)
+    base = ref.tags.get("base_model_path") if ref.tags.get("peftflow.kind") == "adapter" else None
+    if base is not None and not (Path(base) / "config.json").is_file():
+        raise UserError(f"{ref.name} v{ref.version} is an adapter on the base {base}, which is not on this machine; "
+                        "resolve that base here first (or publish merged versions)")
+    return model_dir, base
 
 
 def download_model_dir(model_uri: str) -> str:

@@ -24,6 +24,7 @@ from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version
 from peftflow.models import vision
 
 MODEL_ARTIFACT = "model"
+KIND_TAG = "peftflow.kind"  # merged | adapter
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
@@ -82,16 +83,18 @@ def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict
 
 
 def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_model_path=None):
+    """One version per run and kind of what ships (`merged` or `adapter`): a retry or a rerun with
+    the same training returns it, a rerun that ships the other kind registers that one. The
+    lineage and `metric.*` tags are those of this publish either way (a rerun may have re-evaluated)."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client()
-    existing = version_of_run(name, run_id)
+    tags = {**{k: str(v) for k, v in lineage.items()},
+            **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()}, KIND_TAG: kind}
+    existing = version_of_run(name, run_id, kind)
     if existing is None:
-        model_id = _logged_model_of_run(client, run_id) or _log_model(
-            client, run_id, name, lineage, components, card_dir, base_model_path)
-        tags = {**{k: str(v) for k, v in lineage.items()},
-                **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
-                "peftflow.kind": kind}
+        model_id = _logged_model_of_run(client, run_id, kind) or _log_model(
+            client, run_id, name, lineage, components, card_dir, base_model_path, kind)
         try:
             client.create_registered_model(name)
         except MlflowException as e:
@@ -99,28 +102,39 @@ def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_mo
                 raise
         existing = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
                                                tags=tags, model_id=model_id)
+    else:
+        _retag(client, name, str(existing.version), dict(existing.tags or {}), tags)
     # Re-applied on a retry too, so a publish that stopped after registering still completes.
     set_alias(name, CHALLENGER, str(existing.version), reason=f"published from run {run_id}", actor="publish")
     return version_ref(client.get_model_version(name, str(existing.version)))
 
 
-def _logged_model_of_run(client, run_id: str) -> str | None:
-    """A model this run already logged completely (a retry after log_model, before register)."""
+def _retag(client, name: str, version: str, old: dict[str, str], new: dict[str, str]) -> None:
+    """Bring a version's lineage and metric tags up to date; metric tags no longer measured go."""
+    for key in [k for k in old if k.startswith("metric.") and k not in new]:
+        client.delete_model_version_tag(name, version, key)
+    for key, value in new.items():
+        if old.get(key) != value:
+            client.set_model_version_tag(name, version, key, value)
+
+
+def _logged_model_of_run(client, run_id: str, kind: str) -> str | None:
+    """A model of this kind the run already logged completely (a retry after log_model, before register)."""
     outputs = client.get_run(run_id).outputs
     for out in (outputs.model_outputs if outputs else []):
         lm = client.get_logged_model(out.model_id)
-        if lm.name == MODEL_ARTIFACT and lm.status == "READY":
+        if lm.name == MODEL_ARTIFACT and lm.status == "READY" and (lm.tags or {}).get(KIND_TAG) == kind:
             return lm.model_id
     return None
 
 
-def _log_model(client, run_id, name, lineage, components, card_dir, base_model_path) -> str:
+def _log_model(client, run_id, name, lineage, components, card_dir, base_model_path, kind) -> str:
     import mlflow
 
     run = client.get_run(run_id)
     # Created here, in the run's experiment: log_model(run_id=...) alone would use the default one.
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
-                                    source_run_id=run_id)
+                                    source_run_id=run_id, tags={KIND_TAG: kind})
     try:
         model = {"task": "text-generation", **components()}
         mlflow.transformers.log_model(

@@ -34,9 +34,11 @@ def get_version_by_alias(name: str, alias: str) -> ModelVersionRef | None:
         raise
 
 
-def version_of_run(name: str, run_id: str) -> Any | None:
-    """The first version of `name` registered from `run_id` (an MLflow ModelVersion), or None."""
-    versions = mlflow_client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+def version_of_run(name: str, run_id: str, kind: str) -> Any | None:
+    """The first version of `name` registered from `run_id` shipping `kind` (tag `peftflow.kind`:
+    merged or adapter), as an MLflow ModelVersion, or None."""
+    versions = [v for v in mlflow_client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                if (v.tags or {}).get("peftflow.kind") == kind]
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 

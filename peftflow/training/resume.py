@@ -9,8 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-
 log = logging.getLogger("peftflow.train")
 
 # After a resume the first logged loss must be near the last one logged before the crash;
@@ -36,16 +34,22 @@ def remove_checkpoints(output_dir: str | Path) -> bool:
     return True
 
 
-def last_complete_checkpoint(checkpoints_dir: Path) -> str | None:
+def last_complete_checkpoint(checkpoints_dir: Path, set_aside: bool = True) -> str | None:
     """The newest checkpoint that can be resumed from. A checkpoint cut short by a kill (no or
-    unreadable trainer_state.json, no optimizer or scheduler state) is set aside, not resumed:
-    Trainer would otherwise load it and fail, or silently start the optimizer afresh."""
-    while checkpoints_dir.is_dir() and (last := get_last_checkpoint(str(checkpoints_dir))):
-        if _complete(Path(last)):
-            return last
-        aside = Path(last).with_name(f"incomplete-{Path(last).name}-{time.time_ns()}")
-        log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", last, aside.name)
-        Path(last).rename(aside)
+    unreadable trainer_state.json, no optimizer or scheduler state) is never resumed: Trainer would
+    otherwise load it and fail, or silently start the optimizer afresh. With `set_aside` it is also
+    renamed out of the way; under torchrun only rank 0 renames, the other ranks skip over it."""
+    if not checkpoints_dir.is_dir():
+        return None
+    candidates = sorted((p for p in checkpoints_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in candidates:
+        if _complete(checkpoint):
+            return str(checkpoint)
+        if set_aside:
+            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.time_ns()}")
+            log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", checkpoint, aside.name)
+            checkpoint.rename(aside)
     return None
 
 

@@ -115,7 +115,7 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
 def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
     """Train, resuming from the last complete checkpoint (checked to continue, not restart); returns
     the (step, loss) log, the checkpoint step resumed from, and the Trainer's mean training loss."""
-    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir), set_aside=trainer.is_world_process_zero())
     before = loss_before(checkpoint) if checkpoint else None
     first = first_loss(checkpoint) if checkpoint else None
     result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -135,12 +135,21 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
     if name == "invalid_rows":
         root = good_dataset(write_dataset, extra_rows=[{"instruction": "", "input": "", "output": "x"}])
         return write_config(config_text(tiny_model, root)), ["orders.json", "row 25", "on_invalid_rows"]
+    if name == "unknown_lora_target":  # known only from the model: checked before training, not hours into it
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + "lora_target: q_proj,v_projj\n"), \
+            ["lora_target", "v_projj", "v_proj"]
+    if name == "unknown_scheduler":
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosin\n"), \
+            ["lr_scheduler_type", "cosin", "did you mean 'cosine'"]
     raise AssertionError(name)
 
 
 CASES = ["unknown_key", "unknown_nested_key", "bad_value", "missing_file", "invalid_yaml", "unknown_dataset",
          "unknown_guard_dataset",
-         "malformed_json", "unknown_builtin", "missing_model_dir", "invalid_rows"]
+         "malformed_json", "unknown_builtin", "missing_model_dir", "invalid_rows", "unknown_lora_target",
+         "unknown_scheduler"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -110,6 +110,7 @@ def test_kl_decreases_on_a_tiny_teacher_student_pair(tiny_model, tmp_path):
     ({"stage": "distill", "teacher": "x", "kd_direction": "reverse", "teacher_topk": 8}, "kd_direction: reverse"),
     ({"stage": "distill", "teacher": "x", "finetuning_type": "prefix"}, "cannot be a distillation student"),
     ({"finetuning_type": "full", "merge": False}, "ships as trained"),
+    ({"stage": "distill", "teacher": "x", "num_processes": 2}, "num_processes: 1 and nnodes: 1"),
 ])
 def test_distill_config_errors(raw, expected):
     from peftflow.config import parse_config
@@ -154,3 +155,33 @@ def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp
     shipped = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-3)
     assert shipped.max_abs_logit_diff == 0.0
     assert AutoModelForCausalLM.from_pretrained(shipped.merged_dir).config.num_hidden_layers == 2
+
+
+def test_split_batch_losses_add_up_to_the_whole_batch_loss_with_num_items():
+    """Gradient accumulation: each micro-batch's loss over the step's supervised positions, summed,
+    is the loss of the whole batch (what the stock loss does with num_items_in_batch)."""
+    s_hidden, s_weight, t_logits, targets = random_problem(40)
+    whole = kd_loss(s_hidden, s_weight, targets, KDSettings(), lambda a, b: t_logits[a:b])["loss"]
+    halves = [kd_loss(s_hidden[i:i + 20], s_weight, targets[i:i + 20], KDSettings(),
+                      lambda a, b, i=i: t_logits[i + a:i + b], num_items_in_batch=40)["loss"] for i in (0, 20)]
+    assert torch.allclose(sum(halves), whole, atol=1e-5)
+
+
+def test_gradient_accumulation_logs_the_same_kd_loss_as_one_big_batch(tiny_model, tmp_path):
+    """Batch 4 in one step, or 2 x 2 accumulated: the same first logged loss (it was 2x too large)."""
+    from peftflow.config import RunConfig
+    from peftflow.data import prepare_dataset
+
+    def first_loss(batch: int, accumulation: int, out) -> float:
+        cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=tiny_model, max_steps=1,
+                        logging_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                        learning_rate=1e-3, teacher_topk=-1)
+        data = prepare_dataset(cfg, tiny_model)
+        logged = []
+        train_run(cfg, tiny_model, data.path, out, teacher_path=tiny_model,
+                  callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
+        return next(m["loss"] for m in logged if "loss" in m)
+
+    one = first_loss(4, 1, tmp_path / "one")
+    accumulated = first_loss(2, 2, tmp_path / "accumulated")
+    assert accumulated == pytest.approx(one, rel=0.02)

@@ -117,10 +117,19 @@ def test_gradient_checkpointing_auto_follows_memory_need(tiny_model):
 
 
 def test_peak_memory_is_this_runs_peak():
+    """After reset_peak the peak is what the process holds from then on, not an earlier high-water mark.
+
+    The 256 MB are an anonymous mapping, unmapped on close: whether memory freed through malloc goes
+    back to the OS depends on the allocator's state, which the tests that ran earlier in the same
+    worker set (memory.return_freed_memory is process-wide). With torch.ones this test failed in a
+    full run and passed alone."""
+    import mmap
+
     memory.reset_peak()
-    big = torch.ones(64 * 2**20)  # 256 MB, touched
+    block = mmap.mmap(-1, 256 * 2**20)
+    block.write(b"\1" * len(block))  # touched: resident
     high = memory.peak_mb()
-    del big
+    block.close()
     memory.reset_peak()
     assert memory.peak_mb() < high - 200
 

@@ -132,6 +132,27 @@ def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
         move_champion("m", "9", "no such version", "bob")
 
 
+def test_rollback_waits_for_the_alias_lock(mlflow_db, tmp_path):
+    """A rollback is two moves; a promotion landing between them would leave champion and previous
+    inconsistent, so it takes the lock move_champion takes."""
+    import threading
+
+    from peftflow.mlflow_io.aliases import alias_lock
+
+    _versions("lk", 2, tmp_path)
+    move_champion("lk", "1", "first", "alice")
+    move_champion("lk", "2", "second", "alice")
+    done = threading.Event()
+    with alias_lock("lk"):  # another process's promotion in progress
+        worker = threading.Thread(target=lambda: (rollback("lk", "bad", "bob"), done.set()))
+        worker.start()
+        assert not done.wait(1.5)
+        assert _alias("lk", "champion") == "2"
+    assert done.wait(30)
+    worker.join()
+    assert (_alias("lk", "champion"), _alias("lk", "previous")) == ("1", "2")
+
+
 def test_promote_flow_function(mlflow_db, tmp_path):
     from flows.promote import promote
 

@@ -188,6 +188,17 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     with pytest.raises(LookupError):
         download_model_dir("models:/tiny@nope")
 
+    # A reference to no fixed version is fetched again each time, into one slot per resolved model,
+    # and leaves no temporary directory behind.
+    from peftflow.paths import cache_dir
+
+    latest = download_model_dir("models:/tiny/latest")
+    assert download_model_dir("models:/tiny/latest") == latest != local
+    assert AutoModelForCausalLM.from_pretrained(latest).state_dict().keys() == reloaded.keys()
+    leftovers = [p.name for p in cache_dir("registry").iterdir() if p.is_dir() and p.name.startswith(".")]
+    assert not leftovers and len([p for p in cache_dir("registry").iterdir() if p.name.startswith("unpinned-")
+                                  and p.is_dir()]) == 1
+
 
 def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_dir, monkeypatch):
     """A publish that died after log_model but before registering does not log the model twice."""

@@ -141,8 +141,20 @@ def test_a_checkpoint_without_optimizer_state_is_not_resumed(tiny_model, data, t
     ckpt = out / "checkpoints" / "checkpoint-3"
     assert last_complete_checkpoint(out / "checkpoints") == str(ckpt)
     (ckpt / "optimizer.pt").unlink()
+    assert last_complete_checkpoint(out / "checkpoints", set_aside=False) is None  # a torchrun rank > 0
+    assert ckpt.is_dir()  # only rank 0 renames: the ranks never race over one directory
     assert last_complete_checkpoint(out / "checkpoints") is None
     assert list((out / "checkpoints").glob("incomplete-checkpoint-3-*"))
+
+
+def test_an_older_complete_checkpoint_is_resumed_past_an_incomplete_one(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for step, files in ((2, ("trainer_state.json", "optimizer.pt", "scheduler.pt")), (4, ("trainer_state.json",))):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        for f in files:
+            (checkpoints / f"checkpoint-{step}" / f).write_text(json.dumps({"global_step": step}))
+    assert last_complete_checkpoint(checkpoints, set_aside=False) == str(checkpoints / "checkpoint-2")
+    assert (checkpoints / "checkpoint-4").is_dir()
 
 
 @pytest.mark.parametrize("history, first_step, words", [

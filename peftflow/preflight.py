@@ -1,0 +1,82 @@
+"""What can be known about a run before it trains, checked against the resolved model: every
+mistake here would otherwise surface minutes or hours into a GPU job.
+
+`check_training_setup` raises a one-line UserError naming the key. It reads the model's config and
+builds an empty (meta-device) skeleton of it: no weights are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+from peftflow.config import RunConfig
+from peftflow.errors import UserError
+from peftflow.methods import get_method
+from peftflow.models import vision
+
+
+def check_training_setup(cfg: RunConfig, model_path: str) -> None:
+    vision.check_config_fits(cfg, model_path)
+    _check_schedule_and_optimizer(cfg)
+    _check_quantization(cfg)
+    skeleton = _skeleton(cfg, model_path)
+    if cfg.gradient_checkpointing is True and not skeleton.supports_gradient_checkpointing:
+        raise UserError(f"gradient_checkpointing: true, but the model at {model_path} ({type(skeleton).__name__}) "
+                        "does not support it; set it to auto or false")
+    if get_method(cfg).traits.family in ("lora", "ia3"):  # the methods that name modules to adapt
+        _check_modules("lora_target", cfg.lora_target, skeleton, model_path)
+    _check_modules("additional_target", cfg.additional_target, skeleton, model_path)
+
+
+def _check_schedule_and_optimizer(cfg: RunConfig) -> None:
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    schedulers = [s.value for s in SchedulerType]
+    if cfg.lr_scheduler_type not in schedulers:
+        raise UserError(f"lr_scheduler_type: unknown scheduler '{cfg.lr_scheduler_type}'{_nearest(cfg.lr_scheduler_type, schedulers)}")
+    optimizers = [o.value for o in OptimizerNames]
+    if cfg.optim not in optimizers:
+        raise UserError(f"optim: unknown optimizer '{cfg.optim}'{_nearest(cfg.optim, optimizers)}")
+    if ("8bit" in cfg.optim or cfg.optim.startswith("paged_")) and not importlib.util.find_spec("bitsandbytes"):
+        raise UserError(f"optim: {cfg.optim} needs bitsandbytes, which is not installed")
+
+
+def _check_quantization(cfg: RunConfig) -> None:
+    if cfg.quantization_bit and not importlib.util.find_spec("bitsandbytes"):
+        raise UserError(f"quantization_bit: {cfg.quantization_bit} needs bitsandbytes, which is not installed")
+
+
+def _skeleton(cfg: RunConfig, model_path: str):
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    with init_empty_weights():
+        return vision.model_class(model_path).from_config(config, trust_remote_code=cfg.trust_remote_code)
+
+
+def _check_modules(key: str, targets, model, model_path: str) -> None:
+    """Each named module must exist (peft matches a name against the end of a module path), a
+    regex must match some module path; `all` and unset are always fine."""
+    if targets in (None, "all"):
+        return
+    paths = [name for name, _ in model.named_modules() if name]
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, p) for p in paths):
+            raise UserError(f"{key}: the regex {targets!r} matches no module of the model at {model_path}")
+        return
+    names = {p.rsplit(".", 1)[-1] for p in paths}
+    missing = [t for t in targets if t not in names and not any(p == t or p.endswith(f".{t}") for p in paths)]
+    if missing:
+        linear = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise UserError(f"{key}: the model at {model_path} has no module named {', '.join(missing)} "
+                        f"(its linear layers: {', '.join(linear)})")
+
+
+def _nearest(value: str, choices: list[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
