@@ -6,8 +6,9 @@ subset of the built-in shapes task):
 
 - the CLI: `python -m flows.cli run CONFIG.yaml` in a subprocess, the YAML holding only the keys a
   user writes;
-- the deployment: `prefect deployment run finetune/finetune` with `{"config": <every field as
-  JSON>}`, what the dashboard form submits, validated again by a process worker.
+- the deployment: a flow run of `finetune/finetune` created through the Prefect API with
+  `{"config": <every field as JSON>}`, as the dashboard's run form submits it, validated again
+  by a process worker.
 
 Both register a version whose `peftflow.kind` says merged or adapter. Then `retrain` skips when
 nothing changed and trains when the data changed, and `evaluate-model` scores a merged and an
@@ -32,9 +33,9 @@ from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from tests.integration.stack import (
     ROOT,
+    create_flow_run,
     deploy,
     postgres_available,
-    run_deployment,
     start_worker,
     team_stack,
     wait_flow_run,
@@ -97,7 +98,7 @@ def stack(tmp_path_factory, peftflow_home):
 @pytest.fixture(scope="module")
 def deployment_runs(stack) -> dict[str, str]:
     """case -> flow run id: every deployment case submitted at once; the worker runs two at a time."""
-    return {case: run_deployment(stack, "finetune/finetune", dashboard_params(case)) for case in CASES}
+    return {case: create_flow_run(stack, "finetune/finetune", dashboard_params(case)) for case in CASES}
 
 
 def mlflow_client(stack):
@@ -147,7 +148,7 @@ def make_champion(stack, monkeypatch, name: str, version: str) -> None:
 
 
 def retrain(stack, params: dict) -> dict:
-    run = wait_flow_run(stack, run_deployment(stack, "retrain/retrain-nightly", params))
+    run = wait_flow_run(stack, create_flow_run(stack, "retrain/retrain-nightly", params))
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     return run
 
@@ -193,7 +194,7 @@ def test_evaluate_model_scores_the_published_version(stack, deployment_runs, cas
     name = f"mx-{case}-cli"
     kind = only_version(stack, name).tags["peftflow.kind"]
     assert kind == CASES[case][1]
-    run = wait_flow_run(stack, run_deployment(stack, "evaluate-model/evaluate-model", {
+    run = wait_flow_run(stack, create_flow_run(stack, "evaluate-model/evaluate-model", {
         "name": name, "version": "challenger", **dashboard_params(case)}))
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     scores = json.loads(mlflow_client(stack).get_model_version(name, "1").tags["eval.demo_orders"])
