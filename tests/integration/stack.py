@@ -178,10 +178,11 @@ def deploy(stack: Stack, spec: dict, path: Path) -> None:
     stack.prefect("deploy", "--all", "--prefect-file", str(path), timeout=300)
 
 
-def start_worker(stack: Stack, pool: str = "local") -> Proc:
+def start_worker(stack: Stack, pool: str = "local", limit: int | None = None) -> Proc:
+    """A process worker on `pool`; `limit`: at most that many flow runs at once (default: no limit)."""
     env = {**stack.env, "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-    proc = stack.start(f"worker-{pool}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                                          "--type", "process"], env)
+    args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    proc = stack.start(f"worker-{pool}", args + (["--limit", str(limit)] if limit else []), env)
     return proc
 
 
@@ -196,6 +197,14 @@ def api(stack: Stack, method: str, path: str, **kw):
     r = httpx.request(method, stack.env["PREFECT_API_URL"] + path, timeout=30, **kw)
     r.raise_for_status()
     return r.json()
+
+
+def create_flow_run(stack: Stack, deployment: str, params: dict) -> str:
+    """A flow run of `deployment` (flow/name) as the dashboard's run form creates it: one API call
+    with the parameters as JSON. Returns its id."""
+    flow_name, dep_name = deployment.split("/")
+    dep = api(stack, "GET", f"/deployments/name/{flow_name}/{dep_name}")
+    return api(stack, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params})["id"]
 
 
 def wait_flow_run(stack: Stack, flow_run_id: str, timeout: float = 600) -> dict:
