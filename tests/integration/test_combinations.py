@@ -161,9 +161,7 @@ def changed_orders(stack, case: str) -> str:
     return str(root)
 
 
-RETRAIN_CASES = ["lora", pytest.param("distill", marks=pytest.mark.xfail(
-    reason="issue 13: retrain resolves model_name_or_path, not the pruned student, so a distilled model "
-           "never matches its champion's base_model_fingerprint", strict=True))]
+RETRAIN_CASES = ["lora", "distill"]  # distill: retrain resolves the pruned student, as finetune trains it
 
 
 @pytest.mark.parametrize("case", RETRAIN_CASES)

@@ -175,7 +175,7 @@ def test_gradient_accumulation_logs_the_same_kd_loss_as_one_big_batch(tiny_model
     def first_loss(batch: int, accumulation: int, out) -> float:
         cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=tiny_model, max_steps=1,
                         logging_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                        learning_rate=1e-3, teacher_topk=-1)
+                        learning_rate=1e-3, max_samples=16, val_size=4, seed=3)
         data = prepare_dataset(cfg, tiny_model)
         logged = []
         train_run(cfg, tiny_model, data.path, out, teacher_path=tiny_model,
