@@ -206,8 +206,9 @@ def relay(host: str = typer.Option("0.0.0.0", "--host", help="Interface to liste
           port: int = typer.Option(8765, "--port", help="Port; MLflow posts to http://HOST:PORT/mlflow-webhook."),
           secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
                                      help="Webhook secret shared with MLflow (env PEFTFLOW_WEBHOOK_SECRET)."),
-          model: list[str] = typer.Option([], "--model", envvar="PEFTFLOW_RELAY_MODELS",
-                                          help="Registered model to relay (repeat; env: space-separated); default all.")) -> None:
+          model: list[str] = typer.Option(
+              [], "--model", envvar="PEFTFLOW_RELAY_MODELS",
+              help="Registered model to relay (repeat; env: space-separated); default all.")) -> None:
     """Serve MLflow registry webhooks: verify each, emit `peftflow.model.alias-set` to PREFECT_API_URL."""
     try:
         from services.relay import serve
@@ -225,8 +226,10 @@ app.add_typer(webhooks, name="webhooks")
 def webhooks_create(url: str = typer.Option(..., "--url", help="The relay, e.g. http://relay:8765/mlflow-webhook."),
                     secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
                                                help="Webhook secret (env PEFTFLOW_WEBHOOK_SECRET)."),
-                    model: list[str] = typer.Option([], "--model", help="Team's registered model (repeat); checked to exist."),
-                    name: str = typer.Option("peftflow-relay", "--name", help="Webhook name; an existing one is updated.")) -> None:
+                    model: list[str] = typer.Option([], "--model",
+                                                    help="Team's registered model (repeat); checked to exist."),
+                    name: str = typer.Option("peftflow-relay", "--name",
+                                             help="Webhook name; an existing one is updated.")) -> None:
     """Register (or update) the webhook on MLFLOW_TRACKING_URI for alias moves, then send MLflow's test delivery."""
     try:
         from peftflow.webhook_registration import ensure_webhook

@@ -12,6 +12,7 @@ is reported, or with `promotion.guard_on_manual: rollback` undone (`champion` ba
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -35,8 +36,8 @@ def on_promotion(name: str, version: str, alias: str = registry.CHAMPION, actor:
         version: The version the alias now points at.
         alias: The alias that moved; only `champion` is acted on.
         actor: Who moved it, as far as MLflow says (its webhook names no user: `mlflow`).
-        moved_at: When MLflow reported the move (ISO 8601).
-        delivery_id: MLflow's delivery id; a delivery is handled once.
+        moved_at: When MLflow reported the move (ISO 8601); empty (a run started by hand): now.
+        delivery_id: MLflow's delivery id; a delivery is handled once. Empty: this flow run's id.
         config: The team's run config for this registered model: its dataset and `evaluation`
             section score the version, `promotion.guard_*` guard it.
     """
@@ -44,6 +45,8 @@ def on_promotion(name: str, version: str, alias: str = registry.CHAMPION, actor:
         return Completed(message=f"{alias} -> v{version} on {name}: only `champion` moves are acted on")
     if name != config.registry.name:
         return Completed(message=f"{name} is not this deployment's model ({config.registry.name}); nothing done")
+    moved_at = moved_at or datetime.now(timezone.utc).isoformat()
+    delivery_id = delivery_id or f"flow-run-{flow_run_id()}"
     move = take_reported_move(name, version, alias, actor, moved_at, delivery_id)
     print(move.why)
     if move.kind != "outside":
@@ -68,7 +71,10 @@ def on_promotion(name: str, version: str, alias: str = registry.CHAMPION, actor:
     create_markdown_artifact(key="on-promotion", markdown=_markdown(summary),
                              description=f"{name} v{version} moved in MLflow")
     print(json.dumps(summary))
-    return summary
+    guard_line = f"; {guard['verdict']}" if guard else ""
+    previous = f"v{move.previous}" if move.previous else "none"
+    return Completed(message=f"{move.why}; previous {previous}; held-out loss {scores['loss']}{guard_line}; "
+                             f"champion {outcome}", data=summary)
 
 
 def _markdown(s: dict) -> str:

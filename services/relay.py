@@ -55,6 +55,7 @@ def create_app(secret: str, models: frozenset[str] = frozenset(), tolerance_s: i
             log.warning("refused a delivery (%s): %s", e.status, e.reason)
             return JSONResponse({"error": e.reason}, status_code=e.status)
         if move is None or (models and move.name not in models):
+            log.info("delivery %s: not an alias move of a relayed model; dropped", delivery_id)
             return JSONResponse({"relayed": False, "delivery_id": delivery_id})
         if not deliveries.claim(delivery_id):
             log.warning("refused a replay of delivery %s", delivery_id)
@@ -94,5 +95,13 @@ def serve(host: str, port: int, secret: str, models: frozenset[str]) -> None:
 
     if not PREFECT_API_URL.value():
         raise UserError("PREFECT_API_URL is not set: the relay sends events to a running Prefect server")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(secret, models), host=host, port=port, log_level="info")
+    # Own handlers, not uvicorn's logging config: Prefect has configured logging on import, and
+    # uvicorn's access formatter fails on records that went through it. One line per delivery
+    # comes from the relay itself, so uvicorn's access log is off.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in (log.name, "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.INFO)
+    uvicorn.run(create_app(secret, models), host=host, port=port, log_config=None, access_log=False)

@@ -49,8 +49,8 @@ def stack(tmp_path_factory, tiny_model, peftflow_home):
     with team_stack(tmp, peftflow_home, mlflow_env=webhooks) as s, pytest.MonkeyPatch.context() as mp:
         port = free_port()
         s.relay, s.secret, s.config = f"http://127.0.0.1:{port}", secret, config
-        relay = s.start("relay", [sys.executable, "-m", "flows.cli", "relay", "--host", "127.0.0.1", "--port", str(port),
-                                  "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
+        relay = s.start("relay", [sys.executable, "-m", "flows.cli", "relay", "--host", "127.0.0.1",
+                                  "--port", str(port), "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
         start_worker(s)
         spec = local_deployments(pool="local")
         spec["deployments"] = [d for d in spec["deployments"] if d["name"] == "on-promotion"]
@@ -143,9 +143,10 @@ def delivery(alias: str, version: str, delivery_id: str, secret: str, ts: int | 
 
 def relayed_events(stack, since: datetime) -> list[dict]:
     """Every `peftflow.model.alias-set` event the Prefect server stored since `since`."""
+    until = datetime.now(timezone.utc) + timedelta(minutes=5)
     page = api(stack, "POST", "/events/filter", json={"limit": 50, "filter": {
         "event": {"name": ["peftflow.model.alias-set"]},
-        "occurred": {"since": since.isoformat(), "until": (datetime.now(timezone.utc) + timedelta(minutes=5)).isoformat()}}})
+        "occurred": {"since": since.isoformat(), "until": until.isoformat()}}})
     events = page["events"]
     while page.get("next_page"):
         r = httpx.get(page["next_page"], timeout=30)

@@ -13,18 +13,28 @@ from mlflow import MlflowClient
 from peftflow import outside_moves, registry
 
 
+@pytest.fixture(scope="module")
+def mlflow_db(tmp_path_factory):
+    """One sqlite MLflow for the module (creating one takes seconds); each test its own model."""
+    tmp = tmp_path_factory.mktemp("outside-moves")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFTFLOW_HOME", str(tmp / "home"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        mp.chdir(tmp)
+        registry.configure_mlflow()
+        yield tmp
+
+
 @pytest.fixture
-def three_versions(tmp_path, monkeypatch) -> str:
-    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    registry.configure_mlflow()
+def three_versions(mlflow_db, request) -> str:
+    """A registered model with versions 1-3 (no artifacts), named after the test."""
+    name = request.node.name.removeprefix("test_")[:60]
     client = MlflowClient()
-    client.create_registered_model("m")
+    client.create_registered_model(name)
     for i in range(3):
-        client.create_model_version("m", source=(tmp_path / f"v{i}").as_uri())
-    return "m"
+        client.create_model_version(name, source=(mlflow_db / f"v{i}").as_uri())
+    return name
 
 
 def iso(moment: datetime) -> str:
@@ -32,37 +42,40 @@ def iso(moment: datetime) -> str:
 
 
 def test_own_move_is_claimed_once_and_a_duplicate_is_dropped(three_versions):
-    registry.move_champion("m", "1", "first release", "alice")
+    m = three_versions
+    registry.move_champion(m, "1", "first release", "alice")
     now = datetime.now(timezone.utc)
-    move = outside_moves.take("m", "1", "champion", "mlflow", iso(now), "d-1")
+    move = outside_moves.take(m, "1", "champion", "mlflow", iso(now), "d-1")
     assert move.kind == "own" and "moved by peftflow (alice: first release)" in move.why
-    (entry,) = registry.alias_history("m", "1", "champion")
+    (entry,) = registry.alias_history(m, "1", "champion")
     assert entry["webhook"] == "d-1" and entry["by"] == "alice"
-    assert outside_moves.take("m", "1", "champion", "mlflow", iso(now), "d-1").kind == "duplicate"
+    assert outside_moves.take(m, "1", "champion", "mlflow", iso(now), "d-1").kind == "duplicate"
 
 
 def test_outside_move_is_entered_with_the_champion_it_replaced(three_versions):
-    registry.move_champion("m", "1", "first release", "alice")
-    outside_moves.take("m", "1", "champion", "mlflow", iso(datetime.now(timezone.utc)), "d-1")
-    MlflowClient().set_registered_model_alias("m", "champion", "2")   # by hand: no history
+    m = three_versions
+    registry.move_champion(m, "1", "first release", "alice")
+    outside_moves.take(m, "1", "champion", "mlflow", iso(datetime.now(timezone.utc)), "d-1")
+    MlflowClient().set_registered_model_alias(m, "champion", "2")   # by hand: no history
     now = datetime.now(timezone.utc)
-    move = outside_moves.take("m", "2", "champion", "mlflow", iso(now), "d-2")
+    move = outside_moves.take(m, "2", "champion", "mlflow", iso(now), "d-2")
     assert (move.kind, move.previous) == ("outside", "1")
-    (entry,) = registry.alias_history("m", "2", "champion")
+    (entry,) = registry.alias_history(m, "2", "champion")
     assert entry == {"at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "by": "mlflow", "reason": "moved in MLflow",
                      "webhook": "d-2"}
     # back onto v1 by hand an hour later: v1's only peftflow entry is claimed (and old), so it is outside too,
     # and the champion it replaced is v2, whose entry is the latest before it
-    later = outside_moves.take("m", "1", "champion", "mlflow", iso(now + timedelta(hours=1)), "d-3")
+    later = outside_moves.take(m, "1", "champion", "mlflow", iso(now + timedelta(hours=1)), "d-3")
     assert (later.kind, later.previous) == ("outside", "2")
-    assert [e["webhook"] for e in registry.alias_history("m", "1", "champion")] == ["d-1", "d-3"]
+    assert [e["webhook"] for e in registry.alias_history(m, "1", "champion")] == ["d-1", "d-3"]
 
 
 def test_an_unclaimed_peftflow_entry_far_from_the_report_is_not_taken_for_it(three_versions):
-    registry.move_champion("m", "3", "release", "bob")
+    m = three_versions
+    registry.move_champion(m, "3", "release", "bob")
     far = datetime.now(timezone.utc) + timedelta(seconds=outside_moves.OWN_MOVE_WINDOW_S + 60)
-    assert outside_moves.take("m", "3", "champion", "mlflow", iso(far), "d-9").kind == "outside"
-    tags = MlflowClient().get_model_version("m", "3").tags
+    assert outside_moves.take(m, "3", "champion", "mlflow", iso(far), "d-9").kind == "outside"
+    tags = MlflowClient().get_model_version(m, "3").tags
     assert [e.get("webhook") for e in json.loads(tags["alias.champion.history"])] == [None, "d-9"]
 
 
@@ -79,7 +92,8 @@ def test_webhook_registration_checks_its_input_before_touching_the_server(three_
     from peftflow.errors import UserError
     from peftflow.webhook_registration import ensure_webhook
 
+    m = three_versions
     with pytest.raises(UserError, match="needs the webhook secret"):
-        ensure_webhook("http://relay:8765/mlflow-webhook", "", ["m"])
+        ensure_webhook("http://relay:8765/mlflow-webhook", "", [m])
     with pytest.raises(UserError, match="--model nope: no such registered model"):
-        ensure_webhook("http://relay:8765/mlflow-webhook", "s", ["m", "nope"])
+        ensure_webhook("http://relay:8765/mlflow-webhook", "s", [m, "nope"])
