@@ -53,7 +53,7 @@ def stack(tmp_path_factory, tiny_model, peftflow_home):
                                   "--port", str(port), "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
         start_worker(s)
         spec = local_deployments(pool="local")
-        spec["deployments"] = [d for d in spec["deployments"] if d["name"] == "on-promotion"]
+        spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("on-promotion", "export-champion")]
         spec["deployments"][0]["parameters"] = {"config": config}
         deploy(s, spec, tmp / "prefect.local.yaml")
         wait_http(f"{s.relay}/health", relay)
@@ -190,3 +190,4 @@ def test_bad_deliveries_are_refused_and_a_burst_is_relayed_once_each(stack):
     # two runs in all: the refused deliveries, the burst (alias `canary`) and the flow's own move of
     # `previous` (it fires the webhook too) started none; the trigger acts on `champion` only
     assert len(flow_runs_of(stack, ON_PROMOTION)) == 2
+    assert flow_runs_of(stack, "export-model/export-champion") == []   # the example's trigger ships disabled
