@@ -6,6 +6,10 @@ calls its webhook (`peftflow webhooks create`) on `peftflow relay`, which emits
 peftflow's own champion move -> recognised, nothing redone; a move through a plain `MlflowClient`
 -> history, `previous`, held-out and guard scores on the version; bad signatures, garbage and
 replays -> refused, nothing emitted; a burst of 100 deliveries -> 100 events, each once.
+
+Cost: the stack is the session's (`shared_stack`, also test_team_stack.py's); nothing is trained
+(the versions are the tiny model as it is); the burst moves `canary`, which no trigger acts on, so
+its 100 events start no flow run.
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ from peftflow.mlflow_io.aliases import move_champion
 from peftflow.mlflow_io.publishing import publish_model
 from peftflow.mlflow_io.tracking import finish_run, start_run
 from peftflow.webhook_signature import sign
-from tests.integration.stack import (ROOT, api, deploy, flow_runs_of, free_port, postgres_available, start_worker,
-                                     team_stack, wait_http)
+from tests.integration.stack import ROOT, api, deploy, flow_runs_of, free_port, postgres_available, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),
               pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]
@@ -37,27 +40,22 @@ ON_PROMOTION = "on-promotion/on-promotion"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model, peftflow_home):
-    from cryptography.fernet import Fernet
-
-    tmp = tmp_path_factory.mktemp("relay")
-    secret = uuid.uuid4().hex
-    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-                "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+def stack(shared_stack, tiny_model):
+    s, secret = shared_stack, uuid.uuid4().hex
     config = {"model_name_or_path": tiny_model, "max_samples": 40, "val_size": 8,
               "registry": {"name": NAME, "experiment": "relay"},
               "promotion": {"guard_dataset": "demo_general", "guard_max_samples": 8},
               "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4}}
-    with team_stack(tmp, peftflow_home, mlflow_env=webhooks) as s, pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:
         port = free_port()
         s.relay, s.secret, s.config = f"http://127.0.0.1:{port}", secret, config
+        # relays this module's model only: other modules' alias moves on the same MLflow are dropped
         relay = s.start("relay", [sys.executable, "-m", "flows.cli", "relay", "--host", "127.0.0.1",
                                   "--port", str(port), "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
-        start_worker(s)
         spec = local_deployments(pool="local")
         spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("on-promotion", "export-champion")]
         spec["deployments"][0]["parameters"] = {"config": config}
-        deploy(s, spec, tmp / "prefect.local.yaml")
+        deploy(s, spec, s.tmp / "prefect.local.yaml")
         wait_http(f"{s.relay}/health", relay)
         mp.setenv("MLFLOW_TRACKING_URI", s.env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
