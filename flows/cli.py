@@ -1,4 +1,5 @@
-"""`peftflow` command line: run, validate, generate, promote, rollback, history, emit-dataset-updated.
+"""`peftflow` command line: run, validate, generate, promote, rollback, history, emit-dataset-updated,
+relay, webhooks create.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
 shows the traceback instead.
@@ -198,6 +199,50 @@ def emit_dataset_updated(dataset: str = typer.Option(..., "--dataset", help="Dat
         _fail(e)
         return
     typer.echo(f"emitted {event.event} {event.id} for dataset {dataset}")
+
+
+@app.command()
+def relay(host: str = typer.Option("0.0.0.0", "--host", help="Interface to listen on."),
+          port: int = typer.Option(8765, "--port", help="Port; MLflow posts to http://HOST:PORT/mlflow-webhook."),
+          secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
+                                     help="Webhook secret shared with MLflow (env PEFTFLOW_WEBHOOK_SECRET)."),
+          model: list[str] = typer.Option(
+              [], "--model", envvar="PEFTFLOW_RELAY_MODELS",
+              help="Registered model to relay (repeat; env: space-separated); default all.")) -> None:
+    """Serve MLflow registry webhooks: verify each, emit `peftflow.model.alias-set` to PREFECT_API_URL."""
+    try:
+        from services.relay import serve
+
+        serve(host, port, secret, frozenset(model))
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+
+
+webhooks = typer.Typer(no_args_is_help=True, help="The MLflow webhook that feeds `peftflow relay`.")
+app.add_typer(webhooks, name="webhooks")
+
+
+@webhooks.command("create")
+def webhooks_create(url: str = typer.Option(..., "--url", help="The relay, e.g. http://relay:8765/mlflow-webhook."),
+                    secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
+                                               help="Webhook secret (env PEFTFLOW_WEBHOOK_SECRET)."),
+                    model: list[str] = typer.Option([], "--model",
+                                                    help="Team's registered model (repeat); checked to exist."),
+                    name: str = typer.Option("peftflow-relay", "--name",
+                                             help="Webhook name; an existing one is updated.")) -> None:
+    """Register (or update) the webhook on MLFLOW_TRACKING_URI for alias moves, then send MLflow's test delivery."""
+    try:
+        from peftflow.mlflow_io.webhooks import ensure_webhook
+
+        setup = ensure_webhook(url, secret, model, name)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    typer.echo(f"webhook {name} ({setup.webhook_id}) {'created' if setup.created else 'updated'} -> {url}")
+    if not setup.test_ok:
+        typer.echo(f"error: MLflow's test delivery failed ({setup.test_status}): {setup.test_detail[:300]}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"test delivery: {setup.test_status} {setup.test_detail[:300]}")
 
 
 @app.command("local-deployments")

@@ -1,10 +1,13 @@
-"""Events peftflow emits: `peftflow.dataset.updated` starts the `retrain-on-data` deployment."""
+"""Events peftflow emits: `peftflow.dataset.updated` starts the `retrain-on-data` deployment;
+`peftflow.model.alias-set` (sent by `peftflow relay` for each alias move MLflow reports) starts
+`on-promotion` when the alias is `champion`."""
 
 from __future__ import annotations
 
 import asyncio
 
 DATASET_UPDATED = "peftflow.dataset.updated"
+ALIAS_SET = "peftflow.model.alias-set"
 
 
 def dataset_updated_event(dataset: str, dataset_dir: str | None = None, uri: str | None = None):
@@ -35,3 +38,21 @@ def emit_dataset_updated(dataset: str, dataset_dir: str | None = None, uri: str 
 
     asyncio.run(send())
     return event
+
+
+def alias_set_event(name: str, version: str, alias: str, actor: str, moved_at: str, delivery_id: str):
+    """The resource is the registered model version, `peftflow.model.<name>.<version>`; its labels
+    also carry the alias, so a trigger can match `peftflow.alias: champion`. The event id is
+    derived from MLflow's delivery id: the Prefect server stores an event id once."""
+    import uuid
+
+    from prefect.events import Event
+
+    payload = {"name": name, "version": version, "alias": alias, "actor": actor, "moved_at": moved_at,
+               "delivery_id": delivery_id}
+    return Event(event=ALIAS_SET, id=uuid.uuid5(uuid.NAMESPACE_URL, f"mlflow-webhook:{delivery_id}"),
+                 occurred=moved_at,
+                 resource={"prefect.resource.id": f"peftflow.model.{name}.{version}",
+                           "prefect.resource.name": f"{name} v{version}", "peftflow.registered-model": name,
+                           "peftflow.version": version, "peftflow.alias": alias},
+                 payload=payload)

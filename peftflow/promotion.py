@@ -76,12 +76,25 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
             return decision(False, f"{reason}, but the {ci} does not clear {min_improvement:.4f}; not promoted")
         reason = f"{reason}; {ci}"
     if guard is not None:
-        rise = guard[0] - guard[1]
-        if math.isnan(guard[0]) or rise > guard_tolerance + 1e-12:
+        if guard_regressed(guard[0], guard[1], guard_tolerance):
             return decision(False, f"{reason}, but the guard-set loss regressed from {guard[1]:.4f} to {guard[0]:.4f} "
                                    f"(tolerance {guard_tolerance:.4f}); not promoted")
         reason = f"{reason}; guard-set loss {guard[0]:.4f} vs {guard[1]:.4f}"
     return decision(True, reason)
+
+
+def guard_regressed(loss: float, incumbent_loss: float, tolerance: float) -> bool:
+    """The guard rule: the loss may rise above the incumbent's by at most `tolerance`; NaN fails."""
+    return math.isnan(loss) or loss - incumbent_loss > tolerance + 1e-12
+
+
+def guard_verdict(loss: float, previous_loss: float | None, tolerance: float) -> tuple[bool, str]:
+    """The guard rule for a champion moved by hand, against the champion it replaced (none: passes)."""
+    if previous_loss is None:
+        return True, f"guard-set loss {loss:.4f}; no previous champion to compare with"
+    if guard_regressed(loss, previous_loss, tolerance):
+        return False, f"guard-set loss rose from {previous_loss:.4f} to {loss:.4f} (tolerance {tolerance:.4f})"
+    return True, f"guard-set loss {loss:.4f} vs {previous_loss:.4f} (tolerance {tolerance:.4f})"
 
 
 def _point_decision(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,

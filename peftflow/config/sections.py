@@ -42,6 +42,10 @@ class PromotionConfig(Strict):
                           "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
     guard_tolerance: float = Field(0.05, description="Largest allowed rise in guard-set loss (nats per token).")
     guard_max_samples: int = Field(64, gt=0, description="Guard rows scored.")
+    guard_on_manual: Literal["report", "rollback"] = Field(
+        "report", description="When `champion` is moved outside peftflow (MLflow UI or API, reported by `peftflow relay`) "
+                              "and the new champion fails the guard check: `report` only records it; `rollback` moves "
+                              "`champion` back to the previous one, with the reason.")
 
 
 class EvaluationConfig(Strict):

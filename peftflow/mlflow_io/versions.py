@@ -44,3 +44,7 @@ def version_of_run(name: str, run_id: str, kind: str) -> Any | None:
 
 def set_version_tag(name: str, version: str, key: str, value: str) -> None:
     mlflow_client().set_model_version_tag(name, str(version), key, value)
+
+
+def get_version(name: str, version: str) -> ModelVersionRef:
+    return version_ref(mlflow_client().get_model_version(name, str(version)))

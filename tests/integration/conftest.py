@@ -1,4 +1,7 @@
-"""Integration fixtures: one Prefect test server per worker, a fresh SQLite MLflow per test."""
+"""Integration fixtures: one Prefect test server per worker, a fresh SQLite MLflow per test, one
+real team stack per worker for the modules that deploy onto one."""
+
+import copy
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -15,6 +18,30 @@ def harness(tmp_path_factory):
         mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path_factory.mktemp("prefect-results")))
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+@pytest.fixture(scope="session")
+def _team_stack(tmp_path_factory, peftflow_home):
+    """moto + MLflow server (webhooks on) + Prefect server + a `local` process worker, started once:
+    starting them takes minutes on a loaded machine. Each module deploys what it needs onto it."""
+    from cryptography.fernet import Fernet
+
+    from tests.integration.stack import start_worker, team_stack
+
+    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    with team_stack(tmp_path_factory.mktemp("team-stack"), peftflow_home, mlflow_env=webhooks) as s:
+        start_worker(s)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def shared_stack(_team_stack, tmp_path_factory):
+    """The team stack, for one module: its own attributes and log dir, the same processes (a process
+    it starts stops with the stack). Registered model names keep modules apart."""
+    s = copy.copy(_team_stack)
+    s.tmp = tmp_path_factory.mktemp("module")
+    return s
 
 
 @pytest.fixture

@@ -133,9 +133,11 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 
 @contextmanager
-def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts"):
+def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts",
+               mlflow_env: dict[str, str] | None = None):
     """moto S3 + MLflow server + Prefect server (PostgreSQL) + a `local` process worker, and the
-    deployments of deployments/prefect.yaml on that pool. Yields the Stack."""
+    deployments of deployments/prefect.yaml on that pool. Yields the Stack. `mlflow_env`: extra
+    environment of the MLflow server (e.g. its webhook settings)."""
     stack = Stack(tmp)
     env = base_env(tmp)
     with database("peftflow_prefect") as prefect_db, database("peftflow_mlflow") as mlflow_db:
@@ -149,7 +151,7 @@ def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts
             boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
                          region_name="us-east-1").create_bucket(Bucket=bucket)
             pg = f"{PG['user']}@{PG['host']}:{PG['port']}"
-            mlflow_env = {**env, "MLFLOW_S3_ENDPOINT_URL": s3}
+            mlflow_env = {**env, "MLFLOW_S3_ENDPOINT_URL": s3, **(mlflow_env or {})}
             # Both servers migrate their databases at start-up: start them together, then wait.
             mlflow = stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
                                             str(mlflow_port), "--workers", "1",

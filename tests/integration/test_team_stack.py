@@ -1,5 +1,6 @@
 """The deployments on a real stack: Prefect server on PostgreSQL with a process worker, MLflow
-server on PostgreSQL with S3 artifacts (moto), all on loopback. One stack for the module.
+server on PostgreSQL with S3 artifacts (moto), all on loopback. One stack per test session
+(`shared_stack`, with test_promotion_relay.py), this module's deployments and model on it.
 
 finetune from `prefect deployment run` -> version + aliases in MLflow, artifacts in S3;
 retrain with nothing changed -> Completed early, no training; the dataset event -> retrain-on-data
@@ -23,8 +24,6 @@ from tests.integration.stack import (
     flow_runs_of,
     postgres_available,
     run_deployment,
-    start_worker,
-    team_stack,
     wait_flow_run,
 )
 
@@ -43,23 +42,22 @@ def dataset_dir(path, seed: int):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_model, peftflow_home):
-    tmp = tmp_path_factory.mktemp("stack")
+def stack(shared_stack, tiny_model):
+    s = shared_stack
+    tmp = s.tmp
     config = {
         "model_name_or_path": tiny_model, "dataset": "orders", "dataset_dir": dataset_dir(tmp / "data-v1", 1),
         "output_dir": str(tmp / "runs"), "max_steps": 4, "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 4,
         "per_device_train_batch_size": 4, "val_size": 8, "registry": {"name": NAME, "experiment": "stack"},
         "promotion": {"metric": "perplexity"},
         "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4}}
-    with team_stack(tmp, peftflow_home) as s:
-        spec = local_deployments(pool="local")
-        for d in spec["deployments"]:
-            if d["name"].startswith("retrain"):
-                d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
-        deploy(s, spec, tmp / "prefect.local.yaml")
-        start_worker(s)
-        s.config, s.tmp = config, tmp
-        yield s
+    spec = local_deployments(pool="local")
+    for d in spec["deployments"]:
+        if d["name"].startswith("retrain"):
+            d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
+    deploy(s, spec, tmp / "prefect.local.yaml")
+    s.config = config
+    return s
 
 
 def mlflow_client(stack):

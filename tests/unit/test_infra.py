@@ -70,10 +70,11 @@ def test_docker_template_requests_gpus_through_device_requests():
     assert kwargs["shm_size"] == "8g" and config["mem_limit"] == "64g"
 
 
-def test_deployments_file_declares_the_five_deployments():
+def test_deployments_file_declares_the_deployments():
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"finetune", "retrain-nightly", "retrain-on-data", "promote", "evaluate-model"}
+    assert set(deployments) == {"finetune", "retrain-nightly", "retrain-on-data", "promote", "evaluate-model",
+                                "on-promotion", "export-champion"}
     for d in deployments.values():
         module, func = d["entrypoint"].split(":")
         assert (ROOT / module).is_file() and f"def {func}(" in (ROOT / module).read_text()
@@ -84,6 +85,15 @@ def test_deployments_file_declares_the_five_deployments():
     (trigger,) = deployments["retrain-on-data"]["triggers"]
     assert trigger["expect"] == ["peftflow.dataset.updated"]
     assert trigger["parameters"]["dataset"] == "{{ event.payload.dataset }}"
+    for name in ("on-promotion", "export-champion"):   # started by the relay's event, for `champion` only
+        (trigger,) = deployments[name]["triggers"]
+        assert trigger["expect"] == ["peftflow.model.alias-set"]
+        assert trigger["match"] == {"prefect.resource.id": "peftflow.model.*", "peftflow.alias": "champion"}
+        assert trigger["parameters"]["version"] == "{{ event.payload.version }}"
+    from flows.on_promotion import on_promotion
+
+    assert set(deployments["on-promotion"]["triggers"][0]["parameters"]) <= set(on_promotion.parameters.properties)
+    assert deployments["on-promotion"]["concurrency_limit"] == 1
 
 
 def test_local_deployments_run_from_the_checkout_on_a_process_pool(tmp_path):
@@ -107,6 +117,11 @@ def test_compose_stack_structure():
     assert "--backend-store-uri postgresql+psycopg2://" in mlflow and "--artifacts-destination s3://" in mlflow
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "prefect worker start --pool gpu" in services["worker"]["command"]
+    assert services["relay"]["command"].startswith("peftflow relay")
+    assert "peftflow webhooks create --url http://relay:8765/mlflow-webhook" == services["webhook"]["command"]
+    secret = services["relay"]["environment"]["PEFTFLOW_WEBHOOK_SECRET"]
+    assert services["webhook"]["environment"]["PEFTFLOW_WEBHOOK_SECRET"] == secret
+    assert services["mlflow"]["environment"]["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"
     assert (ROOT / "infra" / "Dockerfile").is_file()
 
 
