@@ -31,6 +31,9 @@ def _set_defaults() -> None:
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(peftflow_home() / "prefect-results"))
     # First use of a SQLite store logs table creation on stderr; a user error must stay one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # bitsandbytes warns on import about an optional CPU kernel package on every command (transformers'
+    # trainer utilities import it): noise for a user whose run is not k-bit, and a second error line.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _fail(e: BaseException) -> None:
