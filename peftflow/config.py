@@ -89,7 +89,8 @@ class RunConfig(_Strict):
 
     # model
     model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
-    template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
+    template: str = Field("tokenizer", description="Chat template: `tokenizer` (the tokenizer's own) or one of "
+                                                   "LLaMA-Factory's template names (`qwen3`, `llama3`, `default`, ...).")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model or tokenizer. Off unless set.")
     allow_pickle_weights: bool = Field(False, description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded with torch's weights_only loader. peftflow itself writes safetensors only.")
     # method
@@ -140,6 +141,13 @@ class RunConfig(_Strict):
     val_size: float = Field(0.1, ge=0.0, description="Fraction (<1) or number of rows held out.")
     train_on_prompt: bool = False
     mask_history: bool = False
+    enable_thinking: bool = Field(True, description="Reasoning templates: learn thinking blocks (an answer without one "
+                                                    "gets an empty one to learn); false removes them and puts an empty "
+                                                    "one in the prompt, as LLaMA-Factory.")
+    preserve_thinking: bool = Field(False, description="Reasoning templates with mask_history: keep the thinking of earlier answers.")
+    tool_format: Literal["default", "qwen", "qwen3_5", "llama3", "mistral", "glm4"] | None = Field(
+        None, description="Tool-calling text format (LLaMA-Factory's names); default: the template's.")
+    default_system: str | None = Field(None, description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", description="Stop on invalid rows, or drop and log them.")
     # training
     output_dir: str | None = Field(None, description="Defaults to <PEFTFLOW_HOME>/runs/<registry name>.")

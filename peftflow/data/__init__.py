@@ -27,12 +27,13 @@ from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
 from peftflow.data.registry import DatasetSource, read_rows, resolve_datasets
-from peftflow.data.templates import end_of_turn_token_id, get_template
+from peftflow.data.slots import Options
+from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, end_of_turn_token_id, get_template, stop_token_ids
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
 from peftflow.errors import UserError
 from peftflow.paths import cache_dir
 
-__all__ = ["PreparedData", "DataReport", "prepare_dataset", "data_report", "end_of_turn_token_id"]
+__all__ = ["PreparedData", "DataReport", "prepare_dataset", "data_report", "end_of_turn_token_id", "stop_token_ids"]
 
 log = logging.getLogger("peftflow.data")
 
@@ -149,7 +150,7 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
         if not valid:
             problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
         kept += valid[:cfg.max_samples]
-    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code)
+    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
     encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
     for row, (_, images, where) in zip(encoded, kept):
@@ -289,9 +290,24 @@ def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) 
     for name in TOKENIZER_FILES:
         if (Path(model_path) / name).is_file():
             add(name, (Path(model_path) / name).read_bytes())
-    add("template", f"{cfg.template}\0{get_template(cfg.template).jinja or ''}".encode())
+    add("template", _template_identity(cfg).encode())
     add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def encode_options(cfg: RunConfig) -> Options:
+    return Options(cfg.train_on_prompt, cfg.mask_history, cfg.enable_thinking, cfg.preserve_thinking,
+                   cfg.tool_format, cfg.default_system)
+
+
+def _template_identity(cfg: RunConfig) -> str:
+    """What of the template shapes the tokens: the table row and the options that change its output.
+    The tokenizer template is named as it always was, so its prepared data keep their fingerprint."""
+    row = get_template(cfg.template)
+    if row is None:
+        return f"{TOKENIZER_FINGERPRINT_NAME}\0"
+    options = {k: getattr(cfg, k) for k in ("enable_thinking", "preserve_thinking", "tool_format", "default_system")}
+    return f"{cfg.template}\0{row!r}\0{json.dumps(options, sort_keys=True)}"
 
 
 def _percentiles(lengths: list[int]) -> dict[str, int]:

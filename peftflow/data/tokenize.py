@@ -1,6 +1,7 @@
 """Render conversations with the chat template, tokenise, mask the prompt, cut at cutoff_len.
 
-Masking works on rendered prefixes: the text of messages[:i] with the generation prompt must be
+A table template (LLaMA-Factory's names) is encoded by slots.py. This module renders the
+tokenizer's own Jinja template (`template: tokenizer`). Masking works on rendered prefixes: the text of messages[:i] with the generation prompt must be
 a prefix of the text of messages[:i + 1], so the difference is exactly the answer of turn i. Each
 piece is tokenised on its own (as LLaMA-Factory does), so a piece boundary is a token boundary
 and the prompt an evaluation feeds the model is token for token the one trained on.
@@ -12,10 +13,11 @@ prompt for the next turn and is masked, since generation stops at the end-of-tur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from peftflow.data import templates
+from peftflow.data import templates, tool_formats
 from peftflow.data.formats import Conversation
+from peftflow.data.slots import Options, SlotEncoder
 from peftflow.errors import UserError
 
 IGNORE = -100  # label of a token the loss skips
@@ -31,15 +33,23 @@ class EncodedRow:
 
 
 class ChatEncoder:
-    def __init__(self, model_path: str, template: str, trust_remote_code: bool = False):
+    def __init__(self, model_path: str, template: str, trust_remote_code: bool = False, options: Options = Options(),
+                 tokenizer=None):
+        """`tokenizer`: the one at model_path, when the caller has it loaded already."""
         from transformers import AutoTokenizer
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
-        self.template = template
-        self.jinja, self.end_of_turn = templates.resolve(self.tokenizer, template, model_path)
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError) as e:
+                raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
+        self.tokenizer, self.template, self.options = tokenizer, template, options
+        self.row = templates.get_template(template)
+        if self.row is None:
+            self.jinja, self.end_of_turn = templates.resolve_jinja(self.tokenizer, model_path)
+        else:
+            templates.check_table_template(self.tokenizer, self.row, model_path)
+            SlotEncoder(self.tokenizer, self.row, options)  # refuses options the template cannot take
         # A vision-language model expects each image placeholder repeated once per image feature.
         self.image_token_id, self.tokens_per_image = None, 0
         from peftflow import vision
@@ -56,6 +66,11 @@ class ChatEncoder:
     def encode(self, conversations: list[Conversation], train_on_prompt: bool, mask_history: bool) -> list[EncodedRow]:
         if not conversations:
             return []
+        if self.row is not None:
+            options = replace(self.options, train_on_prompt=train_on_prompt, mask_history=mask_history)
+            slots = SlotEncoder(self.tokenizer, self.row, options)
+            return [self._encode_slots(slots, c) for c in conversations]
+        conversations = [_as_plain_chat(c) for c in conversations]
         pieces = [self._pieces(c) for c in conversations]
         ids = iter(self.tokenizer([text for row in pieces for text, _ in row], add_special_tokens=False)["input_ids"])
         rows = []
@@ -72,6 +87,12 @@ class ChatEncoder:
                     prompt_ids += piece
             rows.append(EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"]))
         return rows
+
+    def _encode_slots(self, slots: SlotEncoder, conversation: Conversation) -> EncodedRow:
+        input_ids, labels, prompt_ids = slots.encode(conversation, self._expand_images)
+        if self.image_token_id is not None:  # image positions are features, not text: never a label
+            labels = [IGNORE if t == self.image_token_id else label for t, label in zip(input_ids, labels)]
+        return EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"])
 
     def _render(self, messages: Conversation, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -95,6 +116,29 @@ class ChatEncoder:
             pieces += [(prompt[len(done):], PROMPT), (answer[:end], ANSWER), (answer[end:], GLUE)]
             done = full
         return pieces
+
+
+def _as_plain_chat(conversation: Conversation) -> Conversation:
+    """Tool-calling turns for a tokenizer's own template, as LLaMA-Factory reads one it parses:
+    the tools described after the system prompt, a function call written in the default tool
+    format as an assistant turn, an observation as a user turn."""
+    tools = next((m["tools"] for m in conversation if m["role"] == "tools"), [])
+    plain: Conversation = []
+    for m in conversation:
+        if m["role"] == "tools":
+            continue
+        if m["role"] == "function":
+            m = {"role": "assistant", "content": tool_formats.function_text("default", m["content"], None)}
+        elif m["role"] == "observation":
+            m = {"role": "user", "content": m["content"]}
+        plain.append(m)
+    if tools:
+        text = tool_formats.tools_text("default", tools)
+        if plain[0]["role"] == "system":
+            plain[0] = {"role": "system", "content": plain[0]["content"] + text}
+        else:
+            plain.insert(0, {"role": "system", "content": text})
+    return plain
 
 
 def cut(row: EncodedRow, cutoff_len: int) -> tuple[EncodedRow, bool]:
