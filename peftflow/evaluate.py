@@ -15,7 +15,8 @@ from transformers import AutoProcessor, AutoTokenizer
 
 from peftflow import vision
 from peftflow.config import RunConfig
-from peftflow.data import end_of_turn_token_id
+from peftflow.data import stop_token_ids
+from peftflow.data.tool_formats import extract_calls
 
 
 # --- per-example metrics: (prediction, reference) -> score in [0, 1] -----------------------
@@ -58,7 +59,22 @@ def answer_accuracy(pred: str, ref: str) -> float:
     return float(norm(pred) == norm(ref))
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy}
+def function_call(pred: str, ref: str) -> float:
+    """Tool calling: per reference call, 1 when the prediction calls the same function (in order)
+    with the same arguments, 0.5 when only the function is right; divided by the larger number of
+    calls, so a missing or an extra call costs. The calls are read in any tool format peftflow
+    writes (tool_formats.extract_calls); a reference that holds no call is scored by exact match."""
+    expected = extract_calls(ref)
+    if not expected:
+        return exact_match(pred, ref)
+    got = extract_calls(pred)
+    points = sum(0.0 if g.name != e.name else 1.0 if json.loads(g.arguments) == json.loads(e.arguments) else 0.5
+                 for g, e in zip(got, expected))
+    return points / max(len(got), len(expected))
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy,
+           "function_call": function_call}
 
 
 @dataclass
@@ -112,7 +128,7 @@ def uncached_generation(model) -> bool:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_id: int, images: list | None = None, pixels=None) -> list[str]:
+             stop_ids: list[int], images: list | None = None, pixels=None) -> list[str]:
     """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt.
     `images` (per prompt) and `pixels` as in heldout_loss, for a vision-language model."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -124,7 +140,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         extra = _image_inputs(pixels, {"images": images[start:start + batch_size]} if images else {})
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_id, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
+                             eos_token_id=stop_ids, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return outputs
 
@@ -167,7 +183,7 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
     predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
-                           end_of_turn_token_id(tokenizer, cfg.template),
+                           stop_token_ids(tokenizer, cfg.template),
                            scored["images"] if pixels else None, pixels)
     metric = METRICS[ecfg.metric]
     examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}

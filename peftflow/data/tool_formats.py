@@ -99,6 +99,10 @@ def _as_objects(calls: list[FunctionCall], key: str) -> list[dict]:
     return [{"name": c.name, key: json.loads(c.arguments)} for c in calls]
 
 
+def _one_or_list(objects: list[dict]) -> dict | list[dict]:
+    return objects[0] if len(objects) == 1 else objects
+
+
 # tool_format -> (tools -> system text, calls -> assistant text)
 FORMATS = {
     "default": (_default_tools, lambda calls: "\n".join(f"Action: {c.name}\nAction Input: {c.arguments}" for c in calls)),
@@ -108,7 +112,7 @@ FORMATS = {
                 lambda calls: "\n".join(map(_qwen35_call, calls))),
     "llama3": (lambda tools: _LLAMA3_PROMPT.format(date=datetime.now().strftime("%d %b %Y"), tool_text="".join(
                    json.dumps(_wrapped(t), indent=4, ensure_ascii=False) + "\n\n" for t in tools)),
-               lambda calls: json.dumps((o := _as_objects(calls, "parameters"))[0] if len(o) == 1 else o, ensure_ascii=False)),
+               lambda calls: json.dumps(_one_or_list(_as_objects(calls, "parameters")), ensure_ascii=False)),
     "mistral": (lambda tools: "[AVAILABLE_TOOLS] " + json.dumps([_wrapped(t) for t in tools], ensure_ascii=False) + "[/AVAILABLE_TOOLS]",
                 lambda calls: json.dumps(_as_objects(calls, "arguments"), ensure_ascii=False)),
     "glm4": (lambda tools: _GLM4_PROMPT.format(tool_text="".join(
