@@ -68,7 +68,7 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
 def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
     """Check the config, model and data without training; print a data report."""
     try:
-        cfg, _ = _load(config)
+        cfg, _, schema = _read(config)
         from peftflow.data import data_report
 
         model_path = _trained_model(cfg).path
@@ -78,6 +78,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
+    typer.echo(f"schema: {schema}")
     typer.echo(report.to_text())
     if report.problems:  # what would stop `run`: a failed check, like any other user error
         typer.echo(f"error: {report.problems[0]}", err=True)
@@ -213,12 +214,18 @@ def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", 
 
 
 def _load(path):
-    from peftflow.config import load_config
+    cfg, unused, _ = _read(path)
+    return cfg, unused
 
-    cfg, unused = load_config(path)
+
+def _read(path):
+    """(config, keys accepted but unused, schema read), warning about the unused keys."""
+    from peftflow.config import read_config
+
+    cfg, unused, schema = read_config(path)
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
-    return cfg, unused
+    return cfg, unused, schema
 
 
 def _check_model_ref(model: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from peftflow import config_v1
 from peftflow.errors import UserError
 from peftflow.methods.traits import TRAITS, names_with
 
@@ -137,6 +138,9 @@ class RunConfig(_Strict):
     # data
     dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
+    train_dataset: str | None = Field(
+        None, description="LLaMA-Factory v1's data: a dataset YAML (`name: {path, source, converter, size}`) or a "
+                          "local data file or folder; replaces dataset / dataset_dir.")
     cutoff_len: int = Field(1024, gt=0)
     max_samples: int | None = Field(None, gt=0)
     val_size: float = Field(0.1, ge=0.0, description="Fraction (<1) or number of rows held out.")
@@ -323,11 +327,20 @@ def _valid_keys(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
+SCHEMA_V0, SCHEMA_V1 = "LLaMA-Factory v0 (flat training YAML)", "LLaMA-Factory v1 (USE_V1=1 sft YAML)"
+
+
+def schema_of(raw: Any) -> str:
+    return SCHEMA_V1 if isinstance(raw, dict) and config_v1.is_v1(raw) else SCHEMA_V0
+
+
 def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
-    """Validate a raw mapping. Returns the config and the keys accepted but unused."""
+    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted but unused."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
-    raw = dict(raw)
+    raw, names, v1_unused = dict(raw), {}, []
+    if config_v1.is_v1(raw):
+        raw, names, v1_unused = config_v1.to_v0(raw, source)
     secret = _secret_key(raw)
     if secret:
         # The value is never echoed: it would land in logs, Prefect parameters and MLflow params.
@@ -342,8 +355,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_describe(e, source)) from None
-    return cfg, unused
+        raise UserError(_describe(e, source, names)) from None
+    return cfg, v1_unused + unused
 
 
 def _secret_key(raw: dict[str, Any], prefix: str = "") -> str | None:
@@ -358,10 +371,11 @@ def _secret_key(raw: dict[str, Any], prefix: str = "") -> str | None:
     return None
 
 
-def _describe(e: ValidationError, source: str) -> str:
+def _describe(e: ValidationError, source: str, names: dict[str, str] | None = None) -> str:
+    """One line for the first error; `names` gives the key as the user wrote it (v1 names)."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "(config)"
+    key = ".".join([(names or {}).get(loc[0], loc[0]), *loc[1:]]) if loc else "(config)"
     if err["type"] == "extra_forbidden":
         section = RunConfig
         for part in loc[:-1]:
@@ -383,9 +397,21 @@ def demo_config() -> RunConfig:
 
 
 def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
-    """Read a YAML run config. `None` gives the built-in demo."""
+    """Read a YAML run config (v0 or v1). `None` gives the built-in demo."""
+    cfg, unused, _ = read_config(path)
+    return cfg, unused
+
+
+def read_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str], str]:
+    """(config, keys accepted but unused, the schema the file was read as)."""
     if path is None:
-        return demo_config(), []
+        return demo_config(), [], "peftflow built-in demo"
+    raw = read_yaml(path)
+    return (*parse_config(raw, source=str(path)), schema_of(raw))
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's content; a missing, unreadable or invalid file is one line."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
@@ -397,4 +423,4 @@ def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
         raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
-    return parse_config(raw, source=str(p))
+    return raw

@@ -28,6 +28,7 @@ from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
 from peftflow.data.registry import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.slots import Options
+from peftflow.data.v1 import resample, v1_sources
 from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, end_of_turn_token_id, get_template, stop_token_ids
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
 from peftflow.errors import UserError
@@ -99,9 +100,16 @@ class _Analysis:
     problems: list[str] = field(default_factory=list)
 
 
+def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
+    """The datasets a run reads: v1's train_dataset when set, else `dataset` in dataset_dir."""
+    if cfg.train_dataset:
+        return v1_sources(cfg.train_dataset)
+    return resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+
+
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
     _check_method_fits_model(cfg, model_path)
-    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    sources = dataset_sources(cfg)
     fingerprint = _fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
     with FileLock(str(target) + ".lock"):
@@ -116,13 +124,13 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
 
 def data_report(cfg: RunConfig, model_path: str) -> DataReport:
     _check_method_fits_model(cfg, model_path)
-    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    sources = dataset_sources(cfg)
     a = _analyse(cfg, sources, model_path, strict=False)
     by_reason: dict[str, list[str]] = {}
     for reason, where in a.drops:
         by_reason.setdefault(reason, []).append(where)
     return DataReport(
-        datasets=tuple(cfg.dataset_names), rows_read=a.rows_read, rows_kept=len(a.rows),
+        datasets=tuple(s.name for s in sources), rows_read=a.rows_read, rows_kept=len(a.rows),
         dropped={r: len(w) for r, w in by_reason.items()},
         dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
         token_lengths=_percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
@@ -149,6 +157,8 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
             log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
         if not valid:
             problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
+        if valid and source.format.formatting.startswith("v1"):
+            valid = resample(valid, source.entry, cfg.seed)
         kept += valid[:cfg.max_samples]
     encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from peftflow.data import tool_formats
+from peftflow.data import tool_formats, v1_rows
 from peftflow.errors import UserError
 
 Conversation = list[dict[str, Any]]
@@ -24,7 +24,15 @@ COLUMNS = {
     "sharegpt": {"messages": "conversations", "system": None, "tools": None, "images": None},
 }
 IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: one per image, in the order of the images column
-REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",)}
+# LLaMA-Factory v1 dataset YAMLs: native message rows, or its alpaca / sharegpt converters.
+V1_COLUMNS = {
+    "v1": {"messages": "messages", "tools": "tools", "system": None, "images": None},
+    "v1-alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": "system",
+                  "images": None},
+    "v1-sharegpt": {"messages": "conversations", "tools": "tools", "system": None, "images": None},
+}
+REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",), "v1": ("messages",),
+            "v1-alpaca": ("prompt", "response"), "v1-sharegpt": ("messages",)}
 SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
@@ -68,8 +76,15 @@ class RowFormat:
         fields = set(REQUIRED[self.formatting]) | set(self.mapped)
         return sorted({self.columns[f] for f in fields if self.columns[f]})
 
+    @classmethod
+    def v1(cls, converter: str | None) -> "RowFormat":
+        formatting = f"v1-{converter}" if converter else "v1"
+        return cls(formatting, V1_COLUMNS[formatting], dict(SHAREGPT_TAGS), ())
+
     def to_conversation(self, row: dict[str, Any]) -> Conversation:
-        turns = self._alpaca(row) if self.formatting == "alpaca" else self._sharegpt(row)
+        if self.formatting == "v1":
+            return self._v1(row)
+        turns = self._alpaca(row) if self.formatting.endswith("alpaca") else self._sharegpt(row)
         tools = self._tools(row)
         if turns[0]["role"] != "system":  # a sharegpt system turn wins over the system column
             system = _optional_text(row, self.columns["system"])
@@ -103,7 +118,8 @@ class RowFormat:
     def _alpaca(self, row: dict[str, Any]) -> Conversation:
         prompt = _text(row, self.columns["prompt"])
         query = _optional_text(row, self.columns["query"])
-        user = "\n".join(t for t in (prompt, query) if t)
+        # v1's alpaca converter joins instruction and input with nothing between them; v0 with a newline
+        user = ("" if self.formatting == "v1-alpaca" else "\n").join(t for t in (prompt, query) if t)
         if not user.strip():
             raise InvalidRow("empty prompt")
         response = _text(row, self.columns["response"])
@@ -144,6 +160,17 @@ class RowFormat:
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
         _check_order(turns[len(system):], first_number=len(system) + 1)
         return [s for s in system if s["content"]] + turns[len(system):]
+
+
+    def _v1(self, row: dict[str, Any]) -> Conversation:
+        try:
+            turns, tools = v1_rows.to_turns(row)
+        except v1_rows.RowError as e:
+            raise InvalidRow(e.reason, e.detail) from None
+        system = turns[:1] if turns and turns[0]["role"] == "system" else []
+        _check_order(turns[len(system):], first_number=len(system) + 1)
+        return (([{"role": "tools", "content": "", "tools": tools}] if tools else [])
+                + [s for s in system if s["content"]] + turns[len(system):])
 
 
 def _check_order(turns: Conversation, first_number: int) -> None:

@@ -7,6 +7,8 @@ supervised processor: prompt pieces are masked unless train_on_prompt; with mask
 the last answer is learned; an efficient_eos template writes no eos after an answer, so the eos
 is learned as the label of the next prompt's first position and appended at the end.
 
+A turn's `loss_weight` (v1 rows) decides on its own: 1 learns it (a prompt turn too), 0 masks it.
+
 Reasoning templates: with enable_thinking false, thinking blocks are removed from answers; an
 answer without a thinking block gets an empty one, in the prompt (masked) when enable_thinking
 is false, in the answer (learned) when true. With mask_history (and not preserve_thinking) only
@@ -112,7 +114,8 @@ class SlotEncoder:
                     encoded[i + 1] = think_ids + encoded[i + 1]
                 else:
                     encoded[i] = encoded[i] + think_ids
-        return self._label(list(zip(encoded[0::2], encoded[1::2])))
+        weights = [m.get("loss_weight") for m in messages]  # v1 rows: 0 masks a turn, 1 learns it
+        return self._label(list(zip(encoded[0::2], encoded[1::2])), list(zip(weights[0::2], weights[1::2])))
 
     def _thinking(self, messages: list[dict]) -> list[int]:
         """Strip thoughts as configured; the prompt indices whose answer gets an empty thought."""
@@ -128,18 +131,19 @@ class SlotEncoder:
             return [len(messages) - 2]
         return list(range(0, len(messages), 2))
 
-    def _label(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int], list[int]]:
+    def _label(self, pairs: list[tuple[list[int], list[int]]], weights: list[tuple]) -> tuple[list[int], list[int], list[int]]:
         o, n = self.o, len(pairs)
         input_ids, labels = [], []
-        for k, (source, target) in enumerate(pairs):
+        for k, ((source, target), (source_weight, target_weight)) in enumerate(zip(pairs, weights)):
             turn_idx = n - 1 - k if o.mask_history else k  # LLaMA-Factory walks the pairs last-first then
-            if o.train_on_prompt:
+            if o.train_on_prompt or source_weight == 1:
                 source_label = source
             elif self.t.efficient_eos and turn_idx != 0:
                 source_label = [self.eos] + [IGNORE] * (len(source) - 1)
             else:
                 source_label = [IGNORE] * len(source)
-            target_label = [IGNORE] * len(target) if o.mask_history and turn_idx != 0 else target
+            masked = (o.mask_history and turn_idx != 0) or target_weight == 0
+            target_label = [IGNORE] * len(target) if masked else target
             input_ids += source + target
             labels += source_label + target_label
         prompt_ids = input_ids[:len(input_ids) - len(pairs[-1][1])]

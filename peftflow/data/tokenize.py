@@ -71,15 +71,20 @@ class ChatEncoder:
             slots = SlotEncoder(self.tokenizer, self.row, options)
             return [self._encode_slots(slots, c) for c in conversations]
         conversations = [_as_plain_chat(c) for c in conversations]
+        if any(m.get("loss_weight") == 1 for c in conversations for m in c if m["role"] != "assistant"):
+            raise UserError(f"template '{self.template}' cannot learn a prompt turn (loss_weight 1 on a user or tool message); "
+                            "name a LLaMA-Factory template")
         pieces = [self._pieces(c) for c in conversations]
         ids = iter(self.tokenizer([text for row in pieces for text, _ in row], add_special_tokens=False)["input_ids"])
         rows = []
         for conversation, row in zip(conversations, pieces):
             last_answer = max(i for i, (_, kind) in enumerate(row) if kind == ANSWER)
+            weights = iter([m.get("loss_weight") for m in conversation if m["role"] == "assistant"])
+            masked = {i for i, (_, kind) in enumerate(row) if kind == ANSWER and next(weights) == 0}
             input_ids, labels, prompt_ids = [], [], []
             for i, (_, kind) in enumerate(row):
                 piece = self._expand_images(next(ids))
-                learned = train_on_prompt or (kind == ANSWER and (not mask_history or i == last_answer))
+                learned = train_on_prompt or (kind == ANSWER and i not in masked and (not mask_history or i == last_answer))
                 input_ids += piece
                 # Image positions are features, not text: never a label.
                 labels += [IGNORE if not learned or t == self.image_token_id else t for t in piece]
@@ -128,9 +133,9 @@ def _as_plain_chat(conversation: Conversation) -> Conversation:
         if m["role"] == "tools":
             continue
         if m["role"] == "function":
-            m = {"role": "assistant", "content": tool_formats.function_text("default", m["content"], None)}
+            m = {**m, "role": "assistant", "content": tool_formats.function_text("default", m["content"], None)}
         elif m["role"] == "observation":
-            m = {"role": "user", "content": m["content"]}
+            m = {**m, "role": "user"}
         plain.append(m)
     if tools:
         text = tool_formats.tools_text("default", tools)
