@@ -40,19 +40,20 @@ class TableTemplate:
     thought_words: tuple[str, str]
     tool_format: str
     tokens: tuple[str, ...]
+    replace_jinja: bool          # an export writes this template as the tokenizer's chat template
 
 
 def row(name: str, *, user: Slot = ("{{content}}",), assistant: Slot | None = None, system: Slot | None = None,
         function: Slot | None = None, observation: Slot | None = None, prefix: Slot = (), default_system: str = "",
         stop_words: tuple[str, ...] = (), efficient_eos: bool = False, replace_eos: bool = False,
         fuse_system: bool = False, reasoning: bool = False, thought_words: tuple[str, str] = THINK,
-        tool_format: str = "default", tokens: tuple[str, ...] = ()) -> TableTemplate:
+        tool_format: str = "default", tokens: tuple[str, ...] = (), replace_jinja: bool = False) -> TableTemplate:
     """A table row with register_template's defaults: assistant = content (+ eos unless
     efficient_eos), system = content, function = assistant, observation = user."""
     assistant = assistant or (("{{content}}",) if efficient_eos else ("{{content}}", EOS))
     return TableTemplate(name, user, assistant, system or ("{{content}}",), function or assistant,
                          observation or user, prefix, default_system, stop_words, efficient_eos, replace_eos,
-                         fuse_system, reasoning, thought_words, tool_format, tokens)
+                         fuse_system, reasoning, thought_words, tool_format, tokens, replace_jinja)
 
 
 _IM = ("<|im_start|>", "<|im_end|>")
@@ -81,10 +82,11 @@ _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence 
 
 TABLE: dict[str, TableTemplate] = {t.name: t for t in [
     row("alpaca", user=("### Instruction:\n{{content}}\n\n### Response:\n",), assistant=("{{content}}", EOS, "\n\n"),
-        default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"),
+        default_system="Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n",
+        replace_jinja=True),
     row("chatml", user=_IM_USER, assistant=_IM_ASSISTANT, system=_IM_SYSTEM,
         observation=("<|im_start|>tool\n{{content}}<|im_end|>\n<|im_start|>assistant\n",),
-        stop_words=("<|im_end|>", "<|im_start|>"), replace_eos=True, tokens=_IM),
+        stop_words=("<|im_end|>", "<|im_start|>"), replace_eos=True, tokens=_IM, replace_jinja=True),
     row("cohere", user=("<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{{content}}<|END_OF_TURN_TOKEN|>"
                         "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",),
         system=("<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{{content}}<|END_OF_TURN_TOKEN|>",), prefix=(BOS,),
@@ -93,7 +95,7 @@ TABLE: dict[str, TableTemplate] = {t.name: t for t in [
     row("deepseek3", **_DEEPSEEK3),
     row("deepseekr1", **_DEEPSEEK3, reasoning=True),
     row("default", user=("Human: {{content}}", EOS, "\nAssistant:"), assistant=("{{content}}", EOS, "\n"),
-        system=("System: {{content}}", EOS, "\n")),
+        system=("System: {{content}}", EOS, "\n"), replace_jinja=True),
     row("empty", assistant=("{{content}}",)),
     row("falcon", user=("User: {{content}}\nFalcon:",), assistant=("{{content}}\n",), efficient_eos=True),
     row("gemma", **_GEMMA, stop_words=("<end_of_turn>",), replace_eos=True),
@@ -151,7 +153,7 @@ TABLE: dict[str, TableTemplate] = {t.name: t for t in [
     row("qwen3_5_nothink", **{**_QWEN, "tool_format": "qwen3_5"}),
     row("smollm", **_CHATML),
     row("smollm2", **_CHATML, default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face."),
-    row("vicuna", user=("USER: {{content}} ASSISTANT:",), default_system=_VICUNA_SYSTEM),
+    row("vicuna", user=("USER: {{content}} ASSISTANT:",), default_system=_VICUNA_SYSTEM, replace_jinja=True),
     row("yi", **_CHATML),
     row("zephyr", user=("<|user|>\n{{content}}", EOS, "<|assistant|>\n"), system=("<|system|>\n{{content}}", EOS),
         default_system="You are Zephyr, a helpful assistant."),

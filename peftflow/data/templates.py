@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 
-from peftflow.data.template_table import TABLE, TableTemplate
+from peftflow.data.slots import stop_words_eos
+from peftflow.data.template_table import BOS, EOS, TABLE, TableTemplate
 from peftflow.errors import UserError
 
 TOKENIZER = "tokenizer"
@@ -73,8 +74,6 @@ def stop_token_ids(tokenizer, name: str) -> list[int]:
     if template is None:
         return [single_token_id(tokenizer, resolve_jinja(tokenizer, path)[1])]
     check_table_template(tokenizer, template, path)
-    from peftflow.data.slots import stop_words_eos
-
     ids = [stop_words_eos(template, tokenizer), tokenizer.eos_token_id,
            *(single_token_id(tokenizer, w) for w in template.stop_words)]
     return list(dict.fromkeys(i for i in ids if i is not None))
@@ -94,3 +93,41 @@ def _probe_end_of_turn(tokenizer, jinja: str) -> str | None:
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
     matches = [t for t in specials if t and after.startswith(t)]
     return max(matches, key=len) if matches else tokenizer.eos_token
+
+
+def chat_template_jinja(template: TableTemplate, tokenizer) -> str:
+    """The row as a Jinja chat template, laid out as LLaMA-Factory writes one into an exported
+    tokenizer (Template._get_jinja_template; a fused-system row puts the system text in the first
+    user message). Markers become the tokenizer's bos and the template's eos as text."""
+    eos = tokenizer.convert_ids_to_tokens(stop_words_eos(template, tokenizer))
+
+    def expr(slot: tuple[str, ...], placeholder: str = "content") -> str:
+        items = []
+        for piece in slot:
+            if piece == BOS:
+                items += [_quoted(tokenizer.bos_token)] if tokenizer.bos_token_id is not None else []
+            elif piece == EOS:
+                items.append(_quoted(eos))
+            else:
+                before, hole, after = piece.partition("{{content}}")
+                items += [_quoted(before)] * bool(before) + [placeholder] * bool(hole) + [_quoted(after)] * bool(after)
+        return " + ".join(items)
+
+    jinja = "{{ " + expr(template.prefix) + " }}" if template.prefix else ""
+    if template.default_system:
+        jinja += "{% set system_message = " + _quoted(template.default_system) + " %}"
+    jinja += ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+              "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% endif %}")
+    if template.fuse_system:
+        jinja += ("{% for message in loop_messages %}{% if loop.index0 == 0 and system_message is defined %}"
+                  "{% set content = " + expr(template.system[:1], "system_message") + " + message['content'] %}"
+                  "{% else %}{% set content = message['content'] %}{% endif %}")
+    else:
+        jinja += ("{% if system_message is defined %}{{ " + expr(template.system, "system_message") + " }}{% endif %}"
+                  "{% for message in loop_messages %}{% set content = message['content'] %}")
+    return jinja + ("{% if message['role'] == 'user' %}{{ " + expr(template.user) + " }}"
+                    "{% elif message['role'] == 'assistant' %}{{ " + expr(template.assistant) + " }}{% endif %}{% endfor %}")
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
