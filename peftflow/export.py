@@ -153,7 +153,8 @@ def _inputs(spec: ExportSpec, registered: str | None) -> tuple[str, str | None]:
     base = resolve_model(spec.model).path
     if spec.adapter is None:
         return base, None
-    adapter = _download(spec.adapter, "adapter_name_or_path") if spec.adapter.startswith("models:/") else spec.adapter
+    adapter = (_download(spec.adapter, "adapter_name_or_path") if spec.adapter.startswith("models:/")
+               else str(Path(spec.adapter).expanduser()))
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter_name_or_path: {spec.adapter}: not an adapter (no adapter_config.json)")
     return base, adapter

@@ -22,7 +22,7 @@ lora_target: all
 
 ### dataset
 dataset: identity,alpaca_en_demo
-template: tokenizer
+template: default
 cutoff_len: 2048
 max_samples: 1000
 overwrite_cache: true

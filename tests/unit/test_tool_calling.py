@@ -128,3 +128,12 @@ def test_builtin_tool_calling_demo(tiny_model, tokenizer):
 ])
 def test_function_call_metric(pred, score):
     assert function_call(pred, CALL) == score
+
+
+def test_tool_calling_example_config_loads():
+    from pathlib import Path
+
+    from peftflow.config import load_config
+
+    cfg, unused = load_config(Path(__file__).resolve().parents[2] / "configs" / "tool-calling.yaml")
+    assert (cfg.dataset, cfg.template, cfg.evaluation.metric, unused) == ("demo_tools", "smollm2", "function_call", [])
