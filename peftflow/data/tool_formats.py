@@ -71,7 +71,7 @@ def _default_tools(tools: list[dict]) -> str:
     text, names = "", []
     for tool in map(_unwrap, tools):
         params = ""
-        for name, p in tool["parameters"]["properties"].items():
+        for name, p in tool["parameters"].get("properties", {}).items():
             required = ", required" if name in tool["parameters"].get("required", []) else ""
             enum = f", should be one of [{', '.join(p['enum'])}]" if p.get("enum") else ""
             items = f", where each item should be {p['items'].get('type', '')}" if p.get("items") else ""

@@ -137,3 +137,16 @@ def test_tool_calling_example_config_loads():
 
     cfg, unused = load_config(Path(__file__).resolve().parents[2] / "configs" / "tool-calling.yaml")
     assert (cfg.dataset, cfg.template, cfg.evaluation.metric, unused) == ("demo_tools", "smollm2", "function_call", [])
+
+
+def test_held_out_calls_are_generated_and_scored(tiny_model, tmp_path):
+    from peftflow import evaluate
+
+    cfg = RunConfig(dataset="demo_tools", template="qwen", val_size=4, max_samples=12,
+                    evaluation={"metric": "function_call", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+    prepared = prepare_dataset(cfg, tiny_model)
+    report = evaluate.compare({"base": tiny_model}, prepared.path, cfg, tmp_path / "report.json")
+    examples = report.models["base"].examples
+    assert report.metric == "function_call" and len(examples) == 4
+    for e in examples:  # random weights call nothing sensible: scored, not crashed
+        assert json.loads(e["reference"])["name"] and e["score"] == function_call(e["prediction"], e["reference"])
