@@ -53,9 +53,10 @@ def adapter(tiny_model, tmp_path_factory) -> str:
     return train.run(cfg, tiny_model, data.path, tmp_path_factory.mktemp("qwen3-lora")).adapter_dir
 
 
-def test_v1_example_trains(tiny_model, tmp_path):
-    cfg, _, _ = read_config(FIXTURES / "v1" / "train_lora_sft.yaml")
-    cfg = cfg.model_copy(update={"max_steps": 2, "val_size": 0.0})
+@pytest.mark.parametrize("name", ["v1/train_lora_sft.yaml", "v1/quantization.yaml", "train_qlora/qwen3_lora_sft_otfq.yaml"])
+def test_example_trains(name, tiny_model, tmp_path):
+    cfg, _, _ = read_config(FIXTURES / name)
+    cfg = cfg.model_copy(update={"max_steps": 2, "max_samples": 16, "val_size": 0.0, "model_name_or_path": tiny_model})
     result = train.run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path)
     assert result.steps == 2 and (Path(result.adapter_dir) / "adapter_config.json").is_file()
 
