@@ -304,7 +304,7 @@ class RunConfig(_Strict):
 
     def guard_config(self) -> RunConfig:
         """The same run reading the guard set: every row scored, none held out, none dropped silently."""
-        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "val_size": 0.0,
+        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "train_dataset": None, "val_size": 0.0,
                                        "max_samples": self.promotion.guard_max_samples})
 
     def fingerprint(self) -> str:

@@ -156,3 +156,9 @@ def test_dataset_yaml_reads_every_entry_with_its_converter(tiny_model, tokenizer
     texts = [tokenizer.decode(r["input_ids"]) for r in load_from_disk(f"{prepared.path}/train")]
     assert sum("<|im_start|>user\nRepeat: order" in t for t in texts) == 6  # v1's alpaca: instruction + input, no newline
     assert sum("<think>\nthink of a contrast\n</think>\n\n" in t for t in texts) == 8
+
+
+def test_guard_set_of_a_v1_run_is_read_from_dataset_dir(tmp_path, tiny_model):
+    cfg, _ = parse_config(v1(tmp_path, promotion={"guard_dataset": "demo_general"}))
+    guard = cfg.guard_config()
+    assert guard.train_dataset is None and data_report(guard, tiny_model).datasets == ("demo_general",)
