@@ -28,6 +28,14 @@ IGNORE = -100
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How an encoded row is built, for cutting it as LLaMA-Factory does."""
+    pairs: tuple[tuple[int, int], ...]   # (prompt tokens, answer tokens) per pair, in order
+    efficient_eos: bool                  # one eos appended at the end
+    last_first: bool                     # mask_history: the budget goes to the last pairs first
+
+
+@dataclass(frozen=True)
 class Options:
     train_on_prompt: bool = False
     mask_history: bool = False
@@ -99,9 +107,9 @@ class SlotEncoder:
             return pieces + _fill(t.function, tool_formats.function_text(self.tool_format, content, words))
         return pieces + _fill(t.assistant, content)
 
-    def encode(self, conversation: list[dict], expand=lambda ids: ids) -> tuple[list[int], list[int], list[int]]:
-        """(input_ids, labels, prompt_ids) of one conversation; `expand` rewrites each message's ids
-        (image placeholders). prompt_ids ends where the last answer starts."""
+    def encode(self, conversation: list[dict], expand=lambda ids: ids) -> tuple[list[int], list[int], list[int], Layout]:
+        """(input_ids, labels, prompt_ids, layout) of one conversation; `expand` rewrites each
+        message's ids (image placeholders). prompt_ids ends where the last answer starts."""
         system = next((m["content"] for m in conversation if m["role"] == "system"), "") or self.default_system
         tools = next((m["tools"] for m in conversation if m["role"] == "tools"), [])
         messages = [dict(m) for m in conversation if m["role"] not in ("system", "tools")]
@@ -131,7 +139,7 @@ class SlotEncoder:
             return [len(messages) - 2]
         return list(range(0, len(messages), 2))
 
-    def _label(self, pairs: list[tuple[list[int], list[int]]], weights: list[tuple]) -> tuple[list[int], list[int], list[int]]:
+    def _label(self, pairs: list[tuple[list[int], list[int]]], weights: list[tuple]) -> tuple[list[int], list[int], list[int], Layout]:
         o, n = self.o, len(pairs)
         input_ids, labels = [], []
         for k, ((source, target), (source_weight, target_weight)) in enumerate(zip(pairs, weights)):
@@ -149,4 +157,44 @@ class SlotEncoder:
         prompt_ids = input_ids[:len(input_ids) - len(pairs[-1][1])]
         if self.t.efficient_eos:
             input_ids, labels = input_ids + [self.eos], labels + [self.eos]
-        return input_ids, labels, prompt_ids
+        layout = Layout(tuple((len(s), len(t)) for s, t in pairs), self.t.efficient_eos, o.mask_history)
+        return input_ids, labels, prompt_ids, layout
+
+
+def _pair_lengths(source: int, target: int, budget: int) -> tuple[int, int]:
+    """LLaMA-Factory's infer_seqlen: how much of a (prompt, answer) pair fits in `budget` tokens.
+    A short answer is kept whole; else a short prompt is; else both shrink in proportion."""
+    if target * 2 < budget:
+        max_target = budget
+    elif source * 2 < budget:
+        max_target = budget - source
+    else:
+        max_target = int(budget * (target / (source + target)))
+    new_target = min(max_target, target)
+    return min(max(budget - new_target, 0), source), new_target
+
+
+def truncate(input_ids: list[int], labels: list[int], layout: Layout, cutoff_len: int) -> tuple[list[int], list[int]]:
+    """Cut a row to cutoff_len as LLaMA-Factory's supervised processor does: pair by pair (the last
+    first with mask_history), each pair's prompt and answer shortened at their ends; pairs beyond
+    the budget are dropped."""
+    starts, at = [], 0
+    for source, target in layout.pairs:
+        starts.append(at)
+        at += source + target
+    total, kept = int(layout.efficient_eos), {}
+    order = range(len(layout.pairs) - 1, -1, -1) if layout.last_first else range(len(layout.pairs))
+    for k in order:
+        if total >= cutoff_len:
+            break
+        source, target = layout.pairs[k]
+        kept[k] = _pair_lengths(source, target, cutoff_len - total)
+        total += sum(kept[k])
+    ids, out = [], []
+    for k in sorted(kept):
+        s0, (source, _), (new_source, new_target) = starts[k], layout.pairs[k], kept[k]
+        for lo, n in ((s0, new_source), (s0 + source, new_target)):
+            ids, out = ids + input_ids[lo:lo + n], out + labels[lo:lo + n]
+    if layout.efficient_eos:
+        ids, out = ids + input_ids[-1:], out + labels[-1:]
+    return ids, out

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from peftflow.data import templates, tool_formats
 from peftflow.data.formats import Conversation
-from peftflow.data.slots import Options, SlotEncoder
+from peftflow.data.slots import Layout, Options, SlotEncoder, truncate
 from peftflow.errors import UserError
 
 IGNORE = -100  # label of a token the loss skips
@@ -30,6 +30,7 @@ class EncodedRow:
     labels: list[int]
     prompt_ids: list[int]   # the conversation up to its last answer, ending in the generation prompt
     reference: str          # the last answer's text
+    layout: Layout | None = None  # table templates: how to cut it as LLaMA-Factory does
 
 
 class ChatEncoder:
@@ -94,10 +95,10 @@ class ChatEncoder:
         return rows
 
     def _encode_slots(self, slots: SlotEncoder, conversation: Conversation) -> EncodedRow:
-        input_ids, labels, prompt_ids = slots.encode(conversation, self._expand_images)
+        input_ids, labels, prompt_ids, layout = slots.encode(conversation, self._expand_images)
         if self.image_token_id is not None:  # image positions are features, not text: never a label
             labels = [IGNORE if t == self.image_token_id else label for t, label in zip(input_ids, labels)]
-        return EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"])
+        return EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"], layout)
 
     def _render(self, messages: Conversation, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -147,10 +148,15 @@ def _as_plain_chat(conversation: Conversation) -> Conversation:
 
 
 def cut(row: EncodedRow, cutoff_len: int) -> tuple[EncodedRow, bool]:
-    """Truncate to cutoff_len; the prompt for generation keeps its end. Returns (row, truncated)."""
+    """Truncate to cutoff_len: a table template's row pair by pair as LLaMA-Factory does, the
+    tokenizer template's at the end; the prompt for generation keeps its end. Returns (row, truncated)."""
     if len(row.input_ids) <= cutoff_len:  # prompt_ids is a prefix of input_ids, so it fits too
         return row, False
-    return EncodedRow(row.input_ids[:cutoff_len], row.labels[:cutoff_len], row.prompt_ids[-cutoff_len:], row.reference), True
+    if row.layout is not None:
+        ids, labels = truncate(row.input_ids, row.labels, row.layout, cutoff_len)
+    else:
+        ids, labels = row.input_ids[:cutoff_len], row.labels[:cutoff_len]
+    return EncodedRow(ids, labels, row.prompt_ids[-cutoff_len:], row.reference, row.layout), True
 
 
 def supervised(row: EncodedRow) -> int:

@@ -218,3 +218,27 @@ def test_template_needs_its_special_tokens(tiny_model, name, missing):
     with pytest.raises(UserError, match=f"^template '{name}' needs tokens {missing.replace('|', '[|]').replace('[g', '.g').replace('K]', 'K.')} "
                                         f"which the tokenizer at {tiny_model} does not have$"):
         ChatEncoder(tiny_model, name)
+
+
+def test_cutoff_shortens_each_pair_like_llamafactory(extended):
+    """LLaMA-Factory's infer_seqlen: a pair longer than the budget keeps prompt and answer in proportion
+    (when neither is short); pairs past the budget are dropped; with mask_history the last pair goes first."""
+    from peftflow.data.tokenize import cut
+
+    tok = extended[1]
+    long_answer = " ".join(["word"] * 30)
+    row_in = [ROW[0], {"role": "assistant", "content": long_answer}, ROW[2], ROW[3]]
+    enc = encoder(extended, "chatml")
+    [row] = enc.encode([row_in], False, False)
+    source = tok.encode(IM_USER.format("Hi"), add_special_tokens=False)
+    target = tok.encode(IM_ANSWER.format(long_answer), add_special_tokens=False)
+    budget = 12
+    assert 2 * len(target) >= budget and 2 * len(source) >= budget  # neither is short: both shrink
+    keep_target = int(budget * len(target) / (len(source) + len(target)))
+    cut_row, truncated = cut(row, budget)
+    assert truncated and cut_row.input_ids == source[:budget - keep_target] + target[:keep_target]
+    assert cut_row.labels == [-100] * (budget - keep_target) + target[:keep_target]
+    [row] = enc.encode([row_in], False, True)
+    last = expected_ids(tok, (IM_USER.format("Bye"),)) + expected_ids(tok, (IM_ANSWER.format("Later"),))
+    cut_row, _ = cut(row, len(last) + 2)  # the last pair whole, then 2 tokens left for the first
+    assert cut_row.input_ids[-len(last):] == last and len(cut_row.input_ids) == len(last) + 2
