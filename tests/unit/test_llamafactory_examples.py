@@ -159,14 +159,17 @@ def test_export_a_registered_version(adapter, tiny_model, tmp_path, monkeypatch)
 
 
 def test_cli_export_and_its_one_line_refusal(adapter, tmp_path, peftflow_home):
-    env = {**os.environ, "PEFTFLOW_HOME": str(peftflow_home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    from typer.testing import CliRunner
 
-    def cli(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", "export", str(path)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+    from flows.cli import app
 
-    ok = cli(export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter))
-    assert ok.returncode == 0, ok.stderr
+    ok = CliRunner().invoke(app, ["export", str(export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter))])
+    assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith(f"exported {tmp_path / 'exported'}: 1 safetensors shard(s), float32, merged (max |logit diff|")
-    bad = cli(export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter, quantization_bit=8))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
+    # a refusal, as a user sees it: one line on stderr, exit 2
+    env = {**os.environ, "PEFTFLOW_HOME": str(peftflow_home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    path = export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter, quantization_bit=8)
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "export", str(path)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr == f"error: {path}: quantization_bit: never merge an adapter into a quantized " \
+        "model (LLaMA-Factory's examples warn the same); drop quantization_bit, the merge goes into the unquantized base\n"
