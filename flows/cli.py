@@ -1,5 +1,5 @@
-"""`peftflow` command line: run, validate, generate, promote, rollback, history, emit-dataset-updated,
-relay, webhooks create.
+"""`peftflow` command line: run, validate, export, generate, promote, rollback, history,
+emit-dataset-updated, relay, webhooks create.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
 shows the traceback instead.
@@ -72,7 +72,7 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
 def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
     """Check the config, model and data without training; print a data report."""
     try:
-        cfg, _ = _load(config)
+        cfg, _, schema = _read(config)
         from peftflow.data import data_report
 
         from peftflow.preflight import check_training_setup
@@ -85,10 +85,32 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
     except Exception as e:  # noqa: BLE001
         _fail(e)
         return
+    typer.echo(f"schema: {schema}")
     typer.echo(report.to_text())
     if report.problems:  # what would stop `run`: a failed check, like any other user error
         typer.echo(f"error: {report.problems[0]}", err=True)
         raise typer.Exit(2)
+
+
+@app.command()
+def export(config: str = typer.Argument(..., help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml."),
+           model: Optional[str] = typer.Option(None, "--model", help="Export this registered version instead, e.g. models:/NAME@champion.")) -> None:
+    """Merge an adapter into its unquantized base and write a sharded, ready-to-serve model to export_dir."""
+    try:
+        from peftflow.config import read_yaml
+        from peftflow.export import read_spec, run_export
+
+        if model is not None and not model.startswith("models:/"):
+            from peftflow.errors import UserError
+
+            raise UserError(f"--model {model}: expected a registered version, models:/NAME@ALIAS or models:/NAME/VERSION")
+        spec = read_spec(read_yaml(config), config)
+        result = run_export(spec, registered=model)
+    except Exception as e:  # noqa: BLE001
+        _fail(_as_user_error(e, model) if model else e)
+        return
+    merged = f"merged (max |logit diff| {result.max_abs_logit_diff:.1e})" if result.merged else "no adapter"
+    typer.echo(f"exported {result.export_dir}: {result.shards} safetensors shard(s), {result.dtype}, {merged}")
 
 
 @app.command()
@@ -261,12 +283,18 @@ def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", 
 
 
 def _load(path):
-    from peftflow.config import load_config
+    cfg, unused, _ = _read(path)
+    return cfg, unused
 
-    cfg, unused = load_config(path)
+
+def _read(path):
+    """(config, keys accepted but unused, schema read), warning about the unused keys."""
+    from peftflow.config import read_config
+
+    cfg, unused, schema = read_config(path)
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
-    return cfg, unused
+    return cfg, unused, schema
 
 
 def _check_model_ref(model: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import peftflow
 from peftflow.config import RunConfig
+from peftflow.config.checks import given
 from peftflow.data import PreparedData
 from peftflow.models.resolve import ResolvedModel
 
@@ -19,13 +20,38 @@ from peftflow.models.resolve import ResolvedModel
 _NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "quantized_merge_tolerance",
                  "output_dir", "on_invalid_rows", "teacher", "teacher_adapter"}
 
+# The training fields the key hashed when it was defined (RunConfig at commit 7a2ffee). A field added
+# since is hashed only when it differs from its default: adding a field must not change the key of
+# every run already trained (and so retrain them all), and a field at its default trains as before.
+KEYED_AT_DEFINITION = frozenset({
+    "additional_target", "allow_pickle_weights", "bf16", "bf16_autocast", "compute_dtype", "cutoff_len",
+    "dataset", "dataset_dir", "double_quantization", "encoder_hidden_size",
+    "encoder_reparameterization_type", "finetuning_type", "fp16", "freeze_multi_modal_projector",
+    "freeze_vision_tower", "gradient_accumulation_steps", "gradient_checkpointing", "kd_chunk_size",
+    "kd_direction", "kd_ratio", "kd_temperature", "learning_rate", "logging_steps", "lora_alpha",
+    "lora_dropout", "lora_init", "lora_rank", "lora_target", "lr_scheduler_type", "mask_history",
+    "max_grad_norm", "max_samples", "max_steps", "model_name_or_path", "nnodes", "num_processes",
+    "num_train_epochs", "num_virtual_tokens", "optim", "per_device_train_batch_size", "pissa_init",
+    "prefix_projection", "prompt_tuning_init", "prompt_tuning_init_text", "quantization_bit",
+    "quantization_method", "quantization_type", "save_steps", "save_total_limit", "seed", "stage",
+    "student_layers", "teacher_topk", "template", "train_on_prompt", "train_projector", "trust_remote_code",
+    "use_dora", "use_rslora", "val_size", "warmup_ratio", "warmup_steps", "weight_decay",
+})
+
+# Template names renamed without a change of meaning: hashed under the old name, so the runs keep
+# their key. (The new `default`, LLaMA-Factory's Human/Assistant template, is told apart from the old
+# one by the data fingerprint, which is also in the key.)
+_FORMER_TEMPLATE_NAMES = {"tokenizer": "default"}
+
 
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str, teacher_fingerprint: str = "") -> str:
-    training = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING}
+    training = {k: v for k, v in cfg.model_dump(mode="json").items()
+                if k not in _NOT_TRAINING and (k in KEYED_AT_DEFINITION or given(cfg, k))}
+    training["template"] = _FORMER_TEMPLATE_NAMES.get(cfg.template, cfg.template)
     return _digest(training, model_fingerprint, data_fingerprint, teacher_fingerprint)
 
 

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 from peftflow.builtin.shapes import write_shapes_dataset
+from peftflow.builtin.tool_calls import DATASET_INFO as TOOLS_INFO, make_tool_rows
 
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]
@@ -59,11 +60,11 @@ def make_general_rows(n: int, seed: int = 1) -> list[dict]:
     return rows
 
 
-BUILTIN_NAMES = ("demo_orders", "demo_general", "demo_shapes")
+BUILTIN_NAMES = ("demo_orders", "demo_general", "demo_shapes", "demo_tools")
 
 
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
-    """Write the demo data (orders; the arithmetic guard set; the shapes image task) and their
+    """Write the demo data (orders; the arithmetic guard set; the shapes image task; tool calling) and their
     dataset_info.json (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
@@ -72,5 +73,7 @@ def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Pa
     (dataset_dir / "demo_orders.json").write_text(json.dumps(make_rows(n, seed), indent=1))
     (dataset_dir / "demo_general.json").write_text(json.dumps(make_general_rows(64), indent=1))
     info |= write_shapes_dataset(dataset_dir, seed=seed)
+    (dataset_dir / "demo_tools.json").write_text(json.dumps(make_tool_rows(n, seed), indent=1))
+    info |= TOOLS_INFO
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return dataset_dir

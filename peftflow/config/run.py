@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from peftflow.config.v1 import is_v1, to_v0
 from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict
 from peftflow.errors import UserError
@@ -51,7 +52,8 @@ class RunConfig(Strict):
 
     # model
     model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
-    template: str = Field("default", description="Chat template: `default` uses the tokenizer's own.")
+    template: str = Field("tokenizer", description="Chat template: `tokenizer` (the tokenizer's own) or one of "
+                                                   "LLaMA-Factory's template names (`qwen3`, `llama3`, `default`, ...).")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model or tokenizer. Off unless set.")
     allow_pickle_weights: bool = Field(False, description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded with torch's weights_only loader. peftflow itself writes safetensors only.")
     # method
@@ -97,11 +99,21 @@ class RunConfig(Strict):
     # data
     dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
+    train_dataset: str | None = Field(
+        None, description="LLaMA-Factory v1's data: a dataset YAML (`name: {path, source, converter, size}`) or a "
+                          "local data file or folder; replaces dataset / dataset_dir.")
     cutoff_len: int = Field(1024, gt=0)
     max_samples: int | None = Field(None, gt=0)
     val_size: float = Field(0.1, ge=0.0, description="Fraction (<1) or number of rows held out.")
     train_on_prompt: bool = False
     mask_history: bool = False
+    enable_thinking: bool = Field(True, description="Reasoning templates: learn thinking blocks (an answer without one "
+                                                    "gets an empty one to learn); false removes them and puts an empty "
+                                                    "one in the prompt, as LLaMA-Factory.")
+    preserve_thinking: bool = Field(False, description="Reasoning templates with mask_history: keep the thinking of earlier answers.")
+    tool_format: Literal["default", "qwen", "qwen3_5", "llama3", "mistral", "glm4"] | None = Field(
+        None, description="Tool-calling text format (LLaMA-Factory's names); default: the template's.")
+    default_system: str | None = Field(None, description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", description="Stop on invalid rows, or drop and log them.")
     # training
     output_dir: str | None = Field(None, description="Defaults to <PEFTFLOW_HOME>/runs/<registry name>.")
@@ -205,7 +217,7 @@ class RunConfig(Strict):
 
     def guard_config(self) -> RunConfig:
         """The same run reading the guard set: every row scored, none held out, none dropped silently."""
-        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "val_size": 0.0,
+        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "train_dataset": None, "val_size": 0.0,
                                        "max_samples": self.promotion.guard_max_samples})
 
     def fingerprint(self) -> str:
@@ -248,25 +260,35 @@ def _valid_keys(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
+SCHEMA_V0, SCHEMA_V1 = "LLaMA-Factory v0 (flat training YAML)", "LLaMA-Factory v1 (USE_V1=1 sft YAML)"
+
+
+def schema_of(raw: Any) -> str:
+    return SCHEMA_V1 if isinstance(raw, dict) and is_v1(raw) else SCHEMA_V0
+
+
 def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
-    """Validate a raw mapping. Returns the config and the keys accepted but unused."""
+    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted but unused."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
-    raw = dict(raw)
+    raw, names, v1_unused = dict(raw), {}, []
+    if is_v1(raw):
+        raw, names, v1_unused = to_v0(raw, source)
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
     for k in unused:
         raw.pop(k)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise UserError(_describe(e, source)) from None
-    return cfg, unused
+        raise UserError(_describe(e, source, names)) from None
+    return cfg, v1_unused + unused
 
 
-def _describe(e: ValidationError, source: str) -> str:
+def _describe(e: ValidationError, source: str, names: dict[str, str] | None = None) -> str:
+    """One line for the first error; `names` gives the key as the user wrote it (v1 names)."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc) or "(config)"
+    key = ".".join([(names or {}).get(loc[0], loc[0]), *loc[1:]]) if loc else "(config)"
     if err["type"] == "extra_forbidden":
         section = RunConfig
         for part in loc[:-1]:
@@ -289,9 +311,21 @@ def demo_config() -> RunConfig:
 
 
 def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
-    """Read a YAML run config. `None` gives the built-in demo."""
+    """Read a YAML run config (v0 or v1). `None` gives the built-in demo."""
+    cfg, unused, _ = read_config(path)
+    return cfg, unused
+
+
+def read_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str], str]:
+    """(config, keys accepted but unused, the schema the file was read as)."""
     if path is None:
-        return demo_config(), []
+        return demo_config(), [], "peftflow built-in demo"
+    raw = read_yaml(path)
+    return (*parse_config(raw, source=str(path)), schema_of(raw))
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's content; a missing, unreadable or invalid file is one line."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
@@ -303,4 +337,4 @@ def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
         raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
-    return parse_config(raw, source=str(p))
+    return raw

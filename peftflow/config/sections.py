@@ -51,8 +51,9 @@ class PromotionConfig(Strict):
 class EvaluationConfig(Strict):
     """Held-out evaluation of base, fine-tune and champion."""
 
-    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy"] = Field(
-        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task answer_accuracy.")
+    metric: Literal["exact_match", "token_f1", "json_fields", "answer_accuracy", "function_call"] = Field(
+        "token_f1", description="Generation metric per example; the demo task uses json_fields, the image task "
+                                "answer_accuracy, the tool-calling task function_call.")
     max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
     batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")

@@ -1,12 +1,10 @@
 """LLaMA-Factory's alpaca and sharegpt row formats, normalised into one conversation shape.
 
-A conversation is a list of {"role": "system" | "user" | "assistant", "content": str}: an
-optional system turn, then user / assistant turns alternating, ending with an assistant turn.
-A row that cannot become one raises InvalidRow with a short reason.
-
-Sharegpt tool-calling turns (function_call / observation) are invalid rows: peftflow has no tool
-format yet, and flattening them into plain user / assistant text would teach a format no
-template renders back.
+A conversation is a list of {"role", "content"} turns: an optional system turn, then prompt
+turns ("user", or "observation": a tool's result) and answer turns ("assistant", or "function":
+a tool call as JSON) alternating, ending with an answer. A sharegpt row with a `tools` column
+also carries {"role": "tools", "content": "", "tools": [tool objects]}. A row that cannot become
+one raises InvalidRow with a short reason.
 """
 
 from __future__ import annotations
@@ -14,17 +12,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from peftflow.data.tool_formats import check_tools, parse_calls
+from peftflow.data.v1_rows import RowError, to_turns
 from peftflow.errors import UserError
 
-Conversation = list[dict[str, str]]
+Conversation = list[dict[str, Any]]
+PROMPT_ROLES, ANSWER_ROLES = ("user", "observation"), ("assistant", "function")
 
 COLUMNS = {
     "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None,
                "images": None},
-    "sharegpt": {"messages": "conversations", "system": None, "images": None},
+    "sharegpt": {"messages": "conversations", "system": None, "tools": None, "images": None},
 }
 IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: one per image, in the order of the images column
-REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",)}
+# LLaMA-Factory v1 dataset YAMLs: native message rows, or its alpaca / sharegpt converters.
+V1_COLUMNS = {
+    "v1": {"messages": "messages", "tools": "tools", "system": None, "images": None},
+    "v1-alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": "system",
+                  "images": None},
+    "v1-sharegpt": {"messages": "conversations", "tools": "tools", "system": None, "images": None},
+}
+REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",), "v1": ("messages",),
+            "v1-alpaca": ("prompt", "response"), "v1-sharegpt": ("messages",)}
 SHAREGPT_TAGS = {
     "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
     "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
@@ -68,12 +77,29 @@ class RowFormat:
         fields = set(REQUIRED[self.formatting]) | set(self.mapped)
         return sorted({self.columns[f] for f in fields if self.columns[f]})
 
+    @classmethod
+    def v1(cls, converter: str | None) -> "RowFormat":
+        formatting = f"v1-{converter}" if converter else "v1"
+        return cls(formatting, V1_COLUMNS[formatting], dict(SHAREGPT_TAGS), ())
+
     def to_conversation(self, row: dict[str, Any]) -> Conversation:
-        turns = self._alpaca(row) if self.formatting == "alpaca" else self._sharegpt(row)
-        if turns[0]["role"] == "system":  # a sharegpt system turn wins over the system column
-            return turns
-        system = _optional_text(row, self.columns["system"])
-        return ([{"role": "system", "content": system}] if system else []) + turns
+        if self.formatting == "v1":
+            return self._v1(row)
+        turns = self._alpaca(row) if self.formatting.endswith("alpaca") else self._sharegpt(row)
+        tools = self._tools(row)
+        if turns[0]["role"] != "system":  # a sharegpt system turn wins over the system column
+            system = _optional_text(row, self.columns["system"])
+            turns = ([{"role": "system", "content": system}] if system else []) + turns
+        return ([{"role": "tools", "content": "", "tools": tools}] if tools else []) + turns
+
+    def _tools(self, row: dict[str, Any]) -> list[dict]:
+        column = self.columns.get("tools")
+        if not column or row.get(column) is None:
+            return []
+        try:
+            return check_tools(row[column])
+        except ValueError as e:
+            raise InvalidRow(f"field '{column}' is not a valid tool list", str(e)) from None
 
     def images(self, row: dict[str, Any], conversation: Conversation) -> list[str]:
         """The row's image paths (as written, relative to dataset_dir); one per `<image>` placeholder."""
@@ -93,7 +119,8 @@ class RowFormat:
     def _alpaca(self, row: dict[str, Any]) -> Conversation:
         prompt = _text(row, self.columns["prompt"])
         query = _optional_text(row, self.columns["query"])
-        user = "\n".join(t for t in (prompt, query) if t)
+        # v1's alpaca converter joins instruction and input with nothing between them; v0 with a newline
+        user = ("" if self.formatting == "v1-alpaca" else "\n").join(t for t in (prompt, query) if t)
         if not user.strip():
             raise InvalidRow("empty prompt")
         response = _text(row, self.columns["response"])
@@ -114,34 +141,49 @@ class RowFormat:
         if not isinstance(messages, (list, tuple)):
             raise InvalidRow(f"field '{column}' is missing" if messages is None else f"field '{column}' is not a list")
         t = self.tags
-        roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system"}
+        roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system",
+                 t["function_tag"]: "function", t["observation_tag"]: "observation"}
         turns: Conversation = []
         for i, message in enumerate(messages, start=1):
             if not isinstance(message, dict):
                 raise InvalidRow("turn is not an object", f"turn {i}")
             tag, content = message.get(t["role_tag"]), message.get(t["content_tag"])
-            if tag in (t["function_tag"], t["observation_tag"]):
-                raise InvalidRow("tool-calling turns are not supported", f"turn {i} is '{tag}'")
             if tag not in roles:
                 raise InvalidRow(f"unknown role {tag!r}", f"turn {i}")
             if not isinstance(content, str):
                 raise InvalidRow(f"field '{t['content_tag']}' is not a string", f"turn {i}")
+            if roles[tag] == "function":
+                try:
+                    parse_calls(content)
+                except ValueError as e:
+                    raise InvalidRow("invalid function call", f"turn {i}: {e}") from None
             turns.append({"role": roles[tag], "content": content})
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
         _check_order(turns[len(system):], first_number=len(system) + 1)
         return [s for s in system if s["content"]] + turns[len(system):]
 
 
+    def _v1(self, row: dict[str, Any]) -> Conversation:
+        try:
+            turns, tools = to_turns(row)
+        except RowError as e:
+            raise InvalidRow(e.reason, e.detail) from None
+        system = turns[:1] if turns and turns[0]["role"] == "system" else []
+        _check_order(turns[len(system):], first_number=len(system) + 1)
+        return (([{"role": "tools", "content": "", "tools": tools}] if tools else [])
+                + [s for s in system if s["content"]] + turns[len(system):])
+
+
 def _check_order(turns: Conversation, first_number: int) -> None:
     if not turns:
         raise InvalidRow("no user / assistant turns")
     for i, turn in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if turn["role"] != expected:
-            raise InvalidRow("wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {expected}")
-        if expected == "assistant" and not turn["content"].strip():
+        expected = PROMPT_ROLES if i % 2 == 0 else ANSWER_ROLES
+        if turn["role"] not in expected:
+            raise InvalidRow("wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {' or '.join(expected)}")
+        if turn["role"] in ANSWER_ROLES and not turn["content"].strip():
             raise InvalidRow("empty response", f"turn {i + first_number}")
-    if turns[-1]["role"] != "assistant":
+    if turns[-1]["role"] not in ANSWER_ROLES:
         raise InvalidRow("wrong turn order", "ends with a user turn")
 
 

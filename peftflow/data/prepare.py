@@ -23,8 +23,10 @@ from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
-from peftflow.data.templates import get_template
+from peftflow.data.slots import Options
+from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, get_template
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
+from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
 from peftflow.models.vision import check_config_fits
 from peftflow.paths import cache_dir
@@ -93,9 +95,16 @@ class _Analysis:
     problems: list[str] = field(default_factory=list)
 
 
+def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
+    """The datasets a run reads: v1's train_dataset when set, else `dataset` in dataset_dir."""
+    if cfg.train_dataset:
+        return v1_sources(cfg.train_dataset)
+    return resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+
+
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
     check_config_fits(cfg, model_path)  # prepared data does not depend on the method: checked before the cache
-    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    sources = dataset_sources(cfg)
     fingerprint = _fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
     if (target / STATS_FILE).is_file():
@@ -110,13 +119,13 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
 
 def data_report(cfg: RunConfig, model_path: str) -> DataReport:
     check_config_fits(cfg, model_path)
-    sources = resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    sources = dataset_sources(cfg)
     a = _analyse(cfg, sources, model_path, strict=False)
     by_reason: dict[str, list[str]] = {}
     for reason, where in a.drops:
         by_reason.setdefault(reason, []).append(where)
     return DataReport(
-        datasets=tuple(cfg.dataset_names), rows_read=a.rows_read, rows_kept=len(a.rows),
+        datasets=tuple(s.name for s in sources), rows_read=a.rows_read, rows_kept=len(a.rows),
         dropped={r: len(w) for r, w in by_reason.items()},
         dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
         token_lengths=_percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
@@ -141,8 +150,10 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
             log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
         if not valid:
             problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
+        if valid and source.format.formatting.startswith("v1"):
+            valid = resample(valid, source.entry, cfg.seed)
         kept += valid[:cfg.max_samples]
-    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code)
+    encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
     encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
     for row, (_, images, where) in zip(encoded, kept):
@@ -259,9 +270,24 @@ def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) 
     for name in TOKENIZER_FILES:
         if (Path(model_path) / name).is_file():
             add(name, (Path(model_path) / name).read_bytes())
-    add("template", f"{cfg.template}\0{get_template(cfg.template).jinja or ''}".encode())
+    add("template", _template_identity(cfg).encode())
     add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def encode_options(cfg: RunConfig) -> Options:
+    return Options(cfg.train_on_prompt, cfg.mask_history, cfg.enable_thinking, cfg.preserve_thinking,
+                   cfg.tool_format, cfg.default_system)
+
+
+def _template_identity(cfg: RunConfig) -> str:
+    """What of the template shapes the tokens: the table row and the options that change its output.
+    The tokenizer template is named as it always was, so its prepared data keep their fingerprint."""
+    row = get_template(cfg.template)
+    if row is None:
+        return f"{TOKENIZER_FINGERPRINT_NAME}\0"
+    options = {k: getattr(cfg, k) for k in ("enable_thinking", "preserve_thinking", "tool_format", "default_system")}
+    return f"{cfg.template}\0{row!r}\0{json.dumps(options, sort_keys=True)}"
 
 
 def _percentiles(lengths: list[int]) -> dict[str, int]:

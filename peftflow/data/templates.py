@@ -1,84 +1,38 @@
-"""Chat templates by name (`template:` in the run config), as Jinja chat templates.
+"""Chat templates by name (`template:` in the run config).
 
-`default` is the tokenizer's own chat template. The named ones follow LLaMA-Factory's templates of
-the same name. Each names the special tokens it writes, so a template the tokenizer cannot encode
-fails before any tokenising, and the token that ends an assistant turn, which the model must learn
-and generation must stop on.
+`tokenizer` (the default) is the tokenizer's own Jinja chat template, rendered and masked by
+tokenize.py. Every other name is a row of LLaMA-Factory's template table (template_table.py),
+encoded as LLaMA-Factory encodes it (slots.py). A template whose special tokens the tokenizer
+cannot encode as single tokens fails before any tokenising.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 
+from peftflow.data.slots import stop_words_eos
+from peftflow.data.template_table import BOS, EOS, TABLE, TableTemplate
 from peftflow.errors import UserError
 
-DEFAULT = "default"
+TOKENIZER = "tokenizer"
+# The tokenizer's template was called `default` before LLaMA-Factory's `default` joined the table;
+# prepared data keep that name in their fingerprint, so existing caches stay valid.
+TOKENIZER_FINGERPRINT_NAME = "default"
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
-    name: str
-    jinja: str | None             # None: the tokenizer's own chat_template
-    required_tokens: tuple[str, ...]
-    end_of_turn: str | None       # None: the tokenizer's eos_token
+def names() -> list[str]:
+    return sorted([TOKENIZER, *TABLE])
 
 
-_CHATML_TURNS = (
-    "{%- for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{%- endif %}"
-)
-# SmolLM2's own template: ChatML plus a default system prompt when the conversation has none.
-_SMOLLM2_SYSTEM = (
-    "{%- if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{%- endif %}"
-)
-_LLAMA3 = (
-    "{{ '<|begin_of_text|>' }}"
-    "{%- for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
-)
-_ALPACA = (
-    "{%- if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}"
-    "{%- else %}{{ 'Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n' }}{%- endif %}"
-    "{%- for message in messages if message['role'] != 'system' %}"
-    "{%- if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
-    "{%- else %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{ '### Response:\n' }}{%- endif %}"
-)
-# No markup at all: the texts back to back, each answer closed by eos.
-_EMPTY = (
-    "{%- for message in messages %}{{ message['content'] }}"
-    "{%- if message['role'] == 'assistant' %}{{ eos_token }}{%- endif %}{%- endfor %}"
-)
-
-_CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
-TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in [
-    ChatTemplate(DEFAULT, None, (), None),
-    ChatTemplate("chatml", _CHATML_TURNS, _CHATML_TOKENS, "<|im_end|>"),
-    ChatTemplate("smollm2", _SMOLLM2_SYSTEM + _CHATML_TURNS, _CHATML_TOKENS, "<|im_end|>"),
-    ChatTemplate("llama3", _LLAMA3, ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"), "<|eot_id|>"),
-    ChatTemplate("alpaca", _ALPACA, (), None),
-    ChatTemplate("empty", _EMPTY, (), None),
-]}
-ALIASES = {"smollm": "smollm2"}
-
-
-def get_template(name: str) -> ChatTemplate:
-    name = ALIASES.get(name, name)
-    if name not in TEMPLATES:
-        names = sorted([*TEMPLATES, *ALIASES])
-        match = difflib.get_close_matches(name, names, n=1)
+def get_template(name: str) -> TableTemplate | None:
+    """The table row of `name`; None for the tokenizer's own template."""
+    if name == TOKENIZER:
+        return None
+    if name not in TABLE:
+        match = difflib.get_close_matches(name, names(), n=1)
         hint = f"did you mean '{match[0]}'? " if match else ""
-        raise UserError(f"template: unknown template '{name}' ({hint}known: {', '.join(names)})")
-    return TEMPLATES[name]
+        raise UserError(f"template: unknown template '{name}' ({hint}known: {', '.join(names())})")
+    return TABLE[name]
 
 
 def single_token_id(tokenizer, token: str) -> int | None:
@@ -87,25 +41,47 @@ def single_token_id(tokenizer, token: str) -> int | None:
     return ids[0] if len(ids) == 1 else None
 
 
-def resolve(tokenizer, name: str, tokenizer_path: str) -> tuple[str, str]:
-    """(Jinja source, end-of-turn token text) of template `name` for this tokenizer."""
-    template = get_template(name)
-    missing = [t for t in template.required_tokens if single_token_id(tokenizer, t) is None]
-    if missing:
-        raise UserError(f"template '{name}' needs tokens {' '.join(missing)} which the tokenizer at {tokenizer_path} does not have")
-    jinja = template.jinja or tokenizer.chat_template
+def resolve_jinja(tokenizer, tokenizer_path: str) -> tuple[str, str]:
+    """The tokenizer template: (Jinja source, end-of-turn token text)."""
+    jinja = tokenizer.chat_template
     if not jinja:
-        raise UserError(f"template 'default': the tokenizer at {tokenizer_path} has no chat template; set template to one of {', '.join(t for t in TEMPLATES if t != DEFAULT)}")
-    end_of_turn = template.end_of_turn or (_probe_end_of_turn(tokenizer, jinja) if template.jinja is None else tokenizer.eos_token)
+        raise UserError(f"template '{TOKENIZER}': the tokenizer at {tokenizer_path} has no chat template; "
+                        f"set template to one of {', '.join(TABLE)}")
+    end_of_turn = _probe_end_of_turn(tokenizer, jinja)
     if not end_of_turn:
-        raise UserError(f"template '{name}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none")
+        raise UserError(f"template '{TOKENIZER}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none")
     return jinja, end_of_turn
+
+
+def check_table_template(tokenizer, template: TableTemplate, tokenizer_path: str) -> None:
+    """The row's special tokens are single tokens of this tokenizer, and it has the eos the row writes."""
+    missing = [t for t in template.tokens if single_token_id(tokenizer, t) is None]
+    if template.replace_eos and single_token_id(tokenizer, template.stop_words[0]) is None:
+        missing.append(template.stop_words[0])
+    if missing:
+        raise UserError(f"template '{template.name}' needs tokens {' '.join(dict.fromkeys(missing))} which the "
+                        f"tokenizer at {tokenizer_path} does not have")
+    if not template.replace_eos and tokenizer.eos_token_id is None:
+        raise UserError(f"template '{template.name}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none")
+
+
+def stop_token_ids(tokenizer, name: str) -> list[int]:
+    """Tokens generation stops on, the one training taught to end an answer first: for a table
+    template its eos (the first stop word when it replaces eos) then its other stop words that are
+    single tokens, as LLaMA-Factory's get_stop_token_ids; for the tokenizer template its end-of-turn token."""
+    path = getattr(tokenizer, "name_or_path", "") or "(in memory)"
+    template = get_template(name)
+    if template is None:
+        return [single_token_id(tokenizer, resolve_jinja(tokenizer, path)[1])]
+    check_table_template(tokenizer, template, path)
+    ids = [stop_words_eos(template, tokenizer), tokenizer.eos_token_id,
+           *(single_token_id(tokenizer, w) for w in template.stop_words)]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def end_of_turn_token_id(tokenizer, template: str) -> int:
     """The token that closes an assistant turn: the labels learn it and generation stops on it."""
-    path = getattr(tokenizer, "name_or_path", "") or "(in memory)"
-    return single_token_id(tokenizer, resolve(tokenizer, template, path)[1])
+    return stop_token_ids(tokenizer, template)[0]
 
 
 def _probe_end_of_turn(tokenizer, jinja: str) -> str | None:
@@ -117,3 +93,41 @@ def _probe_end_of_turn(tokenizer, jinja: str) -> str | None:
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
     matches = [t for t in specials if t and after.startswith(t)]
     return max(matches, key=len) if matches else tokenizer.eos_token
+
+
+def chat_template_jinja(template: TableTemplate, tokenizer) -> str:
+    """The row as a Jinja chat template, laid out as LLaMA-Factory writes one into an exported
+    tokenizer (Template._get_jinja_template; a fused-system row puts the system text in the first
+    user message). Markers become the tokenizer's bos and the template's eos as text."""
+    eos = tokenizer.convert_ids_to_tokens(stop_words_eos(template, tokenizer))
+
+    def expr(slot: tuple[str, ...], placeholder: str = "content") -> str:
+        items = []
+        for piece in slot:
+            if piece == BOS:
+                items += [_quoted(tokenizer.bos_token)] if tokenizer.bos_token_id is not None else []
+            elif piece == EOS:
+                items.append(_quoted(eos))
+            else:
+                before, hole, after = piece.partition("{{content}}")
+                items += [_quoted(before)] * bool(before) + [placeholder] * bool(hole) + [_quoted(after)] * bool(after)
+        return " + ".join(items)
+
+    jinja = "{{ " + expr(template.prefix) + " }}" if template.prefix else ""
+    if template.default_system:
+        jinja += "{% set system_message = " + _quoted(template.default_system) + " %}"
+    jinja += ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+              "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% endif %}")
+    if template.fuse_system:
+        jinja += ("{% for message in loop_messages %}{% if loop.index0 == 0 and system_message is defined %}"
+                  "{% set content = " + expr(template.system[:1], "system_message") + " + message['content'] %}"
+                  "{% else %}{% set content = message['content'] %}{% endif %}")
+    else:
+        jinja += ("{% if system_message is defined %}{{ " + expr(template.system, "system_message") + " }}{% endif %}"
+                  "{% for message in loop_messages %}{% set content = message['content'] %}")
+    return jinja + ("{% if message['role'] == 'user' %}{{ " + expr(template.user) + " }}"
+                    "{% elif message['role'] == 'assistant' %}{{ " + expr(template.assistant) + " }}{% endif %}{% endfor %}")
+
+
+def _quoted(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

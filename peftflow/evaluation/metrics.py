@@ -6,6 +6,8 @@ import json
 import re
 from collections import Counter
 
+from peftflow.data.tool_formats import extract_calls
+
 
 def exact_match(pred: str, ref: str) -> float:
     return float(pred.strip() == ref.strip())
@@ -45,4 +47,19 @@ def answer_accuracy(pred: str, ref: str) -> float:
     return float(norm(pred) == norm(ref))
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy}
+def function_call(pred: str, ref: str) -> float:
+    """Tool calling: per reference call, 1 when the prediction calls the same function (in order)
+    with the same arguments, 0.5 when only the function is right; divided by the larger number of
+    calls, so a missing or an extra call costs. The calls are read in any tool format peftflow
+    writes (tool_formats.extract_calls); a reference that holds no call is scored by exact match."""
+    expected = extract_calls(ref)
+    if not expected:
+        return exact_match(pred, ref)
+    got = extract_calls(pred)
+    points = sum(0.0 if g.name != e.name else 1.0 if json.loads(g.arguments) == json.loads(e.arguments) else 0.5
+                 for g, e in zip(got, expected))
+    return points / max(len(got), len(expected))
+
+
+METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy,
+           "function_call": function_call}

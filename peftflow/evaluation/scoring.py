@@ -10,7 +10,7 @@ from datasets import concatenate_datasets, load_from_disk
 from transformers import AutoProcessor, AutoTokenizer
 
 from peftflow.config import RunConfig
-from peftflow.data.templates import end_of_turn_token_id
+from peftflow.data.templates import stop_token_ids
 from peftflow.evaluation.metrics import METRICS
 from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.models import vision
@@ -55,7 +55,7 @@ def uncached_generation(model) -> bool:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_id: int, images: list | None = None, pixels=None) -> list[str]:
+             stop_ids: list[int], images: list | None = None, pixels=None) -> list[str]:
     """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt.
     `images` (per prompt) and `pixels` as in heldout_loss, for a vision-language model."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -67,7 +67,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
         extra = _image_inputs(pixels, {"images": images[start:start + batch_size]} if images else {})
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_id, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
+                             eos_token_id=stop_ids, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return outputs
 
@@ -110,7 +110,7 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
     predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
-                           end_of_turn_token_id(tokenizer, cfg.template),
+                           stop_token_ids(tokenizer, cfg.template),
                            scored["images"] if pixels else None, pixels)
     metric = METRICS[ecfg.metric]
     examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}

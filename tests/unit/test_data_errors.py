@@ -62,7 +62,7 @@ def test_dataset_info_problems(write_dataset, tiny_model, tmp_path):
     ({"file_name": "qa.json", "ranking": True}, "'qa' is a ranking (preference) dataset"),
     ({"file_name": "qa.json", "formatting": "openai"}, "'qa' formatting 'openai' is not supported"),
     ({"file_name": "qa.json", "columns": {"videos": "videos"}}, "'qa' columns videos are not supported for alpaca"),
-    ({"file_name": "qa.json", "formatting": "sharegpt", "columns": {"tools": "tools"}}, "'qa' columns tools are not supported for sharegpt"),
+    ({"file_name": "qa.json", "formatting": "sharegpt", "columns": {"videos": "videos"}}, "'qa' columns videos are not supported for sharegpt"),
     ({"formatting": "alpaca"}, "'qa' has no file_name"),
 ])
 def test_bad_dataset_info_entries(write_dataset, tiny_model, entry, expected):
@@ -92,11 +92,11 @@ def test_invalid_rows_are_all_named_in_one_error(write_dataset, tiny_model):
         chat(("human", "q"), ("gpt", "  ")),                # 4: empty response
         {"conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "a"}]},  # 5: not a string
         chat(("human", "q"), ("gpt", "a"), ("human", "q")),  # 6: ends with user
-        chat(("human", "q"), ("function_call", "{}")),      # 7: tool call
+        chat(("human", "q"), ("function_call", "{}")),      # 7: a call without a name
     ]
     root = write_dataset({"qa": {"file_name": "chat.json", "formatting": "sharegpt"}}, {"chat.json": rows})
     assert prepare_error(root, tiny_model) == (
-        f"{root}/chat.json: 6 invalid rows: row 2: wrong turn order (turn 1 is assistant, expected user); "
+        f"{root}/chat.json: 6 invalid rows: row 2: wrong turn order (turn 1 is assistant, expected user or observation); "
         "row 3: unknown role 'bot' (turn 2); row 4: empty response (turn 2); "
         "row 5: field 'value' is not a string (turn 1); row 6: wrong turn order (ends with a user turn) "
         "(set on_invalid_rows: drop to skip them)")
@@ -119,10 +119,10 @@ def test_all_rows_invalid_in_drop_mode(write_dataset, tiny_model):
     assert prepare_error(root, tiny_model, on_invalid_rows="drop") == "dataset 'qa': none of its 1 rows is valid"
 
 
-def test_default_template_needs_a_tokenizer_chat_template(write_dataset, tiny_model, tmp_path):
+def test_tokenizer_template_needs_a_tokenizer_chat_template(write_dataset, tiny_model, tmp_path):
     bare = tmp_path / "bare-tokenizer"
     bare.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(Path(tiny_model) / name, bare / name)
     root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": GOOD_ROWS})
-    assert f"template 'default': the tokenizer at {bare} has no chat template" in prepare_error(root, str(bare))
+    assert f"template 'tokenizer': the tokenizer at {bare} has no chat template" in prepare_error(root, str(bare))

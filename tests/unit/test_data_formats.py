@@ -95,33 +95,30 @@ def test_every_file_type_and_a_folder_prepare_together(write_dataset, tiny_model
     assert sum("<|im_start|>user\nName, please<|im_end|>" in t for t in texts) == 1
 
 
-def test_named_templates_render_and_mask(write_dataset, tiny_model, tokenizer):
+def test_named_templates_through_prepare_dataset(write_dataset, tiny_model, tokenizer):
+    """The pipeline uses the table templates (every one is checked token by token in test_templates.py)."""
     root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": [{"instruction": "Hi", "output": "Hello there"}]})
 
     def first_row(template: str) -> dict:
         prepared = prepare_dataset(RunConfig(dataset="qa", dataset_dir=str(root), template=template, val_size=0), tiny_model)
         return load_from_disk(f"{prepared.path}/train")[0]
 
-    default = first_row("default")
-    assert first_row("smollm2")["input_ids"] == default["input_ids"] == first_row("smollm")["input_ids"]
     chatml = first_row("chatml")
     assert tokenizer.decode(chatml["input_ids"]) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there<|im_end|>\n"
-    assert learned_text(tokenizer, chatml["labels"]) == "Hello there<|im_end|>"
-    alpaca = first_row("alpaca")  # answers end with eos, which is <|im_end|> for SmolLM2
-    assert tokenizer.decode(alpaca["input_ids"]).endswith("### Instruction:\nHi\n\n### Response:\nHello there<|im_end|>\n\n")
-    assert learned_text(tokenizer, alpaca["labels"]) == "Hello there<|im_end|>"
-    empty = first_row("empty")
-    assert tokenizer.decode(empty["input_ids"]) == "HiHello there<|im_end|>"
-    assert learned_text(tokenizer, empty["labels"]) == "Hello there<|im_end|>"
+    assert learned_text(tokenizer, chatml["labels"]) == "Hello there<|im_end|>\n"  # LLaMA-Factory learns the whole answer slot
+    default = first_row("default")  # LLaMA-Factory's default, not the tokenizer's template
+    assert tokenizer.decode(default["input_ids"]) == "Human: Hi<|im_end|>\nAssistant:Hello there<|im_end|>\n"
+    assert learned_text(tokenizer, default["labels"]) == "Hello there<|im_end|>\n"
+    assert first_row("tokenizer")["input_ids"] != first_row("smollm2")["input_ids"]
 
 
 def test_end_of_turn_token_is_the_generation_stop(tokenizer):
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert {end_of_turn_token_id(tokenizer, t) for t in ("default", "chatml", "smollm2", "alpaca", "empty")} == {im_end}
+    assert {end_of_turn_token_id(tokenizer, t) for t in ("tokenizer", "default", "chatml", "smollm2", "alpaca", "empty")} == {im_end}
 
 
 def test_template_errors(tokenizer, write_dataset, tiny_model):
-    with pytest.raises(UserError, match=r"template 'llama3' needs tokens <\|begin_of_text\|> <\|start_header_id\|> .* which the tokenizer at \S+ does not have"):
+    with pytest.raises(UserError, match=r"template 'llama3' needs tokens <\|start_header_id\|> .* which the tokenizer at \S+ does not have"):
         end_of_turn_token_id(tokenizer, "llama3")
     with pytest.raises(UserError, match=r"unknown template 'chatm' \(did you mean 'chatml'\?"):
         end_of_turn_token_id(tokenizer, "chatm")

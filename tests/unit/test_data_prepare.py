@@ -56,7 +56,7 @@ def test_builtin_demo_prepares_then_reuses_the_cache(tiny_model, monkeypatch, tm
 
 
 def test_labels_are_the_answer_and_end_of_turn_token(demo, tokenizer):
-    eos = end_of_turn_token_id(tokenizer, "default")
+    eos = end_of_turn_token_id(tokenizer, "tokenizer")
     assert tokenizer.convert_ids_to_tokens(eos) == "<|im_end|>"
     for row in load_from_disk(f"{demo.path}/eval"):
         ids, labels = row["input_ids"], row["labels"]

@@ -56,7 +56,7 @@ def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
             torch.nn.init.normal_(p, std=1.0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompt = tok("Extract the order as JSON: two mugs to Oslo", add_special_tokens=False)["input_ids"]
-    got = generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_id=tok.eos_token_id)[0]
+    got = generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_ids=[tok.eos_token_id])[0]
     ids = torch.tensor([prompt])
     with torch.no_grad():
         for _ in range(8):  # full forward per token: no cache involved

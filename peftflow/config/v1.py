@@ -1,0 +1,173 @@
+"""LLaMA-Factory v1 training YAML (`USE_V1=1 llamafactory-cli sft`), mapped onto the flat v0 keys.
+
+A v1 file is known by its shape: `model` instead of `model_name_or_path`, or any key only v1 has
+(`peft_config`, `quant_config`, `train_dataset`, `micro_batch_size`, ...). `to_v0` returns the
+v0 mapping RunConfig validates, the v1 name of every mapped key (so an error names the key the
+user wrote), and the v1 keys peftflow reads but does not use. Keys and defaults are LLaMA-Factory
+0.9.5's (src/llamafactory/v1/config/*.py, plugins/model_plugins/peft.py): where v1 has a default
+that differs from peftflow's (learning rate, cutoff, batch size, LoRA rank / alpha / dropout,
+template), the v1 default is written into the mapping. bf16 (v1 default true) is taken only
+when written, since it changes the numerics on a CPU.
+This module does not import RunConfig (run.py imports it).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from peftflow.errors import UserError
+
+V1_ONLY = frozenset({
+    "model", "model_class", "init_config", "peft_config", "kernel_config", "quant_config", "flash_attn",
+    "train_dataset", "eval_dataset", "micro_batch_size", "global_batch_size", "batching_strategy", "batching_workers",
+    "enable_activation_checkpointing", "dist_config", "optim_config", "lr_scheduler_config", "save_epochs",
+    "save_ckpt_as_hf", "full_determinism", "sample_backend",
+})
+# v0 names of things v1 names differently: a v1 file writing one of these mixes the schemas.
+V0_ONLY = frozenset({
+    "model_name_or_path", "dataset", "dataset_dir", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout",
+    "lora_target", "additional_target", "use_dora", "use_rslora", "quantization_bit", "quantization_method",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "lr_scheduler_type", "optim",
+})
+SAME_NAME = ("template", "trust_remote_code", "output_dir", "cutoff_len", "learning_rate", "num_train_epochs",
+             "max_steps", "max_grad_norm", "bf16", "seed", "save_steps", "save_total_limit", "logging_steps")
+UNUSED = ("kernel_config", "dist_config", "init_config", "flash_attn", "batching_workers", "full_determinism",
+          "save_epochs", "save_ckpt_as_hf", "resume_from_checkpoint", "sample_backend", "optim_config")
+V1_DEFAULTS = {"template": "qwen3_nothink", "learning_rate": 1e-4, "cutoff_len": 2048, "num_train_epochs": 3,
+               "logging_steps": 1, "per_device_train_batch_size": 1}
+LORA_KEYS = {"r": ("lora_rank", 8), "lora_alpha": ("lora_alpha", 16), "lora_dropout": ("lora_dropout", 0.05),
+             "target_modules": ("lora_target", "all"), "use_rslora": ("use_rslora", False),
+             "use_dora": ("use_dora", False), "modules_to_save": ("additional_target", None)}
+# peft_config keys written with their v0 / peft names: the v1 key to suggest
+PEFT_SYNONYMS = {"rank": "r", "lora_rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+                 "target": "target_modules", "lora_target": "target_modules", "additional_target": "modules_to_save"}
+EXPORT_KEYS = ("adapter_name_or_path", "export_dir", "export_size", "export_hub_model_id", "infer_dtype", "export_legacy_format")
+
+
+def is_v1(raw: dict[str, Any]) -> bool:
+    return bool(V1_ONLY & set(raw))
+
+
+def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """(v0 mapping, v0 key -> v1 key, v1 keys read but unused). Other keys (peftflow's sections,
+    val_size, ...) pass through unchanged for RunConfig to validate."""
+    mixed = sorted(V0_ONLY & set(raw))
+    if mixed:
+        v1 = sorted(V1_ONLY & set(raw))[0]
+        raise UserError(f"{source}: mixes LLaMA-Factory v1 keys ({v1}) with v0 keys ({', '.join(mixed)}); "
+                        f"write one schema (v1 names: model, peft_config, quant_config, train_dataset, micro_batch_size)")
+    raw = dict(raw)
+    out: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    unused = [k for k in UNUSED if raw.pop(k, None) is not None]
+
+    def put(v0: str, v1: str, value: Any) -> None:
+        out[v0], names[v0] = value, v1
+
+    if "model" in raw:
+        put("model_name_or_path", "model", raw.pop("model"))
+    if "train_dataset" in raw:
+        put("train_dataset", "train_dataset", _near(raw.pop("train_dataset"), source))
+    for key in SAME_NAME:
+        if key in raw:
+            put(key, key, raw.pop(key))
+    for key, value in V1_DEFAULTS.items():
+        out.setdefault(key, value)
+    _model_class(raw.pop("model_class", "llm"), source)
+    _batch(raw, out, put, source)
+    _peft(_section(raw.pop("peft_config", None), "peft_config", source), out, put, unused, source)
+    _quant(_section(raw.pop("quant_config", None), "quant_config", source), put, source)
+    if raw.get("enable_activation_checkpointing") is not None:
+        put("gradient_checkpointing", "enable_activation_checkpointing", bool(raw.pop("enable_activation_checkpointing")))
+    if (scheduler := _section(raw.pop("lr_scheduler_config", None), "lr_scheduler_config", source)) is not None:
+        put("lr_scheduler_type", "lr_scheduler_config.name", scheduler["name"])
+    strategy = raw.pop("batching_strategy", "normal")
+    if strategy != "normal":
+        unused.append(f"batching_strategy: {strategy}")
+    if raw.get("eval_dataset") is not None:
+        raise UserError(f"{source}: eval_dataset: peftflow holds out val_size rows of train_dataset for evaluation; "
+                        "drop eval_dataset and set val_size")
+    raw.pop("eval_dataset", None)
+    if "max_new_tokens" in raw:  # v1's sampling budget: peftflow's held-out generation
+        evaluation = dict(raw.pop("evaluation", None) or {})
+        evaluation.setdefault("max_new_tokens", raw.pop("max_new_tokens"))
+        put("evaluation", "max_new_tokens", evaluation)
+    if out.get("max_steps") is None:
+        out.pop("max_steps", None)
+    if "train_dataset" not in out:
+        raise UserError(f"{source}: train_dataset is missing (a v1 dataset YAML, or a local data file or folder)")
+    for key in list(raw):
+        if key in out:
+            raise UserError(f"{source}: unknown key '{key}'")
+        out[key] = raw.pop(key)
+    return out, names, unused
+
+
+def _near(path: Any, source: str) -> Any:
+    """A relative train_dataset is read from the working directory, as LLaMA-Factory does, else
+    next to the config file."""
+    if not isinstance(path, str) or Path(path).is_absolute() or Path(path).exists():
+        return path
+    beside = Path(source).parent / path
+    return str(beside) if beside.exists() else path
+
+
+def _section(value: Any, key: str, source: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise UserError(f"{source}: {key} must be a mapping with a 'name' (got {value!r})")
+    return value
+
+
+def _model_class(value: Any, source: str) -> None:
+    if value != "llm":
+        raise UserError(f"{source}: model_class: {value}: peftflow fine-tunes causal language models (model_class: llm)")
+
+
+def _batch(raw: dict, out: dict, put, source: str) -> None:
+    if "micro_batch_size" in raw:
+        put("per_device_train_batch_size", "micro_batch_size", raw.pop("micro_batch_size"))
+    total = raw.pop("global_batch_size", None)
+    if total is not None:
+        micro = out["per_device_train_batch_size"]
+        if not isinstance(total, int) or not isinstance(micro, int) or micro <= 0 or total % micro:
+            raise UserError(f"{source}: global_batch_size {total!r} is not a multiple of micro_batch_size {micro!r} "
+                            "(one process: global = micro x gradient accumulation)")
+        put("gradient_accumulation_steps", "global_batch_size", total // micro)
+
+
+def _peft(peft: dict | None, out: dict, put, unused: list[str], source: str) -> None:
+    if peft is None:  # v1 without a peft_config trains every weight
+        put("finetuning_type", "peft_config", "full")
+        return
+    if peft["name"] != "lora":
+        raise UserError(f"{source}: peft_config.name: {peft['name']}: peftflow trains LoRA (name: lora) or, without "
+                        "peft_config, the full model")
+    put("finetuning_type", "peft_config.name", "lora")
+    for key, value in peft.items():
+        if key == "name":
+            continue
+        if key in EXPORT_KEYS:
+            unused.append(f"peft_config.{key}")
+        elif key in LORA_KEYS:
+            put(LORA_KEYS[key][0], f"peft_config.{key}", value)
+        else:
+            match = [PEFT_SYNONYMS[key]] if key in PEFT_SYNONYMS else difflib.get_close_matches(key, [*LORA_KEYS, *EXPORT_KEYS], n=1)
+            raise UserError(f"{source}: unknown key 'peft_config.{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+    for key, (v0, default) in LORA_KEYS.items():
+        if default is not None:
+            out.setdefault(v0, default)
+
+
+def _quant(quant: dict | None, put, source: str) -> None:
+    if quant is None:
+        return
+    if quant["name"] not in ("bnb", "auto"):
+        raise UserError(f"{source}: quant_config.name: {quant['name']}: peftflow quantizes with bitsandbytes (bnb or auto)")
+    unknown = sorted(set(quant) - {"name", "quantization_bit"})
+    if unknown:
+        raise UserError(f"{source}: unknown key 'quant_config.{unknown[0]}' (known: name, quantization_bit)")
+    put("quantization_bit", "quant_config.quantization_bit", quant.get("quantization_bit", 4))  # bnb's default
