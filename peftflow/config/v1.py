@@ -47,7 +47,9 @@ EXPORT_KEYS = ("adapter_name_or_path", "export_dir", "export_size", "export_hub_
 
 
 def is_v1(raw: dict[str, Any]) -> bool:
-    return bool(V1_ONLY & set(raw))
+    """v1 by its shape. A mapping naming `model_name_or_path` is v0: v1 calls it `model`, and a
+    RunConfig dumped to JSON (a deployment's parameters) has it, next to `train_dataset`."""
+    return "model_name_or_path" not in raw and bool(V1_ONLY & set(raw))
 
 
 def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, str], list[str]]:
