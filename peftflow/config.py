@@ -51,6 +51,12 @@ class RegistryConfig(_Strict):
 
     name: str = Field("peftflow-demo", description="Registered model name in MLflow.")
     experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = Field(
+        None, description="Also attach the merged model as one GGUF file (`model.gguf`, llama.cpp's converter, this "
+                          "outtype) to the registered version. Needs peftflow[gguf]. Merged versions only.")
+    vllm_ready: bool = Field(
+        False, description="An adapter version must be one vLLM serves: LoRA without modules_to_save (no "
+                           "additional_target), safetensors, tokenizer with chat template; else the run is refused.")
 
 
 class PromotionConfig(_Strict):
@@ -219,7 +225,19 @@ class RunConfig(_Strict):
             raise ValueError("dataset names no dataset")
         self._method_checks()
         self._distill_checks()
+        self._serving_checks()
         return self
+
+    def _serving_checks(self) -> None:
+        if self.registry.gguf_outtype and not self.should_merge:
+            raise ValueError("registry.gguf_outtype: GGUF export needs a merged model; this run publishes an adapter")
+        if not self.registry.vllm_ready or self.should_merge:
+            return
+        if self.finetuning_type != "lora" or self.use_dora:
+            what = "use_dora" if self.finetuning_type == "lora" else f"finetuning_type '{self.finetuning_type}'"
+            raise ValueError(f"registry.vllm_ready: vLLM serves plain LoRA adapters only, not {what}")
+        if self.additional_target:
+            raise ValueError("registry.vllm_ready: additional_target is saved as modules_to_save, which vLLM refuses; drop it")
 
     def _distill_checks(self) -> None:
         distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(self, k) is not None]

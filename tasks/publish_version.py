@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from peftflow import registry, report
+from peftflow import gguf_export, registry, report
 from peftflow.config import RunConfig
 from peftflow.evaluate import EvalReport
 from peftflow.merge import MergeResult
@@ -30,9 +30,13 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
     if merged is None:
         return registry.publish_adapter(run_id, config.registry.name, adapter.adapter_dir, base_model_dir,
-                                        lineage, metrics, trust_remote_code=config.trust_remote_code)
-    return registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
-                                  trust_remote_code=config.trust_remote_code)
+                                        lineage, metrics, trust_remote_code=config.trust_remote_code,
+                                        for_vllm=config.registry.vllm_ready)
+    version = registry.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
+                                     trust_remote_code=config.trust_remote_code)
+    if config.registry.gguf_outtype:
+        version = gguf_export.attach_to_version(version, merged.merged_dir, config.registry.gguf_outtype, str(work))
+    return version
 
 
 def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
