@@ -72,7 +72,10 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         cfg, _ = _load(config)
         from peftflow.data import data_report
 
-        model_path = _trained_model(cfg).path
+        from peftflow import harness
+
+    harness.check_available(cfg)
+    model_path = _trained_model(cfg).path
         report = data_report(cfg, model_path)
         if cfg.promotion.guard_dataset:
             data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
@@ -300,6 +303,9 @@ def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
     from peftflow.data import prepare_dataset, resolve_datasets
 
+    from peftflow import harness
+
+    harness.check_available(cfg)
     model_path = _trained_model(cfg).path
     guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
     if guard:  # names first: a typo fails before minutes of tokenising the training data

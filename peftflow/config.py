@@ -88,6 +88,12 @@ class EvaluationConfig(_Strict):
     max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
     batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks run on base, fine-tune and champion (HF backend; "
+                                          "needs peftflow[harness]). `peftflow_heldout`: the held-out split above, "
+                                          "written by peftflow as an lm-eval task (same rows, prompts and metric).")
+    harness_include: str | None = Field(None, description="Directory of local lm-eval task YAMLs (offline, built-in tasks "
+                                                          "cannot download their data).")
 
 
 class RunConfig(_Strict):

@@ -3,7 +3,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from peftflow import evaluate, registry
+from peftflow import evaluate, harness, registry
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
 from peftflow.models import ResolvedModel
@@ -38,12 +38,15 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
         models["champion"] = registry.download_model_dir(champion.uri)
     out = Path(tuned_dir).parent / "eval_report.json"
     report = evaluate.compare(models, data.path, config, out, base_model_dir=model.path)
+    if config.evaluation.harness_tasks:
+        report = harness.score_models(report, models, data.path, config, Path(tuned_dir).parent, model.path)
+        report.to_json(out)
     registry.configure_mlflow()
     registry.log_metrics(run_id, report.flat_metrics())
     registry.log_artifact(run_id, str(out))
     create_table_artifact(
         key="evaluation",
-        table=[{"model": label, **s.summary()} for label, s in report.models.items()],
+        table=[{"model": label, **s.summary(), **s.harness} for label, s in report.models.items()],
         description=f"Held-out scores ({report.metric})",
     )
     return report
