@@ -70,12 +70,11 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
     """Check the config, model and data without training; print a data report."""
     try:
         cfg, _ = _load(config)
+        from peftflow import harness
         from peftflow.data import data_report
 
-        from peftflow import harness
-
-    harness.check_available(cfg)
-    model_path = _trained_model(cfg).path
+        harness.check_available(cfg)
+        model_path = _trained_model(cfg).path
         report = data_report(cfg, model_path)
         if cfg.promotion.guard_dataset:
             data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
@@ -301,9 +300,8 @@ def _as_user_error(e: Exception, model: str) -> Exception:
 
 def _precheck(cfg) -> None:
     """Fail on bad model or data before the flow starts, so user errors stay one line."""
-    from peftflow.data import prepare_dataset, resolve_datasets
-
     from peftflow import harness
+    from peftflow.data import prepare_dataset, resolve_datasets
 
     harness.check_available(cfg)
     model_path = _trained_model(cfg).path
