@@ -118,6 +118,20 @@ def test_check_serving_names_each_problem(tiny_finetune, tmp_path):
     assert "lacks the chat template's end-of-turn token '<|im_end|>'" in problem
 
 
+def test_merge_makes_the_end_of_turn_token_a_generation_eos(tiny_finetune, tiny_model, tmp_path):
+    """A base whose generation EOS is not the template's end-of-turn: the merged model stops at both."""
+    from peftflow import merge
+
+    adapter, _ = tiny_finetune
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    gen = json.loads((base / "generation_config.json").read_text())
+    (base / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": 0}))
+    merged = merge.merge(str(base), adapter, tmp_path / "merged", tolerance=1e-4)
+    assert json.loads((tmp_path / "merged" / "generation_config.json").read_text())["eos_token_id"] == [0, 2]
+    assert serving_checks.check_dir(merged.merged_dir).problems == []
+
+
 def test_vllm_ready_refuses_before_training_and_at_publish(mlflow_home, tiny_finetune, tiny_model, tmp_path):
     from mlflow import MlflowClient
 
