@@ -130,8 +130,12 @@ def _stop_at_end_of_turn(out_dir: Path, tokenizer, template: str) -> None:
     from transformers import GenerationConfig
 
     from peftflow.data.templates import end_of_turn_token_id
+    from peftflow.errors import UserError
 
-    end = end_of_turn_token_id(tokenizer, template)
+    try:
+        end = end_of_turn_token_id(tokenizer, template)
+    except UserError:  # no chat template to end a turn (a plain LM merged outside a run): nothing to add
+        return
     if (out_dir / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(out_dir)
     else:
