@@ -123,6 +123,7 @@ def score_models(report, models: dict[str, str], data_path: str, cfg, work_dir: 
                  base_model_dir: str | None = None):
     """Run `evaluation.harness_tasks` on each labelled model of `report` (an EvalReport) and put
     the scores into it (`ModelScores.harness`). `peftflow_heldout` is written from `data_path`."""
+    check_available(cfg)  # a deployment's worker skips the CLI's pre-check
     tasks = list(cfg.evaluation.harness_tasks)
     include = [cfg.evaluation.harness_include] if cfg.evaluation.harness_include else []
     if HELDOUT_TASK in tasks:
