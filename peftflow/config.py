@@ -73,6 +73,9 @@ class PromotionConfig(_Strict):
     require_approval: bool = Field(
         False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
     approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
+    harness_metric: str | None = Field(
+        None, description="Gate on an lm-eval score instead of `metric`: `TASK/METRIC` of a task in "
+                          "evaluation.harness_tasks (higher wins), e.g. `peftflow_heldout/peftflow_score`.")
     guard_dataset: str | None = Field(
         None, description="Dataset name(s) in `dataset_dir` kept apart as a general-ability guard set: the fine-tune's "
                           "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
@@ -235,6 +238,10 @@ class RunConfig(_Strict):
         return self
 
     def _serving_checks(self) -> None:
+        harness_metric = self.promotion.harness_metric
+        if harness_metric and harness_metric.partition("/")[0] not in self.evaluation.harness_tasks:
+            raise ValueError(f"promotion.harness_metric {harness_metric}: its task is not in evaluation.harness_tasks "
+                             f"({', '.join(self.evaluation.harness_tasks) or 'none'})")
         if self.registry.gguf_outtype and not self.should_merge:
             raise ValueError("registry.gguf_outtype: GGUF export needs a merged model; this run publishes an adapter")
         if not self.registry.vllm_ready or self.should_merge:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from prefect import task
@@ -49,11 +50,15 @@ def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
     incumbent = "champion" if "champion" in evaluation.models else "base"
     value = lambda label: getattr(evaluation.models[label], metric)  # noqa: E731
     paired = None
-    if metric == "score" and p.bootstrap_samples:
+    if p.harness_metric:  # an lm-eval aggregate: no per-example scores for the bootstrap
+        metric = f"harness {p.harness_metric}"
+        value = lambda label: evaluation.models[label].harness.get(p.harness_metric, math.nan)  # noqa: E731
+    elif metric == "score" and p.bootstrap_samples:
         paired = paired_scores(evaluation, "tuned", incumbent)
     return registry.decide_promotion(metric, value("tuned"), value(incumbent),
                                      "current champion" if incumbent == "champion" else "base model",
-                                     p.min_improvement, higher_is_better=metric == "score", paired=paired,
+                                     p.min_improvement, higher_is_better=metric == "score" or bool(p.harness_metric),
+                                     paired=paired,
                                      bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
                                      merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
 
