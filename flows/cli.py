@@ -138,13 +138,14 @@ def check_serving(model: str = typer.Argument(..., help="models:/NAME@ALIAS, mod
         registry.configure_mlflow()
         if model.startswith("models:/"):
             try:
-                report = serving_checks.check_version(model)
+                local = registry.download_model_dir(model)
             except LookupError as e:
                 from peftflow.errors import UserError
 
                 raise UserError(str(e)) from None
         else:
-            report = serving_checks.check_dir(model)
+            local = model
+        report = serving_checks.check_dir(local)
     except Exception as e:  # noqa: BLE001
         _fail(_as_user_error(e, model))
         return

@@ -7,7 +7,8 @@ weights it can swap per request). A merged version is served on its own: without
 template it answers in the wrong format, and without the template's end-of-turn token as the
 generation EOS it never stops.
 
-`check_dir` looks at files only (no weights loaded); `check_version` downloads the version first.
+`check_dir` looks at files only (no weights loaded). A registered version is checked as
+`check_dir(registry.download_model_dir(uri))` (registry imports this module, not the reverse).
 """
 
 from __future__ import annotations
@@ -42,14 +43,6 @@ def check_dir(path: str | Path) -> ServingReport:
     if (root / "config.json").is_file():
         return _check_merged(root)
     raise UserError(f"{root}: neither an adapter (adapter_config.json) nor a model dir (config.json)")
-
-
-def check_version(model_uri: str) -> ServingReport:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`, downloaded (cached per version), then checked."""
-    from peftflow import registry
-
-    report = check_dir(registry.download_model_dir(model_uri))
-    return ServingReport(model_uri, report.kind, report.problems, report.checked)
 
 
 def adapter_problems(adapter_dir: str | Path, tokenizer_dir: str | Path | None = None) -> list[str]:

@@ -153,7 +153,7 @@ def test_vllm_ready_refuses_before_training_and_at_publish(mlflow_home, tiny_fin
 
     ref = registry.publish_adapter(_run_id(), "tiny-lora", adapter, tiny_model, LINEAGE, {}, for_vllm=True)
     assert ref.tags["peftflow.vllm_ready"] == "true"
-    report = serving_checks.check_version("models:/tiny-lora@challenger")
+    report = serving_checks.check_dir(registry.download_model_dir("models:/tiny-lora@challenger"))
     assert (report.kind, report.problems) == ("adapter", [])
 
 
