@@ -13,8 +13,6 @@ from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
 
-pytest.importorskip("lm_eval")
-
 LOCAL_TASK = """task: tiny_capitals
 dataset_path: json
 dataset_kwargs:
