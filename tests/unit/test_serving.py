@@ -89,6 +89,12 @@ def test_gguf_file_attached_to_the_registered_version(mlflow_home, tiny_finetune
     local = mlflow.artifacts.download_artifacts(artifact_uri="models:/tiny/1/model.gguf", dst_path=str(tmp_path / "dl"))
     assert Path(local).read_bytes() == (tmp_path / "work" / "model.gguf").read_bytes()
 
+    # a rerun of the same training (same version) with another outtype replaces the file and the tag
+    f16 = gguf_export.attach_to_version(ref, merged, "f16", str(tmp_path / "work16"))
+    assert (f16.version, f16.tags[gguf_export.GGUF_TAG].split()[1]) == (ref.version, "outtype=f16")
+    again = mlflow.artifacts.download_artifacts(artifact_uri="models:/tiny/1/model.gguf", dst_path=str(tmp_path / "dl16"))
+    assert Path(again).read_bytes() == (tmp_path / "work16" / "model.gguf").read_bytes() != Path(local).read_bytes()
+
 
 # --- vLLM-ready adapters, merged versions with template and EOS ---------------------------
 
