@@ -1,5 +1,5 @@
-"""`peftflow` command line: run, validate, export, generate, promote, rollback, history,
-emit-dataset-updated, relay, webhooks create.
+"""`peftflow` command line: run, validate, export, export-gguf, check-serving, generate, promote,
+rollback, history, emit-dataset-updated, relay, webhooks create.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
 shows the traceback instead.
@@ -128,6 +128,63 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
         _fail(_registry_error(e, f"--model {model}"))
         return
     typer.echo(text)
+
+
+@app.command("export-gguf")
+def export_gguf(model: str = typer.Argument(..., help="Merged model: models:/NAME@ALIAS, models:/NAME/VERSION or a local dir."),
+                out: str = typer.Option(..., "--out", help="GGUF file to write."),
+                outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16 or q8_0."),
+                verify: bool = typer.Option(True, help="Load the file back with transformers and compare with the model.")) -> None:
+    """Convert a merged model to one GGUF file (llama.cpp's converter), then check it against the model."""
+    try:
+        from peftflow.serving import gguf
+
+        _check_model_ref(model)
+        src = gguf.source_dir(model)
+        written = gguf.export(src, out, outtype)
+        typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
+        if verify:
+            from peftflow.builtin.probes import PROBE_TEXTS
+
+            check = gguf.round_trip(src, written.path, list(PROBE_TEXTS))
+            typer.echo(f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
+                       f"max |logit diff| {check.max_abs_logit_diff:.2e}")
+    except Exception as e:  # noqa: BLE001
+        _fail(_registry_error(e, model))
+
+
+@app.command("check-serving")
+def check_serving(model: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a local dir.")) -> None:
+    """Is the version ready for vLLM (adapter) or any transformers server (merged)? Exit 1 when not."""
+    try:
+        from peftflow.serving.checks import check_dir
+
+        report = check_dir(_local_model_dir(model))
+    except Exception as e:  # noqa: BLE001
+        _fail(_registry_error(e, model))
+        return
+    for line in report.checked:
+        typer.echo(f"ok: {line}")
+    for line in report.problems:
+        typer.echo(f"problem: {line}")
+    typer.echo(f"{model}: {report.kind} version {'ready to serve' if report.ready else 'NOT ready to serve'}")
+    if not report.ready:
+        raise typer.Exit(1)
+
+
+def _local_model_dir(model: str) -> str:
+    """A `models:/` reference downloaded (an unknown name or alias is one line), or the dir as given."""
+    from peftflow.errors import UserError
+
+    _check_model_ref(model)
+    if not model.startswith("models:/"):
+        return model
+    from peftflow.mlflow_io.downloads import download_model_dir
+
+    try:
+        return download_model_dir(model)
+    except LookupError as e:
+        raise UserError(str(e)) from None
 
 
 def _actor(given: Optional[str]) -> str:

@@ -84,6 +84,7 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
     tokenizer.save_pretrained(out_dir)
+    _stop_at_end_of_turn(out_dir, getattr(tokenizer, "tokenizer", tokenizer), train_cfg.template if train_cfg else "default")
     # One model in memory at a time: the adapter on the fp32 base, then the merged checkpoint.
     before = _logits(_adapter_model(base_path, adapter_dir, trust_remote_code), batch)[mask]
     after = _logits(vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32,
@@ -109,6 +110,31 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
             f"quantized_merge_tolerance {qtolerance:.0e} (the base's quantisation error; next-token agreement "
             f"{agreement:.0%})")
     return result
+
+
+def _stop_at_end_of_turn(out_dir: Path, tokenizer, template: str) -> None:
+    """A server stops generating at the generation config's EOS, which comes from the base: it must
+    include the token the chat template ends an assistant turn with (the one training taught), or
+    the served fine-tune never stops (a base whose EOS is end-of-text, a template with its own
+    end-of-turn). Added beside the base's EOS ids, never in place of them."""
+    from transformers import GenerationConfig
+
+    from peftflow.data.templates import end_of_turn_token_id
+    from peftflow.errors import UserError
+
+    try:
+        end = end_of_turn_token_id(tokenizer, template)
+    except UserError:  # no chat template to end a turn (a plain LM merged outside a run): nothing to add
+        return
+    if (out_dir / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(out_dir)
+    else:
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(out_dir))
+    eos = generation.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+    if end is not None and end not in ids:
+        generation.eos_token_id = ids + [end] if ids else end
+        generation.save_pretrained(out_dir)
 
 
 def _adapter_model(base_path: str, adapter_dir: str, trust_remote_code: bool):

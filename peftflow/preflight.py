@@ -20,6 +20,7 @@ def check_training_setup(cfg: RunConfig, model_path: str) -> None:
     vision.check_config_fits(cfg, model_path)
     _check_schedule_and_optimizer(cfg)
     _check_quantization(cfg)
+    _check_serving_extras(cfg, model_path)
     skeleton = _skeleton(cfg, model_path)
     if cfg.gradient_checkpointing is True and not skeleton.supports_gradient_checkpointing:
         raise UserError(f"gradient_checkpointing: true, but the model at {model_path} ({type(skeleton).__name__}) "
@@ -46,6 +47,20 @@ def _check_schedule_and_optimizer(cfg: RunConfig) -> None:
 def _check_quantization(cfg: RunConfig) -> None:
     if cfg.quantization_bit and not importlib.util.find_spec("bitsandbytes"):
         raise UserError(f"quantization_bit: {cfg.quantization_bit} needs bitsandbytes, which is not installed")
+
+
+def _check_serving_extras(cfg: RunConfig, model_path: str) -> None:
+    """The optional packages a run uses after training (lm-eval, llama.cpp's converter) are here."""
+    from peftflow.evaluation import harness
+
+    harness.check_available(cfg)
+    if cfg.registry.gguf_outtype:
+        from peftflow.serving import gguf
+
+        gguf.check_converter("registry.gguf_outtype")
+        if vision.is_vision_language(model_path):
+            raise UserError(f"registry.gguf_outtype: the model at {model_path} is vision-language; "
+                            "peftflow exports text models to GGUF only")
 
 
 def _skeleton(cfg: RunConfig, model_path: str):

@@ -125,21 +125,24 @@ def _point_decision(metric: str, candidate: float, incumbent: float | None, incu
 
 def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
          guard: tuple[float, float] | None = None) -> GateDecision:
-    """The promotion gate: the configured metric, tuned vs champion (or base), plus the paired
-    bootstrap over per-example scores (metric `score`, when enabled), the merge fidelity and the
-    guard-set loss (when a guard set is configured)."""
+    """The promotion gate: the configured metric (or `promotion.harness_metric`, an lm-eval score),
+    tuned vs champion (or base), plus the paired bootstrap over per-example scores (metric `score`,
+    when enabled), the merge fidelity and the guard-set loss (when a guard set is configured)."""
     p = config.promotion
     metric = p.metric
     incumbent = "champion" if "champion" in evaluation.models else "base"
     value = lambda label: getattr(evaluation.models[label], metric)  # noqa: E731
     paired = None
-    if metric == "score" and p.bootstrap_samples:
+    if p.harness_metric:  # an lm-eval aggregate: no per-example scores for the bootstrap
+        metric = f"harness {p.harness_metric}"
+        value = lambda label: evaluation.models[label].harness.get(p.harness_metric, math.nan)  # noqa: E731
+    elif metric == "score" and p.bootstrap_samples:
         paired = paired_scores(evaluation, "tuned", incumbent)
     return decide_promotion(metric, value("tuned"), value(incumbent),
-                                     "current champion" if incumbent == "champion" else "base model",
-                                     p.min_improvement, higher_is_better=metric == "score", paired=paired,
-                                     bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
-                                     merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
+                            "current champion" if incumbent == "champion" else "base model",
+                            p.min_improvement, higher_is_better=metric == "score" or bool(p.harness_metric),
+                            paired=paired, bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
+                            merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
 
 
 def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:

@@ -5,6 +5,7 @@ from prefect.artifacts import create_table_artifact
 
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
+from peftflow.evaluation import harness
 from peftflow.evaluation.report import EvalReport
 from peftflow.evaluation.scoring import compare
 from peftflow.mlflow_io import tracking
@@ -37,11 +38,14 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
         bases = {"champion": champion_base} if champion_base else {}
     out = Path(tuned_dir).parent / "eval_report.json"
     report = compare(models, data.path, config, out, base_model_dir=model.path, bases=bases)
+    if config.evaluation.harness_tasks:
+        report = harness.score_models(report, models, data.path, config, Path(tuned_dir).parent, model.path, bases)
+        report.to_json(out)
     tracking.log_metrics(run_id, report.flat_metrics())
     tracking.log_artifact(run_id, str(out))
     create_table_artifact(
         key="evaluation",
-        table=[{"model": label, **s.summary()} for label, s in report.models.items()],
+        table=[{"model": label, **s.summary(), **s.harness} for label, s in report.models.items()],
         description=f"Held-out scores ({report.metric})",
     )
     return report

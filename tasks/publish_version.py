@@ -1,4 +1,5 @@
-"""Register the fine-tune (merged model, or adapter on its base) with its lineage, as `challenger`."""
+"""Register the fine-tune (merged model, or adapter on its base) with its lineage, as `challenger`;
+with registry.gguf_outtype the merged model is attached as GGUF too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from peftflow.evaluation.report import EvalReport
 from peftflow.merge import MergeResult
 from peftflow.mlflow_io import publishing, tracking
 from peftflow.mlflow_io.versions import ModelVersionRef
+from peftflow.serving.gguf import attach_to_version
 from peftflow.summary import loss_curve
 from peftflow.training.run import TrainResult
 from tasks._policy import retry_unless_user_error
@@ -29,6 +31,10 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
     if merged is None:
         return publishing.publish_adapter(run_id, config.registry.name, adapter.adapter_dir, base_model_dir,
-                                          lineage, metrics, trust_remote_code=config.trust_remote_code)
-    return publishing.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
-                                    trust_remote_code=config.trust_remote_code)
+                                          lineage, metrics, trust_remote_code=config.trust_remote_code,
+                                          for_vllm=config.registry.vllm_ready)
+    version = publishing.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
+                                       trust_remote_code=config.trust_remote_code)
+    if config.registry.gguf_outtype:  # the merged model also as one GGUF file on the same version
+        version = attach_to_version(version, merged.merged_dir, config.registry.gguf_outtype, str(work))
+    return version

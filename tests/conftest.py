@@ -51,3 +51,20 @@ def write_dataset(tmp_path: Path):
         return root
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune(tiny_model, tmp_path_factory) -> tuple[str, str]:
+    """(adapter dir, merged dir) of a few-step LoRA fine-tune of the tiny model on the demo task:
+    weights whose greedy answers depend on the prompt, for the serving and export tests."""
+    from peftflow.config import RunConfig
+    from peftflow.data import prepare_dataset
+    from peftflow.merge import merge
+    from peftflow.training.run import run as train
+
+    out = tmp_path_factory.mktemp("tiny-finetune")
+    cfg = RunConfig(model_name_or_path=tiny_model, max_steps=8, learning_rate=1e-2, logging_steps=4, save_steps=100,
+                    per_device_train_batch_size=4)
+    result = train(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, out)
+    merged = merge(tiny_model, result.adapter_dir, out / "merged", tolerance=1e-4)
+    return result.adapter_dir, merged.merged_dir

@@ -53,6 +53,7 @@ def check_run(cfg) -> None:
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
     check_method(cfg)
     check_distillation(cfg)
+    check_serving(cfg)
 
 
 def check_method(cfg) -> None:
@@ -93,3 +94,20 @@ def check_distillation(cfg) -> None:
                          f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})")
     if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
         raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
+
+
+def check_serving(cfg) -> None:
+    """The lm-eval gate names a task that runs; GGUF needs a merged model; a vLLM-ready adapter is plain LoRA."""
+    harness_metric = cfg.promotion.harness_metric
+    if harness_metric and harness_metric.partition("/")[0] not in cfg.evaluation.harness_tasks:
+        raise ValueError(f"promotion.harness_metric {harness_metric}: its task is not in evaluation.harness_tasks "
+                         f"({', '.join(cfg.evaluation.harness_tasks) or 'none'})")
+    if cfg.registry.gguf_outtype and not cfg.should_merge:
+        raise ValueError("registry.gguf_outtype: GGUF export needs a merged model; this run publishes an adapter")
+    if not cfg.registry.vllm_ready or cfg.should_merge:
+        return
+    if cfg.finetuning_type != "lora" or cfg.use_dora:
+        what = "use_dora" if cfg.finetuning_type == "lora" else f"finetuning_type '{cfg.finetuning_type}'"
+        raise ValueError(f"registry.vllm_ready: vLLM serves plain LoRA adapters only, not {what}")
+    if cfg.additional_target:
+        raise ValueError("registry.vllm_ready: additional_target is saved as modules_to_save, which vLLM refuses; drop it")

@@ -21,6 +21,12 @@ class RegistryConfig(Strict):
                           "champion: LLaMA-Factory's output_dir (its path parts joined by '-'), else "
                           "<model>-<dataset>-<finetuning_type> (distillation: <teacher>-student-...).")
     experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = Field(
+        None, description="Also attach the merged model as one GGUF file (`model.gguf`, llama.cpp's converter, this "
+                          "outtype) to the registered version. Needs peftflow[gguf]. Merged versions only.")
+    vllm_ready: bool = Field(
+        False, description="An adapter version must be one vLLM serves: LoRA without modules_to_save (no "
+                           "additional_target), safetensors, tokenizer with chat template; else the run is refused.")
 
 
 class PromotionConfig(Strict):
@@ -37,6 +43,9 @@ class PromotionConfig(Strict):
     require_approval: bool = Field(
         False, description="When the gate passes, pause the flow run for a person to approve or reject in the Prefect UI.")
     approval_timeout_s: int = Field(24 * 3600, gt=0, description="How long a paused run waits for approval; then it is not promoted.")
+    harness_metric: str | None = Field(
+        None, description="Gate on an lm-eval score instead of `metric`: `TASK/METRIC` of a task in "
+                          "evaluation.harness_tasks (higher wins), e.g. `peftflow_heldout/peftflow_score`.")
     guard_dataset: str | None = Field(
         None, description="Dataset name(s) in `dataset_dir` kept apart as a general-ability guard set: the fine-tune's "
                           "loss on it may not rise above the incumbent's (champion, else base) by more than guard_tolerance.")
@@ -57,3 +66,9 @@ class EvaluationConfig(Strict):
     max_samples: int = Field(64, gt=0, description="Held-out examples scored by generation.")
     max_new_tokens: int = Field(64, gt=0, description="Generation budget per example.")
     batch_size: int = Field(16, gt=0, description="Examples per generation / loss batch.")
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks run on base, fine-tune and champion (HF backend; "
+                                          "needs peftflow[harness]). `peftflow_heldout`: the held-out split above, "
+                                          "written by peftflow as an lm-eval task (same rows, prompts and metric).")
+    harness_include: str | None = Field(None, description="Directory of local lm-eval task YAMLs (offline, built-in tasks "
+                                                          "cannot download their data).")

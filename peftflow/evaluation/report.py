@@ -15,6 +15,7 @@ class ModelScores:
     perplexity: float
     score: float
     examples: list[dict] = field(default_factory=list)  # index, prediction, reference, score
+    harness: dict[str, float] = field(default_factory=dict)  # lm-eval "TASK/METRIC" -> value (evaluation/harness.py)
 
     def summary(self) -> dict[str, float]:
         return {"loss": self.loss, "perplexity": self.perplexity, "score": self.score}
@@ -40,6 +41,7 @@ class EvalReport:
 
     def flat_metrics(self) -> dict[str, float]:
         flat = {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
+        flat |= {f"harness.{label}.{k}": v for label, s in self.models.items() for k, v in s.harness.items()}
         if "teacher" in self.models:
             flat["eval.teacher_retention"] = self.retention()
         return flat

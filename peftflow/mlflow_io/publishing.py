@@ -4,7 +4,8 @@ register it with its lineage and scores as tags, and point `challenger` at it.
 MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/unit/test_registry.py):
 - `transformers.log_model(<directory path>)` fails (`'str' object has no attribute '__name__'`:
   transformers 5 registers pipeline classes lazily as strings), so the model is loaded and logged
-  as a {"model", "tokenizer"} dict.
+  as a pipeline (chat models, task `llm/v1/chat`: see peftflow/serving/chat.py) or a
+  {"model", "tokenizer"} dict.
 - Without `pip_requirements`, `log_model` pins `torchvision`, which is not installed: it fails.
 - `log_model(run_id=...)` with no active run puts the model in the *default* experiment, whose
   artifacts land in `./mlruns` of the current directory: the LoggedModel is created first in the
@@ -22,9 +23,11 @@ from peftflow.mlflow_io.aliases import CHALLENGER, set_alias
 from peftflow.mlflow_io.tracking import mlflow_client
 from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
 from peftflow.models import vision
+from peftflow.serving import chat
 
 MODEL_ARTIFACT = "model"
 KIND_TAG = "peftflow.kind"  # merged | adapter
+VLLM_TAG = "peftflow.vllm_ready"  # set on adapter versions checked for vLLM (registry.vllm_ready)
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
@@ -38,35 +41,42 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
 
         if vision.is_vision_language(merged_dir):
             return _vision_language_components(merged_dir, trust_remote_code)
-        return {"transformers_model": {
-            "model": AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
-            "tokenizer": AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code)}}
+        return chat.log_options(
+            AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
+            AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code))
 
     return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
 
 
 def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
                     lineage: dict[str, str], metrics: dict[str, float],
-                    trust_remote_code: bool = False) -> ModelVersionRef:
+                    trust_remote_code: bool = False, for_vllm: bool = False) -> ModelVersionRef:
     """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
 
     Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
     (same path), which the tag `base_model_path` records. Without `base_model_path`, MLflow would
     reload the adapter onto randomly initialised weights without a word.
+
+    `for_vllm`: refused (UserError, nothing logged) unless vLLM would serve the adapter
+    (peftflow/serving/checks.py); the version is tagged `peftflow.vllm_ready`.
     """
+    from peftflow.errors import UserError
+    from peftflow.serving.checks import adapter_problems
+
     base_model_dir = str(Path(base_model_dir).resolve())
+    tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
+    if for_vllm and (problems := adapter_problems(adapter_dir, tok_dir)):
+        raise UserError(f"registry.vllm_ready: adapter {adapter_dir} is not servable by vLLM: {'; '.join(problems)}")
 
     def components() -> dict[str, Any]:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
-        tok_dir = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").is_file() else base_model_dir
-        return {"transformers_model": {
-            "model": PeftModel.from_pretrained(base, adapter_dir),
-            "tokenizer": AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)}}
+        return chat.log_options(PeftModel.from_pretrained(base, adapter_dir),
+                                AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code))
 
-    lineage = {**lineage, "base_model_path": base_model_dir}
+    lineage = {**lineage, "base_model_path": base_model_dir, **({VLLM_TAG: "true"} if for_vllm else {})}
     return _publish(run_id, name, lineage, metrics, components, kind="adapter",
                     card_dir=adapter_dir, base_model_path=base_model_dir)
 
@@ -109,6 +119,18 @@ def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_mo
     return version_ref(client.get_model_version(name, str(existing.version)))
 
 
+def attach_file(ref: ModelVersionRef, local_file: str, tag: str, note: str) -> ModelVersionRef:
+    """Add a file (a GGUF export) to the version's model artifacts, beside MLmodel (a file of the
+    same name is replaced), and record `note` in the version tag `tag`."""
+    client = mlflow_client()
+    mv = client.get_model_version(ref.name, ref.version)
+    # The version's source is models:/<logged model id> (see _publish); the sqlite store does not
+    # fill ModelVersion.model_id.
+    client.log_model_artifact(mv.model_id or mv.source.removeprefix("models:/"), local_file)
+    client.set_model_version_tag(ref.name, ref.version, tag, note)
+    return version_ref(client.get_model_version(ref.name, ref.version))
+
+
 def _retag(client, name: str, version: str, old: dict[str, str], new: dict[str, str]) -> None:
     """Bring a version's lineage and metric tags up to date; metric tags no longer measured go."""
     for key in [k for k in old if k.startswith("metric.") and k not in new]:
@@ -136,7 +158,7 @@ def _log_model(client, run_id, name, lineage, components, card_dir, base_model_p
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
                                     source_run_id=run_id, tags={KIND_TAG: kind})
     try:
-        model = {"task": "text-generation", **components()}
+        model = components()  # transformers_model, task (llm/v1/chat for chat models), model_config
         mlflow.transformers.log_model(
             **model, name=MODEL_ARTIFACT, run_id=run_id,
             model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),

@@ -231,3 +231,26 @@ def test_generate_unknown_model_is_one_line(cli, tmp_path, model, needles):
     # MLflow logs two INFO lines when it creates a fresh sqlite store; everything else is one line.
     assert_one_error_line(cli("generate", "--model", model, "--prompt", "hi"), *needles,
                           ignore="INFO mlflow.store.db.utils")
+
+
+def test_export_gguf_and_check_serving_commands(cli, tmp_path, tiny_finetune):
+    import json
+    import shutil
+
+    adapter, merged = tiny_finetune
+    done = cli("export-gguf", merged, "--out", str(tmp_path / "out" / "tiny.gguf"), "--outtype", "f32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tiny.gguf: f32" in done.stdout
+    assert "round trip: greedy agreement 100% on 2 probes, max |logit diff| 0.00e+00" in done.stdout
+
+    refused = cli("export-gguf", adapter, "--out", str(tmp_path / "a.gguf"))
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
+    assert "is a PEFT adapter; GGUF export needs a merged model" in refused.stderr
+
+    bad = tmp_path / "adapter"
+    shutil.copytree(adapter, bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": ["lm_head"]}))
+    not_ready = cli("check-serving", str(bad))
+    assert not_ready.returncode == 1
+    assert "problem: modules_to_save ['lm_head']: vLLM refuses adapters with fully trained modules" in not_ready.stdout

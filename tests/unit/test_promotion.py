@@ -102,6 +102,22 @@ def test_flow_gate_uses_per_example_scores_from_the_report():
     assert gate(RunConfig(), _report([1.0] + [0.5] * 19, [0.5] * 20)).promote
 
 
+def test_flow_gate_on_a_harness_score():
+    from peftflow.promotion import gate
+
+    report = _report([0.9] * 4, [0.5] * 4)  # peftflow's own score favours the fine-tune
+    report.models["base"].harness = {"my_task/acc": 0.6}
+    report.models["tuned"].harness = {"my_task/acc": 0.4}
+    cfg = RunConfig(evaluation={"harness_tasks": ["my_task"], "harness_include": "."},
+                    promotion={"harness_metric": "my_task/acc"})
+    decision = gate(cfg, report)
+    assert not decision.promote and decision.reason.startswith("harness my_task/acc 0.4000 is worse than base model")
+    report.models["tuned"].harness = {"my_task/acc": 0.7}
+    assert gate(cfg, report).promote
+    with pytest.raises(ValueError, match="promotion.harness_metric other/acc: its task is not in"):
+        RunConfig(evaluation={"harness_tasks": ["my_task"]}, promotion={"harness_metric": "other/acc"})
+
+
 # --- alias moves ------------------------------------------------------------------------------
 
 def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):

@@ -184,3 +184,11 @@ def test_images_need_a_vlm_and_a_vlm_needs_lora_merged_unquantised(tiny_model, t
         prepare_dataset(_cfg(tiny_llava, shapes_dir, merge=False), tiny_llava)
     with pytest.raises(UserError, match="quantization_bit: the vision-language model at .* trains unquantised"):
         prepare_dataset(_cfg(tiny_llava, shapes_dir, quantization_bit=4), tiny_llava)
+
+
+def test_gguf_export_of_a_vision_language_run_is_refused_before_training(tiny_llava, shapes_dir):
+    from peftflow.errors import UserError
+    from peftflow.preflight import check_training_setup
+
+    with pytest.raises(UserError, match="registry.gguf_outtype: the model at .* is vision-language"):
+        check_training_setup(_cfg(tiny_llava, shapes_dir, registry={"gguf_outtype": "f16"}), tiny_llava)
