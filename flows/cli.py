@@ -55,7 +55,7 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
 def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
-        cfg, unused = _load(config)
+        cfg, unused, _ = _read(config)
         _precheck(cfg)
         from flows.finetune import finetune
 
@@ -337,11 +337,6 @@ def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", 
     from flows.deployfile import write_local_deployments
 
     typer.echo(f"wrote {write_local_deployments(Path(out), pool=pool)}")
-
-
-def _load(path):
-    cfg, unused, _ = _read(path)
-    return cfg, unused
 
 
 def _read(path):
