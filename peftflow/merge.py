@@ -129,7 +129,7 @@ def _stop_at_end_of_turn(out_dir: Path, tokenizer, template: str) -> None:
     if (out_dir / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(out_dir)
     else:
-        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(out_dir))
+        generation = GenerationConfig.from_model_config(AutoConfig.from_pretrained(out_dir, trust_remote_code=False))
     eos = generation.eos_token_id
     ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
     if end is not None and end not in ids:

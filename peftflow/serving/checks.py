@@ -115,7 +115,7 @@ def _eos_problems(root: Path, checked: list[str]) -> list[str]:
         return []  # reported by the tokenizer check
     eos = json.loads(gen.read_text()).get("eos_token_id")
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    tokenizer = AutoTokenizer.from_pretrained(root)
+    tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)  # a version peftflow published
     end = end_of_turn_token_id(tokenizer, "default")
     if end not in eos_ids:
         return [f"generation_config eos_token_id {sorted(eos_ids)} lacks the chat template's end-of-turn token "

@@ -105,9 +105,11 @@ def round_trip(model_dir: str, gguf_file: str, prompts: list[str], max_new_token
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = Path(gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    # peftflow's own merged model and the GGUF file made from it: no remote code
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                  trust_remote_code=False).eval()
     diff, answers = 0.0, []
     for prompt in prompts:
         batch = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

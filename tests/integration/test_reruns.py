@@ -61,7 +61,10 @@ def test_an_adapter_champion_is_scored_on_its_own_base(harness, env, tiny_model,
     published with. Loaded onto the new base instead, its scores would be the new base's plus noise."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from peftflow.mlflow_io.aliases import move_champion
+
     first = finetune(tiny_config(tiny_model, env, registry={"name": "tiny-newbase"}, finetuning_type="prefix"))
+    move_champion("tiny-newbase", first.version, "the adapter serves", "test")  # whatever the gate said
     champion_perplexity = first.scores["tuned"]["perplexity"]
     new_base = tmp_path / "new-base"
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
