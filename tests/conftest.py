@@ -68,3 +68,17 @@ def tiny_finetune(tiny_model, tmp_path_factory) -> tuple[str, str]:
     result = train(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, out)
     merged = merge(tiny_model, result.adapter_dir, out / "merged", tolerance=1e-4)
     return result.adapter_dir, merged.merged_dir
+
+
+@pytest.fixture
+def mlflow_home(tmp_path, monkeypatch) -> Path:
+    """A fresh PEFTFLOW_HOME and sqlite MLflow store per test; cwd is tmp_path (to catch ./mlruns)."""
+    from peftflow.mlflow_io.tracking import configure_mlflow
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PEFTFLOW_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    configure_mlflow()
+    return home

@@ -37,18 +37,6 @@ def tiny_dir(tmp_path_factory) -> str:
         return resolve_model("builtin:tiny-random").path
 
 
-@pytest.fixture
-def mlflow_home(tmp_path, monkeypatch) -> Path:
-    """A fresh PEFTFLOW_HOME and sqlite MLflow store per test; cwd is tmp_path (to catch ./mlruns)."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("PEFTFLOW_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    configure_mlflow()
-    return home
-
-
 LINEAGE = {"base_model": "builtin:tiny-random", "base_model_fingerprint": "abc", "data_fingerprint": "def",
            "method": "lora", "prefect_flow_run_id": "flow-1", "code_version": "0.1.0", "config_fingerprint": "123"}
 

@@ -14,7 +14,7 @@ from peftflow.config import RunConfig
 from peftflow.errors import UserError
 from peftflow.mlflow_io.downloads import download_model_dir
 from peftflow.mlflow_io.publishing import publish_adapter, publish_model
-from peftflow.mlflow_io.tracking import configure_mlflow, start_run
+from peftflow.mlflow_io.tracking import start_run
 from peftflow.serving import checks as serving_checks
 from peftflow.serving import gguf as gguf_export
 
@@ -22,17 +22,6 @@ LINEAGE = {"base_model": "builtin:tiny-random", "method": "lora"}
 # f32 keeps every weight as it is: the GGUF model computes what the merged model computes, up to
 # the order of float operations.
 F32_LOGIT_TOLERANCE = 1e-4
-
-
-@pytest.fixture
-def mlflow_home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("PEFTFLOW_HOME", str(home))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    configure_mlflow()
-    return home
 
 
 def _run_id() -> str:
