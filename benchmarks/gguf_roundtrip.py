@@ -1,6 +1,6 @@
 """GGUF export round trip: does the file answer like the model it came from?
 
-For each outtype, the model is converted with llama.cpp's converter (peftflow export-gguf), then
+For each outtype, the model is converted with llama.cpp's converter (peftflow export --format gguf), then
   transformers  the file loaded back with transformers' GGUF loader (dequantised to fp32):
                 max |logit difference| on the chat-formatted probes, greedy answers identical?
   llama.cpp     the file run by llama.cpp itself (llama-cpp-python), greedy, from the same prompt

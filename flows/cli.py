@@ -1,4 +1,4 @@
-"""`peftflow` command line: run, validate, export, export-gguf, check-serving, generate, promote,
+"""`peftflow` command line: run, validate, export (safetensors or GGUF), check-serving, generate, promote,
 rollback, history, emit-dataset-updated, relay, webhooks create.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
@@ -56,7 +56,9 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
         cfg, unused, _ = _read(config)
-        _precheck(cfg)
+        from peftflow.preflight import check_run
+
+        check_run(cfg)  # bad model or data fail here, before the flow starts, as one line
         from flows.finetune import finetune
 
         result = finetune(cfg)
@@ -75,9 +77,9 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         cfg, _, schema = _read(config)
         from peftflow.data import data_report
 
-        from peftflow.preflight import check_training_setup
+        from peftflow.preflight import check_training_setup, trained_model
 
-        model_path = _trained_model(cfg).path
+        model_path = trained_model(cfg).path
         check_training_setup(cfg, model_path)
         report = data_report(cfg, model_path)
         if cfg.promotion.guard_dataset:
@@ -93,24 +95,61 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
 
 
 @app.command()
-def export(config: str = typer.Argument(..., help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml."),
-           model: Optional[str] = typer.Option(None, "--model", help="Export this registered version instead, e.g. models:/NAME@champion.")) -> None:
-    """Merge an adapter into its unquantized base and write a sharded, ready-to-serve model to export_dir."""
+def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml; "
+                                                            "may be omitted with --format gguf --model M --out FILE."),
+           model: Optional[str] = typer.Option(None, "--model", help="Export this registered version instead, e.g. models:/NAME@champion "
+                                                                     "(with --format gguf and no CONFIG, also a merged dir)."),
+           fmt: str = typer.Option("safetensors", "--format", help="safetensors (sharded dir) or gguf (one file, llama.cpp's converter; "
+                                                                   "needs peftflow[gguf])."),
+           outtype: str = typer.Option("f16", "--outtype", help="gguf: f32, f16, bf16 or q8_0."),
+           out: Optional[str] = typer.Option(None, "--out", help="gguf: the file to write (default: EXPORT_DIR/model-OUTTYPE.gguf)."),
+           verify: bool = typer.Option(True, help="gguf: load the file back with transformers and compare with the model.")) -> None:
+    """Merge an adapter into its unquantized base and write a ready-to-serve model: a sharded
+    safetensors dir, or with --format gguf also one GGUF file checked against it."""
     try:
-        from peftflow.config import read_yaml
-        from peftflow.export import read_spec, run_export
+        from peftflow.errors import UserError
 
-        if model is not None and not model.startswith("models:/"):
-            from peftflow.errors import UserError
-
-            raise UserError(f"--model {model}: expected a registered version, models:/NAME@ALIAS or models:/NAME/VERSION")
-        spec = read_spec(read_yaml(config), config)
-        result = run_export(spec, registered=model)
+        if fmt not in ("safetensors", "gguf"):
+            raise UserError(f"--format {fmt}: expected safetensors or gguf")
+        if config is None and (fmt != "gguf" or not model or not out):
+            raise UserError("export: give an export YAML, or --format gguf with --model and --out")
+        src = _export_dir(config, model) if config else model
+        if fmt == "gguf":
+            _export_gguf(src, out, outtype, verify, given=model if config is None else None)
     except Exception as e:  # noqa: BLE001
-        _fail(_as_user_error(e, model) if model else e)
-        return
+        _fail(_as_user_error(e, model) if model and config else _registry_error(e, model) if model else e)
+
+
+def _export_dir(config: str, model: Optional[str]) -> str:
+    from peftflow.config import read_yaml
+    from peftflow.errors import UserError
+    from peftflow.export import read_spec, run_export
+
+    if model is not None and not model.startswith("models:/"):
+        raise UserError(f"--model {model}: expected a registered version, models:/NAME@ALIAS or models:/NAME/VERSION")
+    result = run_export(read_spec(read_yaml(config), config), registered=model)
     merged = f"merged (max |logit diff| {result.max_abs_logit_diff:.1e})" if result.merged else "no adapter"
     typer.echo(f"exported {result.export_dir}: {result.shards} safetensors shard(s), {result.dtype}, {merged}")
+    return result.export_dir
+
+
+def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool, given: Optional[str]) -> None:
+    """One GGUF file from a merged dir (the export's, or --model's), then the transformers round trip."""
+    from pathlib import Path
+
+    from peftflow.serving import gguf
+
+    if given is not None:
+        _check_model_ref(given)
+        src = gguf.source_dir(given)
+    written = gguf.export(src, out or str(Path(src) / f"model-{outtype}.gguf"), outtype)
+    typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
+    if verify:
+        from peftflow.builtin.probes import PROBE_TEXTS
+
+        check = gguf.round_trip(src, written.path, list(PROBE_TEXTS))
+        typer.echo(f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
+                   f"max |logit diff| {check.max_abs_logit_diff:.2e}")
 
 
 @app.command()
@@ -128,29 +167,6 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
         _fail(_registry_error(e, f"--model {model}"))
         return
     typer.echo(text)
-
-
-@app.command("export-gguf")
-def export_gguf(model: str = typer.Argument(..., help="Merged model: models:/NAME@ALIAS, models:/NAME/VERSION or a local dir."),
-                out: str = typer.Option(..., "--out", help="GGUF file to write."),
-                outtype: str = typer.Option("f16", "--outtype", help="f32, f16, bf16 or q8_0."),
-                verify: bool = typer.Option(True, help="Load the file back with transformers and compare with the model.")) -> None:
-    """Convert a merged model to one GGUF file (llama.cpp's converter), then check it against the model."""
-    try:
-        from peftflow.serving import gguf
-
-        _check_model_ref(model)
-        src = gguf.source_dir(model)
-        written = gguf.export(src, out, outtype)
-        typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
-        if verify:
-            from peftflow.builtin.probes import PROBE_TEXTS
-
-            check = gguf.round_trip(src, written.path, list(PROBE_TEXTS))
-            typer.echo(f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
-                       f"max |logit diff| {check.max_abs_logit_diff:.2e}")
-    except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, model))
 
 
 @app.command("check-serving")
@@ -356,34 +372,6 @@ def _check_model_ref(model: str) -> None:
 
     if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
         raise UserError(f"--model {model}: directory not found")
-
-
-def _precheck(cfg) -> None:
-    """Fail on bad model or data before the flow starts, so user errors stay one line."""
-    from peftflow.data import prepare_dataset, resolve_datasets
-
-    from peftflow.preflight import check_training_setup
-
-    model_path = _trained_model(cfg).path
-    check_training_setup(cfg, model_path)
-    guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
-    if guard:  # names first: a typo fails before minutes of tokenising the training data
-        resolve_datasets(guard.dataset_dir, guard.dataset_names)
-    prepare_dataset(cfg, model_path)
-    if guard:
-        prepare_dataset(guard, model_path)
-
-
-def _trained_model(cfg):
-    """The model the run trains: the base, or in a distillation run the student (checked against
-    its teacher's tokenizer)."""
-    from peftflow.models.resolve import resolve_model
-
-    if cfg.stage == "distill":
-        from peftflow.distill.teacher import resolve_student, resolve_teacher  # peft: only when distilling
-
-        return resolve_student(cfg, resolve_teacher(cfg))
-    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
 
 
 def main() -> None:

@@ -2,7 +2,8 @@
 mistake here would otherwise surface minutes or hours into a GPU job.
 
 `check_training_setup` raises a one-line UserError naming the key. It reads the model's config and
-builds an empty (meta-device) skeleton of it: no weights are loaded.
+builds an empty (meta-device) skeleton of it: no weights are loaded. `check_run` is what `peftflow
+run` checks before the flow starts: that, plus the model resolved and the data prepared.
 """
 
 from __future__ import annotations
@@ -14,6 +15,33 @@ from peftflow.config import RunConfig
 from peftflow.errors import UserError
 from peftflow.methods import get_method
 from peftflow.models import vision
+from peftflow.models.resolve import ResolvedModel, resolve_model
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Everything `peftflow run` checks before the flow starts: the model (or student), the
+    training setup and the data, the guard set's names first (a typo fails before minutes of
+    tokenising the training data)."""
+    from peftflow.data import prepare_dataset, resolve_datasets
+
+    model_path = trained_model(cfg).path
+    check_training_setup(cfg, model_path)
+    guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
+    if guard:
+        resolve_datasets(guard.dataset_dir, guard.dataset_names)
+    prepare_dataset(cfg, model_path)
+    if guard:
+        prepare_dataset(guard, model_path)
+
+
+def trained_model(cfg: RunConfig) -> ResolvedModel:
+    """The model the run trains: the base, or in a distillation run the student (checked against
+    its teacher's tokenizer)."""
+    if cfg.stage == "distill":
+        from peftflow.distill.teacher import resolve_student, resolve_teacher  # peft: only when distilling
+
+        return resolve_student(cfg, resolve_teacher(cfg))
+    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
 
 
 def check_training_setup(cfg: RunConfig, model_path: str) -> None:

@@ -233,19 +233,21 @@ def test_generate_unknown_model_is_one_line(cli, tmp_path, model, needles):
                           ignore="INFO mlflow.store.db.utils")
 
 
-def test_export_gguf_and_check_serving_commands(cli, tmp_path, tiny_finetune):
+def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finetune):
     import json
     import shutil
 
     adapter, merged = tiny_finetune
-    done = cli("export-gguf", merged, "--out", str(tmp_path / "out" / "tiny.gguf"), "--outtype", "f32")
+    done = cli("export", "--format", "gguf", "--model", merged, "--out", str(tmp_path / "out" / "tiny.gguf"), "--outtype", "f32")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny.gguf: f32" in done.stdout
     assert "round trip: greedy agreement 100% on 2 probes, max |logit diff| 0.00e+00" in done.stdout
 
-    refused = cli("export-gguf", adapter, "--out", str(tmp_path / "a.gguf"))
+    refused = cli("export", "--format", "gguf", "--model", adapter, "--out", str(tmp_path / "a.gguf"))
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
     assert "is a PEFT adapter; GGUF export needs a merged model" in refused.stderr
+    no_out = cli("export", "--format", "gguf", "--model", merged)
+    assert no_out.returncode == 2 and no_out.stderr == "error: export: give an export YAML, or --format gguf with --model and --out\n"
 
     bad = tmp_path / "adapter"
     shutil.copytree(adapter, bad)

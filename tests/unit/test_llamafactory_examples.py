@@ -165,9 +165,14 @@ def test_cli_export_and_its_one_line_refusal(adapter, tmp_path, peftflow_home):
 
     from flows.cli import app
 
-    ok = CliRunner().invoke(app, ["export", str(export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter))])
+    # --format gguf: the merged export, then one GGUF file beside it, loaded back and compared
+    ok = CliRunner().invoke(app, ["export", str(export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter)),
+                                  "--format", "gguf", "--outtype", "f32"])
     assert ok.exit_code == 0, ok.output
-    assert ok.stdout.startswith(f"exported {tmp_path / 'exported'}: 1 safetensors shard(s), float32, merged (max |logit diff|")
+    exported, gguf_line, round_trip = ok.stdout.splitlines()
+    assert exported.startswith(f"exported {tmp_path / 'exported'}: 1 safetensors shard(s), float32, merged (max |logit diff|")
+    assert gguf_line.startswith(f"{tmp_path / 'exported' / 'model-f32.gguf'}: f32, ")
+    assert round_trip.startswith("round trip: greedy agreement 100% on 2 probes")
     # a refusal, as a user sees it: one line on stderr, exit 2
     env = {**os.environ, "PEFTFLOW_HOME": str(peftflow_home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     path = export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter, quantization_bit=8)
