@@ -15,8 +15,10 @@ nothing changed and trains when the data changed, and `evaluate-model` scores a 
 adapter version.
 
 One stack for the module (Prefect server + a process worker running two flow runs at once, one
-MLflow server, one PEFTFLOW_HOME so models and prepared data are built once). The deployment runs
-are all submitted first, so the worker trains them while this process runs the CLI cases.
+MLflow server, one PEFTFLOW_HOME so models and prepared data are built once). Both entries of a
+case share an `output_dir`, so the deployment run, submitted when the CLI run is done, finds the
+CLI's training in the cache: the dashboard's JSON must give the same train key as the YAML, and
+the worker then runs while this process trains the next case.
 """
 
 from __future__ import annotations
@@ -69,15 +71,16 @@ CASES = {
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
 
 
-def user_keys(case: str, entry: str) -> dict:
+def user_keys(stack, case: str, entry: str) -> dict:
     """The keys of the case's YAML, as a user writes them; None drops a key of BASE."""
-    keys = {**BASE, **CASES[case][0], "registry": {"name": f"mx-{case}-{entry}", "experiment": "matrix"}}
+    keys = {**BASE, **CASES[case][0], "output_dir": str(stack.tmp / "runs" / case),
+            "registry": {"name": f"mx-{case}-{entry}", "experiment": "matrix"}}
     return {k: v for k, v in keys.items() if v is not None}
 
 
-def dashboard_params(case: str) -> dict:
+def dashboard_params(stack, case: str) -> dict:
     """What the dashboard form submits: the whole config, every field filled in, as JSON."""
-    return {"config": RunConfig(**user_keys(case, "dep")).model_dump(mode="json")}
+    return {"config": RunConfig(**user_keys(stack, case, "dep")).model_dump(mode="json")}
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +99,19 @@ def stack(tmp_path_factory, peftflow_home):
 
 
 @pytest.fixture(scope="module")
-def deployment_runs(stack) -> dict[str, str]:
-    """case -> flow run id: every deployment case submitted at once; the worker runs two at a time."""
-    return {case: create_flow_run(stack, "finetune/finetune", dashboard_params(case)) for case in CASES}
+def submitted(stack) -> dict[str, str]:
+    """case -> the flow run id of its deployment run, once submitted."""
+    return {}
+
+
+@pytest.fixture
+def deployment_run(stack, submitted):
+    """deployment_run(case) -> flow run id: submitted now unless its CLI test already did."""
+    def submit(case: str) -> str:
+        if case not in submitted:
+            submitted[case] = create_flow_run(stack, "finetune/finetune", dashboard_params(stack, case))
+        return submitted[case]
+    return submit
 
 
 def mlflow_client(stack):
@@ -113,11 +126,10 @@ def only_version(stack, name: str):
     return mlflow_client(stack).get_model_version(name, version.version)  # with its tags
 
 
-@pytest.mark.usefixtures("deployment_runs")  # submitted first: they run on the worker meanwhile
 @pytest.mark.parametrize("case", CASES)
-def test_cli_run_registers_a_version(stack, case):
+def test_cli_run_registers_a_version(stack, deployment_run, case):
     path = stack.tmp / f"{case}.yaml"
-    path.write_text(yaml.safe_dump(user_keys(case, "cli"), sort_keys=False))
+    path.write_text(yaml.safe_dump(user_keys(stack, case, "cli"), sort_keys=False))
     r = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(path)], env=stack.env, cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -125,15 +137,18 @@ def test_cli_run_registers_a_version(stack, case):
     version = only_version(stack, f"mx-{case}-cli")
     assert version.tags["peftflow.kind"] == CASES[case][1]
     assert version.tags["method"] == CASES[case][0].get("finetuning_type", "lora")
+    deployment_run(case)  # the worker publishes it from the cached training while the next case trains
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_deployment_run_registers_a_version(stack, deployment_runs, case):
-    run = wait_flow_run(stack, deployment_runs[case])
+def test_deployment_run_registers_a_version(stack, deployment_run, case):
+    run = wait_flow_run(stack, deployment_run(case))
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     version = only_version(stack, f"mx-{case}-dep")
     assert version.tags["peftflow.kind"] == CASES[case][1]
-    assert version.tags["prefect_flow_run_id"] == deployment_runs[case]
+    assert version.tags["prefect_flow_run_id"] == deployment_run(case)
+    # The dashboard's JSON (every field filled in) is the same training as the user's YAML.
+    assert version.tags["train_key"] == only_version(stack, f"mx-{case}-cli").tags["train_key"]
 
 
 def make_champion(stack, monkeypatch, name: str, version: str) -> None:
@@ -165,21 +180,23 @@ RETRAIN_CASES = ["lora", "distill"]  # distill: retrain resolves the pruned stud
 
 
 @pytest.mark.parametrize("case", RETRAIN_CASES)
-def test_retrain_skips_when_nothing_changed(stack, deployment_runs, monkeypatch, case):
+def test_retrain_skips_when_nothing_changed(stack, deployment_run, monkeypatch, case):
     name = f"mx-{case}-dep"
-    assert wait_flow_run(stack, deployment_runs[case])["state"]["type"] == "COMPLETED"
+    assert wait_flow_run(stack, deployment_run(case))["state"]["type"] == "COMPLETED"
     make_champion(stack, monkeypatch, name, "1")
-    run = retrain(stack, dashboard_params(case))
+    run = retrain(stack, dashboard_params(stack, case))
     assert run["state"]["message"].startswith("Skipped: data, base model and config fingerprints match champion"), \
         run["state"]["message"]
 
 
-@pytest.mark.parametrize("case", ["lora", "distill"])
-def test_retrain_trains_when_the_data_changed(stack, deployment_runs, monkeypatch, case):
+# lora: tests/integration/test_team_stack.py retrains it on a dataset event
+@pytest.mark.parametrize("case", ["distill"])
+def test_retrain_trains_when_the_data_changed(stack, deployment_run, monkeypatch, case):
     name = f"mx-{case}-dep"
-    assert wait_flow_run(stack, deployment_runs[case])["state"]["type"] == "COMPLETED"
+    assert wait_flow_run(stack, deployment_run(case))["state"]["type"] == "COMPLETED"
     make_champion(stack, monkeypatch, name, "1")
-    run = retrain(stack, {**dashboard_params(case), "dataset": "orders", "dataset_dir": changed_orders(stack, case)})
+    run = retrain(stack, {**dashboard_params(stack, case), "dataset": "orders",
+                          "dataset_dir": changed_orders(stack, case)})
     assert "retrained by finetune/finetune" in run["state"]["message"], run["state"]["message"]
     client = mlflow_client(stack)
     new = client.get_model_version_by_alias(name, "challenger")
@@ -188,12 +205,12 @@ def test_retrain_trains_when_the_data_changed(stack, deployment_runs, monkeypatc
 
 
 @pytest.mark.parametrize("case", ["lora", "prefix"])  # a merged and an adapter version
-def test_evaluate_model_scores_the_published_version(stack, deployment_runs, case):
+def test_evaluate_model_scores_the_published_version(stack, case):
     name = f"mx-{case}-cli"
     kind = only_version(stack, name).tags["peftflow.kind"]
     assert kind == CASES[case][1]
     run = wait_flow_run(stack, create_flow_run(stack, "evaluate-model/evaluate-model", {
-        "name": name, "version": "challenger", **dashboard_params(case)}))
+        "name": name, "version": "challenger", **dashboard_params(stack, case)}))
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     scores = json.loads(mlflow_client(stack).get_model_version(name, "1").tags["eval.demo_orders"])
     assert scores["version"] == "1" and scores["metric"] == "json_fields" and scores["perplexity"] > 1
