@@ -66,6 +66,7 @@ def training_notes(run_id: str, key: str, data, adapter) -> list[str]:
     return notes
 
 
+CARD_HEADING = "# Model card:"  # where the card starts in a version's description
 # The recipe keys a reader of the card wants first; the run's params hold the whole config.
 RECIPE_KEYS = ("stage", "finetuning_type", "model_name_or_path", "dataset", "template", "cutoff_len",
                "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "quantization_bit", "learning_rate",
@@ -83,7 +84,7 @@ def model_card(name: str, uri: str, lineage: dict[str, str], metrics: dict[str, 
     what = ("a PEFT adapter on its base model (the base must exist at `base_model_path`)" if kind == "adapter"
             else "the fine-tune merged into its base model")
     return "\n".join([
-        f"# Model card: {name}", "",
+        f"{CARD_HEADING} {name}", "",
         f"A fine-tune of `{lineage.get('base_model', '?')}` published by peftflow: {what}.", "",
         "## Held-out scores", "", "| metric | value |", "|---|---|", scores, "",
         "## Recipe", "", steps or "- (not recorded)", "",

@@ -29,11 +29,10 @@ from peftflow.mlflow_io.tracking import NOTE_TAG, mlflow_client
 from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
 from peftflow.models import vision
 from peftflow.serving import chat
-from peftflow.summary import model_card, version_description
+from peftflow.summary import CARD_HEADING, model_card, version_description
 
 MODEL_ARTIFACT = "model"
 KIND_TAG = "peftflow.kind"  # merged | adapter
-CARD_HEADING = "# Model card:"  # where the card starts in a version's description (summary.model_card)
 VLLM_TAG = "peftflow.vllm_ready"  # set on adapter versions checked for vLLM (registry.vllm_ready)
 
 

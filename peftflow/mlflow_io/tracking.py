@@ -141,11 +141,6 @@ def run_url(run_id: str) -> str | None:
     return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def set_description(run_id: str, markdown: str) -> None:
-    """The run's description (MLflow's UI shows `mlflow.note.content` on the run page)."""
-    mlflow_client().set_tag(run_id, NOTE_TAG, markdown)
-
-
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     from mlflow.entities import Metric
 
