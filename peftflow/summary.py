@@ -64,3 +64,44 @@ def training_notes(run_id: str, key: str, data, adapter) -> list[str]:
     if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
         notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
     return notes
+
+
+CARD_HEADING = "# Model card:"  # where the card starts in a version's description
+# The recipe keys a reader of the card wants first; the run's params hold the whole config.
+RECIPE_KEYS = ("stage", "finetuning_type", "model_name_or_path", "dataset", "template", "cutoff_len",
+               "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "quantization_bit", "learning_rate",
+               "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "seed")
+
+
+def model_card(name: str, uri: str, lineage: dict[str, str], metrics: dict[str, float],
+               recipe: dict[str, str], kind: str) -> str:
+    """The model card (Markdown): scores, recipe, lineage and how to load `uri`. The gate decision is
+    added with the finetune summary once the version was gated (`version_description`)."""
+    scores = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())) or "| (none) | |"
+    steps = "\n".join(f"- {k}: `{recipe[k]}`" for k in RECIPE_KEYS if recipe.get(k) not in (None, "", "None"))
+    lines = "\n".join(f"- {k}: `{v}`" for k, v in sorted(lineage.items()) if v)
+    what = ("a PEFT adapter on its base model (the base must exist at `base_model_path`)" if kind == "adapter"
+            else "the fine-tune merged into its base model")
+    return "\n".join([
+        f"{CARD_HEADING} {name}", "",
+        f"A fine-tune of `{lineage.get('base_model', '?')}` published by peftflow: {what}.", "",
+        "## Held-out scores", "", "| metric | value |", "|---|---|", scores, "",
+        "## Recipe", "", steps or "- (not recorded)", "",
+        "## Lineage", "", lines, "",
+        "## How to load", "",
+        "```python",
+        "import mlflow",
+        f'pipe = mlflow.transformers.load_model("{uri}")',
+        "```", "",
+        f"`peftflow generate --model {uri} --prompt \"...\"`; "
+        f"`mlflow models serve -m {uri}` serves it over HTTP.", "",
+        "## Licence", "",
+        f"The licence is the base model's (`{lineage.get('base_model', '?')}`); peftflow adds no terms.",
+    ])
+
+
+def version_description(summary: str, card: str) -> str:
+    """What the registered version's page shows: the finetune summary (scores, aliases, gate
+    decision, notes), then its model card."""
+    return f"{summary}\n\n{card}"

@@ -29,12 +29,13 @@ def publish_version(config: RunConfig, run_id: str, adapter: TrainResult, merged
     tracking.log_artifact(run_id, adapter.adapter_dir, "adapter")
     tracking.log_artifact(run_id, str(loss_curve(adapter.loss_history, work / "loss_curve.png")))
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
+    about = {"recipe": tracking.config_params(config), "description": config.registry.description}
     if merged is None:
         return publishing.publish_adapter(run_id, config.registry.name, adapter.adapter_dir, base_model_dir,
                                           lineage, metrics, trust_remote_code=config.trust_remote_code,
-                                          for_vllm=config.registry.vllm_ready)
+                                          for_vllm=config.registry.vllm_ready, **about)
     version = publishing.publish_model(run_id, config.registry.name, merged.merged_dir, lineage, metrics,
-                                       trust_remote_code=config.trust_remote_code)
+                                       trust_remote_code=config.trust_remote_code, **about)
     if config.registry.gguf_outtype:  # the merged model also as one GGUF file on the same version
         version = attach_to_version(version, merged.merged_dir, config.registry.gguf_outtype, str(work))
     return version

@@ -47,7 +47,7 @@ def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, t
     if distributed.is_distributed(config):  # torchrun reports no steps live: log its loss history now
         for step, loss in result.loss_history:
             tracking.log_metrics(run_id, {"loss": loss}, step=step)
-    tracking.log_metrics(run_id, result.metrics())
+    tracking.log_metrics(run_id, result.metrics(), step=result.steps)  # charted at the end, not at step 0
     tracking.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method,
                                    "peftflow.compute": result.compute,
                                    "peftflow.gradient_checkpointing": result.gradient_checkpointing})

@@ -221,8 +221,9 @@ class RunConfig(Strict):
                                        "max_samples": self.promotion.guard_max_samples})
 
     def fingerprint(self) -> str:
-        """Hash of every field, for caching and for 'did anything change' checks."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Hash of every field, for caching and for 'did anything change' checks; but the registered
+        model's description, which changes no result (and, added later, left the hashes as they were)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"registry": {"description"}}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved_output_dir(self) -> Path:

@@ -21,6 +21,9 @@ class RegistryConfig(Strict):
                           "champion: LLaMA-Factory's output_dir (its path parts joined by '-'), else "
                           "<model>-<dataset>-<finetuning_type> (distillation: <teacher>-student-...).")
     experiment: str = Field("peftflow", description="MLflow experiment that holds the runs.")
+    description: str | None = Field(
+        None, description="The registered model's description in MLflow (Markdown), set on every publish; "
+                          "unset: left as it is (e.g. as written in the MLflow UI).")
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] | None = Field(
         None, description="Also attach the merged model as one GGUF file (`model.gguf`, llama.cpp's converter, this "
                           "outtype) to the registered version. Needs peftflow[gguf]. Merged versions only.")

@@ -28,15 +28,20 @@ REASON_MAX = 300
 
 
 def set_alias(name: str, alias: str, version: str, reason: str, actor: str) -> None:
-    """Point `alias` at `version` and append the move to the version's `alias.<alias>.history`."""
+    """Point `alias` at `version` and append the move to the version's `alias.<alias>.history`;
+    not when the alias is already there and the last entry says the same (a rerun or retry of
+    the same publish), so the history lists moves, not repeats."""
     client = mlflow_client()
-    client.set_registered_model_alias(name, alias, str(version))
     key = f"alias.{alias}.history"
     mv = client.get_model_version(name, str(version))
     try:
         history = json.loads((mv.tags or {}).get(key, "[]"))
     except json.JSONDecodeError:
         history = []
+    client.set_registered_model_alias(name, alias, str(version))
+    last = history[-1] if history else {}
+    if alias in (mv.aliases or []) and (last.get("by"), last.get("reason")) == (actor, reason[:REASON_MAX]):
+        return
     history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor,
                     "reason": reason[:REASON_MAX]})
     client.set_model_version_tag(name, str(version), key, json.dumps(history[-HISTORY_KEEP:]))

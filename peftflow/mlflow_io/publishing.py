@@ -11,19 +11,25 @@ MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/uni
   artifacts land in `./mlruns` of the current directory: the LoggedModel is created first in the
   run's experiment and passed as `model_id`.
 - `search_model_versions` returns empty aliases; versions are read back one by one.
+- `mlflow.register_model` (not `MlflowClient.create_model_version`) makes the version: it also
+  writes the logged model's `mlflow.modelVersions` tag, which its page reads to list the version.
+- `transformers.log_model` of a local dir writes a LICENSE.txt pointing at
+  `https://huggingface.co/<that local path>`: it is replaced by one naming the base model.
 """
 
 from __future__ import annotations
 
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from peftflow.mlflow_io.aliases import CHALLENGER, set_alias
-from peftflow.mlflow_io.tracking import mlflow_client
+from peftflow.mlflow_io.tracking import NOTE_TAG, mlflow_client
 from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
 from peftflow.models import vision
 from peftflow.serving import chat
+from peftflow.summary import CARD_HEADING, model_card, version_description
 
 MODEL_ARTIFACT = "model"
 KIND_TAG = "peftflow.kind"  # merged | adapter
@@ -31,10 +37,13 @@ VLLM_TAG = "peftflow.vllm_ready"  # set on adapter versions checked for vLLM (re
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
-                  metrics: dict[str, float], trust_remote_code: bool = False) -> ModelVersionRef:
+                  metrics: dict[str, float], trust_remote_code: bool = False,
+                  recipe: dict[str, str] | None = None, description: str | None = None) -> ModelVersionRef:
     """Log a merged, plain transformers model dir to the run and register it as `challenger`.
 
     Idempotent: a version of `name` already made from `run_id` is returned, not made again.
+    `recipe`: the config as flat params (the logged model's params, the card's recipe);
+    `description`: the registered model's (registry.description), set when given.
     """
     def components() -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,12 +54,14 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
             AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
             AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code))
 
-    return _publish(run_id, name, lineage, metrics, components, kind="merged", card_dir=merged_dir)
+    return _publish(run_id, name, lineage, metrics, components, kind="merged",
+                    about=(recipe or {}, description))
 
 
 def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
                     lineage: dict[str, str], metrics: dict[str, float],
-                    trust_remote_code: bool = False, for_vllm: bool = False) -> ModelVersionRef:
+                    trust_remote_code: bool = False, for_vllm: bool = False,
+                    recipe: dict[str, str] | None = None, description: str | None = None) -> ModelVersionRef:
     """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
 
     Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
@@ -59,6 +70,7 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
 
     `for_vllm`: refused (UserError, nothing logged) unless vLLM would serve the adapter
     (peftflow/serving/checks.py); the version is tagged `peftflow.vllm_ready`.
+    `recipe`, `description`: as for `publish_model`.
     """
     from peftflow.errors import UserError
     from peftflow.serving.checks import adapter_problems
@@ -78,7 +90,7 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
 
     lineage = {**lineage, "base_model_path": base_model_dir, **({VLLM_TAG: "true"} if for_vllm else {})}
     return _publish(run_id, name, lineage, metrics, components, kind="adapter",
-                    card_dir=adapter_dir, base_model_path=base_model_dir)
+                    about=(recipe or {}, description), base_model_path=base_model_dir)
 
 
 def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict[str, Any]:
@@ -92,31 +104,46 @@ def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict
             "task": "image-text-to-text", "processor": processor}
 
 
-def _publish(run_id, name, lineage, metrics, components, kind, card_dir, base_model_path=None):
+def _publish(run_id, name, lineage, metrics, components, kind, about, base_model_path=None):
     """One version per run and kind of what ships (`merged` or `adapter`): a retry or a rerun with
     the same training returns it, a rerun that ships the other kind registers that one. The
-    lineage and `metric.*` tags are those of this publish either way (a rerun may have re-evaluated)."""
-    from mlflow.exceptions import MlflowException
+    lineage and `metric.*` tags are those of this publish either way (a rerun may have re-evaluated),
+    and so is the version's description (its model card, until the flow adds its summary)."""
+    import mlflow
 
+    recipe, description = about
     client = mlflow_client()
     tags = {**{k: str(v) for k, v in lineage.items()},
             **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()}, KIND_TAG: kind}
     existing = version_of_run(name, run_id, kind)
     if existing is None:
         model_id = _logged_model_of_run(client, run_id, kind) or _log_model(
-            client, run_id, name, lineage, components, card_dir, base_model_path, kind)
-        try:
-            client.create_registered_model(name)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        existing = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
-                                               tags=tags, model_id=model_id)
+            client, run_id, name, lineage, metrics, recipe, components, base_model_path, kind)
+        _log_model_scores(client, run_id, model_id, metrics, recipe.get("dataset"), lineage.get("data_fingerprint"))
+        # The link MLflow's own registration writes (see the module docstring); it also creates the
+        # registered model when there is none. mlflow_client() above pointed MLflow's globals here.
+        existing = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
     else:
         _retag(client, name, str(existing.version), dict(existing.tags or {}), tags)
+    version = str(existing.version)
+    if description is not None:
+        client.update_registered_model(name, description=description)
+    card = model_card(name, f"models:/{name}/{version}", lineage, metrics, recipe, kind)
+    client.update_model_version(name, version, description=card)
     # Re-applied on a retry too, so a publish that stopped after registering still completes.
-    set_alias(name, CHALLENGER, str(existing.version), reason=f"published from run {run_id}", actor="publish")
-    return version_ref(client.get_model_version(name, str(existing.version)))
+    set_alias(name, CHALLENGER, version, reason=f"published from run {run_id}", actor="publish")
+    return version_ref(client.get_model_version(name, version))
+
+
+def describe(ref: ModelVersionRef, summary: str) -> None:
+    """The finetune summary as the description of the run (`mlflow.note.content`) and of the
+    version, above the version's model card (replacing the summary of an earlier describe)."""
+    client = mlflow_client()
+    if ref.run_id:
+        client.set_tag(ref.run_id, NOTE_TAG, summary)
+    current = client.get_model_version(ref.name, ref.version).description or ""
+    card = current[current.find(CARD_HEADING):] if CARD_HEADING in current else current
+    client.update_model_version(ref.name, ref.version, description=version_description(summary, card))
 
 
 def attach_file(ref: ModelVersionRef, local_file: str, tag: str, note: str) -> ModelVersionRef:
@@ -150,37 +177,56 @@ def _logged_model_of_run(client, run_id: str, kind: str) -> str | None:
     return None
 
 
-def _log_model(client, run_id, name, lineage, components, card_dir, base_model_path, kind) -> str:
+def _log_model(client, run_id, name, lineage, metrics, recipe, components, base_model_path, kind) -> str:
     import mlflow
 
     run = client.get_run(run_id)
     # Created here, in the run's experiment: log_model(run_id=...) alone would use the default one.
     lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
-                                    source_run_id=run_id, tags={KIND_TAG: kind})
+                                    source_run_id=run_id, tags={KIND_TAG: kind}, params=recipe or None)
+    card = model_card(name, f"models:/{lm.model_id}", lineage, metrics, recipe, kind)
     try:
         model = components()  # transformers_model, task (llm/v1/chat for chat models), model_config
         mlflow.transformers.log_model(
-            **model, name=MODEL_ARTIFACT, run_id=run_id,
-            model_id=lm.model_id, model_card=_model_card(name, card_dir, lineage),
+            **model, name=MODEL_ARTIFACT, run_id=run_id, model_id=lm.model_id, model_card=_hf_card(card),
             pip_requirements=_pip_requirements(peft=base_model_path is not None,
                                                images=model["task"] == "image-text-to-text"),
             base_model_path=base_model_path)
+        _replace_licence(client, lm.model_id, lineage.get("base_model", "the base model"))
     except BaseException:
         client.finalize_logged_model(lm.model_id, "FAILED")
         raise
     return lm.model_id
 
 
-def _model_card(name: str, src_dir: str, lineage: dict[str, str]):
-    """The source dir's README if it has one; else a short card with the lineage (and no
-    look-up on the Hugging Face Hub, which MLflow would otherwise try for the card)."""
+def _log_model_scores(client, run_id, model_id, metrics, dataset, digest) -> None:
+    """The held-out scores as the logged model's metrics, on the dataset they were measured on:
+    its page lists that dataset under "Datasets used" (MLflow reads it from the metrics)."""
+    from mlflow.entities import Metric
+
+    named = {"dataset_name": dataset, "dataset_digest": digest} if dataset and digest else {}
+    now = int(time.time() * 1000)
+    batch = [Metric(f"eval.{k}", float(v), now, 0, model_id=model_id, **named) for k, v in metrics.items()]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def _hf_card(markdown: str):
+    """peftflow's card as the artifact's README.md (and no look-up on the Hugging Face Hub, which
+    MLflow would otherwise try for a card)."""
     from huggingface_hub import ModelCard
 
-    readme = Path(src_dir) / "README.md"
-    if readme.is_file():
-        return ModelCard.load(readme)
-    lines = "\n".join(f"- {k}: {v}" for k, v in sorted(lineage.items()))
-    return ModelCard(f"---\nlibrary_name: transformers\n---\n# {name}\n\nPublished by peftflow.\n\n{lines}\n")
+    return ModelCard(f"---\nlibrary_name: transformers\n---\n{markdown}\n")
+
+
+def _replace_licence(client, model_id: str, base_model: str) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        licence = Path(tmp) / "LICENSE.txt"
+        licence.write_text(f"This model is a fine-tune of {base_model} and is under that model's licence; "
+                           "peftflow adds no terms of its own.\n")
+        client.log_model_artifact(model_id, str(licence))
 
 
 def _pip_requirements(peft: bool, images: bool = False) -> list[str]:

@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _CONFIGURE_LOCK = threading.Lock()  # tasks in threads configure at once; os.environ is shared
-TRAIN_KEY_TAG = "peftflow.train_key"
+TRAIN_KEY_TAG = "train_key"  # one name on runs and versions (the lineage key)
+# Which UI the experiment opens in: MLflow's training view, not the GenAI one (traces, token usage)
+# it would otherwise guess for a chat model.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+PREFECT_URL_TAG = "peftflow.prefect_flow_run_url"
 
 
 def configure_mlflow() -> str:
@@ -66,12 +71,16 @@ def ensure_experiment(name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        # A kind someone chose stays; an unset or merely inferred one becomes the training view.
+        kind = exp.tags.get(EXPERIMENT_KIND_TAG, "")
+        if kind in ("", "no_inferred_type") or kind.endswith("_inferred"):
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
         return exp.experiment_id
     location = None
     if urlparse(configure_mlflow()).scheme == "sqlite":
         location = (peftflow_home().resolve() / "mlartifacts").as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except Exception:  # created meanwhile by a concurrent run
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -103,7 +112,8 @@ def start_run(cfg: RunConfig, tags: dict[str, str], train_key: str | None = None
     """Create a run in `cfg.registry.experiment`, log the whole config as params; returns run_id.
 
     With `train_key`, an existing run of the same training key and registered model is reused, so
-    a rerun or retry logs into the run that already holds the training's metrics and model."""
+    a rerun or retry logs into the run that already holds the training's metrics and model, and the
+    run is named `<registered model>-<train key>`."""
     from mlflow.entities import Param
 
     client = mlflow_client()
@@ -115,10 +125,20 @@ def start_run(cfg: RunConfig, tags: dict[str, str], train_key: str | None = None
         if found:
             return found[0].info.run_id
         tags = {**tags, TRAIN_KEY_TAG: train_key, "peftflow.registered_model": cfg.registry.name}
-    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()},
+                            run_name=f"{cfg.registry.name}-{train_key}" if train_key else None)
     params = [Param(k, v) for k, v in config_params(cfg).items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
+
+
+def run_url(run_id: str) -> str | None:
+    """The run's page in MLflow's UI, when MLflow is a server (http/https); a sqlite store has none."""
+    uri = configure_mlflow()
+    if urlparse(uri).scheme not in ("http", "https"):
+        return None
+    experiment_id = mlflow_client().get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:

@@ -23,7 +23,7 @@ from peftflow.models.load import load_base
 from peftflow.training import memory
 from peftflow.training.arguments import compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
-from peftflow.training.trainer import FirstStep, SupervisedTokenTrainer
+from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class TrainResult:
     peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
 
     def metrics(self) -> dict[str, float]:
-        return {"train_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
+        # `final_loss`, not `train_loss`: that name is the Trainer's mean over the run, logged at the last step.
+        return {"final_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
                 "supervised_tokens_per_s": self.tokens_per_second, "trainable_params": self.trainable_params,
                 "total_params": self.total_params, "seconds_per_step": round(self.train_seconds / max(self.steps, 1), 3),
                 "model_footprint_mb": self.footprint_mb, "peak_memory_mb": self.peak_memory_mb,
@@ -109,7 +110,7 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
         # Rows carry their index so a batch can find its cached teacher outputs.
         train_set = train_set.add_column("row_id", list(range(len(train_set))))
     return trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,
-                       data_collator=collator, callbacks=[*callbacks, FirstStep()], **extra)
+                       data_collator=collator, callbacks=[LogLastStep(), *callbacks, FirstStep()], **extra)
 
 
 def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:

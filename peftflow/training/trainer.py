@@ -60,6 +60,15 @@ class FirstStep(TrainerCallback):
             self.step = state.global_step
 
 
+class LogLastStep(TrainerCallback):
+    """Logs at the last optimizer step whatever `logging_steps` says: else a run shorter than
+    `logging_steps` (or not ending on a multiple of it) logs no final `loss`."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_log = True
+
+
 class MetricsCallback(TrainerCallback):
     """Forwards every logged dict to `sink(step, metrics)`: MLflow, a progress bar, a test."""
 

@@ -1,5 +1,7 @@
 """The whole finetune flow on the tiny model, under Prefect's test harness with a SQLite MLflow."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -47,12 +49,24 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
 
     assert "base" in artifacts("finetune-summary")[0].data and artifacts("training-progress")
 
+    # What a person sees in MLflow: a named run described by the summary, linked to its flow run
+    # and back; the version described by the summary and its model card
+    flow_run_id = str(state.state_details.flow_run_id)
+    assert run.info.run_name == f"tiny-itest-{version.tags['train_key']}"
+    assert run.data.tags["mlflow.note.content"] == result.summary
+    assert run.data.tags["peftflow.prefect_flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
+    assert result.run_id in artifacts("mlflow-run")[0].data
+    assert version.description.startswith(result.summary) and "# Model card: tiny-itest" in version.description
+    assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [6]  # the Trainer's only
+
     # Same inputs again: the expensive stages come from Prefect's cache, nothing new is registered.
     again = finetune(cfg, return_state=True)
     states = task_states(again.state_details.flow_run_id)
     assert states["train-adapter"] == "Cached" and states["merge-adapter"] == "Cached"
     assert again.result().version == "1"
     assert len(client.search_model_versions("name='tiny-itest'")) == 1
+    assert len(json.loads(client.get_model_version("tiny-itest", "1").tags["alias.challenger.history"])) == 1
+    assert client.get_model_version("tiny-itest", "1").description.count("# Model card:") == 1
 
 
 def test_a_worse_challenger_does_not_take_champion(harness, env, tiny_model):

@@ -13,8 +13,9 @@ from peftflow.config import RunConfig
 from peftflow.inference import generate_reply
 from peftflow.mlflow_io.aliases import alias_history, set_alias
 from peftflow.mlflow_io.downloads import download_model_dir, load_pipeline
-from peftflow.mlflow_io.publishing import publish_adapter, publish_model
+from peftflow.mlflow_io.publishing import describe, publish_adapter, publish_model
 from peftflow.mlflow_io.tracking import (
+    config_params,
     configure_mlflow,
     ensure_experiment,
     finish_run,
@@ -71,6 +72,15 @@ def test_ensure_experiment_puts_artifacts_under_home(mlflow_home):
     assert ensure_experiment("exp") == exp_id
     exp = MlflowClient().get_experiment(exp_id)
     assert exp.artifact_location == (mlflow_home.resolve() / "mlartifacts").as_uri()
+    # the UI opens it in the training view, not the GenAI one
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    # an older experiment whose kind MLflow's UI only inferred is moved to it; one a person chose stays
+    client = MlflowClient()
+    inferred = client.create_experiment("old", tags={"mlflow.experimentKind": "genai_development_inferred"})
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    ensure_experiment("old"), ensure_experiment("chosen")
+    assert client.get_experiment(inferred).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
@@ -96,6 +106,13 @@ def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
     assert run.data.tags["peftflow.flow_run_id"] == "flow-1"
     assert run.info.status == "RUNNING"
     assert MlflowClient().get_experiment(run.info.experiment_id).name == "exp"
+
+    # a training run: named for its registered model and train key, the key under one tag name
+    keyed = start_run(cfg, {"train_key": "k1"}, train_key="k1")
+    run = MlflowClient().get_run(keyed)
+    assert run.info.run_name == "tiny-k1"
+    assert run.data.tags["train_key"] == "k1" and not [t for t in run.data.tags if t.endswith(".train_key")]
+    assert start_run(cfg, {"train_key": "k1"}, train_key="k1") == keyed  # a rerun finds it by that tag
 
 
 def test_log_metrics_artifacts_and_finish(mlflow_home, tmp_path):
@@ -130,7 +147,8 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     from safetensors.torch import load_file
 
     run_id = start_run(_cfg(), {})
-    ref = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+    about = {"recipe": config_params(_cfg(dataset="demo_orders")), "description": "The tiny test model."}
+    ref = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25}, **about)
 
     assert (ref.name, ref.version, ref.run_id, ref.uri) == ("tiny", "1", run_id, "models:/tiny/1")
     assert {k: ref.tags[k] for k in LINEAGE} == LINEAGE
@@ -144,10 +162,37 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     assert not (tmp_path / "mlruns").exists()
 
     # a retry of the same publish returns the same version and logs nothing new
-    again = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25})
+    again = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {"score": 0.5, "perplexity": 12.25}, **about)
     assert again.version == "1"
     assert len(client.search_model_versions("name='tiny'")) == 1
     assert len(client.get_run(run_id).outputs.model_outputs) == 1
+    # ...nor a second, identical challenger history entry
+    assert [h["reason"] for h in alias_history("tiny", "1", "challenger")] == [f"published from run {run_id}"]
+
+    # MLflow's pages explain the version: the logged model lists it (as MLflow's own registration
+    # links them), with the recipe as params and the held-out dataset its scores were measured on
+    mv = client.get_model_version("tiny", "1")
+    (logged,) = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
+    assert mv.source == f"models:/{logged.model_id}" and mv.model_id in (None, logged.model_id)  # sqlite: None
+    assert json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"]) == \
+        [{"name": "tiny", "version": 1}]  # as MLflow writes it
+    assert logged.params["finetuning_type"] == "lora" and logged.params["dataset"] == "demo_orders"
+    assert {(m.key, m.dataset_name, m.dataset_digest) for m in logged.metrics} == \
+        {("eval.score", "demo_orders", "def"), ("eval.perplexity", "demo_orders", "def")}
+    # descriptions: the registered model's from the config, the version's its model card
+    assert client.get_registered_model("tiny").description == "The tiny test model."
+    card = mv.description
+    assert card.startswith("# Model card: tiny") and "| score | 0.5 |" in card and "- finetuning_type: `lora`" in card
+    assert "- data_fingerprint: `def`" in card and 'load_model("models:/tiny/1")' in card
+    (licence,) = (mlflow_home / "mlartifacts" / "models").glob("m-*/artifacts/LICENSE.txt")
+    assert "huggingface.co" not in licence.read_text() and "builtin:tiny-random" in licence.read_text()
+    # the flow's summary on top, as the run's and the version's description (again: replaced, not added)
+    describe(ref, "# Fine-tune `tiny` version 1\n\n**Promotion gate:** promoted")
+    describe(ref, "# Fine-tune `tiny` version 1\n\n**Promotion gate:** not promoted")
+    assert client.get_run(run_id).data.tags["mlflow.note.content"].endswith("not promoted")
+    described = client.get_model_version("tiny", "1").description
+    assert described.startswith("# Fine-tune `tiny` version 1\n\n**Promotion gate:** not promoted\n\n# Model card:")
+    assert described.count("# Model card:") == 1 and described.endswith(card)
 
     pipe = mlflow.transformers.load_model("models:/tiny@challenger")
     out = pipe("Hello", max_new_tokens=4, do_sample=False)
@@ -193,15 +238,15 @@ def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_d
     from mlflow import MlflowClient
 
     run_id = start_run(_cfg(), {})
-    real = MlflowClient.create_model_version
+    real = MlflowClient._create_model_version  # what mlflow.register_model calls
 
     def crash(*a, **kw):
         raise RuntimeError("registry down")
 
-    monkeypatch.setattr(MlflowClient, "create_model_version", crash)
+    monkeypatch.setattr(MlflowClient, "_create_model_version", crash)
     with pytest.raises(RuntimeError):
         publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
-    monkeypatch.setattr(MlflowClient, "create_model_version", real)
+    monkeypatch.setattr(MlflowClient, "_create_model_version", real)
     ref = publish_model(run_id, "tiny", tiny_dir, LINEAGE, {})
     assert ref.version == "1"
     assert len(MlflowClient().get_run(run_id).outputs.model_outputs) == 1

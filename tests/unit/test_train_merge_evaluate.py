@@ -51,12 +51,23 @@ def test_adapter_reloads_with_plain_peft(trained, tiny_model):
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
 
-def test_resume_continues_from_the_last_checkpoint(trained, tiny_model):
+def test_resume_continues_from_the_last_checkpoint(trained, tiny_model, mlflow_home):
+    from mlflow import MlflowClient
+
+    from peftflow.mlflow_io.tracking import log_metrics, start_run
+
     cfg, data, first, _, out = trained
-    # A longer run in the same directory starts from checkpoint-12, not step 0.
-    again = train_run(cfg.model_copy(update={"max_steps": 14}), tiny_model, data.path, out)
+    # A longer run in the same directory starts from checkpoint-12, not step 0. It trains one step,
+    # fewer than logging_steps, and still logs its loss at that last step (to MLflow as the flow does).
+    longer = cfg.model_copy(update={"max_steps": 13, "logging_steps": 20})
+    run_id = start_run(longer, {})
+    sink = MetricsCallback(lambda step, metrics: log_metrics(run_id, metrics, step=step))
+    again = train_run(longer, tiny_model, data.path, out, callbacks=(sink,))
     assert again.resumed_from_step == 12
-    assert [s for s, _ in again.loss_history if s > 12] == [14]
+    assert [s for s, _ in again.loss_history if s > 12] == [13]
+    assert [m.step for m in MlflowClient().get_metric_history(run_id, "loss")] == [13]
+    # one meaning per name: `train_loss` is the Trainer's run mean; peftflow's last loss is `final_loss`
+    assert again.metrics()["final_loss"] == again.loss_history[-1][1] and "train_loss" not in again.metrics()
 
 
 def test_merge_matches_adapter_logits_and_loads_plainly(trained, tiny_model, tmp_path):
