@@ -18,8 +18,10 @@ import pytest
 
 from flows.deployfile import local_deployments
 from peftflow.builtin.datasets import make_rows
+from peftflow.config import demo_config
 from tests.integration.stack import (
     ROOT,
+    api,
     deploy,
     flow_runs_of,
     postgres_available,
@@ -69,6 +71,13 @@ def mlflow_client(stack):
 
 def alias(stack, name):
     return str(mlflow_client(stack).get_model_version_by_alias(NAME, name).version)
+
+
+def test_finetune_deployment_defaults_to_the_demo(stack):
+    """What the dashboard's Quick run submits and its Custom run form starts from, as the server stores it."""
+    dep = api(stack, "GET", "/deployments/name/finetune/finetune")
+    assert dep["parameters"] == {}
+    assert dep["parameter_openapi_schema"]["properties"]["config"]["default"] == demo_config().model_dump(mode="json")
 
 
 def test_finetune_deployment_registers_a_champion(stack):
