@@ -87,6 +87,12 @@ def test_finetune_deployment_registers_a_champion(stack):
     assert alias(stack, "champion") == alias(stack, "challenger") == "1"
     version = mlflow_client(stack).get_model_version(NAME, "1")
     assert version.tags["prefect_flow_run_id"] == run_id
+    # The worker's flow-run process sends the core's lines too, and no bytecode listings.
+    logs = [log["message"] for log in api(stack, "POST", "/logs/filter",
+                                          json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})]
+    assert [m for m in logs if "LOAD_GLOBAL" in m] == []
+    assert [m.split()[1] for m in logs if m.startswith("step ")] == ["2/4", "4/4"]
+    assert any(m.startswith("scored tuned: loss ") for m in logs), logs
     # artifacts went through the MLflow server into S3 (moto)
     import boto3
 
