@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 
 
 def _set_defaults() -> None:
@@ -31,9 +31,6 @@ def _set_defaults() -> None:
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(peftflow_home() / "prefect-results"))
     # First use of a SQLite store logs table creation on stderr; a user error must stay one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    # bitsandbytes warns on import about an optional CPU kernel package on every command (transformers'
-    # trainer utilities import it): noise for a user whose run is not k-bit, and a second error line.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def _fail(e: BaseException) -> None:
@@ -46,9 +43,13 @@ def _fail(e: BaseException) -> None:
 
 
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.")) -> None:
-    _state["debug"] = debug
+def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+                 verbose: bool = typer.Option(False, "--verbose", help="Show each training step and the libraries' bars and warnings.")) -> None:
+    from flows.terminal import quiet_libraries
+
+    _state["debug"], _state["verbose"] = debug, verbose
     _set_defaults()
+    quiet_libraries(verbose)
 
 
 @app.command()
@@ -60,8 +61,9 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
 
         check_run(cfg)  # bad model or data fail here, before the flow starts, as one line
         from flows.finetune import finetune
-
-        result = finetune(cfg)
+        from flows.terminal import training_bar
+        with training_bar(_state["verbose"]):
+            result = finetune(cfg)
     except Exception as e:  # noqa: BLE001 - user errors become one line, others re-raise
         _fail(e)
         return

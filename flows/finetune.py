@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.approval import request_approval
 from peftflow.config import RunConfig, demo_config
@@ -44,7 +44,9 @@ class FinetuneResult:
     summary: str
 
 
-@flow(name="finetune", log_prints=True)
+# No log_prints: under it, dill's function hashing in `datasets` (it captures the stdout of dis.dis
+# to find globals) sends bytecode listings to the run's logs. The core logs through `logging`.
+@flow(name="finetune")
 def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     """Prepare data, train an adapter, merge it (when the method can), evaluate base vs tuned vs
     champion, publish, promote.
@@ -98,7 +100,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
     remove_checkpoints(work)
     summary = write_summary(version, evaluation, decision, current_champion, notes)
-    print(summary)
+    get_run_logger().info(summary)
     promoted = decision.promote and current_champion == version.version
     return FinetuneResult(version.name, version.version, current_champion, promoted,
                           {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)

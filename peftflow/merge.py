@@ -14,6 +14,7 @@ The fidelity check then loads one model at a time: the adapter on the base, then
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -31,6 +32,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTo
 from peftflow.builtin.probes import image_probe_batch, probe_batch
 from peftflow.models import vision
 from peftflow.models.load import load_base
+
+log = logging.getLogger("peftflow.merge")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
     batch = image_probe_batch(tokenizer) if is_vlm else probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()
+    log.info("merging the adapter into its base: %s", out_dir)
     if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
     tokenizer.save_pretrained(out_dir)
@@ -90,6 +94,7 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     after = _logits(vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32,
                                                          trust_remote_code=trust_remote_code), batch)[mask]
     diff = float((before - after).abs().max())
+    log.info("merge check: max |logit diff| vs the adapter %.1e (tolerance %.0e)", diff, tolerance)
     qdiff = agreement = qtolerance = None
     if train_cfg is not None and train_cfg.quantization_bit:
         trained = PeftModel.from_pretrained(load_base(base_path, train_cfg), adapter_dir).eval()

@@ -7,7 +7,9 @@ from peftflow.data import prepare_dataset as _prepare
 from peftflow.models.resolve import ResolvedModel
 
 
-@task(name="prepare-dataset")
+# log_prints off even under a flow with it on (retrain): datasets' fingerprinting runs dill, which reads
+# globals from dis.dis printed into a captured stdout; a patched print sends that bytecode to the run's logs.
+@task(name="prepare-dataset", log_prints=False)
 def prepare_dataset(config: RunConfig, model: ResolvedModel) -> PreparedData:
     """Tokenised, masked train/eval splits; the core caches them by content fingerprint."""
     data = _prepare(config, model.path)

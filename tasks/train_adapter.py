@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from transformers import TrainerCallback
 
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
@@ -13,20 +12,21 @@ from peftflow.mlflow_io import tracking
 from peftflow.models.resolve import ResolvedModel
 from peftflow.training import distributed
 from peftflow.training.run import TrainResult
-from peftflow.training.trainer import MetricsCallback
+from peftflow.training.trainer import MetricsCallback, StepProgress, TrainingProgress
 from tasks._policy import gpu_slot, retry_unless_user_error
 
 
-class _ProgressCallback(TrainerCallback):
-    """Moves the flow run's progress artifact every logging step."""
+class _ProgressCallback(TrainingProgress):
+    """The log line, plus the flow run's progress artifact: percent of steps, and step, loss and ETA."""
 
     def __init__(self):
+        super().__init__()
         self.artifact_id = create_progress_artifact(progress=0.0, key="training-progress",
-                                                    description="Optimizer steps done, in percent")
+                                                    description="Training: not started")
 
-    def on_log(self, args, state, control, **kwargs):
-        if state.max_steps:
-            update_progress_artifact(self.artifact_id, progress=round(100 * state.global_step / state.max_steps, 1))
+    def report(self, progress: StepProgress) -> None:
+        super().report(progress)
+        update_progress_artifact(self.artifact_id, progress=progress.percent, description=f"Training: {progress}")
 
 
 def _key(context, params) -> str:

@@ -15,10 +15,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from peftflow.config.v1 import is_v1, to_v0
 from peftflow.config.checks import check_run, refuse_credentials
@@ -50,121 +50,181 @@ _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 class RunConfig(Strict):
     """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
 
-    # model
-    model_name_or_path: str = Field(DEFAULT_MODEL, description="Local dir, hub id, or builtin:NAME.")
-    template: str = Field("tokenizer", description="Chat template: `tokenizer` (the tokenizer's own) or one of "
-                                                   "LLaMA-Factory's template names (`qwen3`, `llama3`, `default`, ...).")
-    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model or tokenizer. Off unless set.")
-    allow_pickle_weights: bool = Field(False, description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded with torch's weights_only loader. peftflow itself writes safetensors only.")
-    # method
-    stage: Literal["sft", "distill"] = Field(
-        "sft", description="`sft`: supervised fine-tuning. `distill`: the student (model_name_or_path, or the "
-                           "teacher pruned to student_layers) learns the teacher's output distribution.")
+    # The dashboard form (the flow parameter's JSON schema) shows fields in this order, by title:
+    # the basic recipe first, then one group per concern, each title prefixed with its group.
+    # Keys stay LLaMA-Factory's flat names, so YAML, deployment JSON and the form are one shape.
+
+    # the recipe
+    model_name_or_path: str = Field(DEFAULT_MODEL, title="Base model",
+                                    description="A local dir, a hub id, or builtin:NAME (e.g. builtin:smollm2-135m-instruct).")
+    dataset: str = Field("demo_orders", title="Dataset", description="Comma-separated names in dataset_info.json.")
+    dataset_dir: str = Field("builtin", title="Dataset folder",
+                             description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
     finetuning_type: Literal[tuple(METHODS)] = Field(  # type: ignore[valid-type] - the names in peftflow.methods
-        "lora", description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
-                            "(extensions of LLaMA-Factory's lora | freeze | full).")
-    lora_rank: int = Field(8, gt=0)
-    lora_alpha: int | None = Field(None, gt=0, description="Defaults to 2 x lora_rank, as LLaMA-Factory.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        "lora", title="Method",
+        description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
+                    "(extensions of LLaMA-Factory's lora | freeze | full).")
+    stage: Literal["sft", "distill"] = Field(
+        "sft", title="Stage",
+        description="`sft`: supervised fine-tuning. `distill`: the student (the base model, or the teacher pruned to "
+                    "student_layers) learns the teacher's output distribution (see the Distillation fields).")
+    template: str = Field("tokenizer", title="Chat template",
+                          description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
+                                      "(`qwen3`, `llama3`, `default`, ...).")
+    learning_rate: float = Field(2e-4, gt=0.0, title="Learning rate", description="Peak learning rate of the optimizer.")
+    num_train_epochs: float = Field(3.0, gt=0.0, title="Epochs",
+                                    description="Passes over the training rows (fractions allowed); Max steps > 0 overrides.")
+    max_steps: int = Field(-1, title="Max steps", description="Optimizer steps to train; overrides Epochs when > 0.")
+    per_device_train_batch_size: int = Field(8, gt=0, title="Batch size per device",
+                                             description="Rows per micro-batch on each training process.")
+    gradient_accumulation_steps: int = Field(1, gt=0, title="Gradient accumulation steps",
+                                             description="Micro-batches per optimizer step.")
+    cutoff_len: int = Field(1024, gt=0, title="Max tokens per row",
+                            description="Rows are cut to this many tokens; a row left with no answer token is dropped.")
+    val_size: float = Field(0.1, ge=0.0, title="Held-out rows",
+                            description="Rows held out for evaluation: a fraction (< 1) or a number of rows.")
+    # LoRA (lora; lora_target also names IA3's targets)
+    lora_rank: int = Field(8, gt=0, title="LoRA: rank", description="Rank r of each low-rank update; higher trains more parameters.")
+    lora_alpha: int | None = Field(None, gt=0, title="LoRA: alpha",
+                                   description="Scale of the update (alpha / rank). Empty: 2 x rank, as LLaMA-Factory.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, title="LoRA: dropout", description="Dropout on the adapter's input while training.")
     lora_target: str | list[str] = Field(
-        "all", description="`all`, a comma list or list of module names, or a regex string (one with regex "
-                           "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
-    additional_target: str | list[str] | None = Field(None, description="Modules trained in full and saved (modules_to_save).")
+        "all", title="LoRA: target modules",
+        description="`all`, a comma list or list of module names, or a regex string (one with regex "
+                    "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
+    additional_target: str | list[str] | None = Field(None, title="LoRA: modules trained in full",
+                                                      description="Modules trained in full and saved with the adapter (modules_to_save).")
+    use_dora: bool = Field(False, title="LoRA: DoRA", description="Weight-decomposed LoRA: a learned magnitude per output plus a LoRA direction.")
+    use_rslora: bool = Field(False, title="LoRA: rank-stabilised", description="Scale the update by alpha / sqrt(rank) instead of alpha / rank.")
+    lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default", title="LoRA: init", description="LoRA init; pissa / olora adapters are converted to plain LoRA at save.")
+    pissa_init: bool = Field(False, title="LoRA: PiSSA init", description="LLaMA-Factory's key: the same as LoRA init `pissa`.")
+    # training details
+    lr_scheduler_type: str = Field("cosine", title="Training: LR schedule",
+                                   description="transformers scheduler name: cosine, linear, constant, constant_with_warmup, ...")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, title="Training: warm-up ratio",
+                                description="Fraction of the steps over which the learning rate rises from 0.")
+    warmup_steps: int = Field(0, ge=0, title="Training: warm-up steps", description="Warm-up in steps; overrides the ratio when > 0.")
+    weight_decay: float = Field(0.0, ge=0.0, title="Training: weight decay", description="Decoupled weight decay of the optimizer.")
+    max_grad_norm: float = Field(1.0, gt=0.0, title="Training: gradient clipping", description="Largest gradient norm; larger ones are scaled down.")
+    optim: str = Field("adamw_torch", title="Training: optimizer",
+                       description="transformers optimizer name: adamw_torch, adamw_8bit, paged_adamw_8bit, sgd, ...")
+    seed: int = Field(42, title="Training: seed", description="Random seed: adapter init, data order, held-out split.")
+    logging_steps: int = Field(10, gt=0, title="Training: log every N steps", description="Loss lines (run logs, MLflow) every N optimizer steps.")
+    save_steps: int = Field(500, gt=0, title="Training: checkpoint every N steps",
+                            description="Checkpoint every N steps; a retried run resumes from the last one.")
+    save_total_limit: int | None = Field(2, gt=0, title="Training: checkpoints kept", description="Empty: keep all.")
+    bf16: bool = Field(False, title="Training: bfloat16 weights", description="Load and train the weights in bfloat16.")
+    fp16: bool = Field(False, title="Training: float16 weights", description="Load the weights in float16, with fp16 mixed precision.")
+    bf16_autocast: bool | None = Field(
+        None, title="Training: bfloat16 autocast",
+        description="Keep float32 weights, optimizer and loss, and run the matmuls in bfloat16 under torch.autocast. "
+                    "Empty: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and "
+                    "neither bf16 nor fp16 nor quantization_bit is set; else off.")
+    # One choice of three in the form; a union with a const renders as "is a const and cannot be changed".
+    gradient_checkpointing: Annotated[bool | Literal["auto"], WithJsonSchema({"enum": ["auto", True, False]})] = Field(
+        "auto", title="Training: gradient checkpointing",
+        description="Recompute activations in the backward pass instead of keeping them. auto: on when the longest "
+                    "batch's activations would take over half the memory free after loading the model; the run "
+                    "records what it chose.")
+    output_dir: str | None = Field(None, title="Training: output folder",
+                                   description="Where checkpoints and the adapter go. Empty: PEFTFLOW_HOME/runs/REGISTRY_NAME.")
+    # data details
+    max_samples: int | None = Field(None, gt=0, title="Data: max rows per dataset",
+                                    description="Read at most this many valid rows of each dataset. Empty: all.")
+    train_dataset: str | None = Field(
+        None, title="Data: LLaMA-Factory v1 dataset",
+        description="LLaMA-Factory v1's data: a dataset YAML (`name: {path, source, converter, size}`) or a "
+                    "local data file or folder; replaces Dataset / Dataset folder.")
+    train_on_prompt: bool = Field(False, title="Data: train on prompts", description="Also learn the prompt tokens, not only the answers.")
+    mask_history: bool = Field(False, title="Data: last answer only", description="Multi-turn rows: learn only the last answer.")
+    enable_thinking: bool = Field(True, title="Data: learn thinking",
+                                  description="Reasoning templates: learn thinking blocks (an answer without one gets an "
+                                              "empty one to learn); false removes them and puts an empty one in the "
+                                              "prompt, as LLaMA-Factory.")
+    preserve_thinking: bool = Field(False, title="Data: keep earlier thinking",
+                                    description="Reasoning templates with mask_history: keep the thinking of earlier answers.")
+    tool_format: Literal["default", "qwen", "qwen3_5", "llama3", "mistral", "glm4"] | None = Field(
+        None, title="Data: tool-call format", description="Tool-calling text format (LLaMA-Factory's names). Empty: the template's.")
+    default_system: str | None = Field(None, title="Data: system prompt", description="Replaces the template's default system prompt.")
+    on_invalid_rows: Literal["error", "drop"] = Field("error", title="Data: invalid rows",
+                                                      description="Stop on invalid rows, or drop them and log which.")
+    # peftflow's own sections
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, title="Registry",
+                                     description="Where the fine-tune is published (MLflow model registry).")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, title="Evaluation",
+                                         description="Held-out evaluation of base, fine-tune and champion.")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, title="Promotion",
+                                       description="The gate that moves the `champion` alias.")
+    merge: bool | None = Field(None, title="Merge: ship a merged model",
+                               description="Empty: merge when the method can, else publish the adapter with its base.")
+    merge_tolerance: float = Field(1e-3, gt=0.0, title="Merge: tolerance",
+                                   description="Largest allowed |logit| difference, merged vs adapter.")
+    quantized_merge_tolerance: float | None = Field(
+        None, gt=0.0, title="Merge: tolerance vs the k-bit model",
+        description="With quantization_bit: largest allowed |logit| difference, merged (fp32) vs the k-bit model as "
+                    "trained, i.e. the base's quantisation error. Empty: reported, not enforced.")
+    # prompt family (prefix, prompt, ptuning)
+    num_virtual_tokens: int = Field(16, gt=0, title="Prompt methods: virtual tokens",
+                                    description="prefix / prompt / ptuning: number of virtual tokens learned.")
+    prefix_projection: bool = Field(False, title="Prompt methods: prefix projection",
+                                    description="Prefix tuning: reparameterise the prefix through an MLP.")
+    prompt_tuning_init: Literal["random", "text"] = Field(
+        "random", title="Prompt methods: prompt init",
+        description="Prompt tuning: random virtual tokens, or the embedding of the init text.")
+    prompt_tuning_init_text: str | None = Field(None, title="Prompt methods: init text",
+                                                description="Prompt tuning init text (prompt init: text).")
+    encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", title="Prompt methods: P-tuning encoder",
+                                                                    description="P-tuning prompt encoder.")
+    encoder_hidden_size: int | None = Field(None, gt=0, title="Prompt methods: encoder width",
+                                            description="Prefix / P-tuning encoder width. Empty: the model's hidden size.")
+    # quantised base (QLoRA)
+    quantization_bit: Literal[4, 8] | None = Field(None, title="Quantization: bits",
+                                                   description="Load the base in 4 or 8 bits (bitsandbytes, QLoRA). Empty: not quantised.")
+    quantization_method: Annotated[Literal["bnb"], WithJsonSchema({"enum": ["bnb"], "type": "string"})] = Field(
+        "bnb", title="Quantization: library", description="bitsandbytes (`bnb`), the only one so far.")
+    quantization_type: Literal["nf4", "fp4"] = Field("nf4", title="Quantization: 4-bit type", description="4-bit data type: nf4 or fp4.")
+    double_quantization: bool = Field(True, title="Quantization: double", description="4-bit: also quantise the quantisation constants.")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, title="Quantization: compute dtype",
+        description="Dtype of the loaded weights (4-bit: of the compute). Empty: bfloat16 with bf16, float16 with fp16, else float32.")
     # vision-language models (LLaVA-style); ignored for text-only models
     freeze_vision_tower: bool = Field(
-        True, description="Vision-language models: keep the image encoder frozen; false also puts LoRA adapters into it.")
+        True, title="Vision-language: freeze vision tower",
+        description="Keep the image encoder frozen; false also puts LoRA adapters into it.")
     train_projector: bool = Field(
-        True, description="Vision-language models: train the multimodal projector in full (saved as peft modules_to_save).")
+        True, title="Vision-language: train projector",
+        description="Train the multimodal projector in full (saved as peft modules_to_save).")
     freeze_multi_modal_projector: bool | None = Field(
-        None, description="LLaMA-Factory's key: the opposite of train_projector.")
-    use_dora: bool = False
-    use_rslora: bool = False
-    lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", description="LoRA init; pissa / olora adapters are converted to plain LoRA at save.")
-    pissa_init: bool = Field(False, description="LLaMA-Factory's key: same as lora_init: pissa.")
-    # prompt family (prefix, prompt, ptuning)
-    num_virtual_tokens: int = Field(16, gt=0)
-    prefix_projection: bool = Field(False, description="Prefix tuning: reparameterise the prefix through an MLP.")
-    prompt_tuning_init: Literal["random", "text"] = "random"
-    prompt_tuning_init_text: str | None = Field(None, description="Prompt tuning init text (prompt_tuning_init: text).")
-    encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", description="P-tuning prompt encoder.")
-    encoder_hidden_size: int | None = Field(None, gt=0, description="Prefix / P-tuning encoder width; default hidden size.")
-    # quantised base (QLoRA)
-    quantization_bit: Literal[4, 8] | None = Field(None, description="Load the base in 4 or 8 bits (bitsandbytes).")
-    quantization_method: Literal["bnb"] = "bnb"
-    quantization_type: Literal["nf4", "fp4"] = "nf4"
-    double_quantization: bool = True
-    compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="4-bit compute dtype; default bfloat16 with bf16: true, else float32.")
-    # data
-    dataset: str = Field("demo_orders", description="Comma-separated names in dataset_info.json.")
-    dataset_dir: str = Field("builtin", description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
-    train_dataset: str | None = Field(
-        None, description="LLaMA-Factory v1's data: a dataset YAML (`name: {path, source, converter, size}`) or a "
-                          "local data file or folder; replaces dataset / dataset_dir.")
-    cutoff_len: int = Field(1024, gt=0)
-    max_samples: int | None = Field(None, gt=0)
-    val_size: float = Field(0.1, ge=0.0, description="Fraction (<1) or number of rows held out.")
-    train_on_prompt: bool = False
-    mask_history: bool = False
-    enable_thinking: bool = Field(True, description="Reasoning templates: learn thinking blocks (an answer without one "
-                                                    "gets an empty one to learn); false removes them and puts an empty "
-                                                    "one in the prompt, as LLaMA-Factory.")
-    preserve_thinking: bool = Field(False, description="Reasoning templates with mask_history: keep the thinking of earlier answers.")
-    tool_format: Literal["default", "qwen", "qwen3_5", "llama3", "mistral", "glm4"] | None = Field(
-        None, description="Tool-calling text format (LLaMA-Factory's names); default: the template's.")
-    default_system: str | None = Field(None, description="Replaces the template's default system prompt.")
-    on_invalid_rows: Literal["error", "drop"] = Field("error", description="Stop on invalid rows, or drop and log them.")
-    # training
-    output_dir: str | None = Field(None, description="Defaults to <PEFTFLOW_HOME>/runs/<registry name>.")
-    per_device_train_batch_size: int = Field(8, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    learning_rate: float = Field(2e-4, gt=0.0)
-    num_train_epochs: float = Field(3.0, gt=0.0)
-    max_steps: int = Field(-1, description="Overrides num_train_epochs when > 0.")
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    optim: str = "adamw_torch"
-    logging_steps: int = Field(10, gt=0)
-    save_steps: int = Field(500, gt=0)
-    save_total_limit: int | None = Field(2, gt=0)
-    seed: int = 42
-    bf16: bool = False
-    fp16: bool = False
-    bf16_autocast: bool | None = Field(
-        None, description="Keep float32 weights, optimizer and loss, and run the matmuls in bfloat16 under "
-                          "torch.autocast. null: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with "
-                          "AMX or AVX512-BF16) and neither bf16 nor fp16 nor quantization_bit is set; else off.")
-    gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute activations in the backward pass instead of keeping them. auto: on when "
-                            "the longest batch's activations would take over half the memory free after loading "
-                            "the model (peftflow.memory); the run records what it chose.")
-    # distributed training (the train stage runs through torchrun when either is > 1)
-    num_processes: int = Field(1, ge=1, description="Training processes per node (one per GPU); > 1 runs the train stage with torchrun. Global batch = per_device_train_batch_size x gradient_accumulation_steps x num_processes x nnodes.")
-    nnodes: int = Field(1, ge=1, description="Nodes; > 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
-    # peftflow's own sections
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    merge: bool | None = Field(None, description="Ship a merged model. Default (null): merge when the method "
-                                                "can, else publish the adapter with its base.")
-    merge_tolerance: float = Field(1e-3, gt=0.0, description="Largest allowed |logit| difference, merged vs adapter.")
-    quantized_merge_tolerance: float | None = Field(
-        None, gt=0.0, description="With quantization_bit: largest allowed |logit| difference, merged (fp32) vs the "
-                                  "k-bit model as trained, i.e. the base's quantisation error. null: reported, not enforced.")
+        None, title="Vision-language: freeze projector", description="LLaMA-Factory's key: the opposite of train projector.")
     # distillation (stage: distill)
-    teacher: str | None = Field(None, description="Teacher model: builtin:, a local dir, a hub id, models:/NAME@ALIAS or models:/NAME/VERSION.")
-    teacher_adapter: str | None = Field(None, description="A PEFT adapter dir applied to the teacher.")
-    student_layers: int | None = Field(None, gt=0, description="Student = the teacher pruned to N evenly spaced layers.")
-    kd_temperature: float = Field(2.0, gt=0.0)
-    kd_ratio: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
-    kd_direction: Literal["forward", "reverse"] = Field("forward", description="forward: KL(teacher||student).")
-    kd_chunk_size: int = Field(256, gt=0, description="Supervised positions per logits chunk.")
-    teacher_topk: int = Field(0, ge=-1, description="0: live teacher. k > 0: cache the teacher's top-k logits "
-                                                  "per position (approximate). -1: cache all (exact).")
+    teacher: str | None = Field(None, title="Distillation: teacher",
+                                description="Teacher model: builtin:NAME, a local dir, a hub id, models:/NAME@ALIAS or models:/NAME/VERSION.")
+    teacher_adapter: str | None = Field(None, title="Distillation: teacher adapter", description="A PEFT adapter dir applied to the teacher.")
+    student_layers: int | None = Field(None, gt=0, title="Distillation: student layers",
+                                       description="Student = the teacher pruned to N evenly spaced layers.")
+    kd_temperature: float = Field(2.0, gt=0.0, title="Distillation: temperature",
+                                  description="Softmax temperature of teacher and student in the KL term.")
+    kd_ratio: float = Field(0.5, ge=0.0, le=1.0, title="Distillation: KL weight",
+                            description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
+    kd_direction: Literal["forward", "reverse"] = Field("forward", title="Distillation: KL direction",
+                                                        description="forward: KL(teacher||student); reverse: KL(student||teacher).")
+    kd_chunk_size: int = Field(256, gt=0, title="Distillation: chunk size", description="Supervised positions per logits chunk.")
+    teacher_topk: int = Field(0, ge=-1, title="Distillation: cached teacher top-k",
+                              description="0: live teacher. k > 0: cache the teacher's top-k logits per position "
+                                          "(approximate). -1: cache all (exact).")
+    # distributed training (the train stage runs through torchrun when either is > 1)
+    num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
+                               description="One per GPU; > 1 runs the train stage with torchrun. Global batch = batch size "
+                                           "per device x gradient accumulation x processes x nodes.")
+    nnodes: int = Field(1, ge=1, title="Distributed: nodes",
+                        description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
+    # trust
+    trust_remote_code: bool = Field(False, title="Model: trust remote code",
+                                    description="Run Python code shipped with the model or tokenizer. Off unless set.")
+    allow_pickle_weights: bool = Field(False, title="Model: allow pickle weights",
+                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded "
+                                                   "with torch's weights_only loader. peftflow itself writes safetensors only.")
 
     @field_validator("lora_target", "additional_target", mode="before")
     @classmethod
@@ -194,7 +254,6 @@ class RunConfig(Strict):
             self.registry.name = default_registry_name(self)
         return self
 
-    # derived values
     @property
     def should_merge(self) -> bool:
         """Ship a merged checkpoint (True) or the adapter with its base (False)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from peftflow.data.templates import stop_token_ids
 from peftflow.evaluation.metrics import METRICS
 from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.models import vision
+
+log = logging.getLogger("peftflow.evaluate")
 
 
 def _image_inputs(pixels, rows: dict) -> dict:
@@ -69,6 +72,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, ba
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=stop_ids, pad_token_id=pad, use_cache=not uncached_generation(model), **extra)
         outputs += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        log.info("generated %d/%d rows", len(outputs), len(prompts))
     return outputs
 
 
@@ -105,9 +109,11 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     if "images" in eval_set.column_names:  # held-out images go through the scored model's own image processor
         image_processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code).image_processor
         pixels = lambda images: vision.pixel_values(image_processor, images)  # noqa: E731
+    log.info("scoring %s: loss on %d held-out rows", label, len(eval_set))
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size, pixels) if len(eval_set) else math.nan
 
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
+    log.info("scoring %s: generating on %d rows (max_new_tokens %d)", label, len(scored), ecfg.max_new_tokens)
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
     predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
                            stop_token_ids(tokenizer, cfg.template),
@@ -116,6 +122,7 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
                 for i, (p, r) in enumerate(zip(predictions, scored["reference"]))]
     score = sum(e["score"] for e in examples) / len(examples) if examples else math.nan
+    log.info("scored %s: loss %.4f, %s %.4f", label, loss, ecfg.metric, score)
     return ModelScores(label, round(loss, 5), round(math.exp(loss), 4) if not math.isnan(loss) else math.nan,
                        round(score, 4), examples)
 
@@ -141,6 +148,7 @@ def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_mo
     rows = rows.select(range(min(cfg.promotion.guard_max_samples, len(rows))))
     losses = {}
     for label, model_dir in models.items():
+        log.info("guard set: loss of %s on %d rows", label, len(rows))
         _, model, pad = _load_scored(model_dir, (bases or {}).get(label, base_model_dir), cfg)
         losses[label] = round(heldout_loss(model, rows, pad, cfg.evaluation.batch_size), 5) if len(rows) else math.nan
     return losses

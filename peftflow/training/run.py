@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from datasets import load_from_disk
-from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, TrainerCallback, set_seed
+from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, TrainerCallback, set_seed
 
 from peftflow.config import RunConfig
 from peftflow.distill.trainer import DistillTrainer, distill_kwargs
@@ -23,7 +23,7 @@ from peftflow.models.load import load_base
 from peftflow.training import memory
 from peftflow.training.arguments import compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
-from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer
+from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,13 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
         trainer_cls, extra = DistillTrainer, distill_kwargs(cfg, teacher_path, data_path, train_set)
         # Rows carry their index so a batch can find its cached teacher outputs.
         train_set = train_set.add_column("row_id", list(range(len(train_set))))
-    return trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,
-                       data_collator=collator, callbacks=[LogLastStep(), *callbacks, FirstStep()], **extra)
+    if not any(isinstance(c, TrainingProgress) for c in callbacks):
+        callbacks = (*callbacks, TrainingProgress())
+    trainer = trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,
+                          data_collator=collator, callbacks=[LogLastStep(), *callbacks, FirstStep()], **extra)
+    # disable_tqdm makes the Trainer print each log as a dict of strings; TrainingProgress logs a line instead.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:

@@ -3,13 +3,18 @@ the callbacks that report steps (MLflow, progress, tests)."""
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Callable
 
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peftflow.losses import supervised_ce, supports_chunked_loss
+
+log = logging.getLogger("peftflow.train")
 
 
 class SupervisedTokenTrainer(Trainer):
@@ -78,3 +83,56 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.sink(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Where a training run is: what the log line, the progress bar and the artifact show."""
+
+    step: int
+    total: int
+    loss: float | None
+    learning_rate: float | None
+    eta_s: float | None  # from the pace of the steps this process ran (a resumed run counts from its resume)
+
+    @property
+    def percent(self) -> float:
+        return round(100 * self.step / self.total, 1) if self.total else 0.0
+
+    def __str__(self) -> str:
+        parts = [f"step {self.step}/{self.total}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.learning_rate is not None:
+            parts.append(f"lr {self.learning_rate:.1e}")
+        if self.eta_s is not None:
+            parts.append(f"eta {timedelta(seconds=round(self.eta_s))}")
+        return " ".join(parts)
+
+
+class TrainingProgress(TrainerCallback):
+    """One readable line per logging step on the `peftflow.train` logger; the record carries the
+    StepProgress as `progress` for handlers that draw it (the CLI's bar). Subclasses add sinks in `report`."""
+
+    def __init__(self):
+        self._start: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = (time.perf_counter(), state.global_step)
+        log.info("training %d steps", state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:  # the closing summary dict (train_runtime, ...) is not a step
+            return
+        t0, step0 = self._start or (time.perf_counter(), state.global_step)
+        done, left = state.global_step - step0, state.max_steps - state.global_step
+        eta = (time.perf_counter() - t0) / done * left if done > 0 else None
+        self.report(StepProgress(state.global_step, state.max_steps, float(logs["loss"]),
+                                 float(logs["learning_rate"]) if "learning_rate" in logs else None, eta))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        log.info("training done: %d steps", state.global_step)
+
+    def report(self, progress: StepProgress) -> None:
+        log.info("%s", progress, extra={"progress": progress})

@@ -1,12 +1,13 @@
 """The whole finetune flow on the tiny model, under Prefect's test harness with a SQLite MLflow."""
 
 import json
+import re
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
 
 from flows.finetune import finetune
 from tests.integration.conftest import task_states, tiny_config
@@ -17,6 +18,31 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 def artifacts(key) -> list:
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+def run_logs(flow_run_id) -> list:
+    """The flow run's log lines, as the dashboard's Logs tab reads them."""
+    with get_client(sync_client=True) as client:
+        return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+
+
+def assert_logs_tell_the_story(flow_run_id) -> None:
+    logs = run_logs(flow_run_id)
+    messages = [log.message for log in logs]
+    # No library noise: bytecode listings (dill's dis.dis under log_prints), Python warnings, warning records.
+    assert [m for m in messages if "LOAD_GLOBAL" in m or "RETURN_VALUE" in m or "Warning:" in m] == []
+    assert [log.message for log in logs if log.level >= 30] == []
+    steps = [m for m in messages if m.startswith("step ")]
+    assert [m.split()[1] for m in steps] == ["2/6", "4/6", "6/6"]
+    assert all(re.fullmatch(r"step \d+/6 loss \d+\.\d{4} lr \d\.\de[-+]\d\d eta \d+:\d\d:\d\d", m) for m in steps), steps
+    for line in ("training 6 steps", "training done: 6 steps", "scoring tuned: generating on 4 rows (max_new_tokens 8)",
+                 "generated 4/4 rows"):
+        assert line in messages, (line, messages)
+    for start in ("scoring base: loss on ", "scored base: loss ", "scored tuned: loss "):
+        assert any(m.startswith(start) for m in messages), (start, messages)
+    progress = [a for a in artifacts("training-progress") if a.flow_run_id == flow_run_id]
+    assert len(progress) == 1 and progress[0].data == 100.0
+    assert re.fullmatch(r"Training: step 6/6 loss \d+\.\d{4} lr \S+ eta 0:00:00", progress[0].description)
 
 
 def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
@@ -47,7 +73,8 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
     out = pipe("Hello", max_new_tokens=5, do_sample=False)
     assert isinstance(out[0]["generated_text"], str)
 
-    assert "base" in artifacts("finetune-summary")[0].data and artifacts("training-progress")
+    assert "base" in artifacts("finetune-summary")[0].data
+    assert_logs_tell_the_story(state.state_details.flow_run_id)
 
     # What a person sees in MLflow: a named run described by the summary, linked to its flow run
     # and back; the version described by the summary and its model card

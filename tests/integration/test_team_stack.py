@@ -18,8 +18,10 @@ import pytest
 
 from flows.deployfile import local_deployments
 from peftflow.builtin.datasets import make_rows
+from peftflow.config import demo_config
 from tests.integration.stack import (
     ROOT,
+    api,
     deploy,
     flow_runs_of,
     postgres_available,
@@ -71,6 +73,13 @@ def alias(stack, name):
     return str(mlflow_client(stack).get_model_version_by_alias(NAME, name).version)
 
 
+def test_finetune_deployment_defaults_to_the_demo(stack):
+    """What the dashboard's Quick run submits and its Custom run form starts from, as the server stores it."""
+    dep = api(stack, "GET", "/deployments/name/finetune/finetune")
+    assert dep["parameters"] == {}
+    assert dep["parameter_openapi_schema"]["properties"]["config"]["default"] == demo_config().model_dump(mode="json")
+
+
 def test_finetune_deployment_registers_a_champion(stack):
     run_id = run_deployment(stack, "finetune/finetune", {"config": stack.config})
     run = wait_flow_run(stack, run_id)
@@ -78,6 +87,12 @@ def test_finetune_deployment_registers_a_champion(stack):
     assert alias(stack, "champion") == alias(stack, "challenger") == "1"
     version = mlflow_client(stack).get_model_version(NAME, "1")
     assert version.tags["prefect_flow_run_id"] == run_id
+    # The worker's flow-run process sends the core's lines too, and no bytecode listings.
+    logs = [log["message"] for log in api(stack, "POST", "/logs/filter",
+                                          json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})]
+    assert [m for m in logs if "LOAD_GLOBAL" in m] == []
+    assert [m.split()[1] for m in logs if m.startswith("step ")] == ["2/4", "4/4"]
+    assert any(m.startswith("scored tuned: loss ") for m in logs), logs
     # artifacts went through the MLflow server into S3 (moto)
     import boto3
 
