@@ -95,5 +95,5 @@ def test_modules_and_functions_are_short_enough_to_read_at_once():
 
 def test_the_walk_sees_function_local_imports():
     """The walk is only as good as what it reads: a function-local import is an edge too."""
-    assert "peftflow.distill.teacher" in GRAPH["flows.cli"]  # imported inside _trained_model
+    assert "peftflow.distill.teacher" in GRAPH["peftflow.preflight"]  # imported inside trained_model
     assert "services.relay" in GRAPH["flows.cli"]            # imported inside the `relay` command
