@@ -1,12 +1,18 @@
-"""Every PEFT method on the real SmolLM2-135M with short sequences: a few steps lower the loss,
-the saved adapter reloads with plain `PeftModel.from_pretrained` and gives the trained model's
-logits, and the published version generates after a reload from the registry.
+"""PEFT methods on the real SmolLM2-135M with short sequences: a few steps lower the loss, the
+saved adapter reloads with plain `PeftModel.from_pretrained` and gives the trained model's logits,
+and the published version generates after a reload from the registry.
+
+One method per way of touching the real model: LoRA (adapted linears, merged), QLoRA (NF4 weights
+through bitsandbytes, paged optimizer), prefix tuning (past key values) and prompt tuning (input
+embeddings, initialised from the real tokenizer's text). DoRA / rsLoRA, IA3 and P-tuning are the
+same code paths on the same architecture: they train, reload and publish on the tiny model of the
+same family (tests/unit/test_methods.py, tests/integration/test_combinations.py), and on this model
+in benchmarks/methods_benchmark.py, which also measures what each learns.
 
 The registry round trip (the costly part) runs for one method of each published kind: a merged
 checkpoint (LoRA; every merged version is the same plain fp32 transformers model, whichever
 method trained it) and an adapter version onto its base (prefix tuning, the prompt-family method
-whose generation path differs most: it feeds past key values). The tiny-model tests publish the
-others through the flow.
+whose generation path differs most: it feeds past key values).
 """
 
 from __future__ import annotations
@@ -33,13 +39,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 CASES = {
     "lora": dict(finetuning_type="lora", learning_rate=2e-3),
-    "dora-rslora": dict(finetuning_type="lora", use_dora=True, use_rslora=True, learning_rate=2e-3),
     "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", learning_rate=2e-3),
-    "ia3": dict(finetuning_type="ia3", learning_rate=3e-2),
     "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=1e-2),
     "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
                    prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
-    "ptuning": dict(finetuning_type="ptuning", num_virtual_tokens=8, learning_rate=1e-2),
 }
 PUBLISHED = {"lora", "prefix"}
 
