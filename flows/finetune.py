@@ -13,7 +13,7 @@ from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import stage_dir, train_key
 from peftflow.methods import get_method
 from peftflow.models.resolve import ResolvedModel
-from peftflow.summary import training_notes
+from peftflow.summary import harness_lines, training_notes
 from peftflow.training.resume import remove_checkpoints
 from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
@@ -80,6 +80,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         rival = champion if champion and champion.tags.get("train_key") != key else None
         evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
             config, model, tuned_dir, rival, data, run_id, teacher)
+        notes += harness_lines({label: s.harness for label, s in evaluation.models.items()})
         if teacher:
             retention = evaluation.retention()
             notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")

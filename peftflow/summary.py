@@ -48,6 +48,13 @@ def summary_markdown(name: str, version: str | None, metric: str, scores: dict[s
     return "\n".join(lines)
 
 
+def harness_lines(harness: dict[str, dict[str, float]]) -> list[str]:
+    """One note per lm-eval `TASK/METRIC`: its value for each scored model (label -> scores)."""
+    keys = sorted({k for scores in harness.values() for k in scores})
+    return [f"lm-eval `{k}`: " + ", ".join(f"{label} {s[k]:.4f}" for label, s in harness.items() if k in s)
+            for k in keys]
+
+
 def trainable_parts_line(trainable_by_part: dict[str, int], total: int) -> str:
     """Which parts of a vision-language model trained, e.g. 'vision tower 0, projector 8,320, LoRA 16,384'."""
     names = {"vision_tower": "vision tower", "projector": "projector", "lora": "LoRA", "other": "other"}

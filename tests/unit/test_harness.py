@@ -9,6 +9,7 @@ import math
 import pytest
 
 from peftflow.evaluation import harness
+from peftflow.summary import harness_lines
 from peftflow.evaluation.report import EvalReport
 from peftflow.evaluation.scoring import compare, score_model
 from peftflow.config import RunConfig
@@ -79,6 +80,10 @@ def test_score_models_puts_harness_scores_into_the_report(heldout, tiny_finetune
                                                                                           abs=1e-4)
     flat = report.flat_metrics()
     assert flat["harness.tuned.tiny_capitals/acc"] == report.models["tuned"].harness["tiny_capitals/acc"]
+    # the flow's summary: one line per task metric, every model's value
+    capitals = {label: report.models[label].harness["tiny_capitals/acc"] for label in models}
+    assert harness_lines({label: m.harness for label, m in report.models.items()})[1] == \
+        f"lm-eval `tiny_capitals/acc`: base {capitals['base']:.4f}, tuned {capitals['tuned']:.4f}"
     report.to_json(tmp_path / "again.json")
     assert EvalReport.from_json(tmp_path / "again.json").models["base"].harness == report.models["base"].harness
 
