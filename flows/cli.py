@@ -115,9 +115,9 @@ def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory expo
             raise UserError(f"--format {fmt}: expected safetensors or gguf")
         if config is None and (fmt != "gguf" or not model or not out):
             raise UserError("export: give an export YAML, or --format gguf with --model and --out")
-        src = _export_dir(config, model) if config else model
+        src = _export_dir(config, model) if config else _merged_dir(model)
         if fmt == "gguf":
-            _export_gguf(src, out, outtype, verify, given=model if config is None else None)
+            _export_gguf(src, out, outtype, verify)
     except Exception as e:  # noqa: BLE001
         _fail(_as_user_error(e, model) if model and config else _registry_error(e, model) if model else e)
 
@@ -135,15 +135,20 @@ def _export_dir(config: str, model: Optional[str]) -> str:
     return result.export_dir
 
 
-def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool, given: Optional[str]) -> None:
+def _merged_dir(model: str) -> str:
+    """--model as a local merged model dir (a registered version is downloaded; an adapter is refused)."""
+    from peftflow.serving import gguf
+
+    _check_model_ref(model)
+    return gguf.source_dir(model)
+
+
+def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool) -> None:
     """One GGUF file from a merged dir (the export's, or --model's), then the transformers round trip."""
     from pathlib import Path
 
     from peftflow.serving import gguf
 
-    if given is not None:
-        _check_model_ref(given)
-        src = gguf.source_dir(given)
     written = gguf.export(src, out or str(Path(src) / f"model-{outtype}.gguf"), outtype)
     typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
     if verify:
