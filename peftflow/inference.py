@@ -32,10 +32,12 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
 
 
 def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens: int = 128) -> str:
-    """One greedy reply of the vision-language model in `model_dir` to `prompt` about the image file."""
+    """One greedy reply of the vision-language model in `model_dir` to `prompt` about the image file:
+    the answer the version's MLflow server gives (serving/vision_chat_model.py)."""
     import torch
-    from PIL import Image
     from transformers import AutoProcessor
+
+    from peftflow.serving.vision_chat_model import greedy_reply
 
     if not vision.is_vision_language(model_dir):
         raise UserError(f"--image given, but the model at {model_dir} is not a vision-language model")
@@ -43,10 +45,6 @@ def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens
         raise UserError(f"--image {image}: file not found")
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)  # peftflow's own published models
     model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
-    token = vision.image_token(processor.tokenizer)[0]
-    text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"{token}{prompt}"}], tokenize=False,
-                                                   add_generation_prompt=True)
-    batch = processor(text=[text], images=[Image.open(image).convert("RGB")], return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(Path(image).resolve())}},
+                                             {"type": "text", "text": prompt}]}]
+    return greedy_reply(model, processor, messages, max_new_tokens)[0]

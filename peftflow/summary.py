@@ -82,9 +82,10 @@ RECIPE_KEYS = ("stage", "finetuning_type", "model_name_or_path", "dataset", "tem
 
 
 def model_card(name: str, uri: str, lineage: dict[str, str], metrics: dict[str, float],
-               recipe: dict[str, str], kind: str) -> str:
-    """The model card (Markdown): scores, recipe, lineage and how to load `uri`. The gate decision is
-    added with the finetune summary once the version was gated (`version_description`)."""
+               recipe: dict[str, str], kind: str, images: bool = False) -> str:
+    """The model card (Markdown): scores, recipe, lineage and how to load `uri` (`images`: a
+    vision-language version, a chat pyfunc). The gate decision is added with the finetune summary
+    once the version was gated (`version_description`)."""
     scores = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(metrics.items())) or "| (none) | |"
     steps = "\n".join(f"- {k}: `{recipe[k]}`" for k in RECIPE_KEYS if recipe.get(k) not in (None, "", "None"))
     lines = "\n".join(f"- {k}: `{v}`" for k, v in sorted(lineage.items()) if v)
@@ -99,13 +100,20 @@ def model_card(name: str, uri: str, lineage: dict[str, str], metrics: dict[str, 
         "## How to load", "",
         "```python",
         "import mlflow",
-        f'pipe = mlflow.transformers.load_model("{uri}")',
+        *(_image_chat_example(uri) if images else [f'pipe = mlflow.transformers.load_model("{uri}")']),
         "```", "",
-        f"`peftflow generate --model {uri} --prompt \"...\"`; "
+        f"`peftflow generate --model {uri} --prompt \"...\"{' --image FILE' if images else ''}`; "
         f"`mlflow models serve -m {uri}` serves it over HTTP.", "",
         "## Licence", "",
         f"The licence is the base model's (`{lineage.get('base_model', '?')}`); peftflow adds no terms.",
     ])
+
+
+def _image_chat_example(uri: str) -> list[str]:
+    return [f'model = mlflow.pyfunc.load_model("{uri}")',
+            'image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}  # or a local path',
+            'model.predict({"messages": [{"role": "user", "content": [image, {"type": "text", "text": "..."}]}],',
+            '               "max_tokens": 32})["choices"][0]["message"]["content"]']
 
 
 def version_description(summary: str, card: str) -> str:

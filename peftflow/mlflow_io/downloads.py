@@ -14,9 +14,9 @@ from peftflow.errors import UserError
 from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
 from peftflow.paths import cache_dir
 
-# MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/, and for a
-# vision-language model components/image_processor/ + components/processor/.
-_MODEL_PARTS = ("model", "peft", "components/tokenizer", "components/image_processor", "components/processor")
+# MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/. A
+# vision-language version is a pyfunc whose artifact `model` is the merged dir (serving/vision_chat_model.py).
+_MODEL_PARTS = ("model", "peft", "components/tokenizer")
 
 
 def load_pipeline(model_uri: str):
@@ -71,9 +71,10 @@ def _download(model_uri: str, out: Path) -> str:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".raw-") as tmp:
         raw = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
         out.mkdir(parents=True, exist_ok=True)
-        for sub in _MODEL_PARTS:
+        mlmodel = yaml.safe_load((raw / "MLmodel").read_text()) if (raw / "MLmodel").is_file() else {}
+        pyfunc_artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts") or {}
+        for sub in [a["path"] for a in pyfunc_artifacts.values()] or _MODEL_PARTS:
             if (raw / sub).is_dir():
                 for f in (raw / sub).iterdir():
                     os.replace(f, out / f.name)
-        mlmodel = yaml.safe_load((raw / "MLmodel").read_text()) if (raw / "MLmodel").is_file() else {}
     return str(mlmodel.get("model_id") or mlmodel.get("model_uuid") or "")

@@ -20,6 +20,7 @@ MLflow 3.17.2 + transformers 5 behaviour this module works around (see tests/uni
 from __future__ import annotations
 
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,13 @@ from peftflow.mlflow_io.aliases import CHALLENGER, set_alias
 from peftflow.mlflow_io.tracking import NOTE_TAG, mlflow_client
 from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
 from peftflow.models import vision
-from peftflow.serving import chat
+from peftflow.serving import chat, vision_chat_model
 from peftflow.summary import CARD_HEADING, model_card, version_description
 
 MODEL_ARTIFACT = "model"
 KIND_TAG = "peftflow.kind"  # merged | adapter
 VLLM_TAG = "peftflow.vllm_ready"  # set on adapter versions checked for vLLM (registry.vllm_ready)
+VISION_CHAT_TASK = "image-text-to-text"
 
 
 def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
@@ -49,13 +51,13 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if vision.is_vision_language(merged_dir):
-            return _vision_language_components(merged_dir, trust_remote_code)
+            return _vision_language_components(merged_dir)
         return chat.log_options(
             AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
             AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code))
 
     return _publish(run_id, name, lineage, metrics, components, kind="merged",
-                    about=(recipe or {}, description))
+                    about=(recipe or {}, description), images=vision.is_vision_language(merged_dir))
 
 
 def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
@@ -93,18 +95,14 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
                     about=(recipe or {}, description), base_model_path=base_model_dir)
 
 
-def _vision_language_components(model_dir: str, trust_remote_code: bool) -> dict[str, Any]:
-    """MLflow builds no image-text-to-text pipeline from a components dict (it cannot find the
-    processor): it is given the pipeline, and the processor to store with it."""
-    from transformers import AutoProcessor, pipeline
-
-    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    return {"transformers_model": pipeline("image-text-to-text", model=model, processor=processor),
-            "task": "image-text-to-text", "processor": processor}
+def _vision_language_components(model_dir: str) -> dict[str, Any]:
+    """A vision-language version is a pyfunc (models from code, peftflow/serving/vision_chat_model.py)
+    holding the merged dir: MLflow's transformers flavor cannot serve image-text-to-text as chat."""
+    return {"python_model": vision_chat_model.__file__, "artifacts": {vision_chat_model.MODEL_ARTIFACT: model_dir},
+            "signature": vision_chat_model.SIGNATURE, "task": VISION_CHAT_TASK}
 
 
-def _publish(run_id, name, lineage, metrics, components, kind, about, base_model_path=None):
+def _publish(run_id, name, lineage, metrics, components, kind, about, base_model_path=None, images=False):
     """One version per run and kind of what ships (`merged` or `adapter`): a retry or a rerun with
     the same training returns it, a rerun that ships the other kind registers that one. The
     lineage and `metric.*` tags are those of this publish either way (a rerun may have re-evaluated),
@@ -128,7 +126,7 @@ def _publish(run_id, name, lineage, metrics, components, kind, about, base_model
     version = str(existing.version)
     if description is not None:
         client.update_registered_model(name, description=description)
-    card = model_card(name, f"models:/{name}/{version}", lineage, metrics, recipe, kind)
+    card = model_card(name, f"models:/{name}/{version}", lineage, metrics, recipe, kind, images)
     client.update_model_version(name, version, description=card)
     # Re-applied on a retry too, so a publish that stopped after registering still completes.
     set_alias(name, CHALLENGER, version, reason=f"published from run {run_id}", actor="publish")
@@ -187,11 +185,18 @@ def _log_model(client, run_id, name, lineage, metrics, recipe, components, base_
     card = model_card(name, f"models:/{lm.model_id}", lineage, metrics, recipe, kind)
     try:
         model = components()  # transformers_model, task (llm/v1/chat for chat models), model_config
-        mlflow.transformers.log_model(
-            **model, name=MODEL_ARTIFACT, run_id=run_id, model_id=lm.model_id, model_card=_hf_card(card),
-            pip_requirements=_pip_requirements(peft=base_model_path is not None,
-                                               images=model["task"] == "image-text-to-text"),
-            base_model_path=base_model_path)
+        if model["task"] == VISION_CHAT_TASK:
+            del model["task"]
+            # pyfunc.log_model logs to the active run only; the run keeps the status it had.
+            with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
+                warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": the signature is given
+                mlflow.pyfunc.log_model(**model, name=MODEL_ARTIFACT, model_id=lm.model_id,
+                                        pip_requirements=_pip_requirements(peft=False, images=True))
+            client.update_run(run_id, status=run.info.status)
+        else:
+            mlflow.transformers.log_model(
+                **model, name=MODEL_ARTIFACT, run_id=run_id, model_id=lm.model_id, model_card=_hf_card(card),
+                base_model_path=base_model_path, pip_requirements=_pip_requirements(peft=base_model_path is not None))
         _replace_licence(client, lm.model_id, lineage.get("base_model", "the base model"))
     except BaseException:
         client.finalize_logged_model(lm.model_id, "FAILED")
@@ -230,7 +235,8 @@ def _replace_licence(client, model_id: str, base_model: str) -> None:
 
 
 def _pip_requirements(peft: bool, images: bool = False) -> list[str]:
-    pkgs = ["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else []) + (["pillow"] if images else [])
+    pkgs = (["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else [])
+            + (["pillow", "mlflow"] if images else []))
     reqs = []
     for p in pkgs:
         try:
