@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftflow.errors import UserError
-from peftflow.evaluation.scoring import uncached_generation
+from peftflow.evaluation.scoring import generate, is_prompt_learning
 from peftflow.mlflow_io.downloads import download_model_dir, load_pipeline
 from peftflow.models import vision
 
@@ -23,9 +23,16 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
         pipe = pipeline("text-generation", model=str(Path(model).expanduser()))
     else:
         pipe = load_pipeline(model)
-    options = dict(max_new_tokens=max_new_tokens, do_sample=False, use_cache=not uncached_generation(pipe.model))
-    if pipe.tokenizer.chat_template:
-        out = pipe([{"role": "user", "content": prompt}], **options)
+    chat = bool(pipe.tokenizer.chat_template)
+    messages = [{"role": "user", "content": prompt}]
+    if is_prompt_learning(pipe.model):  # peft's generate() is wrong for these: evaluation's decoding is not
+        ids = (pipe.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) if chat
+               else pipe.tokenizer(prompt)["input_ids"])
+        eos = pipe.model.generation_config.eos_token_id
+        return generate(pipe.model, pipe.tokenizer, [list(ids)], max_new_tokens, 1, eos if isinstance(eos, list) else [eos])[0]
+    options = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    if chat:
+        out = pipe(messages, **options)
         return out[0]["generated_text"][-1]["content"]
     out = pipe(prompt, return_full_text=False, **options)
     return out[0]["generated_text"]

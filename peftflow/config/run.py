@@ -171,9 +171,9 @@ class RunConfig(Strict):
                                     description="Prefix tuning: reparameterise the prefix through an MLP.")
     prompt_tuning_init: Literal["random", "text"] = Field(
         "random", title="Prompt methods: prompt init",
-        description="Prompt tuning: random virtual tokens, or the embedding of the init text.")
+        description="Prompt and prefix tuning: random, or from the init text (its embeddings; for prefix, its keys and values).")
     prompt_tuning_init_text: str | None = Field(None, title="Prompt methods: init text",
-                                                description="Prompt tuning init text (prompt init: text).")
+                                                description="Prompt / prefix init text (prompt init: text).")
     encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", title="Prompt methods: P-tuning encoder",
                                                                     description="P-tuning prompt encoder.")
     encoder_hidden_size: int | None = Field(None, gt=0, title="Prompt methods: encoder width",

@@ -24,7 +24,8 @@ METHOD_CASES = {
     "lora-regex-pissa": dict(finetuning_type="lora", lora_target=r".*\.(q|v)_proj", pissa_init=True),
     "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", lora_target="all"),
     "ia3": dict(finetuning_type="ia3", learning_rate=5e-2),
-    "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2),
+    "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2, prompt_tuning_init="text",
+                   prompt_tuning_init_text="Extract the order as JSON"),
     "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
                    prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
     "ptuning": dict(finetuning_type="ptuning", num_virtual_tokens=8, learning_rate=1e-2, encoder_hidden_size=32),
@@ -49,22 +50,47 @@ def _cfg(tiny_model, **overrides) -> RunConfig:
 
 @pytest.mark.parametrize("case", ["prefix", "prompt", "ptuning"])
 def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
+    """Batched and left-padded, as evaluation generates: each row is the greedy decode of the
+    model's own forward (what training and the held-out loss use), one full forward per token."""
     cfg = _cfg(tiny_model, **METHOD_CASES[case])
     model = METHODS[case].build(load_base(tiny_model, cfg), cfg).eval()
     for p in model.parameters():  # virtual tokens far from their init, so they matter
         if p.requires_grad:
             torch.nn.init.normal_(p, std=1.0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    prompt = tok("Extract the order as JSON: two mugs to Oslo", add_special_tokens=False)["input_ids"]
-    got = generate(model, tok, [prompt], max_new_tokens=8, batch_size=1, stop_ids=[tok.eos_token_id])[0]
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(8):  # full forward per token: no cache involved
-            nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], 1)
-            if nxt == tok.eos_token_id:
-                break
-    assert got == tok.decode(ids[0, len(prompt):], skip_special_tokens=True)
+    prompts = [tok(text, add_special_tokens=False)["input_ids"]
+               for text in ("Extract the order as JSON: two mugs to Oslo", "Order: one lamp")]
+    got = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, stop_ids=[tok.eos_token_id])
+    for prompt, answer in zip(prompts, got):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            for _ in range(8):  # full forward per token: no cache involved
+                nxt = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], 1)
+                if nxt == tok.eos_token_id:
+                    break
+        assert answer == tok.decode(ids[0, len(prompt):], skip_special_tokens=True)
+
+
+def test_prefix_from_text_starts_at_the_base_models_loss(tiny_model, data):
+    """A prefix initialised from the base's keys and values for a text is that text in front of
+    the prompt: the loss before training is the base's (a random prefix disturbs every layer)."""
+    from datasets import load_from_disk
+    from transformers import DataCollatorForSeq2Seq
+
+    rows = load_from_disk(f"{data.path}/train").select_columns(["input_ids", "labels"]).select(range(4))
+    batch = DataCollatorForSeq2Seq(AutoTokenizer.from_pretrained(tiny_model), label_pad_token_id=-100)(list(rows))
+    cfg = _cfg(tiny_model, **METHOD_CASES["prefix"])
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return float(model.eval()(**batch).loss)
+
+    base = loss(load_base(tiny_model, cfg))
+    from_text = loss(METHODS["prefix"].build(load_base(tiny_model, cfg), cfg))
+    assert abs(from_text - base) < 0.1 * base
+    with pytest.raises(UserError, match="prefix_projection"):
+        parse_config({**METHOD_CASES["prefix"], "model_name_or_path": tiny_model, "prefix_projection": True})
 
 
 @pytest.mark.parametrize("case", list(METHOD_CASES))
