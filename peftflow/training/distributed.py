@@ -18,8 +18,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from peftflow.config import RunConfig
+from peftflow.store import open_store, stage_key
 from peftflow.training import run as local
 from peftflow.training.run import TrainResult
+from peftflow.training.stored import fetch_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +53,8 @@ def train(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Pat
 def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path) -> TrainResult:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if (store := open_store(cfg.storage)) is not None:  # once per node, before its ranks start
+        fetch_checkpoint(store, stage_key(cfg.registry.name, output_dir), output_dir / "checkpoints")
     job = output_dir / "launch.json"
     job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "model_path": model_path,
                                "data_path": data_path, "output_dir": str(output_dir)}))
