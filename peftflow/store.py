@@ -88,11 +88,12 @@ class RunStore:
     def _path(self, key: str) -> str:
         return f"{self.root.rstrip('/')}/{key.strip('/')}"
 
-    def put_dir(self, local: str | Path, key: str) -> None:
-        """Upload `local` as `key`, sealed by its manifest (written last). An earlier copy's
-        manifest goes first, so a re-upload cut short is not taken for the old, complete one."""
+    def put_dir(self, local: str | Path, key: str, only: tuple[str, ...] = ()) -> None:
+        """Upload `local` (or only the files named in `only`) as `key`, sealed by its manifest
+        (written last). An earlier copy's manifest goes first, so a re-upload cut short is not
+        taken for the old, complete one."""
         local, dest = Path(local), self._path(key)
-        files = sorted(p for p in local.rglob("*") if p.is_file())
+        files = [local / n for n in only] if only else sorted(p for p in local.rglob("*") if p.is_file())
         if self.fs.exists(f"{dest}/{MANIFEST}"):
             self.fs.rm_file(f"{dest}/{MANIFEST}")
         manifest = {}
@@ -156,3 +157,48 @@ class RunStore:
             self.fs.rm_file(f"{path}/{MANIFEST}")
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def output_key(registered_model: str, path: str | Path) -> str:
+    """A stage output (`<stage dir>/adapter`, `merged`, `eval_report.json`) in the store."""
+    return f"{stage_key(registered_model, Path(path).parent)}/{Path(path).name}"
+
+
+def portable(storage: str | None, registered_model: str, path: str | Path) -> str:
+    """How a cache key names a stage output: its place in the store when there is one (the same
+    on every machine), else the local path (as before the store existed)."""
+    return output_key(registered_model, path) if storage_url(storage) else str(path)
+
+
+def save_output(storage: str | None, registered_model: str, path: str | Path) -> None:
+    """Upload a finished stage output (a directory or one file), sealed; nothing without a store."""
+    store, path = open_store(storage), Path(path)
+    if store is None or not path.exists():
+        return
+    if path.is_dir():
+        store.put_dir(path, output_key(registered_model, path))
+    else:
+        store.put_dir(path.parent, output_key(registered_model, path), only=(path.name,))
+
+
+def restore_output(storage: str | None, registered_model: str, path: str | Path) -> bool:
+    """Make sure a stage output is on local disk: True when it is (already, or fetched sealed and
+    checked from the store); False when it is neither here nor sealed in the store."""
+    path = Path(path)
+    if path.exists():
+        return True
+    store = open_store(storage)
+    if store is None:
+        return False
+    key = output_key(registered_model, path)
+    files = store.manifest(key)
+    if files is None:
+        return False
+    if set(files) != {path.name}:   # a directory
+        return store.get_dir(key, path)
+    scratch = path.with_name(f".{path.name}.fetched")
+    if not store.get_dir(key, scratch):
+        return False
+    (scratch / path.name).rename(path)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return True
