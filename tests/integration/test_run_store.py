@@ -7,10 +7,8 @@ with nothing in common but the store."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -22,25 +20,10 @@ from peftflow.store import MANIFEST, RunStore, stage_key
 from peftflow.training.run import run as train_run
 from peftflow.training.trainer import MetricsCallback
 from tests.integration.stack import ROOT
+from tests.unit.test_resume_after_kill import CHILD, kill_when   # CHILD trains slowly enough to be killed
 
 pytestmark = pytest.mark.integration
 MAX_STEPS = 10
-
-CHILD = """
-import sys, time
-from transformers import TrainerCallback
-from peftflow.config import RunConfig
-from peftflow.data import prepare_dataset
-from peftflow.training.run import run as train_run
-
-class Slow(TrainerCallback):  # leaves time to kill the process between checkpoints
-    def on_step_end(self, *args, **kwargs):
-        time.sleep(0.4)
-
-cfg = RunConfig.model_validate_json(sys.argv[1])
-data = prepare_dataset(cfg, sys.argv[2])
-train_run(cfg, sys.argv[2], data.path, sys.argv[3], callbacks=(Slow(),))
-"""
 
 
 @pytest.fixture
@@ -58,30 +41,21 @@ def _cfg(tiny_model: str, storage: str | None) -> RunConfig:
                      val_size=4, registry={"name": "store-resume"}, storage=storage)
 
 
-def _kill_once_stored(cfg: RunConfig, tiny_model: str, home: Path, store: RunStore, key: str) -> int:
+def _kill_once_stored(cfg: RunConfig, tiny_model: str, data_path: str, home: Path, store: RunStore, key: str) -> int:
     """Train on machine A until the store holds a sealed checkpoint-4 or later, then SIGKILL it;
     returns the newest sealed step."""
     env = {**os.environ, "PEFTFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
     out = home / "runs" / "store-resume" / "stage"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, cfg.model_dump_json(), tiny_model, str(out)], env=env,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, cfg.model_dump_json(), tiny_model, data_path, str(out)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            sealed = [int(n.split("-")[1]) for n in store.children(f"{key}/checkpoints") if store.manifest(f"{key}/checkpoints/{n}")]
-            if sealed and max(sealed) >= 4:
-                break
-            assert proc.poll() is None, f"training ended before a stored checkpoint-4:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "no stored checkpoint-4 within 180 s"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL and not (out / "adapter").exists()
-    return max(int(n.split("-")[1]) for n in store.children(f"{key}/checkpoints") if store.manifest(f"{key}/checkpoints/{n}"))
+    kill_when(proc, lambda: max(_sealed(store, key), default=0) >= 4, "a stored checkpoint-4", timeout=180)
+    assert not (out / "adapter").exists()
+    return max(_sealed(store, key))
+
+
+def _sealed(store: RunStore, key: str) -> list[int]:
+    """Steps of the checkpoints sealed in the store."""
+    return [int(n.split("-")[1]) for n in store.children(f"{key}/checkpoints") if store.manifest(f"{key}/checkpoints/{n}")]
 
 
 def _plant_broken_checkpoints(store: RunStore, key: str, n: int, scratch: Path) -> None:
@@ -98,7 +72,7 @@ def _plant_broken_checkpoints(store: RunStore, key: str, n: int, scratch: Path) 
 def test_killed_on_one_home_resumes_on_another_from_the_store(tiny_model, store_url, tmp_path, monkeypatch):
     cfg = _cfg(tiny_model, store_url)
     store, key = RunStore(store_url), stage_key("store-resume", "stage")
-    n = _kill_once_stored(cfg, tiny_model, tmp_path / "home-a", store, key)
+    n = _kill_once_stored(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path / "home-a", store, key)
     assert 4 <= n < MAX_STEPS
     _plant_broken_checkpoints(store, key, n, tmp_path / "scratch")
 
