@@ -94,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tmp", default=None, help="Scratch directory (default: a new temporary one).")
     tmp = Path(parser.parse_args().tmp or tempfile.mkdtemp(prefix="run-store-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     moto = _moto(tmp)
     try:
         from prefect.testing.utilities import prefect_test_harness
