@@ -99,8 +99,10 @@ class RunStore:
         manifest = {}
         for p in files:
             rel = p.relative_to(local).as_posix()
+            self.fs.makedirs(f"{dest}/{rel}".rsplit("/", 1)[0], exist_ok=True)   # a local or mounted store needs them
             self.fs.put_file(str(p), f"{dest}/{rel}")
             manifest[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        self.fs.makedirs(dest, exist_ok=True)
         self.fs.pipe_file(f"{dest}/{MANIFEST}", json.dumps({"files": manifest}, indent=1).encode())
         log.info("stored %s (%d files) in %s/%s", local.name, len(files), self.url, key)
 
@@ -202,3 +204,17 @@ def restore_output(storage: str | None, registered_model: str, path: str | Path)
     (scratch / path.name).rename(path)
     shutil.rmtree(scratch, ignore_errors=True)
     return True
+
+
+def fetch_cached(storage: str | None, key: str, local: str | Path) -> bool:
+    """A content-keyed cache entry (`cache/prepared/<fingerprint>`) from the store into `local`;
+    False without a store or a sealed, matching copy."""
+    store = open_store(storage)
+    return store is not None and store.get_dir(key, local)
+
+
+def keep_cached(storage: str | None, key: str, local: str | Path) -> None:
+    """Seal a content-keyed cache entry in the store, unless it already is."""
+    store = open_store(storage)
+    if store is not None and store.manifest(key) is None:
+        store.put_dir(local, key)

@@ -1,7 +1,7 @@
 """Cache anywhere: with a run store (moto's S3), an unchanged rerun of the finetune flow on another
 machine (another PEFTFLOW_HOME, nothing on its disk) finds train, merge and evaluate cached (Prefect's
-task results live in the store) and fetches their outputs from the store; a damaged or unsealed
-stored output is recomputed, never trusted."""
+task results live in the store) and fetches their outputs, and the prepared data, from the store;
+a damaged or unsealed stored output is recomputed, never trusted."""
 
 from __future__ import annotations
 
@@ -44,10 +44,13 @@ def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(harness,
     stage = f"runs/tiny-store/{key}"
     assert {"adapter", "merged", "eval_report.json"} <= set(store.children(stage))
     assert "checkpoints" not in store.children(stage)        # scratch space gone once published
+    [prepared] = store.children("cache/prepared")             # the tokenised data, by fingerprint
+    assert "stats.json" in store.manifest(f"cache/prepared/{prepared}")
 
     again, states = _run_on(env / "home-c", monkeypatch, cfg)
     assert states == dict.fromkeys(STAGES, "Cached")
     local = env / "home-c" / "runs" / key
+    assert (env / "home-c" / "cache" / "prepared" / prepared / "stats.json").is_file()
     assert (local / "merged" / "model.safetensors.index.json").is_file() and (local / "eval_report.json").is_file()
     assert (again.version, again.scores) == (first.version, first.scores)
 
