@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -13,8 +13,11 @@ from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import stage_dir, train_key
 from peftflow.methods import get_method
 from peftflow.models.resolve import ResolvedModel
+from peftflow.store import open_store, restore_output, stage_key
 from peftflow.summary import harness_lines, training_notes
 from peftflow.training.resume import remove_checkpoints
+from peftflow.training.stored import remove_stored_checkpoints
+from tasks._policy import result_storage
 from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.evaluate_guard_set import evaluate_guard
@@ -65,10 +68,13 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
-        adapter = _unless_cached_output_gone(train_adapter, work / "adapter")(config, model, data, key, run_id, teacher)
+        adapter = _unless_cached_output_gone(config, train_adapter, work / "adapter")(
+            config, model, data, key, run_id, teacher)
+        adapter = replace(adapter, adapter_dir=str(work / "adapter"))   # cached on another machine: here now
         notes = training_notes(run_id, key, data, adapter)
         if config.should_merge:
-            merged = _unless_cached_output_gone(merge_adapter, work / "merged")(config, model, adapter, run_id)
+            merged = _unless_cached_output_gone(config, merge_adapter, work / "merged")(config, model, adapter, run_id)
+            merged = replace(merged, merged_dir=str(work / "merged"))
             tuned_dir = merged.merged_dir
         else:
             # Prompt-family adapters have no weight delta to fold in: ship adapter + base instead.
@@ -78,7 +84,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
-        evaluation = _unless_cached_output_gone(evaluate_models, work / "eval_report.json")(
+        evaluation = _unless_cached_output_gone(config, evaluate_models, work / "eval_report.json")(
             config, model, tuned_dir, rival, data, run_id, teacher)
         notes += harness_lines({label: s.harness for label, s in evaluation.models.items()})
         if teacher:
@@ -98,8 +104,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
-    # Published and promoted: the checkpoints (a retry's resume point) are no longer needed.
-    remove_checkpoints(work)
+    _drop_checkpoints(config, work)
     summary = write_summary(version, evaluation, decision, current_champion, notes)
     get_run_logger().info(summary)
     promoted = decision.promote and current_champion == version.version
@@ -116,6 +121,20 @@ def resolve_models(config: RunConfig) -> tuple[ResolvedModel, ResolvedModel | No
     return model, teacher
 
 
-def _unless_cached_output_gone(stage, output: Path):
-    """A cached result is only as good as the files it names: recompute when they were deleted."""
-    return stage if output.exists() else stage.with_options(refresh_cache=True)
+def _drop_checkpoints(config: RunConfig, work: Path) -> None:
+    """Published and promoted: the checkpoints (a retry's resume point) are no longer needed, here
+    or in the run store."""
+    remove_checkpoints(work)
+    if (store := open_store(config.storage)) is not None:
+        remove_stored_checkpoints(store, stage_key(config.registry.name, work))
+
+
+def _unless_cached_output_gone(config: RunConfig, stage, output: Path):
+    """A cached result is only as good as the files it names: with a run store, a missing output
+    is fetched from it first (sealed and checked); recompute when it is neither here nor there.
+    With a store, the cached results themselves live there too (any machine finds them)."""
+    storage = result_storage(config)
+    stage = stage.with_options(result_storage=storage) if storage else stage
+    if restore_output(config.storage, config.registry.name, output):
+        return stage
+    return stage.with_options(refresh_cache=True)

@@ -18,7 +18,7 @@ from peftflow.models.resolve import ResolvedModel
 # Sections that change publishing or scoring, not the trained weights.
 # The teacher is keyed by its content fingerprint, not by how it was named (alias or version).
 _NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "quantized_merge_tolerance",
-                 "output_dir", "on_invalid_rows", "teacher", "teacher_adapter"}
+                 "output_dir", "on_invalid_rows", "teacher", "teacher_adapter", "storage"}
 
 # The training fields the key hashed when it was defined (RunConfig at commit 7a2ffee). A field added
 # since is hashed only when it differs from its default: adding a field must not change the key of

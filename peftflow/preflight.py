@@ -23,7 +23,9 @@ def check_run(cfg: RunConfig) -> None:
     training setup and the data, the guard set's names first (a typo fails before minutes of
     tokenising the training data)."""
     from peftflow.data import prepare_dataset, resolve_datasets
+    from peftflow.store import open_store
 
+    open_store(cfg.storage)  # PEFTFLOW_STORAGE is checked here; the `storage` key by the config
     model_path = trained_model(cfg).path
     check_training_setup(cfg, model_path)
     guard = cfg.guard_config() if cfg.promotion.guard_dataset else None

@@ -41,3 +41,22 @@ def gpu_slot(occupy: int = 1):
     if name == "off" or (name is None and not from_deployment):
         return contextlib.nullcontext()
     return concurrency(name or "gpu", occupy=occupy, strict=True)
+
+
+def result_storage(config):
+    """Where the stage cache (Prefect's task results) lives: beside the run store's outputs
+    (`<storage>/prefect-results`, Prefect's fsspec `RemoteFileSystem`), so any machine with the
+    store finds it; None without a store (Prefect's local result storage, as before). Prefect
+    wants result storage saved as a block: `peftflow-store-<hash of the URL>`, saved again each time."""
+    import hashlib
+
+    from prefect.filesystems import RemoteFileSystem
+
+    from peftflow.store import open_store
+
+    store = open_store(config.storage)
+    if store is None:
+        return None
+    block = RemoteFileSystem(basepath=f"{store.url}/prefect-results")
+    block.save(f"peftflow-store-{hashlib.sha256(store.url.encode()).hexdigest()[:12]}", overwrite=True)
+    return block

@@ -12,14 +12,16 @@ from peftflow.mlflow_io import tracking
 from peftflow.mlflow_io.downloads import local_version
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.models.resolve import ResolvedModel
+from peftflow.store import portable, save_output
 
 
 def _key(context, params) -> str:
     champion = params["champion"]
     rival = f"{champion.name}/{champion.version}" if champion else "none"
     rival += f"-teacher-{params['teacher'].fingerprint}" if params.get("teacher") else ""
-    return (f"evaluate-{params['tuned_dir']}-{params['data'].fingerprint}-{rival}-"
-            f"{params['config'].template}-{params['config'].evaluation.model_dump_json()}")
+    config = params["config"]
+    tuned = portable(config.storage, config.registry.name, params["tuned_dir"])
+    return f"evaluate-{tuned}-{params['data'].fingerprint}-{rival}-{config.template}-{config.evaluation.model_dump_json()}"
 
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
@@ -41,6 +43,7 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
     if config.evaluation.harness_tasks:
         report = harness.score_models(report, models, data.path, config, Path(tuned_dir).parent, model.path, bases)
         report.to_json(out)
+    save_output(config.storage, config.registry.name, out)
     tracking.log_metrics(run_id, report.flat_metrics())
     tracking.log_artifact(run_id, str(out))
     create_table_artifact(

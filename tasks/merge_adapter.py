@@ -6,12 +6,14 @@ from peftflow import merge
 from peftflow.config import RunConfig
 from peftflow.mlflow_io import tracking
 from peftflow.models.resolve import ResolvedModel
+from peftflow.store import portable, save_output
 from peftflow.training.run import TrainResult
 
 
 def _key(context, params) -> str:
     config = params["config"]
-    return f"merge-{params['adapter'].adapter_dir}-{config.merge_tolerance}-{config.quantized_merge_tolerance}"
+    adapter = portable(config.storage, config.registry.name, params["adapter"].adapter_dir)
+    return f"merge-{adapter}-{config.merge_tolerance}-{config.quantized_merge_tolerance}"
 
 
 @task(name="merge-adapter", cache_key_fn=_key, persist_result=True)
@@ -25,4 +27,5 @@ def merge_adapter(config: RunConfig, model: ResolvedModel, adapter: TrainResult,
         metrics["merge.max_abs_logit_diff_vs_quantized"] = result.max_abs_logit_diff_vs_quantized
         metrics["merge.top1_agreement_vs_quantized"] = result.top1_agreement_vs_quantized
     tracking.log_metrics(run_id, metrics)
+    save_output(config.storage, config.registry.name, result.merged_dir)
     return result

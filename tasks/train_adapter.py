@@ -10,6 +10,7 @@ from peftflow.data import PreparedData
 from peftflow.lineage import stage_dir
 from peftflow.mlflow_io import tracking
 from peftflow.models.resolve import ResolvedModel
+from peftflow.store import portable, save_output
 from peftflow.training import distributed
 from peftflow.training.run import TrainResult
 from peftflow.training.trainer import MetricsCallback, StepProgress, TrainingProgress
@@ -30,7 +31,8 @@ class _ProgressCallback(TrainingProgress):
 
 
 def _key(context, params) -> str:
-    return f"train-{params['train_key']}-{stage_dir(params['config'], params['train_key'])}"
+    config = params["config"]
+    return f"train-{params['train_key']}-{portable(config.storage, config.registry.name, stage_dir(config, params['train_key']))}"
 
 
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
@@ -47,6 +49,7 @@ def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, t
     if distributed.is_distributed(config):  # torchrun reports no steps live: log its loss history now
         for step, loss in result.loss_history:
             tracking.log_metrics(run_id, {"loss": loss}, step=step)
+    save_output(config.storage, config.registry.name, result.adapter_dir)  # with a run store: sealed there
     tracking.log_metrics(run_id, result.metrics(), step=result.steps)  # charted at the end, not at step 0
     tracking.set_run_tags(run_id, {"peftflow.optimizer_used": result.optimizer_used, "peftflow.method": result.method,
                                    "peftflow.compute": result.compute,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, WithJsonSchema, field_va
 
 from peftflow.config.v1 import is_v1, to_v0
 from peftflow.config.checks import check_run, refuse_credentials
-from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict
+from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
 
@@ -127,6 +127,9 @@ class RunConfig(Strict):
         description="Recompute activations in the backward pass instead of keeping them. auto: on when the longest "
                     "batch's activations would take over half the memory free after loading the model; the run "
                     "records what it chose.")
+    storage: str | None = Field(None, title="Training: run store",
+                                description="fsspec URL (e.g. s3://bucket/peftflow) for checkpoints and stage outputs, so a run "
+                                            "resumes and is reused on another machine. Empty: PEFTFLOW_STORAGE, else local disk only.")
     output_dir: str | None = Field(None, title="Training: output folder",
                                    description="Where checkpoints and the adapter go. Empty: PEFTFLOW_HOME/runs/REGISTRY_NAME.")
     # data details
@@ -241,6 +244,16 @@ class RunConfig(Strict):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        from peftflow.store import check_url
+
+        try:
+            return check_url(v.strip()) if v and v.strip() else None
+        except UserError as e:
+            raise ValueError(str(e).removeprefix("storage: ")) from None
+
     @model_validator(mode="before")
     @classmethod
     def _refuse_credentials(cls, raw: Any) -> Any:
@@ -281,34 +294,16 @@ class RunConfig(Strict):
 
     def fingerprint(self) -> str:
         """Hash of every field, for caching and for 'did anything change' checks; but the registered
-        model's description, which changes no result (and, added later, left the hashes as they were)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"registry": {"description"}}), sort_keys=True)
+        model's description and the run store, which change no result (and, added later, left the
+        hashes as they were)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"registry": {"description"}, "storage": True}),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved_output_dir(self) -> Path:
         from peftflow.paths import peftflow_home
 
         return Path(self.output_dir) if self.output_dir else peftflow_home() / "runs" / self.registry.name
-
-
-def default_registry_name(cfg: RunConfig) -> str:
-    """A registered-model name that comes from the run itself (see RegistryConfig.name)."""
-    if cfg.output_dir:
-        parts = Path(cfg.output_dir).expanduser().parts
-        parts = parts[-3:] if Path(cfg.output_dir).is_absolute() else parts
-        raw = "-".join(p for p in parts if p not in ("/", ".", ".."))
-    else:
-        model = f"{_short_name(cfg.teacher)}-student" if cfg.stage == "distill" and cfg.teacher \
-            else _short_name(cfg.model_name_or_path)
-        raw = f"{model}-{'-'.join(cfg.dataset_names)}-{cfg.finetuning_type}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "peftflow"
-
-
-def _short_name(ref: str) -> str:
-    """builtin:NAME, models:/NAME@ALIAS or models:/NAME/N, org/name, /a/local/dir -> NAME, name, dir."""
-    if ref.startswith("models:/"):
-        return re.split(r"[@/]", ref.removeprefix("models:/"))[0]
-    return ref.removeprefix("builtin:").rstrip("/").rsplit("/", 1)[-1]
 
 
 def _nearest(key: str, candidates: list[str]) -> str:

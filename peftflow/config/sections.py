@@ -1,8 +1,10 @@
-"""peftflow's own sections of a run config: where the fine-tune is published, the gate that
-promotes it, and how it is evaluated."""
+"""peftflow's own sections of a run config: where the fine-tune is published (and the registered
+model's default name), the gate that promotes it, and how it is evaluated."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,3 +77,23 @@ class EvaluationConfig(Strict):
                                           "written by peftflow as an lm-eval task (same rows, prompts and metric).")
     harness_include: str | None = Field(None, title="Evaluation: lm-eval task folder", description="Directory of local lm-eval task YAMLs (offline, built-in tasks "
                                                           "cannot download their data).")
+
+
+def default_registry_name(cfg) -> str:
+    """A registered-model name that comes from the run itself (see RegistryConfig.name)."""
+    if cfg.output_dir:
+        parts = Path(cfg.output_dir).expanduser().parts
+        parts = parts[-3:] if Path(cfg.output_dir).is_absolute() else parts
+        raw = "-".join(p for p in parts if p not in ("/", ".", ".."))
+    else:
+        model = f"{_short_name(cfg.teacher)}-student" if cfg.stage == "distill" and cfg.teacher \
+            else _short_name(cfg.model_name_or_path)
+        raw = f"{model}-{'-'.join(cfg.dataset_names)}-{cfg.finetuning_type}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "peftflow"
+
+
+def _short_name(ref: str) -> str:
+    """builtin:NAME, models:/NAME@ALIAS or models:/NAME/N, org/name, /a/local/dir -> NAME, name, dir."""
+    if ref.startswith("models:/"):
+        return re.split(r"[@/]", ref.removeprefix("models:/"))[0]
+    return ref.removeprefix("builtin:").rstrip("/").rsplit("/", 1)[-1]

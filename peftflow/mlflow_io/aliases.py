@@ -6,7 +6,9 @@
 
 Each move appends to the version's tag `alias.<alias>.history` (time, actor, reason). Moves that
 change `champion` (and `previous` with it) hold one lock per registered model, so "read champion,
-move previous, move champion" is one step for every process of this machine.
+move previous, move champion" is one step: a file lock among the processes of this machine, or,
+where an entry point installed one (`peftflow/locking.py`; flows/team_lock.py: a strict Prefect
+global concurrency limit when a Prefect server is configured), a lock the whole team shares.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import AbstractContextManager
 
 from filelock import FileLock
 
 from peftflow.errors import UserError
+from peftflow.locking import LOCK_TIMEOUT_S, team_lock
 from peftflow.mlflow_io.tracking import configure_mlflow, mlflow_client
 from peftflow.mlflow_io.versions import get_version_by_alias
 from peftflow.paths import cache_dir
@@ -52,12 +56,15 @@ def alias_history(name: str, version: str, alias: str) -> list[dict[str, str]]:
     return json.loads((mv.tags or {}).get(f"alias.{alias}.history", "[]"))
 
 
-def alias_lock(name: str):
-    """Serialises alias moves on one registered model among the processes of this machine (flows
-    publishing to the same model at once): read champion, move previous, move champion is then one
-    step. MLflow has no compare-and-set for aliases, so processes on other machines are not covered."""
+def alias_lock(name: str) -> AbstractContextManager:
+    """Serialises alias moves on one registered model (flows publishing to the same model at once):
+    read champion, move previous, move champion is then one step. MLflow has no compare-and-set
+    for aliases: the team lock (`peftflow.locking`) covers every machine that talks to the same
+    Prefect server; without one, a file lock covers the processes of this machine only."""
     store = hashlib.sha256(f"{configure_mlflow()}\0{name}".encode()).hexdigest()[:16]
-    return FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"), timeout=300)
+    lock = team_lock(name)
+    return lock if lock is not None else FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"),
+                                                  timeout=LOCK_TIMEOUT_S)
 
 
 def move_champion(name: str, version: str, reason: str, actor: str) -> str:

@@ -18,8 +18,10 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from peftflow.config import RunConfig
+from peftflow.store import open_store, stage_key
 from peftflow.training import run as local
 from peftflow.training.run import TrainResult
+from peftflow.training.stored import fetch_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +34,7 @@ def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.num_processes}",
            f"--nnodes={cfg.nnodes}"]
     if cfg.nnodes > 1:
-        cmd += [f"--node_rank={os.environ.get('PEFTFLOW_NODE_RANK', '0')}",
+        cmd += [f"--node_rank={node_rank(cfg)}",
                 f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
     else:
         cmd += ["--standalone"]
@@ -48,9 +50,18 @@ def train(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Pat
     return local.run(cfg, model_path, data_path, output_dir, callbacks=callbacks, teacher_path=teacher_path)
 
 
-def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path) -> TrainResult:
+def node_rank(cfg: RunConfig) -> int:
+    """This machine's node in a multi-node run (`PEFTFLOW_NODE_RANK`); 0 on a single node."""
+    return int(os.environ.get("PEFTFLOW_NODE_RANK", "0")) if cfg.nnodes > 1 else 0
+
+
+def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path) -> TrainResult | None:
+    """torchrun on this node. Node 0 holds global rank 0, which writes the adapter and the result:
+    it returns the TrainResult; another node returns None once its processes are done."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if (store := open_store(cfg.storage)) is not None:  # once per node, before its ranks start
+        fetch_checkpoint(store, stage_key(cfg.registry.name, output_dir), output_dir / "checkpoints")
     job = output_dir / "launch.json"
     job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "model_path": model_path,
                                "data_path": data_path, "output_dir": str(output_dir)}))
@@ -61,6 +72,8 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
     proc = subprocess.run(launch_command(cfg, job), env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    if node_rank(cfg):
+        return None
     raw = json.loads(result_file.read_text())
     raw["loss_history"] = tuple(tuple(h) for h in raw["loss_history"])
     return TrainResult(**raw)

@@ -7,6 +7,7 @@ the output dir), saves the adapter and `train_result.json`, and returns a `Train
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ from peftflow.distill.trainer import DistillTrainer, distill_kwargs
 from peftflow.methods import get_method
 from peftflow.models import vision
 from peftflow.models.load import load_base
+from peftflow.store import open_store, stage_key
 from peftflow.training import memory
 from peftflow.training.arguments import compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
+from peftflow.training.stored import StoreCheckpoints, fetch_checkpoint
 from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
 
 
@@ -61,6 +64,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
     With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
     output_dir = Path(output_dir)
+    callbacks = (*callbacks, *_store_checkpoints(cfg, output_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
@@ -95,6 +99,18 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         (processor or tokenizer).save_pretrained(out.adapter_dir)
         (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
+
+
+def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallback, ...]:
+    """With a run store: fetch its newest sealed checkpoint (in a single process; under torchrun
+    the launcher did, before the ranks start) and upload each new one as it is saved."""
+    store = open_store(cfg.storage)
+    if store is None:
+        return ()
+    key = stage_key(cfg.registry.name, output_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        fetch_checkpoint(store, key, output_dir / "checkpoints")
+    return (StoreCheckpoints(store, key),)
 
 
 def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, teacher_path):

@@ -21,6 +21,34 @@ def harness(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on loopback, once per worker: each user makes its own bucket."""
+    import sys
+    from pathlib import Path
+
+    from tests.integration.stack import Proc, free_port, wait_http
+
+    port = free_port()
+    proc = Proc("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                None, tmp_path_factory.mktemp("moto"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS environment pointing at moto (boto3 and s3fs read the same variables)."""
+    for k, v in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
 def _team_stack(tmp_path_factory, peftflow_home):
     """moto + MLflow server (webhooks on) + Prefect server + a `local` process worker, started once:
     starting them takes minutes on a loaded machine. Each module deploys what it needs onto it."""

@@ -4,7 +4,6 @@ standard AWS environment, cached by ETag, fingerprinted by content."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,32 +12,15 @@ from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
-from tests.integration.stack import Proc, free_port, wait_http
 
 pytestmark = [pytest.mark.integration]
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    port = free_port()
-    proc = Proc("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                None, tmp_path_factory.mktemp("moto"))
-    try:
-        wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, timeout=60)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
-def s3(s3_server, monkeypatch):
+def s3(s3_env):
     import boto3
 
-    for k, v in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     client = boto3.client("s3")
     client.create_bucket(Bucket="teamdata")
     yield client

@@ -52,8 +52,10 @@ def stack(shared_stack, tiny_model):
         "output_dir": str(tmp / "runs"), "max_steps": 4, "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 4,
         "per_device_train_batch_size": 4, "val_size": 8, "registry": {"name": NAME, "experiment": "stack"},
         "promotion": {"metric": "perplexity"},
-        "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4}}
-    spec = local_deployments(pool="local")
+        "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
+        "storage": "s3://peftflow-artifacts/store"}   # the run store on the stack's S3, beside MLflow's artifacts
+    # The flow-run processes reach that S3 (moto) through the standard AWS variables.
+    spec = local_deployments(pool="local", env={"AWS_ENDPOINT_URL": s.env["S3_ENDPOINT"]})
     for d in spec["deployments"]:
         if d["name"].startswith("retrain"):
             d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
@@ -100,6 +102,11 @@ def test_finetune_deployment_registers_a_champion(stack):
                       aws_secret_access_key="testing", region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("eval_report.json") for k in keys)
+    # the run store: the stage outputs sealed beside them, the stage cache too, no checkpoints left
+    stored = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="store/").get("Contents", [])]
+    for output in ("adapter", "merged", "eval_report.json"):
+        assert any(k.endswith(f"/{output}/_manifest.json") for k in stored), stored
+    assert any(k.startswith("store/prefect-results/") for k in stored) and not any("/checkpoints/" in k for k in stored)
     # the registry lives in PostgreSQL
     import psycopg2
 

@@ -91,6 +91,8 @@ def test_peftflow_sections_in_the_same_file(tmp_path):
     ("bf16: true\nfp16: true\n", "bf16 and fp16"),
     ("warmup_ratio: 0.1\nwarmup_steps: 10\n", "warmup_ratio and warmup_steps"),
     ("lora_rank: [8\n", "invalid YAML"),
+    ("storage: my-bucket/peftflow\n", "key 'storage': 'my-bucket/peftflow' is not a storage URL"),
+    ("storage: s4://bucket/peftflow\n", "key 'storage': unknown storage protocol 's4'"),
     ("- a\n- b\n", "expected a mapping"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
@@ -139,3 +141,15 @@ def test_example_distill_config_loads():
 
     cfg, unused = load_config(Path(__file__).parents[2] / "configs" / "distill-smollm2-half.yaml")
     assert (cfg.stage, cfg.student_layers, cfg.teacher_topk) == ("distill", 15, 64) and unused == []
+
+
+def test_run_store_from_the_environment_and_unset(monkeypatch, tmp_path):
+    """`storage` wins over PEFTFLOW_STORAGE; a bad variable is one line naming it; unset: no store."""
+    from peftflow.store import open_store
+
+    monkeypatch.delenv("PEFTFLOW_STORAGE", raising=False)
+    assert open_store(None) is None and RunConfig().storage is None
+    monkeypatch.setenv("PEFTFLOW_STORAGE", "s4://bucket/x")
+    with pytest.raises(UserError, match="^PEFTFLOW_STORAGE: unknown storage protocol 's4'"):
+        open_store(None)
+    assert open_store(tmp_path.as_uri()).url == tmp_path.as_uri()

@@ -134,3 +134,15 @@ def test_finetune_deployment_form_has_defaults_and_descriptions():
     assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
     promotion = schema["definitions"]["PromotionConfig"]["properties"]
     assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
+
+
+def test_crashed_run_automations_are_valid_prefect_automations():
+    """deployments/automations.yaml, read by Prefect's own automation model (what
+    `prefect automation create --from-file` sends): heartbeats -> Crashed -> Scheduled again."""
+    from prefect.events.schemas.automations import AutomationCore
+
+    spec = yaml.safe_load((ROOT / "deployments" / "automations.yaml").read_text())
+    silent, rerun = (AutomationCore.model_validate(a) for a in spec["automations"])
+    assert silent.trigger.posture == "Proactive" and silent.trigger.within.total_seconds() == 90
+    assert silent.actions[0].state.value == "CRASHED"
+    assert rerun.trigger.expect == {"prefect.flow-run.Crashed"} and rerun.actions[0].state.value == "SCHEDULED"

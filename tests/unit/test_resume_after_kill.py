@@ -58,18 +58,13 @@ def _complete(checkpoint: Path) -> bool:
     return (checkpoint / "optimizer.pt").is_file() and (checkpoint / "scheduler.pt").is_file()
 
 
-def _kill_after_checkpoint(cfg, tiny_model, data_path, out: Path, tmp_path: Path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), cfg.model_dump_json(), tiny_model, data_path, str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    target = out / "checkpoints" / "checkpoint-4"
-    deadline = time.monotonic() + 120
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
+    """SIGKILL the training child `proc` as soon as `ready()` holds (it must not end before)."""
+    deadline = time.monotonic() + timeout
     try:
-        while not _complete(target):
-            assert proc.poll() is None, f"training ended before checkpoint-4:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "no checkpoint-4 within 120 s"
+        while not ready():
+            assert proc.poll() is None, f"training ended before {what}:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -78,6 +73,15 @@ def _kill_after_checkpoint(cfg, tiny_model, data_path, out: Path, tmp_path: Path
         proc.wait(timeout=30)
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
+
+
+def _kill_after_checkpoint(cfg, tiny_model, data_path, out: Path, tmp_path: Path) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script), cfg.model_dump_json(), tiny_model, data_path, str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kill_when(proc, lambda: _complete(out / "checkpoints" / "checkpoint-4"), "checkpoint-4")
     assert not (out / "adapter").exists()  # it really died before finishing
 
 
