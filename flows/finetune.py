@@ -117,7 +117,7 @@ def resolve_models(config: RunConfig) -> tuple[ResolvedModel, ResolvedModel | No
     or the teacher pruned) and the teacher."""
     teacher = resolve_teacher(config) if config.stage == "distill" else None
     model = (resolve_student(config, teacher) if teacher
-             else resolve_model(config.model_name_or_path, config.allow_pickle_weights))
+             else resolve_model(config.model_name_or_path, config.allow_pickle_weights, config.storage))
     return model, teacher
 
 

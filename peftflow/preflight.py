@@ -43,7 +43,7 @@ def trained_model(cfg: RunConfig) -> ResolvedModel:
         from peftflow.distill.teacher import resolve_student, resolve_teacher  # peft: only when distilling
 
         return resolve_student(cfg, resolve_teacher(cfg))
-    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
+    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage)
 
 
 def check_training_setup(cfg: RunConfig, model_path: str) -> None:

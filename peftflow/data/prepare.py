@@ -18,8 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftflow.atomic import build_once
-from peftflow.store import fetch_cached, keep_cached
+from peftflow.store import build_sealed
 from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
@@ -112,11 +111,10 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
         log.info("reusing prepared data at %s", target)
     else:
         # With a run store, another machine may have tokenised the same inputs already: fetched, checked.
-        build_once(target, lambda out: fetch_cached(cfg.storage, f"cache/prepared/{fingerprint}", out)
-                   or _write(_analyse(cfg, sources, model_path, strict=True), cfg, out, fingerprint),
-                   ready=lambda t: (t / STATS_FILE).is_file())
+        build_sealed(cfg.storage, f"cache/prepared/{fingerprint}", target,
+                     lambda out: _write(_analyse(cfg, sources, model_path, strict=True), cfg, out, fingerprint),
+                     ready=lambda t: (t / STATS_FILE).is_file())
         log.info("prepared data at %s", target)
-        keep_cached(cfg.storage, f"cache/prepared/{fingerprint}", target)
     stats = json.loads((target / STATS_FILE).read_text())
     return PreparedData(str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"])
 

@@ -88,7 +88,7 @@ def _cached_model(name: str, build) -> str:
 
 def resolve_teacher(cfg) -> ResolvedModel:
     """The teacher as a plain local model: `teacher_adapter`, if any, merged in once and cached."""
-    teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights)
+    teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights, cfg.storage)
     if not cfg.teacher_adapter:
         return teacher
     adapter = Path(cfg.teacher_adapter).expanduser()
@@ -107,6 +107,6 @@ def resolve_student(cfg, teacher: ResolvedModel) -> ResolvedModel:
         student = resolve_model(_cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out,
                                                                                   cfg.trust_remote_code)))
     else:
-        student = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights)
+        student = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage)
     check_same_tokenizer(teacher.path, student.path, cfg.trust_remote_code)
     return student

@@ -17,11 +17,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftflow.atomic import build_once
-from peftflow.builtin.models import BUILDERS
+from peftflow.builtin.models import BUILDERS, recipe_fingerprint
 from peftflow.errors import UserError
 from peftflow.mlflow_io.downloads import download_model_dir
 from peftflow.paths import cache_dir
+from peftflow.store import build_sealed
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,10 @@ class ResolvedModel:
     fingerprint: str  # content hash of config + weights + tokenizer
 
 
-def resolve_model(ref: str, allow_pickle_weights: bool = False) -> ResolvedModel:
+def resolve_model(ref: str, allow_pickle_weights: bool = False, storage: str | None = None) -> ResolvedModel:
+    """`storage`: the run store (else `PEFTFLOW_STORAGE`), where built-in models are kept once built."""
     if ref.startswith("builtin:"):
-        path = _builtin(ref.removeprefix("builtin:"))
+        path = _builtin(ref.removeprefix("builtin:"), storage)
     elif ref.startswith("models:/"):
         path = _from_registry(ref)
     elif Path(ref).expanduser().is_dir():
@@ -78,12 +79,15 @@ def fingerprint_dir(path: Path) -> str:
     return digest
 
 
-def _builtin(name: str) -> Path:
+def _builtin(name: str, storage: str | None = None) -> Path:
+    """Built once per home; with a run store, fetched sealed from it when another machine built it
+    (a GGUF conversion is slower than the download), and sealed there when built here."""
     if name not in BUILDERS:
         raise UserError(f"model_name_or_path: unknown built-in model 'builtin:{name}' "
                         f"(have: {', '.join('builtin:' + b for b in BUILDERS)})")
-    return build_once(cache_dir("models") / name, lambda out: BUILDERS[name](out, _builtin),
-                      ready=lambda target: (target / "config.json").is_file())
+    return build_sealed(storage, f"cache/models/{name}/{recipe_fingerprint(name)}", cache_dir("models") / name,
+                        lambda out: BUILDERS[name](out, lambda other: _builtin(other, storage)),
+                        ready=lambda target: (target / "config.json").is_file())
 
 
 def _from_registry(uri: str) -> Path:
