@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE = """
 import sys
 from peftflow.config import RunConfig
-from peftflow.training import distributed
-assert distributed.run(RunConfig.model_validate_json(sys.argv[1]), *sys.argv[2:]) is None   # not node 0
+from peftflow.training import node
+print("node 1 trained in", node.join(RunConfig.model_validate_json(sys.argv[1])))
 """
 
 
@@ -72,15 +72,18 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_proces
 
 def test_two_nodes_on_loopback_match_one_process(tmp_path, one_process, tiny_model, monkeypatch):
     """nnodes: 2 as two torchrun nodes on 127.0.0.1 (one process each, gloo): node 1 is another
-    process with its own output dir; node 0 (global rank 0) writes the adapter and the result."""
+    process on its own home, joining through peftflow.training.node (model, data and training key
+    from the same config, as infra/k8s-multinode-job.yaml runs it); node 0 (global rank 0) writes
+    the adapter and the result."""
     common, data, one = one_process
     cfg = RunConfig(**common, per_device_train_batch_size=4, nnodes=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    node1 = subprocess.Popen([sys.executable, "-c", NODE, cfg.model_dump_json(), tiny_model, data.path, str(tmp_path / "node1")],
-                             env={**os.environ, **rendezvous, "PEFTFLOW_NODE_RANK": "1", "PYTHONPATH": str(ROOT)},
+    node1 = subprocess.Popen([sys.executable, "-c", NODE, cfg.model_dump_json()],
+                             env={**os.environ, **rendezvous, "PEFTFLOW_NODE_RANK": "1", "PYTHONPATH": str(ROOT),
+                                  "PEFTFLOW_HOME": str(tmp_path / "node1")},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for k, v in {**rendezvous, "PEFTFLOW_NODE_RANK": "0"}.items():
         monkeypatch.setenv(k, v)
@@ -91,4 +94,6 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path, one_process, tiny_mod
     assert node1.returncode == 0, out[-3000:]
     _matches(one, two)
     assert (tmp_path / "node0" / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (tmp_path / "node1" / "adapter").exists()
+    trained_in = Path(out.split("node 1 trained in ")[1].split()[0])
+    assert trained_in.is_relative_to(tmp_path / "node1") and (trained_in / "launch.json").is_file()
+    assert not (trained_in / "adapter").exists()
