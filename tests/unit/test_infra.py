@@ -63,6 +63,74 @@ def test_kubernetes_template_puts_gpu_selector_tolerations_and_shm_in_the_manife
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
 
 
+VOLUME_SOURCES = {"emptyDir", "persistentVolumeClaim", "configMap", "secret", "hostPath", "nfs", "csi", "ephemeral"}
+
+
+def check_pod(pod: dict) -> None:
+    """What the API server would refuse: a mount of no volume, a volume with two sources or one
+    that is not an object (no source at all is allowed: Kubernetes defaults it to emptyDir)."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert len(volumes) == len(pod["volumes"])
+    for v in volumes.values():
+        sources = set(v) - {"name"}
+        assert sources <= VOLUME_SOURCES and len(sources) <= 1 and all(isinstance(v[k], dict) for k in sources), v
+    for c in pod["containers"]:
+        assert all(m["name"] in volumes and m["mountPath"].startswith("/") for m in c["volumeMounts"])
+        assert all(isinstance(e, dict) and set(e) <= {"name", "value", "valueFrom"} for e in c.get("env", []))
+
+
+def test_kubernetes_template_puts_peftflow_home_on_a_claim_when_one_is_given():
+    """Prefect drops a key whose whole value is an unset variable's placeholder, so the volume is
+    `persistentVolumeClaim: {{ home_volume_claim }}`: the claim when set, no source (emptyDir) when not."""
+    pod = render("k8s-gpu-pool.json", {})["job_manifest"]["spec"]["template"]["spec"]
+    check_pod(pod)
+    (home,) = [v for v in pod["volumes"] if v["name"] == "peftflow-home"]
+    assert home == {"name": "peftflow-home"}
+    (container,) = pod["containers"]
+    assert {"name": "peftflow-home", "mountPath": "/data/peftflow"} in container["volumeMounts"]
+    assert container["env"] == [{"name": "PEFTFLOW_HOME", "value": "/data/peftflow"}]   # the image's default
+
+    config = render("k8s-gpu-pool.json", {"home_volume_claim": {"claimName": "team-home"}, "home_path": "/home/pf",
+                                          "env": {"PEFTFLOW_STORAGE": "s3://b/p"}})
+    pod = config["job_manifest"]["spec"]["template"]["spec"]
+    check_pod(pod)
+    (home,) = [v for v in pod["volumes"] if v["name"] == "peftflow-home"]
+    assert home["persistentVolumeClaim"] == {"claimName": "team-home"}
+    (container,) = pod["containers"]
+    assert {"name": "peftflow-home", "mountPath": "/home/pf"} in container["volumeMounts"]
+    assert {"name": "PEFTFLOW_HOME", "value": "/home/pf"} in container["env"]
+    assert config["env"] == {"PEFTFLOW_STORAGE": "s3://b/p"}   # the worker prepends these to the container's list
+
+
+def test_multinode_job_wires_node_rank_and_master_addr_consistently():
+    """infra/k8s-multinode-job.yaml: an indexed Job of `nnodes` pods under a headless Service;
+    MASTER_ADDR names pod 0 through it and the node rank comes from the completion index."""
+    from peftflow.config.run import parse_config
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "infra" / "k8s-multinode-job.yaml").read_text())}
+    config, job, service = docs["ConfigMap"], docs["Job"], docs["Service"]
+    cfg, unused = parse_config(yaml.safe_load(config["data"]["run.yaml"]), source="run.yaml")
+    assert cfg.nnodes > 1 and not unused
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == cfg.nnodes
+    pod = spec["template"]["spec"]
+    check_pod(pod)
+    assert service["spec"]["clusterIP"] == "None" and pod["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    # an indexed Job's pod i is named <job>-<i>: pod 0 in the Service's DNS
+    assert env["MASTER_ADDR"] == f"{job['metadata']['name']}-0.{service['metadata']['name']}"
+    assert int(env["MASTER_PORT"]) == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    script = container["args"][0]
+    assert 'PEFTFLOW_NODE_RANK="$JOB_COMPLETION_INDEX"' in script
+    assert "peftflow run /config/run.yaml" in script and "python -m peftflow.training.node /config/run.yaml" in script
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (config_volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    assert config_volume["configMap"]["name"] == config["metadata"]["name"] and mounts[config_volume["name"]] == "/config"
+    assert mounts["peftflow-home"] == env["PEFTFLOW_HOME"]
+
+
 def test_docker_template_requests_gpus_through_device_requests():
     config = render("docker-gpu-pool.json", {"gpu_count": 2, "shm_size": "8g", "memory": "64g"})
     kwargs = config["container_create_kwargs"]
