@@ -214,6 +214,8 @@ def build_sealed(storage: str | None, key: str, target: Path, build: Callable[[P
     `cache/models/<name>/<fingerprint>`): a sealed, matching copy under `key` is fetched instead of
     built; one built here is sealed in the store, replacing a copy that did not check out (the
     next machine fetches it instead of building it again). Without a store: build_once."""
+    if ready(target):   # the usual case: no store connection needed
+        return target
     store = open_store(storage)
     if store is None:
         return build_once(target, build, ready)
