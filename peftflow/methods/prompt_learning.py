@@ -50,18 +50,20 @@ def build_prefix(model, cfg):
 
     peft_model = get_peft_model(model, prefix_config(cfg))
     if cfg.prompt_tuning_init == "text":
-        _prefix_from_text(peft_model, cfg.prompt_tuning_init_text, cfg.num_virtual_tokens)
+        _prefix_from_text(peft_model, cfg)
     return peft_model
 
 
-def _prefix_from_text(peft_model, text: str, num_virtual_tokens: int) -> None:
-    """The prefix = the base's keys and values for the first `num_virtual_tokens` tokens of `text`
-    (repeated until it is long enough), as if the text stood before every prompt."""
+def _prefix_from_text(peft_model, cfg) -> None:
+    """The prefix = the base's keys and values for the first `num_virtual_tokens` tokens of the init
+    text (repeated until it is long enough), as if the text stood before every prompt."""
     from peft.tuners.cartridge.utils import initialize_kv_prefix_from_text
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(peft_model.get_base_model().name_or_path)
-    repeats = -(-num_virtual_tokens // max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"])))
+    text = cfg.prompt_tuning_init_text
+    tokenizer = AutoTokenizer.from_pretrained(peft_model.get_base_model().name_or_path,
+                                              trust_remote_code=cfg.trust_remote_code)
+    repeats = -(-cfg.num_virtual_tokens // max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"])))
     initialize_kv_prefix_from_text(peft_model, tokenizer, text=" ".join([text] * repeats), use_chat_template=False)
 
 

@@ -97,8 +97,10 @@ class VisionChatModel(PythonModel):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model_dir = context.artifacts[MODEL_ARTIFACT]
-        self.processor = AutoProcessor.from_pretrained(model_dir)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
+        # peftflow publishes only model types transformers ships (models/vision.py PARTS): no remote code.
+        self.processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32,
+                                                                 trust_remote_code=False).eval()
         self.name = Path(model_dir).name
 
     def predict(self, context, model_input, params=None) -> dict[str, Any]:
