@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, SerializationInfo, WithJsonSchema, field_validator, model_serializer, model_validator
 
+from peftflow.config.form import FLAT, flatten, group, grouped_schema
 from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict
 from peftflow.methods import METHODS
@@ -27,9 +28,9 @@ _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 class RunConfig(Strict):
     """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
 
-    # The dashboard form (the flow parameter's JSON schema) shows fields in this order, by title:
-    # the basic recipe first, then one group per concern, each title prefixed with its group.
-    # Keys stay LLaMA-Factory's flat names, so YAML, deployment JSON and the form are one shape.
+    # Keys stay LLaMA-Factory's flat names (YAML). The JSON (deployment default, dashboard form) is
+    # grouped: the recipe, then one object per group of config/form.py GROUPS, in this order; a
+    # title's prefix names its group. Both shapes validate to the same config.
 
     # the recipe
     model_name_or_path: str = Field(DEFAULT_MODEL, title="Base model",
@@ -90,7 +91,7 @@ class RunConfig(Strict):
     logging_steps: int = Field(10, gt=0, title="Training: log every N steps", description="Loss lines (run logs, MLflow) every N optimizer steps.")
     save_steps: int = Field(500, gt=0, title="Training: checkpoint every N steps",
                             description="Checkpoint every N steps; a retried run resumes from the last one.")
-    save_total_limit: int | None = Field(2, gt=0, title="Training: checkpoints kept", description="Empty: keep all.")
+    save_total_limit: int | None = Field(2, ge=0, title="Training: checkpoints kept", description="0 or empty: keep all.")
     bf16: bool = Field(False, title="Training: bfloat16 weights", description="Load and train the weights in bfloat16.")
     fp16: bool = Field(False, title="Training: float16 weights", description="Load the weights in float16, with fp16 mixed precision.")
     bf16_autocast: bool | None = Field(
@@ -218,11 +219,29 @@ class RunConfig(Strict):
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
 
+    @field_validator("save_total_limit", mode="before")
+    @classmethod
+    def _zero_keeps_all(cls, v: Any) -> Any:
+        return None if v == 0 else v  # the form's JSON writes None as 0 (form.NONE_AS)
+
     @model_validator(mode="before")
     @classmethod
-    def _refuse_credentials(cls, raw: Any) -> Any:
+    def _refuse_credentials_and_ungroup(cls, raw: Any) -> Any:
         refuse_credentials(raw)
-        return raw
+        return flatten(raw)
+
+    @model_serializer(mode="wrap")
+    def _grouped_json(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if not info.mode_is_json() or (info.context or {}).get("flat"):
+            return data
+        return group(data, _defaults())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        grouped_schema(handler.resolve_ref_schema(schema), handler.resolve_ref_schema)
+        return schema
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -259,13 +278,23 @@ class RunConfig(Strict):
     def fingerprint(self) -> str:
         """Hash of every field, for caching and for 'did anything change' checks; but the registered
         model's description, which changes no result (and, added later, left the hashes as they were)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"registry": {"description"}}), sort_keys=True)
+        blob = json.dumps(self.model_dump(mode="json", context=FLAT, exclude={"registry": {"description"}}),
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved_output_dir(self) -> Path:
         from peftflow.paths import peftflow_home
 
         return Path(self.output_dir) if self.output_dir else peftflow_home() / "runs" / self.registry.name
+
+
+def _defaults() -> dict[str, Any]:
+    """Each key's default (a section's dotted): the grouped JSON leaves out what equals it."""
+    out = {k: f.get_default(call_default_factory=True) for k, f in RunConfig.model_fields.items()}
+    for name in ("registry", "evaluation", "promotion"):
+        section = RunConfig.model_fields[name].annotation
+        out |= {f"{name}.{k}": f.get_default(call_default_factory=True) for k, f in section.model_fields.items()}
+    return out
 
 
 def default_registry_name(cfg: RunConfig) -> str:

@@ -132,5 +132,5 @@ def test_finetune_deployment_form_has_defaults_and_descriptions():
     assert schema["properties"]["config"]["description"].startswith("The run config")
     fields = schema["definitions"]["RunConfig"]["properties"]
     assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
-    promotion = schema["definitions"]["PromotionConfig"]["properties"]
+    promotion = fields["promotion"]["anyOf"][1]["properties"]  # the group's Custom tab
     assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
