@@ -263,6 +263,11 @@ class RunConfig(Strict):
         return self.train_projector
 
     @property
+    def needs_bitsandbytes(self) -> bool:
+        """A k-bit base or a bitsandbytes optimizer (8-bit, paged): the only runs that import it."""
+        return bool(self.quantization_bit) or "8bit" in self.optim or self.optim.startswith("paged_")
+
+    @property
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in self.dataset.split(",") if n.strip()]
 
