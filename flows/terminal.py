@@ -51,6 +51,9 @@ def quiet_libraries(verbose: bool) -> None:
     # through `warnings`, not its logger.
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)\.")
+    # mlflow's hint, when a PythonModel with an untyped `predict` is defined (serving/vision_chat_model.py
+    # is imported by every run), is for the model's author, not for a person running peftflow.
+    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
 
 
 def _prefect_console() -> logging.Handler | None:
