@@ -51,9 +51,21 @@ def quiet_libraries(verbose: bool) -> None:
     # through `warnings`, not its logger.
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)\.")
-    # mlflow's hint, when a PythonModel with an untyped `predict` is defined (serving/vision_chat_model.py
-    # is imported by every run), is for the model's author, not for a person running peftflow.
-    warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+    warnings.showwarning = _without_hints(warnings.showwarning)
+
+
+# mlflow's hint when a PythonModel with an untyped `predict` is defined (serving/vision_chat_model.py,
+# imported by every run) is for the model's author. Dropped where it is shown: mlflow raises it
+# under its own `simplefilter("once")`, which would override an ignore filter.
+_HINTS = ("Add type hints to the `predict` method",)
+
+
+def _without_hints(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(hint in str(message) for hint in _HINTS):
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _prefect_console() -> logging.Handler | None:
