@@ -45,7 +45,7 @@ class RunConfig(Strict):
     stage: Literal["sft", "distill"] = Field(
         "sft", title="Stage",
         description="`sft`: supervised fine-tuning. `distill`: the student (the base model, or the teacher pruned to "
-                    "student_layers) learns the teacher's output distribution (see the Distillation fields).")
+                    "student_layers) learns the teacher's output distribution (see the Distillation group).")
     template: str = Field("tokenizer", title="Chat template",
                           description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
                                       "(`qwen3`, `llama3`, `default`, ...).")
