@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         pages = prefect_pages(args.prefect, args.deployment)
+        # Prefect 3.9 serves two dashboards: the new one (/v2/...) is where its root sends a person,
+        # the classic one keeps the plain paths; the forms render differently, so both.
+        base = args.prefect.rstrip("/")
+        pages |= {name.replace("prefect-", "prefect-v2-"): url.replace(base, f"{base}/v2", 1)
+                  for name, url in pages.items()}
     except OSError as e:
         print(f"error: --prefect {args.prefect}: {e}", file=sys.stderr)
         return 2

@@ -148,9 +148,13 @@ def unprefix_titles(schema: dict[str, Any], title: str) -> None:
     schema["properties"] = {k: _unprefixed(p, title) for k, p in schema.get("properties", {}).items()}
 
 
+_NAMES = ("lm-eval",)  # written lower-case as their projects write them
+
+
 def _unprefixed(prop: dict[str, Any], group_title: str) -> dict[str, Any]:
     head, sep, rest = prop.get("title", "").partition(": ")
     if sep and head == group_title:
-        first = rest.split(" ", 1)[0]  # "rank" -> "Rank"; "lm-eval tasks", "vLLM-ready adapter" stay
-        return {**prop, "title": rest[:1].upper() + rest[1:] if first.isalpha() and first.islower() else rest}
+        first = rest.split(" ", 1)[0]  # "rank" -> "Rank", "warm-up ratio" -> "Warm-up ratio"; names keep their case
+        keep = not first.islower() or first in _NAMES
+        return {**prop, "title": rest if keep else rest[:1].upper() + rest[1:]}
     return prop
