@@ -137,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pages = prefect_pages(args.prefect, args.deployment)
         # Prefect 3.9 serves two dashboards: the new one (/v2/...) is where its root sends a person,
-        # the classic one keeps the plain paths; the forms render differently, so both.
+        # the classic one keeps the plain paths; the forms render differently, so both. (Not the new
+        # one's run page: its graph grows with the window, so a tall shot is all graph.)
         base = args.prefect.rstrip("/")
         pages |= {name.replace("prefect-", "prefect-v2-"): url.replace(base, f"{base}/v2", 1)
-                  for name, url in pages.items()}
+                  for name, url in pages.items() if name != "prefect-flow-run"}
     except OSError as e:
         print(f"error: --prefect {args.prefect}: {e}", file=sys.stderr)
         return 2
