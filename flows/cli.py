@@ -45,11 +45,12 @@ def _fail(e: BaseException) -> None:
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
                  verbose: bool = typer.Option(False, "--verbose", help="Show each training step and the libraries' bars and warnings.")) -> None:
-    from flows.terminal import quiet_libraries
+    from flows.terminal import hide_bitsandbytes, quiet_libraries
 
     _state["debug"], _state["verbose"] = debug, verbose
     _set_defaults()
     quiet_libraries(verbose)
+    hide_bitsandbytes()  # until a config that needs it is read (_read)
 
 
 @app.command()
@@ -367,6 +368,10 @@ def _read(path):
     from peftflow.config import read_config
 
     cfg, unused, schema = read_config(path)
+    if cfg.needs_bitsandbytes:
+        from flows.terminal import allow_bitsandbytes
+
+        allow_bitsandbytes()
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
     return cfg, unused, schema

@@ -55,8 +55,8 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     champion, publish, promote.
 
     Args:
-        config: The run config: LLaMA-Factory's training keys plus peftflow's `registry`,
-            `promotion` and `evaluation` sections (docs/configuration.md).
+        config: The run config (docs/configuration.md): the basic recipe, then groups of
+            LLaMA-Factory's keys and peftflow's sections, each Defaults or Custom (its keys).
     """
     model, teacher = resolve_models(config)
     check_training_setup(config, model)

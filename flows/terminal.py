@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -14,10 +15,28 @@ _QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",         # transformers' logger: deprecation and load-report warnings
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",       # transformers' tqdm bars ("Loading weights", shard writes)
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' "Saving the dataset" bars
+    # Any other tqdm bar (read when tqdm is imported): transformers' "Converting and de-quantizing GGUF
+    # tensors", lm-eval's "Building contexts"; lm-eval's request bars follow it too (evaluation/harness.py).
+    "TQDM_DISABLE": "1",
 }
-# Loggers that warn about what a run does not use: bitsandbytes (imported by peft on every import)
-# about an optional CPU kernel package.
-_QUIET_LOGGERS = ("bitsandbytes",)
+# Loggers that warn about what a run does not use: bitsandbytes about an optional CPU kernel
+# package (k-bit runs, the only ones that import it); lm-eval about its task YAMLs and defaults.
+_QUIET_LOGGERS = ("bitsandbytes", "lm_eval")
+
+
+def hide_bitsandbytes() -> None:
+    """peft imports bitsandbytes whenever it is installed (`import peft` -> peft/helpers.py, a plain
+    `try: import bitsandbytes`; transformers' Trainer imports peft), with no switch to defer it:
+    1.7 s and its CPU-kernel warning on every command. Until a config needs it (`allow_bitsandbytes`),
+    peft and transformers see it as not installed (`sys.modules` entry None: the import fails, and
+    `importlib.util.find_spec` answers None). Before peft or transformers are imported."""
+    sys.modules.setdefault("bitsandbytes", None)
+
+
+def allow_bitsandbytes() -> None:
+    """A k-bit base or an 8-bit optimizer (`RunConfig.needs_bitsandbytes`): importable again."""
+    if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+        del sys.modules["bitsandbytes"]
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -32,6 +51,21 @@ def quiet_libraries(verbose: bool) -> None:
     # through `warnings`, not its logger.
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft)\.")
+    warnings.showwarning = _without_hints(warnings.showwarning)
+
+
+# mlflow's hint when a PythonModel with an untyped `predict` is defined (serving/vision_chat_model.py,
+# imported by every run) is for the model's author. Dropped where it is shown: mlflow raises it
+# under its own `simplefilter("once")`, which would override an ignore filter.
+_HINTS = ("Add type hints to the `predict` method",)
+
+
+def _without_hints(show):
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not any(hint in str(message) for hint in _HINTS):
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _prefect_console() -> logging.Handler | None:

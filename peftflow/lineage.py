@@ -12,6 +12,7 @@ from pathlib import Path
 import peftflow
 from peftflow.config import RunConfig
 from peftflow.config.checks import given
+from peftflow.config.form import FLAT
 from peftflow.data import PreparedData
 from peftflow.models.resolve import ResolvedModel
 
@@ -49,7 +50,7 @@ def _digest(*parts) -> str:
 
 
 def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str, teacher_fingerprint: str = "") -> str:
-    training = {k: v for k, v in cfg.model_dump(mode="json").items()
+    training = {k: v for k, v in cfg.model_dump(mode="json", context=FLAT).items()
                 if k not in _NOT_TRAINING and (k in KEYED_AT_DEFINITION or given(cfg, k))}
     training["template"] = _FORMER_TEMPLATE_NAMES.get(cfg.template, cfg.template)
     return _digest(training, model_fingerprint, data_fingerprint, teacher_fingerprint)

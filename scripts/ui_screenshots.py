@@ -1,6 +1,6 @@
 """Screenshots of what a person sees: the Prefect dashboard (the finetune deployment's Custom run
-form, the latest finetune flow run with its logs) and the MLflow UI (registered
-models, the experiment's runs). Drives a real browser; not part of `make test`.
+form, the latest finetune flow run with its logs) and the MLflow UI (registered models, the latest
+model and version, the experiment's runs). Drives a real browser; not part of `make test`.
 
 Needs Playwright (not a peftflow dependency; a side venv is enough: `python -m venv /tmp/pw &&
 /tmp/pw/bin/pip install playwright`) and a Chromium, e.g. Debian's `/usr/bin/chromium`
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -47,7 +49,43 @@ def prefect_pages(base: str, deployment: str) -> dict[str, str]:
 
 
 def mlflow_pages(base: str) -> dict[str, str]:
-    return {"mlflow-models": f"{base}/#/models", "mlflow-experiments": f"{base}/#/experiments"}
+    """The registered models, the latest one's page and its newest version, the experiments, the
+    `peftflow` experiment's runs (those that exist)."""
+    pages = {"mlflow-models": f"{base}/#/models"}
+    models = _mlflow(base, "registered-models/search?max_results=1&order_by=last_updated_timestamp%20DESC")
+    for model in models.get("registered_models", []):
+        name = urllib.parse.quote(model["name"])
+        pages["mlflow-model"] = f"{base}/#/models/{name}"
+        versions = model.get("latest_versions") or []
+        if versions:
+            newest = max(versions, key=lambda v: int(v["version"]))
+            pages["mlflow-model-version"] = f"{base}/#/models/{name}/versions/{newest['version']}"
+    pages["mlflow-experiments"] = f"{base}/#/experiments"
+    exp = _mlflow(base, "experiments/get-by-name?experiment_name=peftflow").get("experiment")
+    if exp:
+        pages["mlflow-experiment-runs"] = f"{base}/#/experiments/{exp['experiment_id']}"
+    return pages
+
+
+def _mlflow(base: str, path: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/api/2.0/mlflow/{path}", timeout=30) as r:
+            return json.loads(r.read() or "{}")
+    except urllib.error.HTTPError:  # e.g. no such experiment yet
+        return {}
+
+
+def tidy_mlflow(page) -> None:
+    """MLflow 3.17 opens its Assistant panel over a third of the page on a first visit, and its
+    sidebar starts in the GenAI workspace: close the one, choose Model training in the other (the
+    UI keeps both choices for the rest of the session)."""
+    close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
+    if close.count():
+        close.first.click()
+    training = page.get_by_role("button", name="Model training", exact=True)
+    if training.count():
+        training.first.click()
+    page.wait_for_timeout(1000)
 
 
 def shoot(pages: dict[str, str], out: Path, chromium: str, width: int, settle_ms: int) -> list[Path]:
@@ -62,6 +100,8 @@ def shoot(pages: dict[str, str], out: Path, chromium: str, width: int, settle_ms
             page.goto(url, wait_until="load")  # the MLflow UI polls: it never goes network-idle
             page.wait_for_timeout(settle_ms)  # the dashboards render after their API calls return
             page.keyboard.press("Escape")  # close a "what is new" dialog (MLflow shows one on first visit)
+            if name.startswith("mlflow-"):
+                tidy_mlflow(page)
             # Both UIs scroll an inner pane, so a full-page shot is one screen: grow the window to the
             # tallest pane instead (capped), which is also how tall the page reads.
             tall = page.evaluate("Math.max(...[...document.querySelectorAll('*')].map(e => e.scrollHeight))")
@@ -96,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         pages = prefect_pages(args.prefect, args.deployment)
+        # Prefect 3.9 serves two dashboards: the new one (/v2/...) is where its root sends a person,
+        # the classic one keeps the plain paths; the forms render differently, so both. (Not the new
+        # one's run page: its graph grows with the window, so a tall shot is all graph.)
+        base = args.prefect.rstrip("/")
+        pages |= {name.replace("prefect-", "prefect-v2-"): url.replace(base, f"{base}/v2", 1)
+                  for name, url in pages.items() if name != "prefect-flow-run"}
     except OSError as e:
         print(f"error: --prefect {args.prefect}: {e}", file=sys.stderr)
         return 2

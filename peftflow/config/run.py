@@ -1,26 +1,21 @@
 """One run config: LLaMA-Factory's flat training YAML plus peftflow's own sections.
 
-A LLaMA-Factory `train_lora/*.yaml` loads unchanged. Keys LLaMA-Factory knows but peftflow
-does not use yet are collected into one warning line; any other unknown key is an error that
-names the key and the nearest valid one. Every cross-field check (config/checks.py) runs as a
-validator, so a config from YAML, from deployment JSON, from the dashboard form or built in
-Python is checked the same way.
+A LLaMA-Factory `train_lora/*.yaml` loads unchanged (config/load.py reads it). Every cross-field
+check (config/checks.py) runs as a validator, so a config from YAML, from deployment JSON, from the
+dashboard form or built in Python is checked the same way.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, SerializationInfo, WithJsonSchema, field_validator, model_serializer, model_validator
 
-from peftflow.config.v1 import is_v1, to_v0
+from peftflow.config.form import FLAT, flatten, group, grouped_schema
 from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
@@ -28,31 +23,15 @@ from peftflow.methods import METHODS
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
-# LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
-# They are reported in one warning line, never silently dropped.
-ACCEPTED_UNUSED_KEYS = frozenset({
-    "do_train", "do_eval", "do_predict", "preprocessing_num_workers", "overwrite_cache",
-    "overwrite_output_dir", "plot_loss", "ddp_timeout", "flash_attn", "dataloader_num_workers",
-    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "save_strategy",
-    "save_only_model", "resume_from_checkpoint", "include_num_input_tokens_seen",
-    "deepspeed", "enable_liger_kernel", "use_unsloth", "shift_attn", "rope_scaling",
-    "disable_gradient_checkpointing", "upcast_layernorm", "packing", "neat_packing",
-    "tokenized_path", "streaming", "buffer_size", "mix_strategy", "interleave_probs",
-    "image_max_pixels", "video_max_pixels", "export_dir", "export_size", "export_device",
-    "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
-    "push_to_hub", "logging_dir", "log_level", "report_to",
-})
-
-
 _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
 class RunConfig(Strict):
     """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
 
-    # The dashboard form (the flow parameter's JSON schema) shows fields in this order, by title:
-    # the basic recipe first, then one group per concern, each title prefixed with its group.
-    # Keys stay LLaMA-Factory's flat names, so YAML, deployment JSON and the form are one shape.
+    # Keys stay LLaMA-Factory's flat names (YAML). The JSON (deployment default, dashboard form) is
+    # grouped: the recipe, then one object per group of config/form.py GROUPS, in this order; a
+    # title's prefix names its group. Both shapes validate to the same config.
 
     # the recipe
     model_name_or_path: str = Field(DEFAULT_MODEL, title="Base model",
@@ -67,7 +46,7 @@ class RunConfig(Strict):
     stage: Literal["sft", "distill"] = Field(
         "sft", title="Stage",
         description="`sft`: supervised fine-tuning. `distill`: the student (the base model, or the teacher pruned to "
-                    "student_layers) learns the teacher's output distribution (see the Distillation fields).")
+                    "student_layers) learns the teacher's output distribution (see the Distillation group).")
     template: str = Field("tokenizer", title="Chat template",
                           description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
                                       "(`qwen3`, `llama3`, `default`, ...).")
@@ -113,7 +92,7 @@ class RunConfig(Strict):
     logging_steps: int = Field(10, gt=0, title="Training: log every N steps", description="Loss lines (run logs, MLflow) every N optimizer steps.")
     save_steps: int = Field(500, gt=0, title="Training: checkpoint every N steps",
                             description="Checkpoint every N steps; a retried run resumes from the last one.")
-    save_total_limit: int | None = Field(2, gt=0, title="Training: checkpoints kept", description="Empty: keep all.")
+    save_total_limit: int | None = Field(2, ge=0, title="Training: checkpoints kept", description="0 or empty: keep all.")
     bf16: bool = Field(False, title="Training: bfloat16 weights", description="Load and train the weights in bfloat16.")
     fp16: bool = Field(False, title="Training: float16 weights", description="Load the weights in float16, with fp16 mixed precision.")
     bf16_autocast: bool | None = Field(
@@ -254,11 +233,29 @@ class RunConfig(Strict):
         except UserError as e:
             raise ValueError(str(e).removeprefix("storage: ")) from None
 
+    @field_validator("save_total_limit", mode="before")
+    @classmethod
+    def _zero_keeps_all(cls, v: Any) -> Any:
+        return None if v == 0 else v  # the form's JSON writes None as 0 (form.NONE_AS)
+
     @model_validator(mode="before")
     @classmethod
-    def _refuse_credentials(cls, raw: Any) -> Any:
+    def _refuse_credentials_and_ungroup(cls, raw: Any) -> Any:
         refuse_credentials(raw)
-        return raw
+        return flatten(raw)
+
+    @model_serializer(mode="wrap")
+    def _grouped_json(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
+        data = handler(self)
+        if not info.mode_is_json() or (info.context or {}).get("flat"):
+            return data
+        return group(data, _defaults())
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = super().__get_pydantic_json_schema__(core_schema, handler)
+        grouped_schema(handler.resolve_ref_schema(schema), handler.resolve_ref_schema)
+        return schema
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "RunConfig":
@@ -280,6 +277,11 @@ class RunConfig(Strict):
         return self.train_projector
 
     @property
+    def needs_bitsandbytes(self) -> bool:
+        """A k-bit base or a bitsandbytes optimizer (8-bit, paged): the only runs that import it."""
+        return bool(self.quantization_bit) or "8bit" in self.optim or self.optim.startswith("paged_")
+
+    @property
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in self.dataset.split(",") if n.strip()]
 
@@ -296,7 +298,7 @@ class RunConfig(Strict):
         """Hash of every field, for caching and for 'did anything change' checks; but the registered
         model's description and the run store, which change no result (and, added later, left the
         hashes as they were)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"registry": {"description"}, "storage": True}),
+        blob = json.dumps(self.model_dump(mode="json", context=FLAT, exclude={"registry": {"description"}, "storage": True}),
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -306,53 +308,13 @@ class RunConfig(Strict):
         return Path(self.output_dir) if self.output_dir else peftflow_home() / "runs" / self.registry.name
 
 
-def _nearest(key: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _valid_keys(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
-SCHEMA_V0, SCHEMA_V1 = "LLaMA-Factory v0 (flat training YAML)", "LLaMA-Factory v1 (USE_V1=1 sft YAML)"
-
-
-def schema_of(raw: Any) -> str:
-    return SCHEMA_V1 if isinstance(raw, dict) and is_v1(raw) else SCHEMA_V0
-
-
-def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
-    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted but unused."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
-    raw, names, v1_unused = dict(raw), {}, []
-    if is_v1(raw):
-        raw, names, v1_unused = to_v0(raw, source)
-    unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
-    for k in unused:
-        raw.pop(k)
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise UserError(_describe(e, source, names)) from None
-    return cfg, v1_unused + unused
-
-
-def _describe(e: ValidationError, source: str, names: dict[str, str] | None = None) -> str:
-    """One line for the first error; `names` gives the key as the user wrote it (v1 names)."""
-    err = e.errors()[0]
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join([(names or {}).get(loc[0], loc[0]), *loc[1:]]) if loc else "(config)"
-    if err["type"] == "extra_forbidden":
-        section = RunConfig
-        for part in loc[:-1]:
-            section = section.model_fields[part].annotation  # nested section model
-        return f"{source}: unknown key '{key}'{_nearest(loc[-1], _valid_keys(section))}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if not loc:
-        return f"{source}: {msg}"
-    return f"{source}: key '{key}': {msg} (got {err.get('input')!r})"
+def _defaults() -> dict[str, Any]:
+    """Each key's default (a section's dotted): the grouped JSON leaves out what equals it."""
+    out = {k: f.get_default(call_default_factory=True) for k, f in RunConfig.model_fields.items()}
+    for name in ("registry", "evaluation", "promotion"):
+        section = RunConfig.model_fields[name].annotation
+        out |= {f"{name}.{k}": f.get_default(call_default_factory=True) for k, f in section.model_fields.items()}
+    return out
 
 
 def demo_config() -> RunConfig:
@@ -363,33 +325,3 @@ def demo_config() -> RunConfig:
         val_size=32,
         evaluation=EvaluationConfig(metric="json_fields", max_samples=32, max_new_tokens=48),
     )
-
-
-def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
-    """Read a YAML run config (v0 or v1). `None` gives the built-in demo."""
-    cfg, unused, _ = read_config(path)
-    return cfg, unused
-
-
-def read_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str], str]:
-    """(config, keys accepted but unused, the schema the file was read as)."""
-    if path is None:
-        return demo_config(), [], "peftflow built-in demo"
-    raw = read_yaml(path)
-    return (*parse_config(raw, source=str(path)), schema_of(raw))
-
-
-def read_yaml(path: str | os.PathLike) -> Any:
-    """A YAML file's content; a missing, unreadable or invalid file is one line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{p}: not UTF-8 text") from None
-    return raw

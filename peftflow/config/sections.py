@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from peftflow.config.form import plain_optionals, unprefix_titles
 
 
 class Strict(BaseModel):
     # Inputs stay out of error texts: a mistyped key may hold a credential.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # The dashboard form: optional fields as plain inputs; in a section's card, titles without its name.
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        plain_optionals(target)
+        unprefix_titles(target, cls.__name__.removesuffix("Config"))
+        return schema
 
 
 class RegistryConfig(Strict):

@@ -103,7 +103,7 @@ def run(model_dir: str, tasks: list[str], include_paths: list[str], batch_size: 
         model_args = {"pretrained": base, "peft": model_dir, "dtype": "float32"}
     else:
         model_args = {"pretrained": model_dir, "dtype": "float32"}
-    out = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=list(tasks), batch_size=batch_size,
+    out = lm_eval.simple_evaluate(model=_hf_model(model_args, batch_size), tasks=list(tasks), batch_size=batch_size,
                                   task_manager=TaskManager(include_path=list(include_paths), include_defaults=False),
                                   log_samples=True, bootstrap_iters=0, device="cpu")
     scores = {}
@@ -117,6 +117,29 @@ def run(model_dir: str, tasks: list[str], include_paths: list[str], batch_size: 
                    for task, samples in out.get("samples", {}).items()
                    if samples and isinstance(samples[0]["filtered_resps"][0], str)}
     return HarnessResult(scores, predictions)
+
+
+def _hf_model(model_args: dict, batch_size: int):
+    """lm-eval's HF backend, as simple_evaluate builds it for `model="hf"`, with its request bars
+    off under tqdm's own switch `TQDM_DISABLE` (which `peftflow` sets unless --verbose): lm-eval
+    passes `disable=` to those bars itself, and an explicit argument wins over tqdm's switch."""
+    import os
+
+    from lm_eval.models.huggingface import HFLM
+
+    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or quiet)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm or quiet)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=disable_tqdm or quiet)
+
+    return QuietHFLM.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": "cpu"})
 
 
 def score_models(report, models: dict[str, str], data_path: str, cfg, work_dir: str | Path,

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from peftflow.config.form import FLAT
 from peftflow.paths import peftflow_home
 from peftflow.redact import MASK, SECRET_KEY
 
@@ -90,7 +91,7 @@ def ensure_experiment(name: str) -> str:
 
 def config_params(cfg: RunConfig | dict[str, Any]) -> dict[str, str]:
     """The config as flat MLflow params: dotted keys, lists joined by ',', secrets masked."""
-    raw = cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")
+    raw = cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json", context=FLAT)
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:

@@ -34,8 +34,8 @@ def cli(tmp_path, peftflow_home):
         HF_HUB_OFFLINE="1",
     )
 
-    def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env,
+    def run(*args: str, timeout: float = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env={**env, **(extra_env or {})},
                               capture_output=True, text=True, timeout=timeout)
 
     return run
@@ -180,7 +180,8 @@ def test_debug_shows_the_traceback(cli, write_config, command):
 # --- validate on good data ----------------------------------------------------------------------
 
 def test_validate_prints_the_data_report(cli, write_config, write_dataset, tiny_model):
-    path = write_config(config_text(tiny_model, good_dataset(write_dataset)))
+    root = good_dataset(write_dataset)
+    path = write_config(config_text(tiny_model, root))
     proc = cli("validate", str(path))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
@@ -189,10 +190,21 @@ def test_validate_prints_the_data_report(cli, write_config, write_dataset, tiny_
     assert "tokens per row: p50=" in out and "p90=" in out and "p99=" in out and "max=" in out
     assert "truncated at cutoff_len 256: 0 rows (0.0%)" in out
     assert "problem:" not in out
-    # Nothing else: no library warnings (bitsandbytes, which peft imports; transformers) or bars.
+    # Nothing else: no library warnings (transformers, bitsandbytes) or bars.
     assert proc.stderr == ""
-    verbose = cli("--verbose", "validate", str(path))
+    # Python's import log (stderr): peft is imported, bitsandbytes only by a config that needs it
+    # (a blocked `import bitsandbytes` is logged too: its submodules tell a real import).
+    imports = {"PYTHONPROFILEIMPORTTIME": "1"}
+    verbose = cli("--verbose", "validate", str(path), extra_env=imports)
     assert verbose.returncode == 0 and verbose.stdout == out
+    assert _imported(verbose.stderr, "peft") and not _imported(verbose.stderr, "bitsandbytes.nn")
+    eight_bit = cli("validate", str(write_config(config_text(tiny_model, root, optim="adamw_8bit"), "8bit.yaml")),
+                    extra_env=imports)
+    assert eight_bit.returncode == 0 and _imported(eight_bit.stderr, "bitsandbytes.nn"), eight_bit.stderr[-2000:]
+
+
+def _imported(import_log: str, module: str) -> bool:
+    return any(line.rsplit("|", 1)[-1].strip() == module for line in import_log.splitlines() if line.startswith("import time:"))
 
 
 def test_validate_reports_dropped_rows_with_reasons(cli, write_config, write_dataset, tiny_model):
@@ -245,6 +257,7 @@ def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finet
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny.gguf: f32" in done.stdout
     assert "round trip: greedy agreement 100% on 2 probes, max |logit diff| 0.00e+00" in done.stdout
+    assert "de-quantizing GGUF tensors" not in done.stderr + done.stdout  # transformers' bar: --verbose only
 
     refused = cli("export", "--format", "gguf", "--model", adapter, "--out", str(tmp_path / "a.gguf"))
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0

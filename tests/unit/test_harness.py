@@ -41,7 +41,8 @@ def heldout(tiny_model, tmp_path_factory):
     return cfg, prepare_dataset(cfg, tiny_model)
 
 
-def test_heldout_task_agrees_with_peftflows_evaluation_row_by_row(heldout, tiny_finetune, tiny_model, tmp_path):
+def test_heldout_task_agrees_with_peftflows_evaluation_row_by_row(heldout, tiny_finetune, tiny_model, tmp_path,
+                                                                  monkeypatch, capfd):
     cfg, data = heldout
     _, merged = tiny_finetune
     ours = score_model("tuned", merged, data.path, cfg)
@@ -49,7 +50,10 @@ def test_heldout_task_agrees_with_peftflows_evaluation_row_by_row(heldout, tiny_
     rows = [json.loads(line) for line in (include / "heldout.jsonl").read_text().splitlines()]
     assert [r["reference"] for r in rows] == [e["reference"] for e in ours.examples]
 
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # as `peftflow` sets it without --verbose
+    capfd.readouterr()
     theirs = harness.run(merged, [harness.HELDOUT_TASK], [str(include)], batch_size=3)
+    assert "Running generate_until requests" not in capfd.readouterr().err  # lm-eval's bar, off under tqdm's switch
     predictions = theirs.predictions[harness.HELDOUT_TASK]
     assert [p.strip() for p in predictions] == [e["prediction"].strip() for e in ours.examples]
     assert any(p.strip() for p in predictions)

@@ -105,7 +105,7 @@ def test_kubernetes_template_puts_peftflow_home_on_a_claim_when_one_is_given():
 def test_multinode_job_wires_node_rank_and_master_addr_consistently():
     """infra/k8s-multinode-job.yaml: an indexed Job of `nnodes` pods under a headless Service;
     MASTER_ADDR names pod 0 through it and the node rank comes from the completion index."""
-    from peftflow.config.run import parse_config
+    from peftflow.config import parse_config
 
     docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "infra" / "k8s-multinode-job.yaml").read_text())}
     config, job, service = docs["ConfigMap"], docs["Job"], docs["Service"]
@@ -200,7 +200,7 @@ def test_finetune_deployment_form_has_defaults_and_descriptions():
     assert schema["properties"]["config"]["description"].startswith("The run config")
     fields = schema["definitions"]["RunConfig"]["properties"]
     assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
-    promotion = schema["definitions"]["PromotionConfig"]["properties"]
+    promotion = fields["promotion"]["anyOf"][1]["properties"]  # the group's Custom tab
     assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
 
 

@@ -1,0 +1,112 @@
+"""Reading a run config: LLaMA-Factory YAML (v0 flat, or v1 by its shape) or a mapping, validated
+into a RunConfig; keys LLaMA-Factory knows but peftflow does not use are reported, not dropped; the
+first error is one line that names the key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from peftflow.config.run import RunConfig, demo_config
+from peftflow.config.v1 import is_v1, to_v0
+from peftflow.errors import UserError
+
+# LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
+# They are reported in one warning line, never silently dropped.
+ACCEPTED_UNUSED_KEYS = frozenset({
+    "do_train", "do_eval", "do_predict", "preprocessing_num_workers", "overwrite_cache",
+    "overwrite_output_dir", "plot_loss", "ddp_timeout", "flash_attn", "dataloader_num_workers",
+    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "save_strategy",
+    "save_only_model", "resume_from_checkpoint", "include_num_input_tokens_seen",
+    "deepspeed", "enable_liger_kernel", "use_unsloth", "shift_attn", "rope_scaling",
+    "disable_gradient_checkpointing", "upcast_layernorm", "packing", "neat_packing",
+    "tokenized_path", "streaming", "buffer_size", "mix_strategy", "interleave_probs",
+    "image_max_pixels", "video_max_pixels", "export_dir", "export_size", "export_device",
+    "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
+    "push_to_hub", "logging_dir", "log_level", "report_to",
+})
+
+
+
+def _nearest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+SCHEMA_V0, SCHEMA_V1 = "LLaMA-Factory v0 (flat training YAML)", "LLaMA-Factory v1 (USE_V1=1 sft YAML)"
+
+
+def schema_of(raw: Any) -> str:
+    return SCHEMA_V1 if isinstance(raw, dict) and is_v1(raw) else SCHEMA_V0
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
+    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted but unused."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
+    raw, names, v1_unused = dict(raw), {}, []
+    if is_v1(raw):
+        raw, names, v1_unused = to_v0(raw, source)
+    unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
+    for k in unused:
+        raw.pop(k)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(_describe(e, source, names)) from None
+    return cfg, v1_unused + unused
+
+
+def _describe(e: ValidationError, source: str, names: dict[str, str] | None = None) -> str:
+    """One line for the first error; `names` gives the key as the user wrote it (v1 names)."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([(names or {}).get(loc[0], loc[0]), *loc[1:]]) if loc else "(config)"
+    if err["type"] == "extra_forbidden":
+        section = RunConfig
+        for part in loc[:-1]:
+            section = section.model_fields[part].annotation  # nested section model
+        return f"{source}: unknown key '{key}'{_nearest(loc[-1], _valid_keys(section))}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return f"{source}: {msg}"
+    return f"{source}: key '{key}': {msg} (got {err.get('input')!r})"
+
+
+def load_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str]]:
+    """Read a YAML run config (v0 or v1). `None` gives the built-in demo."""
+    cfg, unused, _ = read_config(path)
+    return cfg, unused
+
+
+def read_config(path: str | os.PathLike | None) -> tuple[RunConfig, list[str], str]:
+    """(config, keys accepted but unused, the schema the file was read as)."""
+    if path is None:
+        return demo_config(), [], "peftflow built-in demo"
+    raw = read_yaml(path)
+    return (*parse_config(raw, source=str(path)), schema_of(raw))
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's content; a missing, unreadable or invalid file is one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text") from None
+    return raw
