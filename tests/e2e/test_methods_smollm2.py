@@ -2,17 +2,17 @@
 saved adapter reloads with plain `PeftModel.from_pretrained` and gives the trained model's logits,
 and the published version generates after a reload from the registry.
 
-One method per way of touching the real model: LoRA (adapted linears, merged), QLoRA (NF4 weights
-through bitsandbytes, paged optimizer), prefix tuning (past key values) and prompt tuning (input
-embeddings, initialised from the real tokenizer's text). DoRA / rsLoRA, IA3 and P-tuning are the
-same code paths on the same architecture: they train, reload and publish on the tiny model of the
-same family (tests/unit/test_methods.py, tests/integration/test_combinations.py), and on this model
-in benchmarks/methods_benchmark.py, which also measures what each learns.
+One method per way of touching the real model: QLoRA (adapted linears over NF4 weights through
+bitsandbytes, paged optimizer), prefix tuning (past key values, initialised from a text) and prompt
+tuning (input embeddings, initialised from the real tokenizer's text). Plain LoRA on this model is
+tests/e2e/test_smollm2_cli.py (the demo: trained, merged, published, served). DoRA / rsLoRA, IA3
+and P-tuning are the same code paths on the same architecture: they train, reload and publish on
+the tiny model of the same family (tests/unit/test_methods.py, tests/integration/test_combinations.py),
+and on this model in benchmarks/methods_benchmark.py, which also measures what each learns.
 
-The registry round trip (the costly part) runs for one method of each published kind: a merged
-checkpoint (LoRA; every merged version is the same plain fp32 transformers model, whichever
-method trained it) and an adapter version onto its base (prefix tuning, the prompt-family method
-whose generation path differs most: it feeds past key values).
+The registry round trip (the costly part) runs here for the adapter kind of version: prefix
+tuning, the prompt-family method whose generation path differs most (it feeds past key values);
+the merged kind is the demo's, in test_smollm2_cli.py.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from peftflow.builtin.probes import probe_batch
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.inference import generate_reply
-from peftflow.merge import merge
-from peftflow.methods import METHODS
-from peftflow.mlflow_io.publishing import publish_adapter, publish_model
+from peftflow.mlflow_io.publishing import publish_adapter
 from peftflow.mlflow_io.tracking import configure_mlflow, start_run
 from peftflow.models.load import load_base
 from peftflow.models.resolve import resolve_model
@@ -38,14 +36,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 CASES = {
-    "lora": dict(finetuning_type="lora", learning_rate=2e-3),
     "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", learning_rate=2e-3),
     "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=1e-2,
                    prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
     "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
                    prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
 }
-PUBLISHED = {"lora", "prefix"}
+PUBLISHED = {"prefix"}
 
 
 class _Keep(TrainerCallback):
@@ -91,13 +88,8 @@ def test_method_on_smollm2_trains_reloads_and_serves(case, smollm2, store, tmp_p
 
     if case not in PUBLISHED:
         return
-    mergeable = METHODS[cfg.finetuning_type].mergeable
     run_id = start_run(cfg, tags={"method": case}, train_key=case)
-    if mergeable:
-        merged = merge(model_path, result.adapter_dir, tmp_path / "merged", cfg.merge_tolerance, train_cfg=cfg)
-        version = publish_model(run_id, cfg.registry.name, merged.merged_dir, {"method": case}, {})
-    else:
-        version = publish_adapter(run_id, cfg.registry.name, result.adapter_dir, model_path, {"method": case}, {})
+    version = publish_adapter(run_id, cfg.registry.name, result.adapter_dir, model_path, {"method": case}, {})
     reply = generate_reply(f"models:/{cfg.registry.name}/{version.version}", "Ship two mugs to Oslo.",
                                     max_new_tokens=8)
     assert isinstance(reply, str) and reply.strip()
