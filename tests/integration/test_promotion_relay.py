@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from flows.deployfile import local_deployments
+from peftflow.config import RunConfig
 from peftflow.mlflow_io.aliases import move_champion
 from peftflow.mlflow_io.publishing import publish_model
 from peftflow.mlflow_io.tracking import finish_run, start_run
@@ -54,7 +55,7 @@ def stack(shared_stack, tiny_model):
                                   "--port", str(port), "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
         spec = local_deployments(pool="local")
         spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("on-promotion", "export-champion")]
-        spec["deployments"][0]["parameters"] = {"config": config}
+        spec["deployments"][0]["parameters"] = {"config": RunConfig.model_validate(config).model_dump(mode="json")}
         deploy(s, spec, s.tmp / "prefect.local.yaml")
         wait_http(f"{s.relay}/health", relay)
         mp.setenv("MLFLOW_TRACKING_URI", s.env["MLFLOW_TRACKING_URI"])
@@ -66,8 +67,6 @@ def stack(shared_stack, tiny_model):
 def publish_two_versions(model_dir: str) -> None:
     """v1 published by peftflow (the tiny model as it is, no training); v2 the same logged model
     registered again, as a person would from the MLflow UI."""
-    from peftflow.config import RunConfig
-
     cfg = RunConfig(model_name_or_path=model_dir, registry={"name": NAME, "experiment": "relay"})
     run_id = start_run(cfg, {})
     v1 = publish_model(run_id, NAME, model_dir, {"base_model": model_dir}, {})

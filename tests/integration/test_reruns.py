@@ -8,6 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.finetune import finetune
+from peftflow.config.form import FLAT
 from tests.integration.conftest import task_states, tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -48,7 +49,7 @@ def test_rerun_with_new_publishing_evaluation_and_promotion_settings(harness, en
 
 def test_registered_name_comes_from_the_run_not_the_demo(harness, env, tiny_model):
     cfg = tiny_config(tiny_model, env)
-    cfg = cfg.model_validate({**cfg.model_dump(mode="json"), "registry": {"experiment": "peftflow"},
+    cfg = cfg.model_validate({**cfg.model_dump(mode="json", context=FLAT), "registry": {"experiment": "peftflow"},
                               "output_dir": None})
     assert cfg.registry.name == "tiny-random-demo_orders-lora"
     result = finetune(cfg)

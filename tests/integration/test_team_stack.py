@@ -18,7 +18,7 @@ import pytest
 
 from flows.deployfile import local_deployments
 from peftflow.builtin.datasets import make_rows
-from peftflow.config import demo_config
+from peftflow.config import RunConfig, demo_config
 from tests.integration.stack import (
     ROOT,
     api,
@@ -58,7 +58,8 @@ def stack(shared_stack, tiny_model):
     spec = local_deployments(pool="local", env={"AWS_ENDPOINT_URL": s.env["S3_ENDPOINT"]})
     for d in spec["deployments"]:
         if d["name"].startswith("retrain"):
-            d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
+            # the schedule and the event use the tiny run, in the grouped JSON a deployment stores
+            d["parameters"] = {"config": RunConfig.model_validate(config).model_dump(mode="json")}
     deploy(s, spec, tmp / "prefect.local.yaml")
     s.config = config
     return s
