@@ -55,11 +55,12 @@ def stack(shared_stack, tiny_model):
         "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
         "storage": "s3://peftflow-artifacts/store"}   # the run store on the stack's S3, beside MLflow's artifacts
     # The flow-run processes reach that S3 (moto) through the standard AWS variables.
+    # Flow parameters travel as the grouped JSON a deployment stores (the server checks them against the form's schema).
+    config = RunConfig.model_validate(config).model_dump(mode="json")
     spec = local_deployments(pool="local", env={"AWS_ENDPOINT_URL": s.env["S3_ENDPOINT"]})
     for d in spec["deployments"]:
         if d["name"].startswith("retrain"):
-            # the schedule and the event use the tiny run, in the grouped JSON a deployment stores
-            d["parameters"] = {"config": RunConfig.model_validate(config).model_dump(mode="json")}
+            d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
     deploy(s, spec, tmp / "prefect.local.yaml")
     s.config = config
     return s
