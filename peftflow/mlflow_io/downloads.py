@@ -14,9 +14,11 @@ from peftflow.errors import UserError
 from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
 from peftflow.paths import cache_dir
 
-# MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/. A
-# vision-language version is a pyfunc whose artifact `model` is the merged dir (serving/vision_chat_model.py).
-_MODEL_PARTS = ("model", "peft", "components/tokenizer")
+# MLflow's transformers layout: model/ (or peft/ for an adapter) + components/tokenizer/, and for a
+# vision-language version logged before it became a pyfunc, components/image_processor/ +
+# components/processor/. A vision-language version now is a pyfunc whose artifact `model` is the
+# merged dir (serving/vision_chat_model.py).
+_MODEL_PARTS = ("model", "peft", "components/tokenizer", "components/image_processor", "components/processor")
 
 
 def load_pipeline(model_uri: str):
