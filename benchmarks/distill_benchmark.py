@@ -1,82 +1,133 @@
-"""Does distillation beat plain fine-tuning for a pruned student? Same student, steps and data.
+"""Does distillation beat plain fine-tuning? Two comparisons, one invocation, paired on held-out rows.
 
-teacher  = SmolLM2-135M-Instruct + LoRA trained on the demo task, merged
-student  = the teacher pruned to half depth (15 of 30 layers, evenly spaced)
-CE-only  = the student fine-tuned with LoRA on the labels
-KD       = the student fine-tuned with LoRA on kd_ratio * T^2 * KL + (1 - kd_ratio) * CE
+teacher = SmolLM2-135M-Instruct + LoRA trained on the demo task, merged
+student = the teacher pruned to half depth (15 of 30 layers, evenly spaced), trained as the arm says
 
-Writes the table to docs/distillation.md (with --write). Usage:
-  .venv/bin/python benchmarks/distill_benchmark.py --steps 30 --write
+1. Same data: the CE-only student and the KD student (kd_ratio * T^2 * KL + (1 - kd_ratio) * CE),
+   same student, rows and steps.
+2. Teacher-labelled data: the KD student on `--labelled` rows alone, and on those rows plus
+   `--prompts` prompts without answers that the teacher answered (kd_unlabeled_dataset).
+
+Each arm is scored by json_fields on the same held-out rows; the table gives each gain's mean and
+its 95% paired bootstrap interval over those rows. Writes docs/distillation.md with --write. Usage:
+  .venv/bin/python benchmarks/distill_benchmark.py --write
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from peftflow import merge
+from peftflow.builtin.datasets import PROMPT_SEED, make_rows
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import prepare_dataset
+from peftflow.distill.labelling import teacher_labelled
 from peftflow.distill.teacher import prune_layers
-from peftflow.evaluation.scoring import compare
+from peftflow.evaluation.scoring import score_model
 from peftflow.models.resolve import resolve_model
+from peftflow.promotion import paired_bootstrap
 from peftflow.training.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+
+
+def write_datasets(root: Path, held_out: int, labelled: int, prompts: int) -> Path:
+    """orders: every labelled row; few: `labelled` of them (same held-out rows, the first ones drawn);
+    prompts: other orders without their answers (demo_order_prompts, when 512)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = make_rows(640, seed=0)
+    few = rows[:held_out + labelled]
+    asked = [{k: v for k, v in r.items() if k != "output"} for r in make_rows(prompts, seed=PROMPT_SEED)]
+    for name, data in {"orders": rows, "few": few, "prompts": asked}.items():
+        (root / f"{name}.json").write_text(json.dumps(data))
+    info = {name: {"file_name": f"{name}.json", "columns": COLUMNS} for name in ("orders", "few", "prompts")}
+    (root / "dataset_info.json").write_text(json.dumps(info))
+    return root
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher-steps", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=30, help="student optimizer steps, both arms")
+    ap.add_argument("--steps", type=int, default=100, help="student optimizer steps, every arm")
     ap.add_argument("--student-layers", type=int, default=15)
+    ap.add_argument("--held-out", type=int, default=96, help="held-out rows every arm is scored on")
+    ap.add_argument("--labelled", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--write", action="store_true", help="write docs/distillation.md")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="peftflow-distill-bench-"))
-    base = resolve_model("builtin:smollm2-135m-instruct")
-    cfg = demo_config().model_copy(update={"max_steps": args.teacher_steps, "save_steps": 1000})
-    data = prepare_dataset(cfg, base.path)
-
     t0 = time.perf_counter()
-    teacher_adapter = train_run(cfg, base.path, data.path, work / "teacher").adapter_dir
+    work = Path(tempfile.mkdtemp(prefix="peftflow-distill-bench-"))
+    data_dir = write_datasets(work / "data", args.held_out, args.labelled, args.prompts)
+    base = resolve_model("builtin:smollm2-135m-instruct")
+    evaluation = {**demo_config().evaluation.model_dump(), "max_samples": args.held_out}
+    tcfg = demo_config().model_copy(update={"max_steps": args.teacher_steps, "save_steps": 1000})
+    teacher_adapter = train_run(tcfg, base.path, prepare_dataset(tcfg, base.path).path, work / "teacher").adapter_dir
     teacher = merge.merge(base.path, teacher_adapter, work / "teacher" / "merged", tolerance=1e-3).merged_dir
     student = str(prune_layers(teacher, args.student_layers, work / "student-init"))
 
-    common = dict(max_steps=args.steps, learning_rate=1e-3, logging_steps=5, save_steps=1000, lora_rank=16,
-                  val_size=cfg.val_size, evaluation=cfg.evaluation)
-    arms = {
-        "CE only": RunConfig(model_name_or_path=student, **common),
-        "KD": RunConfig(stage="distill", teacher=teacher, model_name_or_path=student,
-                        kd_ratio=0.5, kd_temperature=2.0, teacher_topk=64, **common),
+    # The student's recipe (docs/distillation.md says why): full fine-tuning, the same for every arm.
+    common = dict(model_name_or_path=student, dataset_dir=str(data_dir), val_size=args.held_out, evaluation=evaluation,
+                  finetuning_type="full", learning_rate=1e-4, max_steps=args.steps, logging_steps=10, save_steps=10_000)
+    kd = dict(stage="distill", teacher=teacher, kd_ratio=0.5, kd_temperature=2.0, teacher_topk=64)
+    few = f"{args.labelled} labelled rows"
+    parts = {
+        "Same data: CE only vs KD": {"CE only": RunConfig(dataset="orders", **common),
+                                     "KD": RunConfig(dataset="orders", **kd, **common)},
+        "Teacher-labelled data (KD both)": {
+            f"KD, {few}": RunConfig(dataset="few", **kd, **common),
+            f"KD, {few} + {args.prompts} teacher-labelled": RunConfig(dataset="few", kd_unlabeled_dataset="prompts",
+                                                                      **kd, **common)},
     }
-    models = {"teacher": teacher, "student before": student}
-    seconds = {}
-    for label, arm in arms.items():
-        start = time.perf_counter()
-        out = work / label.replace(" ", "-")
-        result = train_run(arm, student, data.path, out, teacher_path=teacher if arm.stage == "distill" else None)
-        models[label] = merge.merge(student, result.adapter_dir, out / "merged", tolerance=1e-3).merged_dir
-        seconds[label] = time.perf_counter() - start
-
-    report = compare(models, data.path, cfg, work / "report.json")
-    teacher_score = report.models["teacher"].score
-    rows = ["| model | json_fields | held-out loss | teacher retention | train seconds |", "|---|---|---|---|---|"]
-    for label, s in report.models.items():
-        retention = f"{s.score / teacher_score:.3f}" if teacher_score else "n/a"
-        rows.append(f"| {label} | {s.score:.3f} | {s.loss:.4f} | {retention} | {seconds.get(label, 0):.0f} |")
-    table = "\n".join(rows)
-    print(table)
+    tables = [compare(title, arms, teacher, student, work) for title, arms in parts.items()]
+    print("\n\n".join(tables))
     print(f"total {time.perf_counter() - t0:.0f} s; work dir {work}")
     if args.write:
-        write_doc(table, args)
+        write_doc("\n\n".join(tables), args)
+
+
+def compare(title: str, arms: dict[str, RunConfig], teacher: str, student: str, work: Path) -> str:
+    """Train two arms (baseline first), score them with the teacher and the untrained student on
+    the held-out rows they share; a table with the gain and its 95% paired bootstrap interval."""
+    scores, trained = {}, {}
+    for label, cfg in arms.items():
+        start = time.perf_counter()
+        data = prepare_dataset(cfg, student)
+        if cfg.kd_unlabeled_dataset:
+            data = teacher_labelled(cfg, resolve_model(teacher), student, data)
+        if not scores:
+            scores = {name: score_model(name, model, data.path, cfg) for name, model in
+                      (("teacher", teacher), ("student before", student))}
+        out = work / label.replace(" ", "-").replace(",", "")
+        result = train_run(cfg, student, data.path, out, teacher_path=teacher if cfg.stage == "distill" else None)
+        trained[label] = (data.train_rows, time.perf_counter() - start)
+        scores[label] = score_model(label, result.adapter_dir, data.path, cfg)
+        print(f"{label}: {data.train_rows} train rows, json_fields {scores[label].score:.3f}, "
+              f"loss {scores[label].loss:.4f}, {trained[label][1]:.0f} s", flush=True)
+    held_out = len(scores["teacher"].examples)
+    lines = [f"**{title}** ({held_out} held-out rows)", "",
+             "| model | train rows | json_fields | held-out loss | teacher retention | seconds (labels + train) |",
+             "|---|---|---|---|---|---|"]
+    for label, s in scores.items():
+        n, seconds = trained.get(label, ("-", 0))
+        lines.append(f"| {label} | {n} | {s.score:.3f} | {s.loss:.4f} | {s.score / scores['teacher'].score:.3f} | {seconds:.0f} |")
+    worse, better = arms
+    mean, lower, upper = paired_bootstrap([e["score"] for e in scores[better].examples],
+                                          [e["score"] for e in scores[worse].examples], samples=10_000, confidence=0.95)
+    lines += ["", f"{better} vs {worse}: json_fields gain {mean:+.3f}, 95% paired bootstrap interval "
+                  f"[{lower:+.3f}, {upper:+.3f}] over {held_out} rows ({'excludes' if lower > 0 else 'includes'} zero)."]
+    return "\n".join(lines)
 
 
 def write_doc(table: str, args) -> None:
     command = (f".venv/bin/python benchmarks/distill_benchmark.py --teacher-steps {args.teacher_steps} "
-               f"--steps {args.steps} --student-layers {args.student_layers} --write")
+               f"--steps {args.steps} --student-layers {args.student_layers} --held-out {args.held_out} "
+               f"--labelled {args.labelled} --prompts {args.prompts} --write")
     doc = ROOT / "docs" / "distillation.md"
     text = doc.read_text() if doc.exists() else ""
     marker = "<!-- benchmark -->"

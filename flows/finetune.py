@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.approval import request_approval
 from peftflow.config import RunConfig, demo_config
+from peftflow.data import PreparedData
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import stage_dir, train_key
 from peftflow.methods import get_method
@@ -24,6 +25,7 @@ from tasks.evaluate_guard_set import evaluate_guard
 from tasks.evaluate_models import evaluate_models
 from tasks.find_champion import find_champion
 from tasks.finish_tracking_run import finish_tracking_run
+from tasks.label_prompts import label_prompts
 from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from tasks.promote_version import promote_version
@@ -60,7 +62,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     """
     model, teacher = resolve_models(config)
     check_training_setup(config, model)
-    data = prepare_dataset(config, model)
+    data = training_data(config, model, teacher)
     # Prepared up front, so a bad guard set stops the run before any training.
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
     key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
@@ -119,6 +121,12 @@ def resolve_models(config: RunConfig) -> tuple[ResolvedModel, ResolvedModel | No
     model = (resolve_student(config, teacher) if teacher
              else resolve_model(config.model_name_or_path, config.allow_pickle_weights, config.storage))
     return model, teacher
+
+
+def training_data(config: RunConfig, model: ResolvedModel, teacher: ResolvedModel | None) -> PreparedData:
+    """The prepared dataset; with kd_unlabeled_dataset, plus the teacher's answers to those prompts."""
+    data = prepare_dataset(config, model)
+    return label_prompts(config, teacher, model, data) if config.kd_unlabeled_dataset else data
 
 
 def _drop_checkpoints(config: RunConfig, work: Path) -> None:

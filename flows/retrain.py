@@ -19,6 +19,7 @@ from prefect.states import Completed
 
 from flows.finetune import finetune, resolve_models
 from peftflow.config import RunConfig, demo_config
+from peftflow.distill.labelling import labels_fingerprint
 from tasks.find_champion import find_champion
 from tasks.prepare_dataset import prepare_dataset
 
@@ -48,10 +49,12 @@ def retrain(config: RunConfig = demo_config(), dataset: str | None = None, datas
         force: Retrain even when nothing changed.
     """
     config = with_overrides(config, dataset, dataset_dir)
-    model, _ = resolve_models(config)  # in a distillation run the student, as finetune trains it
+    model, teacher = resolve_models(config)  # in a distillation run the student, as finetune trains it
     data = prepare_dataset(config, model)
+    # With teacher-labelled prompts the champion trained on more rows: their fingerprint, not generated here.
+    data_fingerprint = labels_fingerprint(config, teacher, model.path, data) if config.kd_unlabeled_dataset else data.fingerprint
     champion = find_champion(config)
-    current = {"data_fingerprint": data.fingerprint, "base_model_fingerprint": model.fingerprint,
+    current = {"data_fingerprint": data_fingerprint, "base_model_fingerprint": model.fingerprint,
                "config_fingerprint": config.fingerprint()}
     if champion is None:
         print(f"{config.registry.name} has no champion yet: training")

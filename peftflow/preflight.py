@@ -20,8 +20,8 @@ from peftflow.models.resolve import ResolvedModel, resolve_model
 
 def check_run(cfg: RunConfig) -> None:
     """Everything `peftflow run` checks before the flow starts: the model (or student), the
-    training setup and the data, the guard set's names first (a typo fails before minutes of
-    tokenising the training data)."""
+    training setup, the data and the teacher's prompts, the guard set's names first (a typo fails
+    before minutes of tokenising the training data)."""
     from peftflow.data import prepare_dataset, resolve_datasets
     from peftflow.store import open_store
 
@@ -34,6 +34,10 @@ def check_run(cfg: RunConfig) -> None:
     prepare_dataset(cfg, model_path)
     if guard:
         prepare_dataset(guard, model_path)
+    if cfg.kd_unlabeled_dataset:  # the teacher's prompts read (not yet answered): a bad row fails here
+        from peftflow.data.prepare import prompt_sources, read_prompts
+
+        read_prompts(cfg, prompt_sources(cfg))
 
 
 def trained_model(cfg: RunConfig) -> ResolvedModel:

@@ -77,7 +77,8 @@ def check_method(cfg) -> None:
 
 
 def check_distillation(cfg) -> None:
-    distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers") if getattr(cfg, k) is not None]
+    distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers", "kd_unlabeled_dataset")
+                    if getattr(cfg, k) is not None]
     if cfg.stage != "distill":
         if distill_keys:
             raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")

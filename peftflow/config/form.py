@@ -43,7 +43,8 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                ("freeze_vision_tower", "train_projector", "freeze_multi_modal_projector")),
     "distillation": ("Distillation", "Stage distill: the teacher and the KL term.",
                      ("teacher", "teacher_adapter", "student_layers", "kd_temperature", "kd_ratio", "kd_direction",
-                      "kd_chunk_size", "teacher_topk")),
+                      "kd_chunk_size", "teacher_topk", "kd_unlabeled_dataset", "kd_label_temperature",
+                      "kd_label_max_new_tokens")),
     "distributed": ("Distributed", "torchrun for the train stage when either is > 1.", ("num_processes", "nnodes")),
     "trust": ("Model", "What the base model may run or load.", ("trust_remote_code", "allow_pickle_weights")),
 }

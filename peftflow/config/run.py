@@ -195,6 +195,14 @@ class RunConfig(Strict):
     teacher_topk: int = Field(0, ge=-1, title="Distillation: cached teacher top-k",
                               description="0: live teacher. k > 0: cache the teacher's top-k logits per position "
                                           "(approximate). -1: cache all (exact).")
+    kd_unlabeled_dataset: str | None = Field(
+        None, title="Distillation: prompts for the teacher",
+        description="Datasets in dataset_dir (comma-separated) of prompts without answers: the teacher answers them "
+                    "and the student trains on those answers too.")
+    kd_label_temperature: float = Field(0.0, ge=0.0, title="Distillation: labelling temperature",
+                                        description="0: the teacher answers greedily; > 0: sampled at this temperature.")
+    kd_label_max_new_tokens: int = Field(256, gt=0, title="Distillation: labelling max new tokens",
+                                         description="Longest answer the teacher writes for a prompt.")
     # distributed training (the train stage runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
                                description="One per GPU; > 1 runs the train stage with torchrun. Global batch = batch size "
@@ -284,6 +292,10 @@ class RunConfig(Strict):
     @property
     def dataset_names(self) -> list[str]:
         return [n.strip() for n in self.dataset.split(",") if n.strip()]
+
+    @property
+    def kd_unlabeled_names(self) -> list[str]:
+        return [n.strip() for n in (self.kd_unlabeled_dataset or "").split(",") if n.strip()]
 
     @property
     def effective_lora_alpha(self) -> int:

@@ -4,7 +4,8 @@ A conversation is a list of {"role", "content"} turns: an optional system turn, 
 turns ("user", or "observation": a tool's result) and answer turns ("assistant", or "function":
 a tool call as JSON) alternating, ending with an answer. A sharegpt row with a `tools` column
 also carries {"role": "tools", "content": "", "tools": [tool objects]}. A row that cannot become
-one raises InvalidRow with a short reason.
+one raises InvalidRow with a short reason. A format read `prompts_only` (prompts for a teacher to
+answer) ends its conversations with the prompt instead: a final answer, if a row has one, is dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class RowFormat:
     columns: dict[str, str | None]   # our field -> the file's column name
     tags: dict[str, str]
     mapped: tuple[str, ...]          # the fields dataset_info.json maps explicitly
+    prompts_only: bool = False       # rows are prompts: no answer needed, a final one dropped
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -74,7 +76,7 @@ class RowFormat:
     @property
     def required_columns(self) -> list[str]:
         """File columns a table (csv / parquet) must have: the required fields and all mapped ones."""
-        fields = set(REQUIRED[self.formatting]) | set(self.mapped)
+        fields = (set(REQUIRED[self.formatting]) | set(self.mapped)) - ({"response"} if self.prompts_only else set())
         return sorted({self.columns[f] for f in fields if self.columns[f]})
 
     @classmethod
@@ -123,8 +125,8 @@ class RowFormat:
         user = ("" if self.formatting == "v1-alpaca" else "\n").join(t for t in (prompt, query) if t)
         if not user.strip():
             raise InvalidRow("empty prompt")
-        response = _text(row, self.columns["response"])
-        if not response.strip():
+        response = "" if self.prompts_only else _text(row, self.columns["response"])
+        if not self.prompts_only and not response.strip():
             raise InvalidRow("empty response")
         turns: Conversation = []
         for i, pair in enumerate(_history(row, self.columns["history"]), start=1):
@@ -133,7 +135,8 @@ class RowFormat:
             if not pair[1].strip():
                 raise InvalidRow("empty response", f"history item {i}")
             turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
-        return turns + [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+        turns.append({"role": "user", "content": user})
+        return turns if self.prompts_only else turns + [{"role": "assistant", "content": response}]
 
     def _sharegpt(self, row: dict[str, Any]) -> Conversation:
         column = self.columns["messages"]
@@ -159,7 +162,8 @@ class RowFormat:
                     raise InvalidRow("invalid function call", f"turn {i}: {e}") from None
             turns.append({"role": roles[tag], "content": content})
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
-        _check_order(turns[len(system):], first_number=len(system) + 1)
+        turns = self._ending(turns)
+        _check_order(turns[len(system):], len(system) + 1, self.prompts_only)
         return [s for s in system if s["content"]] + turns[len(system):]
 
 
@@ -169,12 +173,17 @@ class RowFormat:
         except RowError as e:
             raise InvalidRow(e.reason, e.detail) from None
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
-        _check_order(turns[len(system):], first_number=len(system) + 1)
+        turns = self._ending(turns)
+        _check_order(turns[len(system):], len(system) + 1, self.prompts_only)
         return (([{"role": "tools", "content": "", "tools": tools}] if tools else [])
                 + [s for s in system if s["content"]] + turns[len(system):])
 
+    def _ending(self, turns: Conversation) -> Conversation:
+        """Read as prompts, a conversation's final answer is dropped: the teacher writes its own."""
+        return turns[:-1] if self.prompts_only and turns and turns[-1]["role"] in ANSWER_ROLES else turns
 
-def _check_order(turns: Conversation, first_number: int) -> None:
+
+def _check_order(turns: Conversation, first_number: int, ends_with_prompt: bool = False) -> None:
     if not turns:
         raise InvalidRow("no user / assistant turns")
     for i, turn in enumerate(turns):
@@ -183,7 +192,9 @@ def _check_order(turns: Conversation, first_number: int) -> None:
             raise InvalidRow("wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {' or '.join(expected)}")
         if turn["role"] in ANSWER_ROLES and not turn["content"].strip():
             raise InvalidRow("empty response", f"turn {i + first_number}")
-    if turns[-1]["role"] not in ANSWER_ROLES:
+    if ends_with_prompt and turns[-1]["role"] not in PROMPT_ROLES:
+        raise InvalidRow("wrong turn order", "a prompt must end with a user turn")
+    if not ends_with_prompt and turns[-1]["role"] not in ANSWER_ROLES:
         raise InvalidRow("wrong turn order", "ends with a user turn")
 
 

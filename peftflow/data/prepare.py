@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from peftflow.store import build_sealed
@@ -181,6 +181,32 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     if cutoff_drops and a.rows:
         log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
     return a
+
+
+def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
+    """kd_unlabeled_dataset, read as prompts: rows need no answer, and a final one is dropped."""
+    return [replace(s, format=replace(s.format, prompts_only=True))
+            for s in resolve_datasets(cfg.dataset_dir, cfg.kd_unlabeled_names)]
+
+
+def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversation]:
+    """Every valid prompt of `sources` (invalid rows as on_invalid_rows says); text only."""
+    a, prompts = _Analysis(), []
+    for source in sources:
+        valid, invalid = _read_source(source, a)
+        if invalid and cfg.on_invalid_rows == "error":
+            raise UserError(_invalid_rows_message(invalid))
+        if not valid:
+            raise UserError(f"kd_unlabeled_dataset '{source.name}': none of its {len(invalid)} rows is a valid prompt")
+        if any(images for _, images, _ in valid):
+            raise UserError(f"kd_unlabeled_dataset '{source.name}': prompts with images cannot be teacher-labelled")
+        prompts += [conversation for conversation, _, _ in valid[:cfg.max_samples]]
+    return prompts
+
+
+def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:
+    """What prepare_dataset keys its output by: data bytes, entries, tokenizer, template, options."""
+    return _fingerprint(cfg, sources, model_path)
 
 
 def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:

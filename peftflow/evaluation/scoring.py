@@ -61,7 +61,7 @@ def _generate_prompt_learning(model, ids, mask, **options) -> torch.Tensor:
     its padding (the rebuilt mask is all ones). Training and the held-out loss use the forward;
     tests/unit/test_methods.py checks this against a step-by-step greedy decode of that forward."""
     base, config, batch = model.get_base_model(), model.active_peft_config, len(ids)
-    virtual = torch.ones(batch, config.num_virtual_tokens, dtype=mask.dtype)
+    virtual = torch.ones(batch, config.num_virtual_tokens, dtype=mask.dtype, device=mask.device)
     if config.peft_type == "PREFIX_TUNING":  # the prefix is a KV cache in front: placeholder ids stand for it
         placeholders = torch.full_like(virtual, options["pad_token_id"], dtype=ids.dtype)
         out = base.generate(input_ids=torch.cat([placeholders, ids], 1), attention_mask=torch.cat([virtual, mask], 1),
@@ -73,17 +73,19 @@ def _generate_prompt_learning(model, ids, mask, **options) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_ids: list[int], images: list | None = None, pixels=None) -> list[str]:
-    """Greedy continuations of token-id prompts, left-padded so every row ends at its prompt.
-    `images` (per prompt) and `pixels` as in heldout_loss, for a vision-language model."""
+             stop_ids: list[int], images: list | None = None, pixels=None, temperature: float = 0.0) -> list[str]:
+    """Continuations of token-id prompts, left-padded so every row ends at its prompt: greedy, or
+    sampled at `temperature` > 0. `images` (per prompt) and `pixels` as in heldout_loss, for a
+    vision-language model."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    options = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_ids, pad_token_id=pad)
+    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
+    options = dict(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad, **sampling)
     outputs = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         width = max(map(len, chunk))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
         if is_prompt_learning(model):
             new = _generate_prompt_learning(model, ids, mask, **options)
         else:

@@ -1,14 +1,13 @@
-"""PEFT methods on the real SmolLM2-135M with short sequences: a few steps lower the loss, the
-saved adapter reloads with plain `PeftModel.from_pretrained` and gives the trained model's logits,
-and the published version generates after a reload from the registry.
+"""Every example method config on the real SmolLM2-135M, on a tiny task (48 rows, 96 tokens, 6
+steps, constant learning rate, otherwise the config's own settings): the loss starts near the base
+model's (about 0.68; a randomly initialised prefix started at 7 to 10) and ends well below it, so a
+method that stops learning fails the suite; the saved adapter reloads with plain
+`PeftModel.from_pretrained` and gives the trained model's logits; the prefix version generates
+after a reload from the registry.
 
-One method per way of touching the real model: QLoRA (adapted linears over NF4 weights through
-bitsandbytes, paged optimizer), prefix tuning (past key values, initialised from a text) and prompt
-tuning (input embeddings, initialised from the real tokenizer's text). Plain LoRA on this model is
-tests/e2e/test_smollm2_cli.py (the demo: trained, merged, published, served). DoRA / rsLoRA, IA3
-and P-tuning are the same code paths on the same architecture: they train, reload and publish on
-the tiny model of the same family (tests/unit/test_methods.py, tests/integration/test_combinations.py),
-and on this model in benchmarks/methods_benchmark.py, which also measures what each learns.
+Plain LoRA (configs/demo.yaml) is tests/e2e/test_smollm2_cli.py: the demo trained, merged,
+published, served and scored. benchmarks/methods_benchmark.py measures what each config learns on
+its full budget (docs/methods.md).
 
 The registry round trip (the costly part) runs here for the adapter kind of version: prefix
 tuning, the prompt-family method whose generation path differs most (it feeds past key values);
@@ -17,13 +16,15 @@ the merged kind is the demo's, in test_smollm2_cli.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from peftflow.builtin.probes import probe_batch
-from peftflow.config import RunConfig
+from peftflow.config import RunConfig, load_config
 from peftflow.data import prepare_dataset
 from peftflow.inference import generate_reply
 from peftflow.mlflow_io.publishing import publish_adapter
@@ -35,13 +36,10 @@ from peftflow.training.run import run as train_run
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
-CASES = {
-    "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", learning_rate=2e-3),
-    "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=1e-2,
-                   prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
-    "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
-                   prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
-}
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# Each example config's loss after 6 steps, as a fraction of its first (measured 0.07 to 0.70): the
+# LoRA family and IA3 learn fastest; prompt tuning and P-tuning move only their virtual tokens.
+WELL_BELOW = {"lora-dora": 0.4, "qlora": 0.4, "ia3": 0.4, "prefix": 0.5, "prompt": 0.85, "ptuning": 0.85}
 PUBLISHED = {"prefix"}
 
 
@@ -50,10 +48,14 @@ class _Keep(TrainerCallback):
         self.model = model
 
 
-def _cfg(**overrides) -> RunConfig:
-    fields = dict(model_name_or_path=SMOLLM2, max_steps=6, logging_steps=1, save_steps=100, cutoff_len=96,
-                  per_device_train_batch_size=4, lr_scheduler_type="constant", max_samples=48, val_size=8)
-    return RunConfig(**{**fields, **overrides})
+TINY_TASK = dict(max_steps=6, logging_steps=1, save_steps=100, cutoff_len=96, per_device_train_batch_size=4,
+                 lr_scheduler_type="constant", max_samples=48, val_size=8)
+
+
+def _cfg(name: str | None = None, **overrides) -> RunConfig:
+    """configs/<name>.yaml on the tiny task (the demo config without a name)."""
+    cfg, _ = load_config(CONFIGS / f"{name or 'demo'}.yaml")
+    return cfg.model_copy(update={**TINY_TASK, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +71,17 @@ def store(tmp_path, monkeypatch):
     configure_mlflow()
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_method_on_smollm2_trains_reloads_and_serves(case, smollm2, store, tmp_path):
+@pytest.mark.parametrize("case", list(WELL_BELOW))
+def test_method_on_smollm2_learns_reloads_and_serves(case, smollm2, store, tmp_path):
     model_path, data = smollm2
-    cfg = _cfg(**CASES[case], registry={"name": f"e2e-{case}"})
+    cfg = _cfg(case)
+    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"name": f"e2e-{case}"})})
     keep = _Keep()
     result = train_run(cfg, model_path, data.path, tmp_path / "run", callbacks=(keep,))
     losses = [loss for _, loss in result.loss_history]
-    assert sum(losses[-2:]) < sum(losses[:2]), losses
-    # Every method starts near the base model's loss on this task (about 0.7; a random prefix: 7 to 10).
-    assert losses[0] < 1.5, losses
+    # Near the base's loss at the start (QLoRA's 4-bit base: about 1.0), well below it after 6 steps.
+    assert losses[0] < 1.2, losses
+    assert sum(losses[-2:]) < WELL_BELOW[case] * sum(losses[:2]), losses
 
     base = load_base(model_path, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(model_path)
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()

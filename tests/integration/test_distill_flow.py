@@ -5,6 +5,7 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.finetune import finetune
+from flows.retrain import retrain
 from peftflow.paths import cache_dir
 from tests.integration.conftest import task_states, tiny_config
 
@@ -12,11 +13,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 
 
 def test_pruned_student_distils_and_is_registered(harness, env, tiny_model):
+    # With teacher-labelled prompts: the random teacher's greedy answers are blank lines, sampled ones text.
     cfg = tiny_config(tiny_model, env, stage="distill", teacher=tiny_model, student_layers=1, teacher_topk=32,
-                      kd_ratio=0.8, registry={"name": "tiny-student"})
+                      kd_ratio=0.8, registry={"name": "tiny-student"}, kd_unlabeled_dataset="demo_order_prompts",
+                      kd_label_temperature=1.0, kd_label_max_new_tokens=4)
 
     state = finetune(cfg, return_state=True)
     result = state.result()
+    assert task_states(state.state_details.flow_run_id)["label-prompts-with-teacher"] == "Completed"
     assert {"teacher", "base", "tuned"} <= set(result.scores)
     assert "teacher retention" in result.summary
 
@@ -26,8 +30,15 @@ def test_pruned_student_distils_and_is_registered(harness, env, tiny_model):
     assert version.tags["stage"] == "distill"
     run = client.get_run(result.run_id)
     assert {"kd_kl", "kd_ce", "eval.teacher_retention"} <= set(run.data.metrics)
+    # The demo's train split plus the prompts the teacher answered (a blank sampled answer is dropped).
+    assert 608 + 400 < run.data.metrics["data.train_rows"] <= 608 + 512
     kl = [m.value for m in client.get_metric_history(result.run_id, "kd_kl")]
     assert kl[-1] < kl[0]
+
+    # Nothing changed: retrain knows the teacher-labelled data's fingerprint without generating, and skips.
+    assert result.promoted
+    skipped = retrain(cfg, return_state=True)
+    assert skipped.message.startswith("Skipped: data, base model and config fingerprints match champion")
 
     # The teacher's top-k outputs were cached by teacher + data + k; a retrain with another
     # learning rate reuses them (same cache file, not recomputed).

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from peftflow.config import RunConfig
 from peftflow.data import end_of_turn_token_id, prepare_dataset
-from peftflow.data.formats import RowFormat
+from peftflow.data.formats import InvalidRow, RowFormat
 from peftflow.errors import UserError
 
 
@@ -80,6 +80,21 @@ def test_sharegpt_rows_map_roles_through_tags():
     default = RowFormat.from_entry("d", {"file_name": "x", "formatting": "sharegpt", "columns": {"system": "sys"}}, "info")
     row = {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}], "sys": "S"}
     assert default.to_conversation(row)[0] == {"role": "system", "content": "S"}
+
+
+def test_prompts_only_rows_need_no_answer_and_drop_a_final_one():
+    """kd_unlabeled_dataset reads rows as prompts for the teacher: any format, answers optional."""
+    from dataclasses import replace
+
+    alpaca = replace(RowFormat.from_entry("alpaca_full", DATASET_INFO["alpaca_full"], "info"), prompts_only=True)
+    assert "output" not in alpaca.required_columns
+    assert alpaca.to_conversation({"instruction": "Translate", "input": "hallo"})[-1] == {"role": "user", "content": "Translate\nhallo"}
+    assert alpaca.to_conversation(ALPACA_ROW)[-1] == {"role": "user", "content": "Translate\nhallo"}
+    chat = replace(RowFormat.from_entry("chat_roles", DATASET_INFO["chat_roles"], "info"), prompts_only=True)
+    assert chat.to_conversation(CHAT_ROW) == [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"}]
+    assert chat.to_conversation({"messages": CHAT_ROW["messages"][:2]}) == chat.to_conversation(CHAT_ROW)
+    with pytest.raises(InvalidRow, match="empty prompt"):
+        alpaca.to_conversation({"instruction": " "})
 
 
 def test_every_file_type_and_a_folder_prepare_together(write_dataset, tiny_model, tokenizer):

@@ -185,3 +185,4 @@ def test_gradient_accumulation_logs_the_same_kd_loss_as_one_big_batch(tiny_model
     one = first_loss(4, 1, tmp_path / "one")
     accumulated = first_loss(2, 2, tmp_path / "accumulated")
     assert accumulated == pytest.approx(one, rel=0.02)
+
