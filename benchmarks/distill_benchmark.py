@@ -100,12 +100,14 @@ def compare(title: str, arms: dict[str, RunConfig], teacher: str, student: str, 
         data = prepare_dataset(cfg, student)
         if cfg.kd_unlabeled_dataset:
             data = teacher_labelled(cfg, resolve_model(teacher), student, data)
+        labelling = time.perf_counter() - start
         if not scores:
             scores = {name: score_model(name, model, data.path, cfg) for name, model in
                       (("teacher", teacher), ("student before", student))}
+        start = time.perf_counter()
         out = work / label.replace(" ", "-").replace(",", "")
         result = train_run(cfg, student, data.path, out, teacher_path=teacher if cfg.stage == "distill" else None)
-        trained[label] = (data.train_rows, time.perf_counter() - start)
+        trained[label] = (data.train_rows, labelling + time.perf_counter() - start)
         scores[label] = score_model(label, result.adapter_dir, data.path, cfg)
         print(f"{label}: {data.train_rows} train rows, json_fields {scores[label].score:.3f}, "
               f"loss {scores[label].loss:.4f}, {trained[label][1]:.0f} s", flush=True)
