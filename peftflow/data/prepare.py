@@ -143,18 +143,7 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
             raise UserError(message)
         a.problems.append(message)
 
-    kept: list[tuple[Conversation, list[bytes], str]] = []  # (conversation, images, "<file> row N")
-    for source in sources:
-        valid, invalid = _read_source(source, a)
-        if invalid and cfg.on_invalid_rows == "error":
-            problem(_invalid_rows_message(invalid))
-        elif invalid:
-            log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
-        if not valid:
-            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
-        if valid and source.format.formatting.startswith("v1"):
-            valid = resample(valid, source.entry, cfg.seed)
-        kept += valid[:cfg.max_samples]
+    kept = _valid_rows(cfg, sources, a, problem)
     encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
     encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
@@ -183,6 +172,24 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
     return a
 
 
+def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem) -> list[tuple[Conversation, list[bytes], str]]:
+    """Every source's valid rows as (conversation, images, "<file> row N"), invalid ones handled as
+    on_invalid_rows says, v1 datasets resampled, at most max_samples per source."""
+    kept = []
+    for source in sources:
+        valid, invalid = _read_source(source, a)
+        if invalid and cfg.on_invalid_rows == "error":
+            problem(_invalid_rows_message(invalid))
+        elif invalid:
+            log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
+        if not valid:
+            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
+        if valid and source.format.formatting.startswith("v1"):
+            valid = resample(valid, source.entry, cfg.seed)
+        kept += valid[:cfg.max_samples]
+    return kept
+
+
 def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
     """kd_unlabeled_dataset, read as prompts: rows need no answer, and a final one is dropped."""
     return [replace(s, format=replace(s.format, prompts_only=True))
@@ -190,18 +197,14 @@ def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
 
 
 def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversation]:
-    """Every valid prompt of `sources` (invalid rows as on_invalid_rows says); text only."""
-    a, prompts = _Analysis(), []
-    for source in sources:
-        valid, invalid = _read_source(source, a)
-        if invalid and cfg.on_invalid_rows == "error":
-            raise UserError(_invalid_rows_message(invalid))
-        if not valid:
-            raise UserError(f"kd_unlabeled_dataset '{source.name}': none of its {len(invalid)} rows is a valid prompt")
-        if any(images for _, images, _ in valid):
-            raise UserError(f"kd_unlabeled_dataset '{source.name}': prompts with images cannot be teacher-labelled")
-        prompts += [conversation for conversation, _, _ in valid[:cfg.max_samples]]
-    return prompts
+    """Every valid prompt of `sources`, read as training rows are; text only."""
+    def problem(message: str) -> None:
+        raise UserError(message)
+
+    kept = _valid_rows(cfg, sources, _Analysis(), problem)
+    if any(images for _, images, _ in kept):
+        raise UserError(f"kd_unlabeled_dataset {cfg.kd_unlabeled_dataset}: prompts with images cannot be teacher-labelled")
+    return [conversation for conversation, _, _ in kept]
 
 
 def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:

@@ -86,12 +86,12 @@ def _write(cfg: RunConfig, teacher: ResolvedModel, student_path: str, data: Prep
     answers = teacher_answers(cfg, teacher.path, encoder, prompts)
     answered = [p + [{"role": "assistant", "content": a.strip()}] for p, a in zip(prompts, answers) if a.strip()]
     rows = [cut(row, cfg.cutoff_len) for row in encoder.encode(answered, cfg.train_on_prompt, cfg.mask_history)]
-    kept = [row for row, _ in rows if supervised(row)]
+    kept = [(row, truncated) for row, truncated in rows if supervised(row)]
     if not kept:
         raise UserError(f"kd_unlabeled_dataset {cfg.kd_unlabeled_dataset}: the teacher answered none of its "
                         f"{len(prompts)} prompts within cutoff_len {cfg.cutoff_len}")
     train = load_from_disk(str(Path(data.path) / "train"))
-    labelled = Dataset.from_dict({"input_ids": [r.input_ids for r in kept], "labels": [r.labels for r in kept]},
+    labelled = Dataset.from_dict({"input_ids": [r.input_ids for r, _ in kept], "labels": [r.labels for r, _ in kept]},
                                  features=train.features)
     concatenate_datasets([train, labelled]).save_to_disk(str(out / "train"))
     load_from_disk(str(Path(data.path) / "eval")).save_to_disk(str(out / "eval"), num_shards=1)
@@ -100,5 +100,5 @@ def _write(cfg: RunConfig, teacher: ResolvedModel, student_path: str, data: Prep
                   "teacher": teacher.fingerprint, "teacher_prompts": len(prompts), "teacher_labelled_rows": len(kept),
                   "teacher_label_settings": label_settings(cfg),
                   "teacher_label_seconds": round(time.perf_counter() - start, 1),
-                  "truncated": stats["truncated"] + sum(t for row, t in rows if supervised(row))})
+                  "truncated": stats["truncated"] + sum(truncated for _, truncated in kept)})
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
