@@ -1,14 +1,22 @@
-"""peftflow's train stage against the plain peft + HF Trainer recipe, on the same work.
+"""peftflow's train stage against the strongest references, side by side, in one invocation.
 
-Both sides train LoRA r=8 on every linear layer of SmolLM2-135M-Instruct over the LLaMA-Factory
-alpaca demo rows (chat template, prompt masked, cutoff 256), with the same batch size, learning
-rate and number of optimizer steps. Each side runs in its own child process so peak memory
-(ru_maxrss) is that side's alone. Printed per side: supervised (label) tokens per second over
-the training loop and per CPU second (user + system time of the process: steadier than wall time
-on a machine shared with other jobs), peak process memory, final training loss, last gradient
-norm, and the loss of the trained model on 32 fixed rows scored the same way for both (stock loss, fp32). Then the
-ratios peftflow / reference. Usage:
-  .venv/bin/python benchmarks/train_throughput.py --steps 8
+Every side trains LoRA r8 / alpha 16 on every linear layer of SmolLM2-135M-Instruct over the same
+160 rows of LLaMA-Factory's alpaca demo (one epoch = 20 steps of batch 8, cutoff 256, lr 2e-4
+cosine, no warm-up, seed 42), each in its own child process, so that peak RSS is that side's alone:
+
+  peftflow                 the train stage, defaults
+  peftflow-checkpointing   the same with `gradient_checkpointing: true` (memory for time)
+  trainer-bf16             peft + HF Trainer with the two flags a competent user adds: bf16=True, length grouping
+  trainer-fp32             the same recipe as peft's docs write it (fp32)
+  llamafactory             `llamafactory-cli train` with `bf16: true` (weights in bf16), when --llamafactory
+                           names the python of its own virtual environment (docs/performance.md says how)
+
+Sides run in rounds (A B C D, A B C D, ...) so that noise shows; medians are quoted. Each side's
+adapter is then scored by one function (`held_out_loss`: stock loss, fp32 base) on the same 32
+held-out rows. Printed: train seconds (the training loop), supervised tokens/s (the 160 rows'
+label tokens, one count for every side), peak RSS of the side's process, held-out loss; then
+peftflow's ratios against the fastest and the leanest peer. Usage:
+  .venv/bin/python benchmarks/train_throughput.py --rounds 2 --llamafactory /work/lf-venv/bin/python
 """
 
 from __future__ import annotations
@@ -17,22 +25,38 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-from peftflow.training.run import run as train_run
-from peftflow.training.trainer import MetricsCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / ".." / "shared" / "fixtures" / "llamafactory"
 MODEL = "builtin:smollm2-135m-instruct"
-CUTOFF, LR, EVAL_ROWS = 256, 2e-4, 32
+TRAIN_ROWS, HELD_OUT, BATCH, CUTOFF, LR, RANK, ALPHA, SEED = 160, 32, 8, 256, 2e-4, 8, 16, 42
+STEPS = TRAIN_ROWS // BATCH
+PEERS = ("trainer-bf16", "trainer-fp32", "llamafactory")
 
 
-def reference_rows(tokenizer, rows: list[dict]) -> list[dict]:
+def model_path() -> str:
+    from peftflow.models.resolve import resolve_model
+
+    return resolve_model(MODEL).path
+
+
+def write_dataset(work: Path) -> tuple[Path, list[dict]]:
+    """The first 160 demo rows as a LLaMA-Factory dataset dir (both peftflow and LLaMA-Factory read
+    it), and the next 32 rows: the held-out set."""
+    rows = json.loads((FIXTURES / "alpaca_en_demo.json").read_text())
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "bench_train.json").write_text(json.dumps(rows[:TRAIN_ROWS]))
+    (data / "dataset_info.json").write_text(json.dumps({"bench_train": {"file_name": "bench_train.json"}}))
+    return data, rows[TRAIN_ROWS:TRAIN_ROWS + HELD_OUT]
+
+
+def chat_rows(tokenizer, rows: list[dict]) -> list[dict]:
     """The usual recipe: chat-template the prompt, append the answer and end-of-turn, mask the prompt."""
     out = []
     for r in rows:
@@ -47,140 +71,156 @@ def reference_rows(tokenizer, rows: list[dict]) -> list[dict]:
     return out
 
 
-def eval_loss(model, tokenizer, rows: list[dict]) -> float:
-    """Stock loss (mean over label tokens) of `rows`, fp32, batches of 8: the same yardstick for both sides."""
+def held_out_loss(adapter_dir: str, rows: list[dict]) -> float:
+    """Stock loss (mean over label tokens) of the fp32 base + adapter on `rows`: one yardstick for every side."""
     import torch
-    from transformers import DataCollatorForSeq2Seq
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq
 
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_path()), adapter_dir).eval()
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-    model.eval()
-    total = count = 0.0
+    encoded, total, count = chat_rows(tokenizer, rows), 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(rows), 8):
-            batch = collate(rows[i:i + 8])
+        for i in range(0, len(encoded), 8):
+            batch = collate(encoded[i:i + 8])
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch).loss) * n
             count += n
     return total / count
 
 
-def _load_rows():
-    return json.loads((FIXTURES / "alpaca_en_demo.json").read_text())
-
-
-def run_reference(steps: int, batch: int, work: Path) -> dict:
+def train_trainer(work: Path, data: Path, bf16: bool) -> float:
+    """peft + Trainer: fp32 as peft's docs write it, or with bf16 autocast and length grouping."""
     import datasets
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
 
-    from peftflow.models.resolve import resolve_model
-
-    path = resolve_model(MODEL).path
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    rows = reference_rows(tokenizer, _load_rows())
-    set_seed(42)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path),
-                           LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules="all-linear"))
-    seen = [0]
-    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
-
-    def counting_collate(features):
-        out = collate(features)
-        seen[0] += int((out["labels"][:, 1:] != -100).sum())
-        return out
-
-    args = TrainingArguments(output_dir=str(work / "ref"), per_device_train_batch_size=batch, max_steps=steps,
-                             learning_rate=LR, lr_scheduler_type="cosine", logging_steps=1, save_strategy="no",
-                             report_to=[], seed=42, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), data_collator=counting_collate)
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.train()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    logs = [h for h in trainer.state.log_history if "loss" in h]
-    return _summary(seen[0], seconds, cpu, logs, eval_loss(model, tokenizer, rows[-EVAL_ROWS:]))
+    tokenizer = AutoTokenizer.from_pretrained(model_path())
+    rows = chat_rows(tokenizer, json.loads((data / "bench_train.json").read_text()))
+    set_seed(SEED)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path()),
+                           LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, target_modules="all-linear"))
+    fast = dict(bf16=True, use_cpu=True, train_sampling_strategy="group_by_length") if bf16 else {}
+    args = TrainingArguments(output_dir=str(work / "out"), per_device_train_batch_size=BATCH, max_steps=STEPS,
+                             learning_rate=LR, lr_scheduler_type="cosine", logging_steps=5, save_strategy="no",
+                             report_to=[], seed=SEED, disable_tqdm=True, **fast)
+    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
+    seconds = trainer.train().metrics["train_runtime"]
+    model.save_pretrained(work / "adapter")
+    return seconds
 
 
-def run_peftflow(steps: int, batch: int, work: Path, overrides: dict) -> dict:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
     from peftflow.config import RunConfig
     from peftflow.data import prepare_dataset
-    from peftflow.models.resolve import resolve_model
+    from peftflow.training.run import run as train_run
 
-    path = resolve_model(MODEL).path
-    cfg = RunConfig(model_name_or_path=MODEL, dataset="alpaca_en_demo", dataset_dir=str(FIXTURES), cutoff_len=CUTOFF,
-                    val_size=0, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
-                    logging_steps=1, save_steps=10_000, **overrides)
-    data = prepare_dataset(cfg, path)
-    logs = []
-    cpu = time.process_time()  # includes train_run's model loading: counts against peftflow
-    result = train_run(cfg, path, data.path, work / "peftflow",
-                       callbacks=(MetricsCallback(lambda step, m: logs.append(m) if "loss" in m else None),))
-    cpu = time.process_time() - cpu
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), result.adapter_dir)
-    rows = reference_rows(tokenizer, _load_rows())[-EVAL_ROWS:]
-    return _summary(result.supervised_tokens, result.train_seconds, cpu, logs, eval_loss(tuned, tokenizer, rows))
+    cfg = RunConfig(model_name_or_path=MODEL, dataset="bench_train", dataset_dir=str(data), cutoff_len=CUTOFF,
+                    val_size=0, per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR,
+                    lr_scheduler_type="cosine", lora_rank=RANK, lora_alpha=ALPHA, lora_target="all", seed=SEED,
+                    logging_steps=5, save_steps=10_000, **({"gradient_checkpointing": True} if checkpointing else {}))
+    prepared = prepare_dataset(cfg, model_path())
+    result = train_run(cfg, model_path(), prepared.path, work / "run")
+    Path(result.adapter_dir).rename(work / "adapter")
+    return result.train_seconds
 
 
-def _summary(tokens: int, seconds: float, cpu: float, logs: list[dict], held_out: float) -> dict:
-    tail = [h["loss"] for h in logs[-3:]]
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "final_loss": sum(tail) / len(tail), "grad_norm": logs[-1].get("grad_norm", 0.0),
-            "zero_grad_steps": sum(1 for h in logs if not h.get("grad_norm")), "eval_loss": held_out}
+def train_llamafactory(work: Path, data: Path, python: str) -> float:
+    """LLaMA-Factory's own CLI in its own environment; its Trainer reports the loop's seconds."""
+    config = {"model_name_or_path": model_path(), "stage": "sft", "do_train": True, "finetuning_type": "lora",
+              "lora_rank": RANK, "lora_alpha": ALPHA, "lora_target": "all", "dataset": "bench_train",
+              "dataset_dir": str(data), "template": "smollm2", "cutoff_len": CUTOFF, "overwrite_cache": True,
+              "preprocessing_num_workers": 1, "output_dir": str(work / "adapter"), "logging_steps": 5,
+              "save_strategy": "no", "per_device_train_batch_size": BATCH, "max_steps": STEPS,
+              "learning_rate": LR, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "bf16": True,
+              "use_cpu": True, "report_to": "none", "seed": SEED}
+    (work / "lf.yaml").write_text(json.dumps(config))  # JSON is YAML; its .json reader is broken
+    cli = Path(python).parent / "llamafactory-cli"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", "PYTHONPATH": ""}
+    proc = subprocess.run([str(cli), "train", str(work / "lf.yaml")], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"llamafactory failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads((work / "adapter" / "train_results.json").read_text())["train_runtime"]
 
 
-def child(args) -> None:
-    work = Path(tempfile.mkdtemp(prefix=f"peftflow-bench-{args.side}-"))
-    overrides = json.loads(args.overrides)
-    out = (run_reference(args.steps, args.batch, work) if args.side == "reference"
-           else run_peftflow(args.steps, args.batch, work, overrides))
-    print("RESULT " + json.dumps(out), flush=True)
+def child(side: str, work: Path, data: Path, llamafactory: str | None) -> None:
+    """One side in this process; prints its train seconds and peak RSS (the LLaMA-Factory
+    side's peak is its CLI process's, the only child this process waits for)."""
+    work.mkdir(parents=True)
+    if side == "llamafactory":
+        seconds = train_llamafactory(work, data, llamafactory)
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    else:
+        seconds = (train_peftflow(work, data, side == "peftflow-checkpointing") if side.startswith("peftflow")
+                   else train_trainer(work, data, side == "trainer-bf16"))
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}), flush=True)
 
 
-def measure(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps), "--batch", str(args.batch),
-           "--overrides", args.overrides]
+def measure(side: str, work: Path, data: Path, args) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--data", str(data)]
+    if args.llamafactory:
+        cmd += ["--llamafactory", args.llamafactory]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{side} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return {**json.loads(lines[-1][len("RESULT "):]), "adapter": str(work / "adapter")}
+
+
+def supervised_tokens(data: Path) -> int:
+    from transformers import AutoTokenizer
+
+    rows = chat_rows(AutoTokenizer.from_pretrained(model_path()), json.loads((data / "bench_train.json").read_text()))
+    return sum(sum(1 for t in r["labels"][1:] if t != -100) for r in rows)
+
+
+def report(runs: dict[str, list[dict]], tokens: int) -> None:
+    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "held_out")}
+           for side, rs in runs.items()}
+    print(f"{'side':22} {'train s':>8} {'tokens/s':>9} {'peak MB':>8} {'held-out':>9}   per round (train s / peak MB)")
+    for side, m in med.items():
+        rounds = ", ".join(f"{r['seconds']:.1f} / {r['peak_mb']:.0f}" for r in runs[side])
+        print(f"{side:22} {m['seconds']:8.1f} {tokens / m['seconds']:9.1f} {m['peak_mb']:8.0f} {m['held_out']:9.4f}   {rounds}")
+    peers = [side for side in med if side in PEERS]
+    fastest = min(peers, key=lambda s: med[s]["seconds"])
+    leanest = min(peers, key=lambda s: med[s]["peak_mb"])
+    best_loss = min(med[s]["held_out"] for s in peers)
+    for side in (s for s in med if s.startswith("peftflow")):
+        ours = med[side]
+        print(f"{side} vs the fastest peer ({fastest}): {med[fastest]['seconds'] / ours['seconds']:.2f}x the train speed; "
+              f"vs the leanest peer ({leanest}): {ours['peak_mb'] / med[leanest]['peak_mb']:.2f}x the peak memory; "
+              f"held-out loss {ours['held_out'] / best_loss:.4f}x the best peer's")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--overrides", default="{}", help="JSON RunConfig overrides for the peftflow side, "
-                                                       'e.g. \'{"bf16_autocast": false}\'')
-    ap.add_argument("--side", choices=["reference", "peftflow"], help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sides", default="peftflow,trainer-bf16,trainer-fp32,llamafactory,peftflow-checkpointing")
+    ap.add_argument("--llamafactory", help="python of a virtual environment with llamafactory installed")
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        return child(args)
-    results = {side: measure(side, args) for side in ("reference", "peftflow")}
-    print(f"steps {args.steps}, batch {args.batch}, cutoff {CUTOFF}, peftflow overrides {args.overrides}, "
-          f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'':10} {'tokens/s':>9} {'tok/CPU-s':>9} {'peak MB':>8} {'final loss':>10} {'eval loss':>9} {'grad norm':>9} {'tokens':>7} {'train s':>7}")
-    for side, r in results.items():
-        print(f"{side:10} {r['tokens_per_s']:9.1f} {r['tokens_per_cpu_s']:9.2f} {r['peak_mb']:8.0f} {r['final_loss']:10.4f} {r['eval_loss']:9.4f} "
-              f"{r['grad_norm']:9.4f} {r['tokens']:7d} {r['seconds']:7.1f}")
-        if r["zero_grad_steps"]:
-            print(f"INVALID {side}: {r['zero_grad_steps']} steps logged a zero gradient norm")
-    ref, ours = results["reference"], results["peftflow"]
-    print(f"ratios peftflow/reference: tokens/s {ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x, "
-          f"tokens per CPU second {ours['tokens_per_cpu_s'] / ref['tokens_per_cpu_s']:.2f}x, "
-          f"peak memory {ours['peak_mb'] / ref['peak_mb']:.2f}x, final loss {ours['final_loss'] / ref['final_loss']:.3f}x, "
-          f"eval loss {ours['eval_loss'] / ref['eval_loss']:.3f}x")
+        return child(args.side, args.work, args.data, args.llamafactory)
+    sides = [s for s in args.sides.split(",") if s != "llamafactory" or args.llamafactory]
+    work = Path(tempfile.mkdtemp(prefix="peftflow-throughput-"))
+    os.environ.setdefault("PEFTFLOW_HOME", str(work / "home"))  # the prepared-data cache, for the children too
+    data, held_out = write_dataset(work)
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for n in range(args.rounds):
+        for side in sides:
+            runs[side].append(measure(side, work / f"{side}-{n}", data, args))
+            print(f"round {n + 1} {side}: {runs[side][-1]['seconds']:.1f} s, {runs[side][-1]['peak_mb']:.0f} MB", flush=True)
+    for rs in runs.values():
+        for r in rs:
+            r["held_out"] = held_out_loss(r["adapter"], held_out)
+    print(f"{TRAIN_ROWS} rows, {STEPS} steps of batch {BATCH}, cutoff {CUTOFF}, LoRA r{RANK} all-linear, "
+          f"{args.rounds} rounds, medians; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    report(runs, supervised_tokens(data))
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ class RunConfig(Strict):
     fp16: bool = Field(False, title="Training: float16 weights", description="Load the weights in float16, with fp16 mixed precision.")
     bf16_autocast: bool | None = Field(
         None, title="Training: bfloat16 autocast",
-        description="Keep float32 weights, optimizer and loss, and run the matmuls in bfloat16 under torch.autocast. "
+        description="Run the matmuls in bfloat16 under torch.autocast; what trains, the optimizer state and the loss stay "
+                    "float32, and a frozen base is held in bfloat16. "
                     "Empty: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and "
                     "neither bf16 nor fp16 nor quantization_bit is set; else off.")
     # One choice of three in the form; a union with a const renders as "is a const and cannot be changed".

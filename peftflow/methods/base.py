@@ -37,6 +37,9 @@ class Method:
     # Config keys that only this method reads: set (to a value other than the default) for another
     # method, they are refused instead of silently ignored.
     options: tuple[str, ...] = ()
+    # (cfg) -> True when the base's own weights neither train nor are rewritten at init: under
+    # bf16 autocast such a base is held in bf16 (training.arguments.base_dtype).
+    frozen_base: Callable[[Any], bool] = lambda cfg: True
 
     @property
     def mergeable(self) -> bool:

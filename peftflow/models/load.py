@@ -14,9 +14,10 @@ def compute_dtype(cfg) -> torch.dtype:
     return torch.bfloat16 if cfg.bf16 else torch.float16 if cfg.fp16 else torch.float32
 
 
-def load_base(model_path: str, cfg):
-    """The base model as `cfg` trains it: `compute_dtype`, quantised when `quantization_bit` is set."""
-    dtype = compute_dtype(cfg)
+def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
+    """The base model as `cfg` trains it: in `dtype` (default `compute_dtype`), quantised when
+    `quantization_bit` is set."""
+    dtype = dtype or compute_dtype(cfg)
     if vision.is_vision_language(model_path):  # never quantised: the config x model checks refuse quantization_bit
         return vision.model_class(model_path).from_pretrained(model_path, dtype=dtype,
                                                               trust_remote_code=cfg.trust_remote_code)

@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from peftflow.config import RunConfig
+from peftflow.methods import get_method
 from peftflow.models.load import compute_dtype
 from peftflow.training import memory
 
@@ -38,7 +39,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
-        bf16=bf16,  # fp32 weights stay fp32 (load_base): autocast only
+        bf16=bf16,  # autocast; the weights' dtype is base_dtype's
         use_cpu=bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing is True,  # transformers 5 name for it
@@ -81,10 +82,23 @@ def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set, method_suppo
     return cfg.model_copy(update={"gradient_checkpointing": on}), f"{'on' if on else 'off'} ({why})"
 
 
-def compute_label(cfg: RunConfig) -> str:
-    """What the matmuls ran in, e.g. `float32 + bf16 autocast` or `nf4 weights, float32 compute`."""
-    dtype = str(compute_dtype(cfg)).removeprefix("torch.")
+def base_dtype(cfg: RunConfig) -> torch.dtype:
+    """The dtype the base is loaded in to train. Under bf16 autocast a frozen base is held in bf16:
+    half the weight memory, and autocast casts no weight on any matmul; what trains stays fp32
+    (run.fp32_trainable). A base whose weights train (or are rewritten at init) keeps compute_dtype."""
+    frozen = get_method(cfg).frozen_base(cfg)
+    if frozen and bf16_autocast(cfg) and not cfg.quantization_bit and not cfg.compute_dtype:
+        return torch.bfloat16
+    return compute_dtype(cfg)
+
+
+def compute_label(cfg: RunConfig, dtype: torch.dtype) -> str:
+    """What the matmuls ran in, e.g. `bfloat16 base, float32 trainable + bf16 autocast` or
+    `nf4 weights, float32 compute`; `dtype` is the base's (base_dtype)."""
+    name = str(dtype).removeprefix("torch.")
     if cfg.quantization_bit:
         kind = cfg.quantization_type if cfg.quantization_bit == 4 else "int8"
-        return f"{kind} weights, {dtype} compute"
-    return f"{dtype} + bf16 autocast" if bf16_autocast(cfg) else dtype
+        return f"{kind} weights, {name} compute"
+    if not bf16_autocast(cfg):
+        return name
+    return f"{name} base, float32 trainable + bf16 autocast" if dtype == torch.bfloat16 else f"{name} + bf16 autocast"

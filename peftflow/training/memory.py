@@ -1,18 +1,16 @@
-"""Memory of a training run: what it keeps, what it decides from it, what it reports.
+"""Memory of a training run: what it decides from it and what it reports.
 
-Three things, each measured on SmolLM2-135M LoRA, batch 8 x 256, on a CPU (docs/performance.md):
-- glibc's malloc raises its mmap threshold each time a large block is freed, so after the first
-  step the activation buffers (a few MB each) come from the heap, which keeps freed memory
-  instead of handing it back: peak RSS 4.25 GB with the default vs 1.47 GB with a fixed
-  threshold, for the same live tensors (gradient checkpointing on). `return_freed_memory` fixes it.
 - gradient checkpointing is chosen by need: on when the activations a step saves for the
   backward pass would not fit comfortably in the memory left after loading the model.
 - the peak (CUDA or process) memory of the run itself, not of whatever the process ran before.
+
+glibc's malloc is left as it is: fixing its mmap threshold at 1 MB handed freed activations back
+(peak RSS 2.7 GB instead of 3.7 GB on SmolLM2 LoRA, batch 8 x 256, bf16) but made every step
+fault in fresh pages, 1.6x the step time; checkpointing saves more for less (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import ctypes
 import platform
 import resource
 from pathlib import Path
@@ -20,21 +18,11 @@ from pathlib import Path
 import psutil
 import torch
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-MMAP_THRESHOLD_BYTES = 1 << 20
 # Saved-for-backward values per token per decoder layer, in units of hidden and intermediate size:
 # SmolLM2 LoRA at 8 x 256 saved 2.37 GB in fp32 over 30 layers = 6 x 576 + 4 x 1536 per token-layer.
 SAVED_PER_HIDDEN, SAVED_PER_INTERMEDIATE = 6, 4
 # Checkpoint when the estimated activations exceed this share of the memory free after loading.
 ACTIVATION_SHARE = 0.5
-
-
-def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold (which also stops it moving), so that blocks of 1 MB and more
-    are mapped on allocation and unmapped on free. Process-wide; a no-op off glibc."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def activation_bytes(model_config, tokens: int, bytes_per_value: int) -> int:

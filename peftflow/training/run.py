@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import load_from_disk
+from peft.helpers import disable_input_dtype_casting
 from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, TrainerCallback, set_seed
 
 from peftflow.config import RunConfig
@@ -23,7 +25,7 @@ from peftflow.models import vision
 from peftflow.models.load import load_base
 from peftflow.store import open_store, stage_key
 from peftflow.training import memory
-from peftflow.training.arguments import compute_label, resolve_gradient_checkpointing, training_arguments
+from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
 from peftflow.training.stored import StoreCheckpoints, fetch_checkpoint
 from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
@@ -45,7 +47,7 @@ class TrainResult:
     optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
     # Vision-language models: trainable parameters per part (vision_tower, projector, lora, other).
     trainable_by_part: dict[str, int] = field(default_factory=dict)
-    compute: str = ""            # weights dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
+    compute: str = ""            # compute_label: the base's dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
     gradient_checkpointing: str = ""  # "on (why)" / "off (why)"
     footprint_mb: float = 0.0    # the base model's weights as loaded for training (4-bit for QLoRA)
     peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
@@ -68,13 +70,14 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
-    memory.return_freed_memory()
     memory.reset_peak()
     train_set = load_from_disk(str(Path(data_path) / "train"))
-    base = load_base(model_path, cfg)
+    base = training_base(model_path, cfg)
     footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
     cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, train_set, method.traits.gradient_checkpointing)
     model = method.build(base, cfg)
+    if method.frozen_base(cfg):
+        fp32_trainable(model)
     init_dir = method.before_train(model, output_dir)
     processor = (AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
                  if vision.is_vision_language(model_path) else None)
@@ -90,7 +93,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         resumed_from_step=resumed_from, loss_history=history,
         method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
         trainable_by_part=vision.trainable_by_part(model) if processor else {},
-        compute=compute_label(cfg), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
+        compute=compute_label(cfg, base_dtype(cfg)), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
         peak_memory_mb=round(memory.peak_mb(), 1),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
@@ -99,6 +102,11 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         (processor or tokenizer).save_pretrained(out.adapter_dir)
         (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
+
+
+def training_base(model_path: str, cfg: RunConfig):
+    """The base as the train stage loads it (base_dtype): the model a trained adapter reproduces its outputs on."""
+    return load_base(model_path, cfg, base_dtype(cfg))
 
 
 def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallback, ...]:
@@ -140,7 +148,12 @@ def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
     checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir), set_aside=trainer.is_world_process_zero())
     before = loss_before(checkpoint) if checkpoint else None
     first = first_loss(checkpoint) if checkpoint else None
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    # Under autocast, peft's LoRA layers would cast each bf16 input up to their fp32 weights and
+    # autocast would cast it straight back: two copies of every adapted layer's input per pass.
+    # (Only LoRA layers have the switch; peft's context manager fails on the others.)
+    lora_casts = any(hasattr(m, "cast_input_dtype_enabled") for m in trainer.model.modules())
+    with disable_input_dtype_casting(trainer.model) if trainer.args.bf16 and lora_casts else nullcontext():
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     # Under autocast accelerate wrapped model.forward in it; a caller using the model afterwards gets fp32 back.
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     history = tuple((h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h)
@@ -148,6 +161,14 @@ def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
         first_step = next(c.step for c in trainer.callback_handler.callbacks if isinstance(c, FirstStep))
         check_resume(before, history, first, first_step)
     return history, before[0] if before else None, float(result.training_loss)
+
+
+def fp32_trainable(model) -> None:
+    """Trainable parameters in fp32 (optimizer master weights) whatever the base's dtype: peft
+    upcasts its adapters itself, not a trained copy of a base module (modules_to_save)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def optimizer_used(cfg: RunConfig, optimizer) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer, TrainerCallback
 
 from peftflow.builtin.probes import probe_batch
 from peftflow.config import RunConfig, load_config
@@ -29,9 +29,9 @@ from peftflow.data import prepare_dataset
 from peftflow.inference import generate_reply
 from peftflow.mlflow_io.publishing import publish_adapter
 from peftflow.mlflow_io.tracking import configure_mlflow, start_run
-from peftflow.models.load import load_base
 from peftflow.models.resolve import resolve_model
 from peftflow.training.run import run as train_run
+from peftflow.training.run import training_base
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
@@ -83,7 +83,7 @@ def test_method_on_smollm2_learns_reloads_and_serves(case, smollm2, store, tmp_p
     assert losses[0] < 1.2, losses
     assert sum(losses[-2:]) < WELL_BELOW[case] * sum(losses[:2]), losses
 
-    base = load_base(model_path, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(model_path)
+    base = training_base(model_path, cfg)  # as it trained: 4-bit for QLoRA, bf16 under bf16 autocast
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 from peftflow import merge
 from peftflow.config import RunConfig
@@ -17,7 +17,7 @@ from peftflow.losses import supervised_ce, supports_chunked_loss
 from peftflow.methods import get_method
 from peftflow.models.load import load_base
 from peftflow.training import memory
-from peftflow.training.arguments import bf16_autocast
+from peftflow.training.arguments import base_dtype, bf16_autocast
 from peftflow.training.run import run as train_run
 
 
@@ -80,11 +80,35 @@ def test_bf16_autocast_is_off_when_asked_or_when_weights_are_already_half():
         RunConfig(bf16_autocast=True, fp16=True)
 
 
+def test_only_a_frozen_base_is_held_in_bf16_under_autocast():
+    for method in ("lora", "ia3", "prefix"):
+        assert base_dtype(RunConfig(bf16_autocast=True, finetuning_type=method)) == torch.bfloat16
+    assert base_dtype(RunConfig(bf16_autocast=False)) == torch.float32
+    # full fine-tuning's base weights are the master weights; PiSSA rewrites them as residuals,
+    # which bf16 would round; a k-bit base computes in compute_dtype
+    assert base_dtype(RunConfig(bf16_autocast=True, finetuning_type="full")) == torch.float32
+    assert base_dtype(RunConfig(bf16_autocast=True, lora_init="pissa")) == torch.float32
+    assert base_dtype(RunConfig(bf16_autocast=True, quantization_bit=4)) == torch.float32
+
+
+class _Keep(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
 def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path):
     # transformers refuses bf16 without a GPU unless the run is marked as a CPU run
-    cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1)
-    result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path)
+    cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1,
+                    additional_target="lm_head")
+    keep = _Keep()
+    result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path, callbacks=(keep,))
     assert result.steps == 2 and all(math.isfinite(loss) for _, loss in result.loss_history)
+    # The frozen base in bf16 (autocast casts no weight), everything that trains in fp32 (the
+    # optimizer's master weights): the adapters, and the trained copy of a base module too.
+    dtypes = {(p.requires_grad, p.dtype) for p in keep.model.parameters()}
+    assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}, dtypes
+    assert any("modules_to_save" in n and p.requires_grad for n, p in keep.model.named_parameters())
+    assert result.compute == "bfloat16 base, float32 trainable + bf16 autocast"
 
 
 def test_activation_estimate_is_near_what_autograd_saves(tiny_model):
@@ -121,8 +145,7 @@ def test_peak_memory_is_this_runs_peak():
 
     The 256 MB are an anonymous mapping, unmapped on close: whether memory freed through malloc goes
     back to the OS depends on the allocator's state, which the tests that ran earlier in the same
-    worker set (memory.return_freed_memory is process-wide). With torch.ones this test failed in a
-    full run and passed alone."""
+    worker leave behind. With torch.ones this test failed in a full run and passed alone."""
     import mmap
 
     memory.reset_peak()

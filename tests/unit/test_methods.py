@@ -17,6 +17,7 @@ from peftflow.evaluation.scoring import compare, generate
 from peftflow.methods import METHODS, TRAITS
 from peftflow.models.load import load_base
 from peftflow.training.run import run as train_run
+from peftflow.training.run import training_base
 
 METHOD_CASES = {
     "lora": dict(finetuning_type="lora"),
@@ -103,8 +104,8 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
         assert "unpaged" in result.optimizer_used
 
     trained = keep.model.eval()
-    # QLoRA: reloaded onto the same 4-bit base it trained on (merge.py covers the fp32 base).
-    base = load_base(tiny_model, cfg) if cfg.quantization_bit else AutoModelForCausalLM.from_pretrained(tiny_model)
+    # Reloaded onto the base as it trained (4-bit for QLoRA, bf16 under bf16 autocast); merge.py covers the fp32 base.
+    base = training_base(tiny_model, cfg)
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     from transformers import AutoTokenizer
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))

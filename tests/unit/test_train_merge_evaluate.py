@@ -41,7 +41,9 @@ def test_training_lowers_loss_and_reports_metrics(trained):
     # What ran and what it cost: recorded for MLflow (metrics + tags in tasks/train_adapter.py).
     metrics = result.metrics()
     assert 0 < metrics["model_footprint_mb"] < metrics["peak_memory_mb"] and metrics["seconds_per_step"] > 0
-    assert result.compute.startswith("float32") and result.gradient_checkpointing.startswith("off (auto: ")
+    assert result.gradient_checkpointing.startswith("off (auto: ")
+    # Under bf16 autocast (a machine with fast bf16) the frozen base is held in bf16, the adapter in fp32.
+    assert result.compute in {"float32", "bfloat16 base, float32 trainable + bf16 autocast"}
 
 
 def test_adapter_reloads_with_plain_peft(trained, tiny_model):
