@@ -5,8 +5,9 @@
 - the peak (CUDA or process) memory of the run itself, not of whatever the process ran before.
 
 glibc's malloc is left as it is: fixing its mmap threshold at 1 MB handed freed activations back
-(peak RSS 2.7 GB instead of 3.7 GB on SmolLM2 LoRA, batch 8 x 256, bf16) but made every step
-fault in fresh pages, 1.6x the step time; checkpointing saves more for less (docs/performance.md).
+(peak RSS 2.7 GB instead of 3.7 GB on SmolLM2 LoRA, six batches of 8 x 160..256, bf16) but made
+every step fault in fresh pages, 1.6x the step time; checkpointing saves more for less
+(docs/performance.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from peftflow.config import RunConfig
 from peftflow.distill.trainer import DistillTrainer, distill_kwargs
 from peftflow.methods import get_method
 from peftflow.models import vision
-from peftflow.models.load import load_base
+from peftflow.models.load import compute_dtype, load_base
 from peftflow.store import open_store, stage_key
 from peftflow.training import memory
 from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
@@ -72,11 +72,12 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     method = get_method(cfg)
     memory.reset_peak()
     train_set = load_from_disk(str(Path(data_path) / "train"))
-    base = training_base(model_path, cfg)
+    dtype = base_dtype(cfg)
+    base = load_base(model_path, cfg, dtype)
     footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
     cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, train_set, method.traits.gradient_checkpointing)
     model = method.build(base, cfg)
-    if method.frozen_base(cfg):
+    if dtype != compute_dtype(cfg):  # a frozen base held in bf16: what trains keeps fp32 master weights
         fp32_trainable(model)
     init_dir = method.before_train(model, output_dir)
     processor = (AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
@@ -93,7 +94,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         resumed_from_step=resumed_from, loss_history=history,
         method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
         trainable_by_part=vision.trainable_by_part(model) if processor else {},
-        compute=compute_label(cfg, base_dtype(cfg)), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
+        compute=compute_label(cfg, dtype), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
         peak_memory_mb=round(memory.peak_mb(), 1),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
@@ -102,11 +103,6 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         (processor or tokenizer).save_pretrained(out.adapter_dir)
         (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
     return out
-
-
-def training_base(model_path: str, cfg: RunConfig):
-    """The base as the train stage loads it (base_dtype): the model a trained adapter reproduces its outputs on."""
-    return load_base(model_path, cfg, base_dtype(cfg))
 
 
 def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallback, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 
 from peftflow.builtin.probes import probe_batch
 from peftflow.config import RunConfig, load_config
@@ -29,33 +29,37 @@ from peftflow.data import prepare_dataset
 from peftflow.inference import generate_reply
 from peftflow.mlflow_io.publishing import publish_adapter
 from peftflow.mlflow_io.tracking import configure_mlflow, start_run
+from peftflow.models.load import load_base
 from peftflow.models.resolve import resolve_model
+from peftflow.training.arguments import base_dtype
 from peftflow.training.run import run as train_run
-from peftflow.training.run import training_base
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
 SMOLLM2 = "builtin:smollm2-135m-instruct"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# Each example config's loss after 6 steps, as a fraction of its first (measured 0.07 to 0.70): the
-# LoRA family and IA3 learn fastest; prompt tuning and P-tuning move only their virtual tokens.
+# Each example config's loss after 6 steps (P-tuning 12), as a fraction of its first (measured
+# 0.07 to 0.70): the LoRA family and IA3 learn fastest; prompt tuning and P-tuning move only their
+# virtual tokens.
 WELL_BELOW = {"lora-dora": 0.4, "qlora": 0.4, "ia3": 0.4, "prefix": 0.5, "prompt": 0.85, "ptuning": 0.85}
 PUBLISHED = {"prefix"}
-
-
-class _Keep(TrainerCallback):
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.model = model
 
 
 TINY_TASK = dict(max_steps=6, logging_steps=1, save_steps=100, cutoff_len=96, per_device_train_batch_size=4,
                  lr_scheduler_type="constant", max_samples=48, val_size=8)
 
 
+# P-tuning's first Adam steps at lr 1e-2 jolt its encoder: at a constant lr, 6 steps left the held-out
+# loss 3.5x the base's (seed 42) or unchanged (seed 1) on a 2-core AMD machine; 12 steps with 2 of
+# warm-up and cosine decay halve it for both seeds. (The demo's 40 steps recover without warm-up:
+# json_fields 1.000; with 10% warm-up 0.758.)
+TINY_TASK_FOR = {"ptuning": dict(max_steps=12, lr_scheduler_type="cosine", warmup_steps=2)}
+
+
 def _cfg(name: str | None = None, **overrides) -> RunConfig:
     """configs/<name>.yaml on the tiny task (the demo config without a name)."""
     cfg, _ = load_config(CONFIGS / f"{name or 'demo'}.yaml")
-    return cfg.model_copy(update={**TINY_TASK, **overrides})
+    return cfg.model_copy(update={**TINY_TASK, **TINY_TASK_FOR.get(name, {}), **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +76,21 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", list(WELL_BELOW))
-def test_method_on_smollm2_learns_reloads_and_serves(case, smollm2, store, tmp_path):
+def test_method_on_smollm2_learns_reloads_and_serves(case, smollm2, store, tmp_path, keep_model):
     model_path, data = smollm2
     cfg = _cfg(case)
     cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"name": f"e2e-{case}"})})
-    keep = _Keep()
-    result = train_run(cfg, model_path, data.path, tmp_path / "run", callbacks=(keep,))
+    result = train_run(cfg, model_path, data.path, tmp_path / "run", callbacks=(keep_model,))
     losses = [loss for _, loss in result.loss_history]
     # Near the base's loss at the start (QLoRA's 4-bit base: about 1.0), well below it after 6 steps.
     assert losses[0] < 1.2, losses
     assert sum(losses[-2:]) < WELL_BELOW[case] * sum(losses[:2]), losses
 
-    base = training_base(model_path, cfg)  # as it trained: 4-bit for QLoRA, bf16 under bf16 autocast
+    base = load_base(model_path, cfg, base_dtype(cfg))  # as it trained: 4-bit for QLoRA, bf16 under bf16 autocast
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
     with torch.no_grad():
-        assert (keep.model.eval()(**batch).logits - reloaded(**batch).logits).abs().max() <= 1e-4
+        assert (keep_model.model.eval()(**batch).logits - reloaded(**batch).logits).abs().max() <= 1e-4
 
     if case not in PUBLISHED:
         return

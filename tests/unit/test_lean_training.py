@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 from peftflow import merge
 from peftflow.config import RunConfig
@@ -91,23 +91,17 @@ def test_only_a_frozen_base_is_held_in_bf16_under_autocast():
     assert base_dtype(RunConfig(bf16_autocast=True, quantization_bit=4)) == torch.float32
 
 
-class _Keep(TrainerCallback):
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.model = model
-
-
-def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path):
+def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path, keep_model):
     # transformers refuses bf16 without a GPU unless the run is marked as a CPU run
     cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1,
                     additional_target="lm_head")
-    keep = _Keep()
-    result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path, callbacks=(keep,))
+    result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path, callbacks=(keep_model,))
     assert result.steps == 2 and all(math.isfinite(loss) for _, loss in result.loss_history)
     # The frozen base in bf16 (autocast casts no weight), everything that trains in fp32 (the
     # optimizer's master weights): the adapters, and the trained copy of a base module too.
-    dtypes = {(p.requires_grad, p.dtype) for p in keep.model.parameters()}
+    dtypes = {(p.requires_grad, p.dtype) for p in keep_model.model.parameters()}
     assert dtypes == {(False, torch.bfloat16), (True, torch.float32)}, dtypes
-    assert any("modules_to_save" in n and p.requires_grad for n, p in keep.model.named_parameters())
+    assert any("modules_to_save" in n and p.requires_grad for n, p in keep_model.model.named_parameters())
     assert result.compute == "bfloat16 base, float32 trainable + bf16 autocast"
 
 

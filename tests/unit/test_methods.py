@@ -6,7 +6,7 @@ Rejected method x option combinations fail at config time with one line naming t
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftflow import merge
 from peftflow.builtin.probes import probe_batch
@@ -16,8 +16,8 @@ from peftflow.errors import UserError
 from peftflow.evaluation.scoring import compare, generate
 from peftflow.methods import METHODS, TRAITS
 from peftflow.models.load import load_base
+from peftflow.training.arguments import base_dtype
 from peftflow.training.run import run as train_run
-from peftflow.training.run import training_base
 
 METHOD_CASES = {
     "lora": dict(finetuning_type="lora"),
@@ -31,11 +31,6 @@ METHOD_CASES = {
                    prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
     "ptuning": dict(finetuning_type="ptuning", num_virtual_tokens=8, learning_rate=1e-2, encoder_hidden_size=32),
 }
-
-
-class _Keep(TrainerCallback):
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.model = model
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +88,18 @@ def test_prefix_from_text_starts_at_the_base_models_loss(tiny_model, data):
 
 
 @pytest.mark.parametrize("case", list(METHOD_CASES))
-def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, data, tmp_path):
+def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, data, tmp_path, keep_model):
     cfg = _cfg(tiny_model, **METHOD_CASES[case])
-    keep = _Keep()
-    result = train_run(cfg, tiny_model, data.path, tmp_path, callbacks=(keep,))
+    result = train_run(cfg, tiny_model, data.path, tmp_path, callbacks=(keep_model,))
     losses = [loss for _, loss in result.loss_history]
     assert sum(losses[-2:]) < sum(losses[:2]), losses
     assert result.method == cfg.finetuning_type and result.optimizer_used
     if cfg.optim.startswith("paged_") and not torch.cuda.is_available():
         assert "unpaged" in result.optimizer_used
 
-    trained = keep.model.eval()
+    trained = keep_model.model.eval()
     # Reloaded onto the base as it trained (4-bit for QLoRA, bf16 under bf16 autocast); merge.py covers the fp32 base.
-    base = training_base(tiny_model, cfg)
+    base = load_base(tiny_model, cfg, base_dtype(cfg))
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
     from transformers import AutoTokenizer
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
