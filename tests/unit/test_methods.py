@@ -101,7 +101,6 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
     # Reloaded onto the base as it trained (4-bit for QLoRA, bf16 under bf16 autocast); merge.py covers the fp32 base.
     base = load_base(tiny_model, cfg, base_dtype(cfg))
     reloaded = PeftModel.from_pretrained(base, result.adapter_dir).eval()
-    from transformers import AutoTokenizer
     batch = probe_batch(AutoTokenizer.from_pretrained(result.adapter_dir))
     with torch.no_grad():
         a, b = trained(**batch).logits, reloaded(**batch).logits
