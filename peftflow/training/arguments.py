@@ -40,7 +40,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         bf16=bf16,  # autocast; the weights' dtype is base_dtype's
-        use_cpu=bf16 and not torch.cuda.is_available(),  # else transformers refuses bf16 without a GPU
+        # No GPU: say so, or transformers sets up no distributed state under torchrun (every rank
+        # then trains and saves alone) and refuses bf16 autocast. MPS is left to fp32 runs.
+        use_cpu=not torch.cuda.is_available() and (bf16 or not torch.backends.mps.is_available()),
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing is True,  # transformers 5 name for it
         report_to=[],
