@@ -40,8 +40,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_total_limit=cfg.save_total_limit,
         seed=cfg.seed,
         bf16=bf16,  # autocast; the weights' dtype is base_dtype's
-        # No GPU: say so, or transformers sets up no distributed state under torchrun (every rank
-        # then trains and saves alone) and refuses bf16 autocast. MPS is left to fp32 runs.
+        # No GPU: say so, or under torchrun transformers reports world size 1 and rank 0 on every
+        # rank (each one saves the adapter) and refuses bf16 autocast. MPS is left to fp32 runs.
         use_cpu=not torch.cuda.is_available() and (bf16 or not torch.backends.mps.is_available()),
         fp16=cfg.fp16,
         activation_checkpointing=cfg.gradient_checkpointing is True,  # transformers 5 name for it
