@@ -1,4 +1,4 @@
-"""`peftflow` command line: run, validate, export (safetensors or GGUF), check-serving, generate, promote,
+"""`peftflow` command line: run, sweep, validate, export (safetensors or GGUF), check-serving, generate, promote,
 rollback, history, emit-dataset-updated, relay, webhooks create.
 
 User mistakes (bad config, bad data, unknown model) print one line and exit 2; `--debug`
@@ -14,8 +14,10 @@ from typing import Optional
 
 import typer
 
+from flows.cli_support import fail, read_run_config, state
+from flows.cli_sweep import sweep
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
-_state = {"debug": False, "verbose": False}
 
 
 def _set_defaults() -> None:
@@ -25,6 +27,8 @@ def _set_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary local server can take longer than Prefect's 20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # A sweep's queued variants poll the temporary server for a slot: every 2 s, not up to 30 s.
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "2")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Cached stage results live next to the files they point at, so deleting the home clears both.
@@ -33,21 +37,12 @@ def _set_defaults() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
-def _fail(e: BaseException) -> None:
-    from peftflow.errors import UserError
-
-    if _state["debug"] or not isinstance(e, UserError):
-        raise e
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(UserError.exit_code)
-
-
 @app.callback()
 def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
                  verbose: bool = typer.Option(False, "--verbose", help="Show each training step and the libraries' bars and warnings.")) -> None:
     from flows.terminal import hide_bitsandbytes, quiet_libraries
 
-    _state["debug"], _state["verbose"] = debug, verbose
+    state["debug"], state["verbose"] = debug, verbose
     _set_defaults()
     quiet_libraries(verbose)
     hide_bitsandbytes()  # until a config that needs it is read (_read)
@@ -57,27 +52,30 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
 def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
-        cfg, unused, _ = _read(config)
+        cfg, unused, _ = read_run_config(config)
         from peftflow.preflight import check_run
 
         check_run(cfg)  # bad model or data fail here, before the flow starts, as one line
         from flows.finetune import finetune
         from flows.terminal import training_bar
-        with training_bar(_state["verbose"]):
+        with training_bar(state["verbose"]):
             result = finetune(cfg)
     except Exception as e:  # noqa: BLE001 - user errors become one line, others re-raise
-        _fail(e)
+        fail(e)
         return
     scores = "  ".join(f"{label}={s['score']:.3f}" for label, s in result.scores.items())
     champion = f"v{result.champion}" if result.champion else "none"
     typer.echo(f"{result.name} v{result.version}: {scores}; champion -> {champion}")
 
 
+app.command()(sweep)
+
+
 @app.command()
 def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
     """Check the config, model and data without training; print a data report."""
     try:
-        cfg, _, schema = _read(config)
+        cfg, _, schema = read_run_config(config)
         from peftflow.data import data_report
 
         from peftflow.preflight import check_training_setup, trained_model
@@ -88,7 +86,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         if cfg.promotion.guard_dataset:
             data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
     except Exception as e:  # noqa: BLE001
-        _fail(e)
+        fail(e)
         return
     typer.echo(f"schema: {schema}")
     typer.echo(report.to_text())
@@ -120,7 +118,7 @@ def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory expo
         if fmt == "gguf":
             _export_gguf(src, out, outtype, verify)
     except Exception as e:  # noqa: BLE001
-        _fail(_as_user_error(e, model) if model and config else _registry_error(e, model) if model else e)
+        fail(_as_user_error(e, model) if model and config else _registry_error(e, model) if model else e)
 
 
 def _export_dir(config: str, model: Optional[str]) -> str:
@@ -172,7 +170,7 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
         _check_model_ref(model)
         text = generate_reply(model, prompt, max_new_tokens, image=image)
     except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, f"--model {model}"))
+        fail(_registry_error(e, f"--model {model}"))
         return
     typer.echo(text)
 
@@ -185,7 +183,7 @@ def check_serving(model: str = typer.Argument(..., help="models:/NAME@ALIAS, mod
 
         report = check_dir(_local_model_dir(model))
     except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, model))
+        fail(_registry_error(e, model))
         return
     for line in report.checked:
         typer.echo(f"ok: {line}")
@@ -257,7 +255,7 @@ def promote(name: str = typer.Argument(..., help="Registered model name."),
         move_champion(name, version, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, f"{name} v{version}"))
+        fail(_registry_error(e, f"{name} v{version}"))
 
 
 @app.command()
@@ -271,7 +269,7 @@ def rollback(name: str = typer.Argument(..., help="Registered model name."),
         roll_back(name, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, name))
+        fail(_registry_error(e, name))
 
 
 @app.command()
@@ -285,7 +283,7 @@ def history(name: str = typer.Argument(..., help="Registered model name."),
 
         moves = [{"alias": a, **m} for a in (CHAMPION, PREVIOUS, CHALLENGER) for m in alias_history(name, version, a)]
     except Exception as e:  # noqa: BLE001
-        _fail(_registry_error(e, f"{name} v{version}"))
+        fail(_registry_error(e, f"{name} v{version}"))
         return
     for m in sorted(moves, key=lambda m: m["at"]):
         typer.echo(json.dumps(m))
@@ -302,7 +300,7 @@ def emit_dataset_updated(dataset: str = typer.Option(..., "--dataset", help="Dat
 
         event = emit(dataset, dataset_dir, uri)
     except Exception as e:  # noqa: BLE001
-        _fail(e)
+        fail(e)
         return
     typer.echo(f"emitted {event.event} {event.id} for dataset {dataset}")
 
@@ -321,7 +319,7 @@ def relay(host: str = typer.Option("0.0.0.0", "--host", help="Interface to liste
 
         serve(host, port, secret, frozenset(model))
     except Exception as e:  # noqa: BLE001
-        _fail(e)
+        fail(e)
 
 
 webhooks = typer.Typer(no_args_is_help=True, help="The MLflow webhook that feeds `peftflow relay`.")
@@ -342,7 +340,7 @@ def webhooks_create(url: str = typer.Option(..., "--url", help="The relay, e.g. 
 
         setup = ensure_webhook(url, secret, model, name)
     except Exception as e:  # noqa: BLE001
-        _fail(e)
+        fail(e)
         return
     typer.echo(f"webhook {name} ({setup.webhook_id}) {'created' if setup.created else 'updated'} -> {url}")
     if not setup.test_ok:
@@ -361,20 +359,6 @@ def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", 
     from flows.deployfile import write_local_deployments
 
     typer.echo(f"wrote {write_local_deployments(Path(out), pool=pool)}")
-
-
-def _read(path):
-    """(config, keys accepted but unused, schema read), warning about the unused keys."""
-    from peftflow.config import read_config
-
-    cfg, unused, schema = read_config(path)
-    if cfg.needs_bitsandbytes:
-        from flows.terminal import allow_bitsandbytes
-
-        allow_bitsandbytes()
-    if unused:
-        typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
-    return cfg, unused, schema
 
 
 def _check_model_ref(model: str) -> None:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 from flows.approval import request_approval
+from flows.stages import drop_checkpoints, unless_cached_output_gone
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import PreparedData
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import stage_dir, train_key
 from peftflow.methods import get_method
 from peftflow.models.resolve import ResolvedModel
-from peftflow.store import open_store, restore_output, stage_key
 from peftflow.summary import harness_lines, training_notes
-from peftflow.training.resume import remove_checkpoints
-from peftflow.training.stored import remove_stored_checkpoints
-from tasks._policy import result_storage
 from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.evaluate_guard_set import evaluate_guard
@@ -70,12 +66,12 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     run_id = start_tracking_run(config, data, key, lineage)
     work = stage_dir(config, key)
     try:
-        adapter = _unless_cached_output_gone(config, train_adapter, work / "adapter")(
+        adapter = unless_cached_output_gone(config, train_adapter, work / "adapter")(
             config, model, data, key, run_id, teacher)
         adapter = replace(adapter, adapter_dir=str(work / "adapter"))   # cached on another machine: here now
         notes = training_notes(run_id, key, data, adapter)
         if config.should_merge:
-            merged = _unless_cached_output_gone(config, merge_adapter, work / "merged")(config, model, adapter, run_id)
+            merged = unless_cached_output_gone(config, merge_adapter, work / "merged")(config, model, adapter, run_id)
             merged = replace(merged, merged_dir=str(work / "merged"))
             tuned_dir = merged.merged_dir
         else:
@@ -86,7 +82,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
-        evaluation = _unless_cached_output_gone(config, evaluate_models, work / "eval_report.json")(
+        evaluation = unless_cached_output_gone(config, evaluate_models, work / "eval_report.json")(
             config, model, tuned_dir, rival, data, run_id, teacher)
         notes += harness_lines({label: s.harness for label, s in evaluation.models.items()})
         if teacher:
@@ -106,7 +102,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
-    _drop_checkpoints(config, work)
+    drop_checkpoints(config, work)
     summary = write_summary(version, evaluation, decision, current_champion, notes)
     get_run_logger().info(summary)
     promoted = decision.promote and current_champion == version.version
@@ -127,22 +123,3 @@ def training_data(config: RunConfig, model: ResolvedModel, teacher: ResolvedMode
     """The prepared dataset; with kd_unlabeled_dataset, plus the teacher's answers to those prompts."""
     data = prepare_dataset(config, model)
     return label_prompts(config, teacher, model, data) if config.kd_unlabeled_dataset else data
-
-
-def _drop_checkpoints(config: RunConfig, work: Path) -> None:
-    """Published and promoted: the checkpoints (a retry's resume point) are no longer needed, here
-    or in the run store."""
-    remove_checkpoints(work)
-    if (store := open_store(config.storage)) is not None:
-        remove_stored_checkpoints(store, stage_key(config.registry.name, work))
-
-
-def _unless_cached_output_gone(config: RunConfig, stage, output: Path):
-    """A cached result is only as good as the files it names: with a run store, a missing output
-    is fetched from it first (sealed and checked); recompute when it is neither here nor there.
-    With a store, the cached results themselves live there too (any machine finds them)."""
-    storage = result_storage(config)
-    stage = stage.with_options(result_storage=storage) if storage else stage
-    if restore_output(config.storage, config.registry.name, output):
-        return stage
-    return stage.with_options(refresh_cache=True)

@@ -26,30 +26,31 @@ def server_configured() -> bool:
     return bool(get_current_settings().api.url)
 
 
-def limit_name(model: str) -> str:
-    """`peftflow-aliases-<model>`; a name with characters Prefect refuses (or a very long one)
+def limit_name(model: str, kind: str = "aliases") -> str:
+    """`peftflow-<kind>-<model>`; a name with characters Prefect refuses (or a very long one)
     keeps the safe part and gets a hash of the whole, so two models never share a limit."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "-", model)[:80]
     if safe != model:
         safe += "-" + hashlib.sha256(model.encode()).hexdigest()[:8]
-    return f"peftflow-aliases-{safe}"
+    return f"peftflow-{kind}-{safe}"
 
 
-def ensure_limit(name: str) -> None:
-    """Create the limit (one slot) unless it exists; two machines creating it at once both end
-    with the one limit."""
+def ensure_limit(name: str, slots: int = 1) -> None:
+    """Make the limit hold `slots` slots, creating it unless it exists; two machines creating it at
+    once both end with the one limit."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(name)
+            if client.read_global_concurrency_limit_by_name(name).limit != slots:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
             return
         except ObjectNotFound:
             pass
         try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
         except ObjectAlreadyExists:
             return
 

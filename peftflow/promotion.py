@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from peftflow.config import RunConfig
-from peftflow.evaluation.report import EvalReport
+from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.mlflow_io.aliases import move_champion
 
 
@@ -146,9 +146,14 @@ def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
 
 
 def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:
+    """Per-example scores of two models of one report on the examples both scored."""
+    return paired_examples(evaluation.models[a], evaluation.models[b])
+
+
+def paired_examples(a: ModelScores, b: ModelScores) -> tuple[list[float], list[float]]:
     """Per-example scores of two models on the examples both scored, aligned by example index."""
-    left = {e["index"]: e["score"] for e in evaluation.models[a].examples}
-    right = {e["index"]: e["score"] for e in evaluation.models[b].examples}
+    left = {e["index"]: e["score"] for e in a.examples}
+    right = {e["index"]: e["score"] for e in b.examples}
     common = sorted(left.keys() & right.keys())
     return [left[i] for i in common], [right[i] for i in common]
 

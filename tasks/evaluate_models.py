@@ -21,24 +21,27 @@ def _key(context, params) -> str:
     rival += f"-teacher-{params['teacher'].fingerprint}" if params.get("teacher") else ""
     config = params["config"]
     tuned = portable(config.storage, config.registry.name, params["tuned_dir"])
-    return f"evaluate-{tuned}-{params['data'].fingerprint}-{rival}-{config.template}-{config.evaluation.model_dump_json()}"
+    tuned_only = "" if params.get("score_base", True) else "-tuned-only"
+    return f"evaluate-{tuned}-{params['data'].fingerprint}-{rival}-{config.template}-{config.evaluation.model_dump_json()}{tuned_only}"
 
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
 def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, champion: ModelVersionRef | None,
-                    data: PreparedData, run_id: str, teacher: ResolvedModel | None = None) -> EvalReport:
+                    data: PreparedData, run_id: str, teacher: ResolvedModel | None = None,
+                    score_base: bool = True) -> EvalReport:
     """Base, fine-tune and the current champion, scored on the same held-out rows.
 
     `tuned_dir` is the merged model, or the adapter dir of a method that cannot be merged
     (scored as base + adapter). In a distillation run `base` is the student before training and
-    the teacher is scored too."""
+    the teacher is scored too. `score_base=False` (a sweep variant: the sweep scores the base
+    once) scores the fine-tune alone, into `tuned_report.json`."""
     models = {"teacher": teacher.path} if teacher else {}
-    models |= {"base": model.path, "tuned": tuned_dir}
+    models |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}
     bases = {}
     if champion:
         models["champion"], champion_base = local_version(champion)
         bases = {"champion": champion_base} if champion_base else {}
-    out = Path(tuned_dir).parent / "eval_report.json"
+    out = Path(tuned_dir).parent / ("eval_report.json" if score_base else "tuned_report.json")
     report = compare(models, data.path, config, out, base_model_dir=model.path, bases=bases)
     if config.evaluation.harness_tasks:
         report = harness.score_models(report, models, data.path, config, Path(tuned_dir).parent, model.path, bases)

@@ -54,6 +54,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     raw, names, v1_unused = dict(raw), {}, []
+    if "sweep" in raw:
+        raise UserError(f"{source}: key 'sweep': a sweep section runs with `peftflow sweep {source}`, not as one run")
     if is_v1(raw):
         raw, names, v1_unused = to_v0(raw, source)
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _CONFIGURE_LOCK = threading.Lock()  # tasks in threads configure at once; os.environ is shared
 TRAIN_KEY_TAG = "train_key"  # one name on runs and versions (the lineage key)
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under the run it names
 # Which UI the experiment opens in: MLflow's training view, not the GenAI one (traces, token usage)
 # it would otherwise guess for a chat model.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"

@@ -16,6 +16,8 @@ def harness(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # Cached task results of this session only: never a cache hit from another test session.
         mp.setenv("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(tmp_path_factory.mktemp("prefect-results")))
+        # Queued sweep variants poll for their slot every ~2 s, as under `peftflow sweep` (flows/cli.py).
+        mp.setenv("PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "2")
         with prefect_test_harness(server_startup_timeout=120):
             yield
 

@@ -164,3 +164,20 @@ def test_evaluate_model_deployment_scores_a_version(stack):
     previous = alias(stack, "previous")
     scores = json.loads(mlflow_client(stack).get_model_version(NAME, previous).tags["eval.orders"])
     assert scores["version"] == previous and scores["metric"] == "json_fields" and scores["perplexity"] > 1
+
+
+def test_sweep_deployment_trains_each_variant_on_the_pool_and_registers_the_winner(stack):
+    """The dashboard's sweep: the grid as a parameter, each variant a run of the `sweep-variant`
+    deployment (a process of its own on the worker), the results back through the S3 run store."""
+    config = {**stack.config, "registry": {**stack.config["registry"], "name": "stack-sweep"}}
+    run_id = run_deployment(stack, "sweep/sweep", {"config": config, "grid": {"learning_rate": [5e-3, 1e-7]},
+                                                   "max_parallel": 2})
+    run = wait_flow_run(stack, run_id)
+    assert run["state"]["type"] == "COMPLETED", stack.logs()
+    variants = [r for r in flow_runs_of(stack, "sweep-variant/sweep-variant")
+                if r["parent_task_run_id"] and r["name"].startswith("learning_rate=")]
+    assert sorted(r["name"] for r in variants) == ["learning_rate=0.005", "learning_rate=1e-07"]
+    assert all(r["state"]["type"] == "COMPLETED" for r in variants)
+    (version,) = mlflow_client(stack).search_model_versions("name = 'stack-sweep'")
+    assert str(version.version) == str(mlflow_client(stack).get_model_version_by_alias("stack-sweep", "champion").version)
+    assert mlflow_client(stack).get_run(version.run_id).data.tags["peftflow.sweep.variant"] == "learning_rate=0.005"

@@ -90,7 +90,7 @@ def assert_nothing_registered(tmp_path: Path) -> None:
 # --- help -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
-    ((), ["run", "validate", "generate", "--debug", "--verbose"]),
+    ((), ["run", "sweep", "validate", "generate", "--debug", "--verbose"]),
     (("run",), ["Run the finetune flow", "CONFIG"]),
     (("validate",), ["Check the config", "CONFIG"]),
     (("generate",), ["Generate a chat reply", "--model", "--prompt", "--max-new-tokens"]),
@@ -272,3 +272,16 @@ def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finet
     not_ready = cli("check-serving", str(bad))
     assert not_ready.returncode == 1
     assert "problem: modules_to_save ['lm_head']: vLLM refuses adapters with fully trained modules" in not_ready.stdout
+
+
+@pytest.mark.parametrize("grid, needles", [
+    ("lora_rank=4,0", ["run.yaml variant 'lora_rank=0': key 'lora_rank': Input should be greater than 0"]),
+    ("optim=adamw_torch,adamw_tourch", ["sweep variant 'optim=adamw_tourch': ", "adamw_tourch"]),
+])
+def test_sweep_user_error_stops_before_the_flow(cli, tmp_path, write_config, write_dataset, tiny_model, grid, needles):
+    """Every variant is checked, the training setup included, before a flow run starts."""
+    path = write_config(config_text(tiny_model, good_dataset(write_dataset)))
+    proc = cli("sweep", str(path), "--grid", grid)
+    assert_one_error_line(proc, *needles)
+    assert "sweep of" not in proc.stderr and "Flow run" not in proc.stdout + proc.stderr
+    assert_nothing_registered(tmp_path)

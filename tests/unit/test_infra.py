@@ -142,12 +142,19 @@ def test_deployments_file_declares_the_deployments():
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
     assert set(deployments) == {"finetune", "retrain-nightly", "retrain-on-data", "promote", "evaluate-model",
-                                "on-promotion", "export-champion"}
+                                "on-promotion", "export-champion", "sweep", "sweep-variant"}
     for d in deployments.values():
         module, func = d["entrypoint"].split(":")
         assert (ROOT / module).is_file() and f"def {func}(" in (ROOT / module).read_text()
         assert d["work_pool"]["name"] == "gpu"
     assert deployments["finetune"]["work_pool"]["job_variables"]["gpu_count"] == 1
+    # The sweep waits and scores on CPU; its variants train on the GPU; its default grid plans.
+    assert deployments["sweep-variant"]["work_pool"]["job_variables"]["gpu_count"] == 1
+    assert deployments["sweep"]["work_pool"]["job_variables"]["gpu_count"] == 0
+    from peftflow.config import demo_config
+    from peftflow.sweep.plan import plan_sweep
+
+    assert len(plan_sweep(demo_config(), **deployments["sweep"]["parameters"]).variants) == 3
     assert deployments["retrain-nightly"]["work_pool"]["job_variables"]["gpu_count"] == 0
     assert deployments["retrain-nightly"]["schedules"][0]["cron"] == "0 2 * * *"
     (trigger,) = deployments["retrain-on-data"]["triggers"]
