@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from peftflow.evaluation.report import ModelScores
@@ -67,28 +66,28 @@ def loss_curves(results: list[VariantResult], path: Path) -> Path:
 
 
 def score_by_value(results: list[VariantResult], swept: tuple[str, ...], metric: str, path: Path) -> Path:
-    """One panel per swept key (up to two): the metric of each variant against that key's value (a numeric key
-    on a log axis when its values span more than 10x; any other key as categories)."""
-    keys = swept if 1 <= len(swept) <= 2 else ("variant",)  # many keys (named variants): one axis of names
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    """One panel per swept key (up to two; more: one axis of variant names): each variant's metric
+    against that key's value, and its held-out loss on the right axis (it still separates variants
+    that tie on the metric). A numeric key spanning more than 10x is drawn on a log axis."""
+    keys = swept if 1 <= len(swept) <= 2 else ("variant",)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
     for ax, key in zip(axes[0], keys):
         values = [r.swept.get(key) if key != "variant" else r.name for r in results]
-        scores = [metric_value(r, metric) for r in results]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numeric:
-            ax.scatter(values, scores)
-            positive = [v for v in values if v > 0]
-            if positive and len(positive) == len(values) and max(positive) / min(positive) > 10:
-                ax.set_xscale("log")
-        else:
-            labels = [str(v) for v in values]
-            ax.scatter(range(len(labels)), scores)
-            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7)
+        order = sorted(range(len(results)), key=lambda i: values[i] if numeric else i)
+        xs = [values[i] for i in order] if numeric else list(range(len(order)))
+        ax.plot(xs, [metric_value(results[i], metric) for i in order], "o-", label=metric)
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        if all(math.isfinite(s) for s in scores) and metric == "score":
-            ax.set_ylim(min(0.0, min(scores)) - 0.02, max(1.0, max(scores)) + 0.02)
+        if numeric and min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(xs, [str(values[i]) for i in order], rotation=0 if numeric else 20, fontsize=8)
+        if metric != "loss":
+            loss_ax = ax.twinx()
+            loss_ax.plot(xs, [results[i].tuned.loss for i in order], "s--", color="tab:orange", label="held-out loss")
+            loss_ax.set_ylabel("held-out loss", color="tab:orange")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
