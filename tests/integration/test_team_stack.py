@@ -61,6 +61,8 @@ def stack(shared_stack, tiny_model):
     for d in spec["deployments"]:
         if d["name"].startswith("retrain"):
             d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
+        if d["name"] == "sweep-variant":  # another machine: its own disk; results come back through the store
+            d["work_pool"]["job_variables"]["env"]["PEFTFLOW_HOME"] = str(tmp / "variant-machine")
     deploy(s, spec, tmp / "prefect.local.yaml")
     s.config = config
     return s
@@ -168,8 +170,13 @@ def test_evaluate_model_deployment_scores_a_version(stack):
 
 def test_sweep_deployment_trains_each_variant_on_the_pool_and_registers_the_winner(stack):
     """The dashboard's sweep: the grid as a parameter, each variant a run of the `sweep-variant`
-    deployment (a process of its own on the worker), the results back through the S3 run store."""
-    config = {**stack.config, "registry": {**stack.config["registry"], "name": "stack-sweep"}}
+    deployment with a PEFTFLOW_HOME of its own (as on another pod), its results and the winner's
+    model back to the sweep through the S3 run store."""
+    from peftflow.config.form import FLAT
+
+    flat = RunConfig.model_validate(stack.config).model_dump(mode="json", context=FLAT)
+    config = RunConfig.model_validate({**flat, "registry": {**flat["registry"], "name": "stack-sweep"},
+                                       "output_dir": None}).model_dump(mode="json")  # under each PEFTFLOW_HOME
     run_id = run_deployment(stack, "sweep/sweep", {"config": config, "grid": {"learning_rate": [5e-3, 1e-7]},
                                                    "max_parallel": 2})
     run = wait_flow_run(stack, run_id)
@@ -181,3 +188,10 @@ def test_sweep_deployment_trains_each_variant_on_the_pool_and_registers_the_winn
     (version,) = mlflow_client(stack).search_model_versions("name = 'stack-sweep'")
     assert str(version.version) == str(mlflow_client(stack).get_model_version_by_alias("stack-sweep", "champion").version)
     assert mlflow_client(stack).get_run(version.run_id).data.tags["peftflow.sweep.variant"] == "learning_rate=0.005"
+    # Trained under the variants' home; the sweep's home has what it fetched: both results, the winner's model.
+    from pathlib import Path
+
+    there = Path(stack.tmp / "variant-machine" / "runs" / "stack-sweep")
+    here = Path(stack.env["PEFTFLOW_HOME"]) / "runs" / "stack-sweep"
+    assert len(list(there.glob("*/adapter"))) == 2 and len(list(here.glob("*/sweep_variant.json"))) == 2
+    assert [p.parent.name for p in here.glob("*/merged")] == [version.tags["train_key"]]
