@@ -124,7 +124,8 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
 
 
 def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> list[VariantResult]:
-    """Every variant's run, at most `max_parallel` at a time; a failed one is reported, not fatal."""
+    """Every variant's run, at most `max_parallel` at a time; a failed one (or one whose merge
+    failed its check) is reported, not fatal."""
     limit = limit_name(plan.base.registry.name, kind="sweep")
     ensure_limit(limit, plan.max_parallel)
     ctx = FlowRunContext.get()
@@ -140,8 +141,10 @@ def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> li
             results.append(VariantResult(variant.name, swept, keys[variant.name], "", failed=state.message or state.name))
             continue
         run_id, adapter, merged, tuned = collect_variant(variant.config, str(stage_dir(variant.config, keys[variant.name])))
-        results.append(VariantResult(variant.name, swept, keys[variant.name], run_id, adapter, tuned.models["tuned"],
-                                     merged.passed if merged else True))
+        # A merge past its tolerance would fail the gate: such a variant cannot win.
+        failed = "" if not merged or merged.passed else (f"merge fidelity check failed (max |logit diff| "
+                                                         f"{merged.max_abs_logit_diff:.3g} > {merged.tolerance:.3g})")
+        results.append(VariantResult(variant.name, swept, keys[variant.name], run_id, adapter, tuned.models["tuned"], failed))
     return results
 
 

@@ -21,8 +21,7 @@ class VariantResult:
     run_id: str
     train: TrainResult | None = None
     tuned: ModelScores | None = None   # the fine-tune on the sweep's held-out rows
-    merge_passed: bool = True
-    failed: str = ""                   # why the variant's run failed ("" when it did not)
+    failed: str = ""                   # why the variant failed or cannot win ("" when it did not)
 
     @property
     def seconds_per_step(self) -> float:

@@ -18,7 +18,7 @@ def table_rows(ranking: Ranking, failed: list[VariantResult], metric: str, swept
         rows.append({"rank": place, "variant": r.name, **{k: r.swept.get(k, "") for k in swept},
                      **({} if metric == "score" else {metric: round(metric_value(r, metric), 4)}),
                      "score": round(r.tuned.score, 4),
-                     "held-out loss": round(r.tuned.loss, 4), "peak memory MB": round(t.peak_memory_mb),
+                     "held-out loss": float(f"{r.tuned.loss:.4g}"), "peak memory MB": round(t.peak_memory_mb),
                      "trainable params": t.trainable_params, "s/step": round(r.seconds_per_step, 3),
                      "tokens/s": round(t.tokens_per_second, 1), "train key": r.train_key})
     rows += [{"rank": "-", "variant": r.name, **{k: r.swept.get(k, "") for k in swept}, "failed": r.failed}
@@ -38,7 +38,7 @@ def report_markdown(name: str, rows: list[dict], ranking: Ranking, references: d
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |" for row in rows]
     lines += ["", f"| reference |{extra} score | held-out loss |", "|---|" + "---|" * (3 if extra else 2)]
-    lines += [f"| {label} |" + (f" {getattr(s, metric):.4f} |" if extra else "") + f" {s.score:.4f} | {s.loss:.4f} |"
+    lines += [f"| {label} |" + (f" {getattr(s, metric):.4f} |" if extra else "") + f" {s.score:.4f} | {s.loss:.4g} |"
               for label, s in references.items()]
     return "\n".join(lines) + "\n"
 

@@ -140,7 +140,7 @@ def test_the_report_table_and_charts(tmp_path):
     references = {"base": ModelScores("base", 2.0, 7.4, 0.25)}
     markdown = report_markdown("m", rows, ranking, references, "score", "score 1.0 beats base", "3", "3")
     assert "`models:/m/3` as `challenger`; `champion` -> v3" in markdown and "| 1 | r16 | 16 | 1.0 |" in markdown
-    assert "| base | 0.2500 | 2.0000 |" in markdown and "Promotion gate:** score 1.0 beats base" in markdown
+    assert "| base | 0.2500 | 2 |" in markdown and "Promotion gate:** score 1.0 beats base" in markdown
     for chart in (loss_curves(results[:2], tmp_path / "loss.png"), score_by_value(results[:2], ("lora_rank",), "score",
                                                                                   tmp_path / "score.png")):
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 5000
