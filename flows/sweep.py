@@ -82,7 +82,9 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
     data = prepare_dataset(config, model)
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
     keys = {v.name: train_key(v.config, model.fingerprint, data.fingerprint) for v in plan.variants}
-    sweep_key = hashlib.sha256(json.dumps(sorted(keys.values())).encode()).hexdigest()[:16]
+    # The same variants judged another way (promotion, evaluation) are another sweep: another report and run.
+    judged = [config.promotion.model_dump_json(), config.evaluation.model_dump_json()]
+    sweep_key = hashlib.sha256(json.dumps(sorted(keys.values()) + judged).encode()).hexdigest()[:16]
     work = config.resolved_output_dir() / f"sweep-{sweep_key}"
     run_id = start_tracking_run(config, data, f"sweep-{sweep_key}",
                                 {"prefect_flow_run_id": flow_run_id(), "peftflow.sweep.variants": json.dumps(keys)})

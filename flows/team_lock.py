@@ -5,6 +5,7 @@ model at once take turns. No server (a laptop, the temporary local server each r
 core's file lock, which covers the processes of one machine.
 
 Installed by `flows/__init__.py`, which every entry point (CLI, worker, deployment) imports first.
+`limit_name` and `ensure_limit` also name and size a sweep's limit (flows/sweep.py).
 Prefect is imported only when a lock is taken, so the CLI stays quick to start."""
 
 from __future__ import annotations
