@@ -96,3 +96,16 @@ def mlflow_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     configure_mlflow()
     return home
+
+
+def shipped_run_configs(path: Path) -> list:
+    """The run configs a shipped configs/*.yaml runs: the file's, or a sweep file's every variant
+    (each travels to the `sweep-variant` deployment as JSON, as a single run does to `finetune`)."""
+    import yaml
+
+    from peftflow.config import load_config
+    from peftflow.sweep.plan import read_sweep_file
+
+    if "sweep" in (yaml.safe_load(path.read_text()) or {}):
+        return [v.config for v in read_sweep_file(str(path), [])[1].variants]
+    return [load_config(path)[0]]

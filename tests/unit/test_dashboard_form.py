@@ -13,10 +13,11 @@ from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools.validation import validate
 
 from flows.finetune import finetune
-from peftflow.config import RunConfig, demo_config, load_config, parse_config
+from peftflow.config import RunConfig, demo_config, parse_config
 from peftflow.config.form import FLAT, GROUPS
 from peftflow.errors import UserError
 from peftflow.lineage import train_key
+from tests.conftest import shipped_run_configs
 
 BASICS = ["model_name_or_path", "dataset", "dataset_dir", "finetuning_type", "stage", "template", "learning_rate",
           "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -91,13 +92,13 @@ def test_the_form_default_is_the_demo_with_untouched_groups_folded(schema):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_each_recipe_is_the_same_run_after_the_forms_round_trip(schema, path):
-    cfg, _ = load_config(path)
-    grouped = json.loads(json.dumps(cfg.model_dump(mode="json")))
-    assert validate({"config": grouped}, schema, ignore_required=True) == []  # what the server checks
-    again = RunConfig.model_validate(grouped)
-    assert again == cfg and again.model_dump(mode="json") == grouped
-    assert train_key(again, "model", "data") == train_key(cfg, "model", "data")
-    assert RunConfig.model_validate(cfg.model_dump(mode="json", context=FLAT)) == cfg  # the flat shape too
+    for cfg in shipped_run_configs(path):
+        grouped = json.loads(json.dumps(cfg.model_dump(mode="json")))
+        assert validate({"config": grouped}, schema, ignore_required=True) == []  # what the server checks
+        again = RunConfig.model_validate(grouped)
+        assert again == cfg and again.model_dump(mode="json") == grouped
+        assert train_key(again, "model", "data") == train_key(cfg, "model", "data")
+        assert RunConfig.model_validate(cfg.model_dump(mode="json", context=FLAT)) == cfg  # the flat shape too
 
 
 def test_a_custom_group_as_the_form_submits_it():
