@@ -22,10 +22,16 @@ def read_run_config(path):
     from peftflow.config import read_config
 
     cfg, unused, schema = read_config(path)
-    if cfg.needs_bitsandbytes:
+    config_read(path, unused, [cfg])
+    return cfg, unused, schema
+
+
+def config_read(path, unused: list[str], configs: list) -> None:
+    """After reading `path`: bitsandbytes let in when one of the configs it runs needs it, and one
+    warning line for the keys accepted but unused."""
+    if any(cfg.needs_bitsandbytes for cfg in configs):
         from flows.terminal import allow_bitsandbytes
 
         allow_bitsandbytes()
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
-    return cfg, unused, schema

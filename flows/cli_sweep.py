@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_support import fail, state
+from flows.cli_support import config_read, fail, state
 
 
 def sweep(config: str = typer.Argument(..., help="Run config YAML; an optional `sweep:` section holds grid, variants, max_parallel."),
@@ -18,12 +18,7 @@ def sweep(config: str = typer.Argument(..., help="Run config YAML; an optional `
         from peftflow.sweep.plan import check_sweep, read_sweep_file
 
         request, plan = read_sweep_file(config, grid, max_parallel)
-        if request.unused:
-            typer.echo(f"warning: {config}: keys accepted but not used by peftflow yet: {', '.join(request.unused)}", err=True)
-        if any(v.config.needs_bitsandbytes for v in plan.variants):
-            from flows.terminal import allow_bitsandbytes
-
-            allow_bitsandbytes()
+        config_read(config, request.unused, [v.config for v in plan.variants])
         check_sweep(plan)  # bad model, data or variant fail here, before the flow starts, as one line
         typer.echo(f"sweep of {len(plan.variants)} variants, {plan.max_parallel} at a time: "
                    + "; ".join(v.name for v in plan.variants), err=True)

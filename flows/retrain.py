@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 
 from prefect import flow
-from prefect.context import FlowRunContext
 from prefect.states import Completed
 
 from flows.finetune import finetune, resolve_models
 from peftflow.config import RunConfig, demo_config
 from peftflow.distill.labelling import labels_fingerprint
+from tasks._policy import from_deployment
 from tasks.find_champion import find_champion
 from tasks.prepare_dataset import prepare_dataset
 
@@ -68,8 +68,7 @@ def retrain(config: RunConfig = demo_config(), dataset: str | None = None, datas
             print(message)
             return Completed(message=message)
         print(f"changed since champion v{champion.version}: {', '.join(changed)}: training")
-    ctx = FlowRunContext.get()
-    if ctx and ctx.flow_run and ctx.flow_run.deployment_id:
+    if from_deployment():
         return _run_finetune_deployment(config)
     return finetune(config)
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.approval import request_approval
@@ -35,6 +34,7 @@ from peftflow.lineage import stage_dir, train_key
 from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
 from peftflow.sweep.ranking import VariantResult, rank
 from peftflow.sweep.report import report_markdown, table_rows
+from tasks._policy import from_deployment
 from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.collect_variant import collect_variant
@@ -130,8 +130,7 @@ def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> li
     failed its check) is reported, not fatal."""
     limit = limit_name(plan.base.registry.name, kind="sweep")
     ensure_limit(limit, plan.max_parallel)
-    ctx = FlowRunContext.get()
-    on_pool = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
+    on_pool = from_deployment()
     futures = [run_variant.with_options(task_run_name=f"variant {v.name}").submit(v, sweep_run_id, limit, on_pool)
                for v in plan.variants]
     results = []

@@ -19,6 +19,14 @@ def retry_unless_user_error(task, task_run, state) -> bool:
 GPU_LIMIT_ENV = "PEFTFLOW_GPU_CONCURRENCY"
 
 
+def from_deployment() -> bool:
+    """The flow run this code runs in was started from a deployment (a worker on a pool)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
+
+
 def gpu_slot(occupy: int = 1):
     """A slot of the strict global concurrency limit that guards the accelerator.
 
@@ -33,12 +41,9 @@ def gpu_slot(occupy: int = 1):
     import os
 
     from prefect.concurrency.sync import concurrency
-    from prefect.context import FlowRunContext
 
     name = os.environ.get(GPU_LIMIT_ENV)
-    ctx = FlowRunContext.get()
-    from_deployment = bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id)
-    if name == "off" or (name is None and not from_deployment):
+    if name == "off" or (name is None and not from_deployment()):
         return contextlib.nullcontext()
     return concurrency(name or "gpu", occupy=occupy, strict=True)
 

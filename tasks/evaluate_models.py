@@ -9,7 +9,7 @@ from peftflow.evaluation import harness
 from peftflow.evaluation.report import EvalReport
 from peftflow.evaluation.scoring import compare
 from peftflow.mlflow_io import tracking
-from peftflow.mlflow_io.downloads import local_version
+from peftflow.mlflow_io.downloads import local_versions
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.models.resolve import ResolvedModel
 from peftflow.store import portable, save_output
@@ -37,10 +37,8 @@ def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, cha
     once) scores the fine-tune alone, into `tuned_report.json`."""
     models = {"teacher": teacher.path} if teacher else {}
     models |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}
-    bases = {}
-    if champion:
-        models["champion"], champion_base = local_version(champion)
-        bases = {"champion": champion_base} if champion_base else {}
+    versions, bases = local_versions({"champion": champion} if champion else {})
+    models |= versions
     out = Path(tuned_dir).parent / ("eval_report.json" if score_base else "tuned_report.json")
     report = compare(models, data.path, config, out, base_model_dir=model.path, bases=bases)
     if config.evaluation.harness_tasks:

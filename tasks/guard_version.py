@@ -5,7 +5,7 @@ from prefect import task
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.evaluation.scoring import guard_losses
-from peftflow.mlflow_io.downloads import local_version
+from peftflow.mlflow_io.downloads import local_versions
 from peftflow.mlflow_io.versions import get_version, set_version_tag
 from peftflow.promotion import guard_verdict
 
@@ -15,12 +15,8 @@ def guard_version(config: RunConfig, name: str, version: str, previous: str | No
     """Guard-set loss of `version` and of the previous champion (the gate's check, for a move
     made by hand); recorded on `version` as the tag `guard.<guard_dataset>`. An adapter version
     is scored on the base it was published with."""
-    models, bases = {}, {}
-    for label, number in (("champion", version), ("previous", previous)):
-        if number:
-            models[label], base = local_version(get_version(name, number))
-            if base:
-                bases[label] = base
+    models, bases = local_versions({label: get_version(name, number)
+                                    for label, number in (("champion", version), ("previous", previous)) if number})
     # the version's own tokenizer (an adapter's: its base's)
     data = prepare_dataset(config.guard_config(), bases.get("champion", models["champion"]))
     losses = guard_losses(models, data.path, config, bases=bases)

@@ -9,7 +9,7 @@ from peftflow.config import RunConfig
 from peftflow.data import PreparedData
 from peftflow.evaluation.report import EvalReport
 from peftflow.evaluation.scoring import compare
-from peftflow.mlflow_io.downloads import local_version
+from peftflow.mlflow_io.downloads import local_versions
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.models.resolve import ResolvedModel
 from peftflow.store import save_output
@@ -26,10 +26,8 @@ def _key(context, params) -> str:
 def score_references(config: RunConfig, model: ResolvedModel, champion: ModelVersionRef | None,
                      data: PreparedData, out: str) -> EvalReport:
     """`base` and, when there is one, `champion`, written to `out` (references.json)."""
-    models, bases = {"base": model.path}, {}
-    if champion:
-        models["champion"], champion_base = local_version(champion)
-        bases = {"champion": champion_base} if champion_base else {}
+    versions, bases = local_versions({"champion": champion} if champion else {})
+    models = {"base": model.path} | versions
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     report = compare(models, data.path, config, Path(out), base_model_dir=model.path, bases=bases)
     save_output(config.storage, config.registry.name, out)

@@ -41,6 +41,17 @@ def local_version(ref: ModelVersionRef) -> tuple[str, str | None]:
     return model_dir, base
 
 
+def local_versions(refs: dict[str, ModelVersionRef]) -> tuple[dict[str, str], dict[str, str]]:
+    """Labelled versions as (label -> local model dir, label -> base dir of each adapter version),
+    the two mappings `evaluation.scoring` takes."""
+    models, bases = {}, {}
+    for label, ref in refs.items():
+        models[label], base = local_version(ref)
+        if base:
+            bases[label] = base
+    return models, bases
+
+
 def download_model_dir(model_uri: str) -> str:
     """A registered model as a plain local transformers dir (config, weights or adapter, tokenizer)
     that `from_pretrained` reads. An alias is pinned to its version first; versions are cached.
