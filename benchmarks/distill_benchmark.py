@@ -7,6 +7,8 @@ student = the teacher pruned to half depth (15 of 30 layers, evenly spaced), tra
    same student, rows and steps.
 2. Teacher-labelled data: the KD student on `--labelled` rows alone, and on those rows plus
    `--prompts` prompts without answers that the teacher answered (kd_unlabeled_dataset).
+3. Labeller errors: CE only vs KD on `--labelled` rows of which about `--errors` have one field
+   copied from another order (a labeller's slip), the held-out rows left as they are.
 
 Each arm is scored by json_fields on the same held-out rows; the table gives each gain's mean and
 its 95% paired bootstrap interval over those rows. Writes docs/distillation.md with --write. Usage:
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from peftflow import merge
 from peftflow.builtin.datasets import PROMPT_SEED, make_rows
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import prepare_dataset
+from peftflow.data.prepare import split_rows
 from peftflow.distill.labelling import teacher_labelled
 from peftflow.distill.teacher import prune_layers
 from peftflow.evaluation.scoring import score_model
@@ -36,18 +40,33 @@ ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
 
 
-def write_datasets(root: Path, held_out: int, labelled: int, prompts: int) -> Path:
-    """orders: every labelled row; few: `labelled` of them (same held-out rows, the first ones drawn);
-    prompts: other orders without their answers (demo_order_prompts, when 512)."""
+def write_datasets(root: Path, held_out: int, labelled: int, prompts: int, errors: float) -> Path:
+    """orders: every labelled row; few: `labelled` of them (the first ones drawn); few_errors: few
+    with labeller errors in its training rows, the same held-out rows; prompts: other orders
+    without their answers (demo_order_prompts, when 512)."""
     root.mkdir(parents=True, exist_ok=True)
-    rows = make_rows(640, seed=0)
+    rows = make_rows(held_out + 544, seed=0)
     few = rows[:held_out + labelled]
+    train_rows, _ = split_rows(len(few), RunConfig(dataset="few", val_size=held_out))
     asked = [{k: v for k, v in r.items() if k != "output"} for r in make_rows(prompts, seed=PROMPT_SEED)]
-    for name, data in {"orders": rows, "few": few, "prompts": asked}.items():
-        (root / f"{name}.json").write_text(json.dumps(data))
-    info = {name: {"file_name": f"{name}.json", "columns": COLUMNS} for name in ("orders", "few", "prompts")}
+    data = {"orders": rows, "few": few, "few_errors": with_labeller_errors(few, train_rows, errors), "prompts": asked}
+    for name, part in data.items():
+        (root / f"{name}.json").write_text(json.dumps(part))
+    info = {name: {"file_name": f"{name}.json", "columns": COLUMNS} for name in data}
     (root / "dataset_info.json").write_text(json.dumps(info))
     return root
+
+
+def with_labeller_errors(rows: list[dict], train_rows: list[int], share: float, seed: int = 7) -> list[dict]:
+    """`rows` where about `share` of `train_rows` have one field of their answer copied from
+    another training row's (a labeller's copy-paste slip); held-out rows stay as they are."""
+    rng, out = random.Random(seed), [dict(r) for r in rows]
+    for i in train_rows:
+        if rng.random() < share:
+            record, other = json.loads(out[i]["output"]), json.loads(rows[rng.choice([j for j in train_rows if j != i])]["output"])
+            field = rng.choice(sorted(record))
+            out[i]["output"] = json.dumps({**record, field: other[field]})  # sometimes the same value: no error
+    return out
 
 
 def main() -> None:
@@ -55,15 +74,17 @@ def main() -> None:
     ap.add_argument("--teacher-steps", type=int, default=40)
     ap.add_argument("--steps", type=int, default=100, help="student optimizer steps, every arm")
     ap.add_argument("--student-layers", type=int, default=15)
-    ap.add_argument("--held-out", type=int, default=96, help="held-out rows every arm is scored on")
+    ap.add_argument("--held-out", type=int, default=200, help="held-out rows every arm is scored on")
     ap.add_argument("--labelled", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=512)
+    ap.add_argument("--errors", type=float, default=0.25, help="share of the labelled rows with a labeller error (part 3)")
+    ap.add_argument("--parts", default="1,2,3", help="comparisons to run (numbers above); --write needs all")
     ap.add_argument("--write", action="store_true", help="write docs/distillation.md")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="peftflow-distill-bench-"))
-    data_dir = write_datasets(work / "data", args.held_out, args.labelled, args.prompts)
+    data_dir = write_datasets(work / "data", args.held_out, args.labelled, args.prompts, args.errors)
     base = resolve_model("builtin:smollm2-135m-instruct")
     evaluation = {**demo_config().evaluation.model_dump(), "max_samples": args.held_out}
     tcfg = demo_config().model_copy(update={"max_steps": args.teacher_steps, "save_steps": 1000})
@@ -83,11 +104,16 @@ def main() -> None:
             f"KD, {few}": RunConfig(dataset="few", **kd, **common),
             f"KD, {few} + {args.prompts} teacher-labelled": RunConfig(dataset="few", kd_unlabeled_dataset="prompts",
                                                                       **kd, **common)},
+        f"Labeller errors ({few}, about {args.errors:.0%} with one field wrong): CE only vs KD": {
+            "CE only": RunConfig(dataset="few_errors", **common),
+            "KD": RunConfig(dataset="few_errors", **kd, **common)},
     }
-    tables = [compare(title, arms, teacher, student, work) for title, arms in parts.items()]
+    chosen = [int(n) for n in args.parts.split(",")]
+    tables = [compare(title, arms, teacher, student, work / f"part-{n}")
+              for n, (title, arms) in enumerate(parts.items(), 1) if n in chosen]
     print("\n\n".join(tables))
     print(f"total {time.perf_counter() - t0:.0f} s; work dir {work}")
-    if args.write:
+    if args.write and len(tables) == len(parts):
         write_doc("\n\n".join(tables), args)
 
 
@@ -129,7 +155,7 @@ def compare(title: str, arms: dict[str, RunConfig], teacher: str, student: str, 
 def write_doc(table: str, args) -> None:
     command = (f".venv/bin/python benchmarks/distill_benchmark.py --teacher-steps {args.teacher_steps} "
                f"--steps {args.steps} --student-layers {args.student_layers} --held-out {args.held_out} "
-               f"--labelled {args.labelled} --prompts {args.prompts} --write")
+               f"--labelled {args.labelled} --prompts {args.prompts} --errors {args.errors} --write")
     doc = ROOT / "docs" / "distillation.md"
     text = doc.read_text() if doc.exists() else ""
     marker = "<!-- benchmark -->"

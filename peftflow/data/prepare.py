@@ -248,7 +248,7 @@ def _eval_count(n: int, val_size: float) -> int:
     return math.ceil(val_size * n) if val_size < 1 else int(val_size)
 
 
-def _split(n: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
+def split_rows(n: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     """(train, eval) row indices: a seeded shuffle, the first val_size rows held out."""
     n_eval = _eval_count(n, cfg.val_size)
     order = list(range(n))
@@ -260,7 +260,7 @@ def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
     """Write train/, eval/ and stats.json into `out`."""
     from datasets import Dataset, Features, List, Value
 
-    train_idx, eval_idx = _split(len(a.rows), cfg)
+    train_idx, eval_idx = split_rows(len(a.rows), cfg)
     ids = List(Value("int64"))
     train_cols = {"input_ids": [a.rows[i].input_ids for i in train_idx], "labels": [a.rows[i].labels for i in train_idx]}
     eval_cols = {"input_ids": [a.rows[i].input_ids for i in eval_idx], "labels": [a.rows[i].labels for i in eval_idx],
