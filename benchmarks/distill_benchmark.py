@@ -63,7 +63,8 @@ def with_labeller_errors(rows: list[dict], train_rows: list[int], share: float, 
     rng, out = random.Random(seed), [dict(r) for r in rows]
     for i in train_rows:
         if rng.random() < share:
-            record, other = json.loads(out[i]["output"]), json.loads(rows[rng.choice([j for j in train_rows if j != i])]["output"])
+            donor = rng.choice([j for j in train_rows if j != i])
+            record, other = json.loads(out[i]["output"]), json.loads(rows[donor]["output"])
             field = rng.choice(sorted(record))
             out[i]["output"] = json.dumps({**record, field: other[field]})  # sometimes the same value: no error
     return out
