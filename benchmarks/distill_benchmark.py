@@ -29,10 +29,12 @@ from peftflow.builtin.datasets import PROMPT_SEED, make_rows
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import prepare_dataset
 from peftflow.data.prepare import split_rows
-from peftflow.distill.labelling import teacher_labelled
-from peftflow.distill.teacher import prune_layers
+from peftflow.stages.distill.labelling import teacher_labelled
+from peftflow.stages.distill.teacher import prune_layers
 from peftflow.evaluation.scoring import score_model
 from peftflow.models.resolve import resolve_model
+from peftflow.stages import get_workflow
+from peftflow.stages.workflow import RunModels
 from peftflow.promotion import paired_bootstrap
 from peftflow.training.run import run as train_run
 
@@ -136,7 +138,8 @@ def compare(title: str, arms: dict[str, RunConfig], teacher: str, student: str, 
                       (("teacher", teacher), ("student before", student))}
         start = time.perf_counter()
         out = work / label.replace(" ", "-").replace(",", "")
-        result = train_run(cfg, student, data.path, out, teacher_path=teacher if cfg.stage == "distill" else None)
+        models = RunModels(resolve_model(student), {"teacher": resolve_model(teacher)})
+        result = train_run(cfg, student, data.path, out, trainer_factory=get_workflow(cfg).trainer(cfg, models))
         trained[label] = (data.train_rows, labelling + time.perf_counter() - start)
         scores[label] = score_model(label, result.adapter_dir, data.path, cfg)
         print(f"{label}: {data.train_rows} train rows, json_fields {scores[label].score:.3f}, "

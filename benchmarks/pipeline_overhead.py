@@ -1,8 +1,8 @@
-"""What the orchestration costs: the finetune flow's wall time against its stages' own time.
+"""What the orchestration costs: the finetune flow's wall time against its steps' own time.
 
 Runs the demo (configs/demo.yaml; --steps / --eval-samples shorten it) twice under a temporary
 Prefect server, in a fresh PEFTFLOW_HOME with the built-in model converted beforehand. For each
-run it prints the flow's wall time, the sum of its task runs' times (the stage compute), the
+run it prints the flow's wall time, the sum of its task runs' times (the step compute), the
 difference as a share of the wall time (orchestration overhead), and for the second run, with
 unchanged inputs, its wall time as a share of the first run's. Usage:
   .venv/bin/python benchmarks/pipeline_overhead.py

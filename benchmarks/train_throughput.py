@@ -1,10 +1,10 @@
-"""peftflow's train stage against the strongest references, side by side, in one invocation.
+"""peftflow's train step against the strongest references, side by side, in one invocation.
 
 Every side trains LoRA r8 / alpha 16 on every linear layer of SmolLM2-135M-Instruct over the same
 160 rows of LLaMA-Factory's alpaca demo (one epoch = 20 steps of batch 8, cutoff 256, lr 2e-4
 cosine, no warm-up, seed 42), each in its own child process, so that peak RSS is that side's alone:
 
-  peftflow                 the train stage, defaults
+  peftflow                 the train step, defaults
   peftflow-checkpointing   the same with `gradient_checkpointing: true` (memory for time)
   trainer-bf16             peft + HF Trainer with the two flags a competent user adds: bf16=True, length grouping
   trainer-fp32             the same recipe as peft's docs write it (fp32)

@@ -31,7 +31,7 @@ def _set_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "2")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Cached stage results live next to the files they point at, so deleting the home clears both.
+    # Cached step results live next to the files they point at, so deleting the home clears both.
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(peftflow_home() / "prefect-results"))
     # First use of a SQLite store logs table creation on stderr; a user error must stay one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -52,10 +52,10 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
 def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
-        cfg, unused, _ = read_run_config(config)
-        from peftflow.preflight import check_run
+        cfg, _, _ = read_run_config(config)
+        from peftflow.preflight import preflight
 
-        check_run(cfg)  # bad model or data fail here, before the flow starts, as one line
+        preflight(cfg)  # what `validate` checks: a bad model or data fail here, before the flow starts, as one line
         from flows.finetune import finetune
         from flows.terminal import training_bar
         with training_bar(state["verbose"]):
@@ -76,23 +76,20 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
     """Check the config, model and data without training; print a data report."""
     try:
         cfg, _, schema = read_run_config(config)
-        from peftflow.data import data_report
+        from peftflow.data.prepare import DataProblems
+        from peftflow.preflight import preflight
 
-        from peftflow.preflight import check_training_setup, trained_model
-
-        model_path = trained_model(cfg).path
-        check_training_setup(cfg, model_path)
-        report = data_report(cfg, model_path)
-        if cfg.promotion.guard_dataset:
-            data_report(cfg.guard_config(), model_path)  # resolves the guard set's names and files
+        try:
+            report = preflight(cfg).report  # what `run` checks before its flow starts, no more, no less
+        except DataProblems as e:  # the data cannot train: its whole report, then the first problem
+            typer.echo(f"schema: {schema}")
+            typer.echo(e.report.to_text())
+            raise
     except Exception as e:  # noqa: BLE001
         fail(e)
         return
     typer.echo(f"schema: {schema}")
     typer.echo(report.to_text())
-    if report.problems:  # what would stop `run`: a failed check, like any other user error
-        typer.echo(f"error: {report.problems[0]}", err=True)
-        raise typer.Exit(2)
 
 
 @app.command()

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 
 from flows.approval import request_approval
-from flows.stages import drop_checkpoints, unless_cached_output_gone
+from flows.outputs import drop_checkpoints, score, train_and_merge
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import PreparedData
 from peftflow.lineage import lineage as run_lineage
-from peftflow.lineage import stage_dir, train_key
+from peftflow.lineage import train_key
 from peftflow.methods import get_method
-from peftflow.models.resolve import ResolvedModel
+from peftflow.run_dir import RunDir
+from peftflow.stages import get_workflow
+from peftflow.stages.workflow import RunModels
 from peftflow.summary import harness_lines, training_notes
+from tasks.add_stage_rows import add_stage_rows
 from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.evaluate_guard_set import evaluate_guard
-from tasks.evaluate_models import evaluate_models
 from tasks.find_champion import find_champion
 from tasks.finish_tracking_run import finish_tracking_run
-from tasks.label_prompts import label_prompts
-from tasks.merge_adapter import merge_adapter
 from tasks.prepare_dataset import prepare_dataset
 from tasks.promote_version import promote_version
 from tasks.publish_version import publish_version
-from tasks.resolve_model import resolve_model
-from tasks.resolve_student import resolve_student
-from tasks.resolve_teacher import resolve_teacher
+from tasks.resolve_models import resolve_models
 from tasks.start_tracking_run import flow_run_id, start_tracking_run
-from tasks.train_adapter import train_adapter
 from tasks.write_summary import write_summary
 
 
@@ -56,45 +53,35 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         config: The run config (docs/configuration.md): the basic recipe, then groups of
             LLaMA-Factory's keys and peftflow's sections, each Defaults or Custom (its keys).
     """
-    model, teacher = resolve_models(config)
-    check_training_setup(config, model)
-    data = training_data(config, model, teacher)
+    models = resolve_models(config)
+    check_training_setup(config, models)
+    data = training_data(config, models)
     # Prepared up front, so a bad guard set stops the run before any training.
-    guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
-    key = train_key(config, model.fingerprint, data.fingerprint, teacher.fingerprint if teacher else "")
-    lineage = run_lineage(config, model, data, key, flow_run_id(), teacher)
+    guard_data = prepare_dataset(config.guard_config(), models.model) if config.promotion.guard_dataset else None
+    key = train_key(config, models.model.fingerprint, data.fingerprint, models.extras_fingerprint)
+    lineage = run_lineage(config, models, data, key, flow_run_id())
     run_id = start_tracking_run(config, data, key, lineage)
-    work = stage_dir(config, key)
     try:
-        adapter = unless_cached_output_gone(config, train_adapter, work / "adapter")(
-            config, model, data, key, run_id, teacher)
-        adapter = replace(adapter, adapter_dir=str(work / "adapter"))   # cached on another machine: here now
-        notes = training_notes(run_id, key, data, adapter)
-        if config.should_merge:
-            merged = unless_cached_output_gone(config, merge_adapter, work / "merged")(config, model, adapter, run_id)
-            merged = replace(merged, merged_dir=str(work / "merged"))
-            tuned_dir = merged.merged_dir
-        else:
+        trained = train_and_merge(config, models, data, key, run_id)
+        notes = training_notes(run_id, key, data, trained.adapter)
+        if not trained.merged:
             # Prompt-family adapters have no weight delta to fold in: ship adapter + base instead.
-            merged, tuned_dir = None, adapter.adapter_dir
             why = "cannot be merged" if not get_method(config).mergeable else "are not merged (merge: false)"
             notes.append(f"{config.finetuning_type} adapters {why}; published as an adapter version")
         champion = find_champion(config)
         # A rerun of the training that is already champion has no rival to beat but the base model.
         rival = champion if champion and champion.tags.get("train_key") != key else None
-        evaluation = unless_cached_output_gone(config, evaluate_models, work / "eval_report.json")(
-            config, model, tuned_dir, rival, data, run_id, teacher)
+        evaluation = score(config, models, trained, rival, data, run_id)
         notes += harness_lines({label: s.harness for label, s in evaluation.models.items()})
-        if teacher:
-            retention = evaluation.retention()
-            notes.append(f"student keeps {retention:.1%} of the teacher's {evaluation.metric} (teacher retention)")
-        guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id) if guard_data else None
+        notes += get_workflow(config).summary_notes(evaluation)
+        guard = evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
         if guard:
             notes.append(f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
                          f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})")
-        version = publish_version(config, run_id, adapter, merged, evaluation, lineage, model.path)
+        version = publish_version(config, run_id, trained.adapter, trained.merged, evaluation, lineage,
+                                  models.model.path)
         decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
-                                                     merged.passed if merged else True, guard)
+                                                     trained.merged.passed if trained.merged else True, guard)
         if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
             approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
             decision, current_champion = apply_approval(version, decision, approved, why, who)
@@ -102,7 +89,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         finish_tracking_run(run_id, "FAILED")
         raise
     finish_tracking_run(run_id)
-    drop_checkpoints(config, work)
+    drop_checkpoints(config, RunDir.of(config, key))
     summary = write_summary(version, evaluation, decision, current_champion, notes)
     get_run_logger().info(summary)
     promoted = decision.promote and current_champion == version.version
@@ -110,16 +97,7 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
                           {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)
 
 
-def resolve_models(config: RunConfig) -> tuple[ResolvedModel, ResolvedModel | None]:
-    """(the model the run trains, its teacher): the base, or in a distillation run the student (given,
-    or the teacher pruned) and the teacher."""
-    teacher = resolve_teacher(config) if config.stage == "distill" else None
-    model = (resolve_student(config, teacher) if teacher
-             else resolve_model(config.model_name_or_path, config.allow_pickle_weights, config.storage))
-    return model, teacher
-
-
-def training_data(config: RunConfig, model: ResolvedModel, teacher: ResolvedModel | None) -> PreparedData:
-    """The prepared dataset; with kd_unlabeled_dataset, plus the teacher's answers to those prompts."""
-    data = prepare_dataset(config, model)
-    return label_prompts(config, teacher, model, data) if config.kd_unlabeled_dataset else data
+def training_data(config: RunConfig, models: RunModels) -> PreparedData:
+    """The prepared dataset, plus the rows the stage adds (distillation: teacher-answered prompts)."""
+    data = prepare_dataset(config, models.model)
+    return add_stage_rows(config, models, data) if get_workflow(config).adds_rows(config) else data

@@ -16,12 +16,13 @@ import os
 from prefect import flow
 from prefect.states import Completed
 
-from flows.finetune import finetune, resolve_models
+from flows.finetune import finetune
 from peftflow.config import RunConfig, demo_config
-from peftflow.distill.labelling import labels_fingerprint
+from peftflow.stages import get_workflow
 from tasks._policy import from_deployment
 from tasks.find_champion import find_champion
 from tasks.prepare_dataset import prepare_dataset
+from tasks.resolve_models import resolve_models
 
 FINGERPRINTS = ("data_fingerprint", "base_model_fingerprint", "config_fingerprint")
 
@@ -49,12 +50,13 @@ def retrain(config: RunConfig = demo_config(), dataset: str | None = None, datas
         force: Retrain even when nothing changed.
     """
     config = with_overrides(config, dataset, dataset_dir)
-    model, teacher = resolve_models(config)  # in a distillation run the student, as finetune trains it
-    data = prepare_dataset(config, model)
-    # With teacher-labelled prompts the champion trained on more rows: their fingerprint, not generated here.
-    data_fingerprint = labels_fingerprint(config, teacher, model.path, data) if config.kd_unlabeled_dataset else data.fingerprint
+    models = resolve_models(config)  # in a distillation run the student, as finetune trains it
+    data = prepare_dataset(config, models.model)
+    # The data the champion trained on may hold rows its stage added (teacher-answered prompts): their
+    # fingerprint, known without building them.
+    data_fingerprint = get_workflow(config).data_fingerprint(config, models, data)
     champion = find_champion(config)
-    current = {"data_fingerprint": data_fingerprint, "base_model_fingerprint": model.fingerprint,
+    current = {"data_fingerprint": data_fingerprint, "base_model_fingerprint": models.model.fingerprint,
                "config_fingerprint": config.fingerprint()}
     if champion is None:
         print(f"{config.registry.name} has no champion yet: training")

@@ -1,7 +1,7 @@
 """Compare before you ship: train variants of one config side by side, publish only the best.
 
 `sweep` prepares the data once, scores the base model and the champion once, runs every variant as
-its own `sweep-variant` flow run (check, train, merge, score the fine-tune; each stage cached by
+its own `sweep-variant` flow run (check, train, merge, score the fine-tune; each step cached by
 train key, so a repeated sweep trains only what changed), ranks them (peftflow/sweep/ranking.py)
 and registers the winner alone, gated against the champion. Variants run at most `max_parallel`
 at a time: each holds a slot of the strict global concurrency limit
@@ -24,13 +24,14 @@ from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.approval import request_approval
-from flows.stages import unless_cached_output_gone
+from flows.outputs import unless_output_gone
 from flows.team_lock import ensure_limit, limit_name
 from flows.variant import sweep_variant
 from peftflow.config import RunConfig, demo_config
 from peftflow.evaluation.report import EvalReport
 from peftflow.lineage import lineage as run_lineage
-from peftflow.lineage import stage_dir, train_key
+from peftflow.lineage import train_key
+from peftflow.run_dir import RunDir
 from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
 from peftflow.sweep.ranking import VariantResult, rank
 from peftflow.sweep.report import report_markdown, table_rows
@@ -44,7 +45,7 @@ from tasks.finish_tracking_run import finish_tracking_run
 from tasks.prepare_dataset import prepare_dataset
 from tasks.promote_version import promote_version
 from tasks.publish_version import publish_version
-from tasks.resolve_model import resolve_model
+from tasks.resolve_models import resolve_models
 from tasks.score_references import score_references
 from tasks.start_tracking_run import flow_run_id, start_tracking_run
 from tasks.write_sweep_report import write_sweep_report
@@ -76,12 +77,14 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
         max_parallel: Variants training at once (a Prefect global concurrency limit).
     """
     plan = plan_sweep(config, grid, variants, max_parallel)
-    model = resolve_model(config.model_name_or_path, config.allow_pickle_weights, config.storage)
+    models = resolve_models(config)
+    model = models.model
     for variant in plan.variants:  # every variant refused before any trains
-        check_training_setup(variant.config, model)
+        check_training_setup(variant.config, models)
     data = prepare_dataset(config, model)
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
-    keys = {v.name: train_key(v.config, model.fingerprint, data.fingerprint) for v in plan.variants}
+    keys = {v.name: train_key(v.config, model.fingerprint, data.fingerprint, models.extras_fingerprint)
+            for v in plan.variants}
     # The same variants judged another way (promotion, evaluation) are another sweep: another report and run.
     judged = [config.promotion.model_dump_json(), config.evaluation.model_dump_json()]
     sweep_key = hashlib.sha256(json.dumps(sorted(keys.values()) + judged).encode()).hexdigest()[:16]
@@ -90,12 +93,12 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
                                 {"prefect_flow_run_id": flow_run_id(), "peftflow.sweep.variants": json.dumps(keys)})
     try:
         champion = find_champion(config)
-        references = unless_cached_output_gone(config, score_references, work / "references.json")(
+        references = unless_output_gone(config, score_references, work / "references.json")(
             config, model, champion, data, str(work / "references.json"))
         results = run_variants(plan, keys, run_id)
         ranking = rank(results, config.promotion)
         winner = next(v for v in plan.variants if v.name == ranking.order[0].name)
-        _, adapter, merged, tuned = collect_variant(winner.config, str(stage_dir(winner.config, keys[winner.name])),
+        _, adapter, merged, tuned = collect_variant(winner.config, str(RunDir.of(winner.config, keys[winner.name]).path),
                                                     with_models=True)
         # The champion's own training again: it has no rival but the base (as in finetune).
         rival = champion if champion and champion.tags.get("train_key") != keys[winner.name] else None
@@ -103,7 +106,7 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
                                                if label == "base" or rival} | {"tuned": tuned.models["tuned"]})
         tuned_dir = merged.merged_dir if merged else adapter.adapter_dir
         guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id) if guard_data else None
-        lineage = run_lineage(winner.config, model, data, keys[winner.name], flow_run_id())
+        lineage = run_lineage(winner.config, models, data, keys[winner.name], flow_run_id())
         version = publish_version(winner.config, ranking.order[0].run_id, adapter, merged, evaluation, lineage, model.path)
         decision, current_champion = promote_version(winner.config, version, evaluation, lineage["prefect_flow_run_id"],
                                                      merged.passed if merged else True, guard,
@@ -141,7 +144,8 @@ def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> li
             get_run_logger().warning("variant %s failed: %s", variant.name, state.message)
             results.append(VariantResult(variant.name, swept, keys[variant.name], "", failed=state.message or state.name))
             continue
-        run_id, adapter, merged, tuned = collect_variant(variant.config, str(stage_dir(variant.config, keys[variant.name])))
+        run = RunDir.of(variant.config, keys[variant.name])
+        run_id, adapter, merged, tuned = collect_variant(variant.config, str(run.path))
         # A merge past its tolerance would fail the gate: such a variant cannot win.
         failed = "" if not merged or merged.passed else (f"merge fidelity check failed (max |logit diff| "
                                                          f"{merged.max_abs_logit_diff:.3g} > {merged.tolerance:.3g})")

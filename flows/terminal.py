@@ -1,4 +1,4 @@
-"""What `peftflow` shows on a terminal: Prefect's run lines, the core's stage lines, one progress bar
+"""What `peftflow` shows on a terminal: Prefect's run lines, the core's step lines, one progress bar
 for training; third-party progress bars and warnings only with --verbose."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class _Bar(logging.Handler):
         if self.task is None:
             self.task = self.progress.add_task("training", total=p.total, loss=loss)
         self.progress.update(self.task, completed=p.step, total=p.total, loss=loss)
-        if p.step >= p.total:  # leave the finished bar above the lines of the stages that follow
+        if p.step >= p.total:  # leave the finished bar above the lines of the steps that follow
             self.progress.stop()
 
 

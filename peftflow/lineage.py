@@ -1,5 +1,5 @@
-"""Where a fine-tune comes from: the train key (same key, same trained weights: reuse them), the
-stage directory it names, the code version, and the lineage recorded on the run and the version."""
+"""Where a fine-tune comes from: the train key (same key, same trained weights: reuse them; its run
+dir is peftflow/run_dir.py), the code version, and the lineage recorded on the run and the version."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from peftflow.config import RunConfig
 from peftflow.config.checks import given
 from peftflow.config.form import FLAT
 from peftflow.data import PreparedData
-from peftflow.models.resolve import ResolvedModel
+from peftflow.stages import STAGES, get_workflow
+from peftflow.stages.workflow import RunModels
 
-# Sections that change publishing or scoring, not the trained weights.
-# The teacher is keyed by its content fingerprint, not by how it was named (alias or version).
+# Sections that change publishing or scoring, not the trained weights; and the keys that name a
+# stage's extra models (a teacher), which are keyed by content fingerprint, not by how they were named.
 _NOT_TRAINING = {"registry", "promotion", "evaluation", "merge", "merge_tolerance", "quantized_merge_tolerance",
-                 "output_dir", "on_invalid_rows", "teacher", "teacher_adapter", "storage"}
+                 "output_dir", "on_invalid_rows", "storage",
+                 *(key for stage in STAGES.values() for key in stage.models_by_content)}
 
 # The training fields the key hashed when it was defined (RunConfig at commit 7a2ffee). A field added
 # since is hashed only when it differs from its default: adding a field must not change the key of
@@ -49,16 +51,12 @@ def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str, teacher_fingerprint: str = "") -> str:
+def train_key(cfg: RunConfig, model_fingerprint: str, data_fingerprint: str, extras_fingerprint: str = "") -> str:
+    """`extras_fingerprint`: the stage's extra models (RunModels.extras_fingerprint), "" for none."""
     training = {k: v for k, v in cfg.model_dump(mode="json", context=FLAT).items()
                 if k not in _NOT_TRAINING and (k in KEYED_AT_DEFINITION or given(cfg, k))}
     training["template"] = _FORMER_TEMPLATE_NAMES.get(cfg.template, cfg.template)
-    return _digest(training, model_fingerprint, data_fingerprint, teacher_fingerprint)
-
-
-def stage_dir(cfg: RunConfig, key: str) -> Path:
-    """Where one training key's checkpoints, adapter, merged model and report live."""
-    return cfg.resolved_output_dir() / key
+    return _digest(training, model_fingerprint, data_fingerprint, extras_fingerprint)
 
 
 @lru_cache(maxsize=1)
@@ -73,19 +71,13 @@ def code_version() -> str:
     return f"{peftflow.__version__}+{sha}" if sha else peftflow.__version__
 
 
-def lineage(cfg: RunConfig, model: ResolvedModel, data: PreparedData, key: str, flow_run_id: str,
-            teacher: ResolvedModel | None = None) -> dict[str, str]:
+def lineage(cfg: RunConfig, models: RunModels, data: PreparedData, key: str, flow_run_id: str) -> dict[str, str]:
     """The tags that say what a run trained: base, data, config, method, code, orchestration run;
-    in a distillation run also the teacher and how the student was made."""
+    and what its stage adds (a distillation run: the teacher and how the student was made)."""
     tags = {
-        "base_model": f"{cfg.teacher} pruned to {cfg.student_layers} layers" if cfg.student_layers
-        else cfg.model_name_or_path,
-        "base_model_fingerprint": model.fingerprint,
+        "base_model": cfg.model_name_or_path, "base_model_fingerprint": models.model.fingerprint,
         "data_fingerprint": data.fingerprint, "config_fingerprint": cfg.fingerprint(),
         "method": cfg.finetuning_type, "stage": cfg.stage, "prefect_flow_run_id": flow_run_id,
         "code_version": code_version(), "train_key": key,
     }
-    if teacher:
-        tags |= {"teacher": cfg.teacher, "teacher_fingerprint": teacher.fingerprint,
-                 "teacher_adapter": cfg.teacher_adapter or "", "student_layers": str(cfg.student_layers or "")}
-    return tags
+    return tags | get_workflow(cfg).lineage_tags(cfg, models)

@@ -1,53 +1,85 @@
-"""What can be known about a run before it trains, checked against the resolved model: every
-mistake here would otherwise surface minutes or hours into a GPU job.
+"""What can be known about a run before it trains: every mistake here would otherwise surface
+minutes or hours into a GPU job.
 
-`check_training_setup` raises a one-line UserError naming the key. It reads the model's config and
-builds an empty (meta-device) skeleton of it: no weights are loaded. `check_run` is what `peftflow
-run` checks before the flow starts: that, plus the model resolved and the data prepared.
+`preflight` is the one function `peftflow validate` and `peftflow run` call: it runs `CHECKS` in
+order, each raising a one-line UserError naming the key, file or row; bad data raises DataProblems,
+whose report lists every problem. So a config that `validate` accepts is never refused by `run`
+before training. `check_training_setup` reads the model's config and builds an empty (meta-device)
+skeleton of it: no weights are loaded.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import dataclass
 
 from peftflow.config import RunConfig
+from peftflow.data import PreparedData, prepare_dataset, resolve_datasets
+from peftflow.data.prepare import DataReport, prepared_report
 from peftflow.errors import UserError
 from peftflow.methods import get_method
 from peftflow.models import vision
-from peftflow.models.resolve import ResolvedModel, resolve_model
+from peftflow.stages import get_workflow
+from peftflow.stages.workflow import RunModels
+from peftflow.store import open_store
 
 
-def check_run(cfg: RunConfig) -> None:
-    """Everything `peftflow run` checks before the flow starts: the model (or student), the
-    training setup, the data and the teacher's prompts, the guard set's names first (a typo fails
-    before minutes of tokenising the training data)."""
-    from peftflow.data import prepare_dataset, resolve_datasets
-    from peftflow.store import open_store
+@dataclass
+class Preflight:
+    """What the checks found on the way: the models the run uses, its prepared data and their report."""
+    cfg: RunConfig
+    models: RunModels | None = None
+    data: PreparedData | None = None
+    report: DataReport | None = None
 
-    open_store(cfg.storage)  # PEFTFLOW_STORAGE is checked here; the `storage` key by the config
-    model_path = trained_model(cfg).path
-    check_training_setup(cfg, model_path)
-    guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
-    if guard:
+
+def _run_store(p: Preflight) -> None:
+    open_store(p.cfg.storage)  # PEFTFLOW_STORAGE is checked here; the `storage` key by the config
+
+
+def _models(p: Preflight) -> None:
+    p.models = get_workflow(p.cfg).resolve(p.cfg)  # the base, or a stage's student and teacher
+
+
+def _training_setup(p: Preflight) -> None:
+    check_training_setup(p.cfg, p.models.model.path)
+
+
+def _guard_names(p: Preflight) -> None:
+    if p.cfg.promotion.guard_dataset:  # a typo fails before minutes of tokenising the training data
+        guard = p.cfg.guard_config()
         resolve_datasets(guard.dataset_dir, guard.dataset_names)
-    prepare_dataset(cfg, model_path)
-    if guard:
-        prepare_dataset(guard, model_path)
-    if cfg.kd_unlabeled_dataset:  # the teacher's prompts read (not yet answered): a bad row fails here
-        from peftflow.data.prepare import prompt_sources, read_prompts
-
-        read_prompts(cfg, prompt_sources(cfg))
 
 
-def trained_model(cfg: RunConfig) -> ResolvedModel:
-    """The model the run trains: the base, or in a distillation run the student (checked against
-    its teacher's tokenizer)."""
-    if cfg.stage == "distill":
-        from peftflow.distill.teacher import resolve_student, resolve_teacher  # peft: only when distilling
+def _stage_inputs(p: Preflight) -> None:
+    get_workflow(p.cfg).check_inputs(p.cfg)  # e.g. the teacher's prompts, read (not yet answered)
 
-        return resolve_student(cfg, resolve_teacher(cfg))
-    return resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage)
+
+def _training_data(p: Preflight) -> None:
+    p.data = prepare_dataset(p.cfg, p.models.model.path)  # cached: the flow's prepare-dataset reuses it
+    p.report = prepared_report(p.cfg, p.models.model.path, p.data)
+
+
+def _guard_data(p: Preflight) -> None:
+    if p.cfg.promotion.guard_dataset:
+        prepare_dataset(p.cfg.guard_config(), p.models.model.path)
+
+
+CHECKS = (_run_store, _models, _training_setup, _guard_names, _stage_inputs, _training_data, _guard_data)
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """Everything checked before training, for `peftflow validate` and `peftflow run` alike."""
+    found = Preflight(cfg)
+    for check in CHECKS:
+        check(found)
+    return found
+
+
+def trained_model(cfg: RunConfig):
+    """The model the run trains: the base, or a stage's own (a distillation student)."""
+    return get_workflow(cfg).resolve(cfg).model
 
 
 def check_training_setup(cfg: RunConfig, model_path: str) -> None:

@@ -4,8 +4,8 @@
 Set by the config key `storage` or, when that is unset, the environment variable
 `PEFTFLOW_STORAGE`. Unset: nothing here runs and every path stays on local disk.
 
-Layout under the store URL: `runs/<registered model>/<stage dir name>/<what>/...`, one directory
-per object set (a checkpoint, the adapter, the merged model, the stage's reports). Every directory
+Layout under the store URL: `runs/<registered model>/<run dir name>/<what>/...`, one directory
+per object set (a checkpoint, the adapter, the merged model, the steps' reports). Every directory
 is written file by file and then sealed by a manifest (`_manifest.json`: each file's size and
 sha256), written last; a directory without a manifest (an upload cut short) or whose files do not
 match it (a half-written or replaced object) is never used. Local disk stays a cache in front of
@@ -65,9 +65,9 @@ def open_store(configured: str | None) -> RunStore | None:
     return RunStore(check_url(*found))
 
 
-def stage_key(registered_model: str, stage_dir: str | Path) -> str:
-    """Where one stage dir lives in the store: the same on every machine, whatever its home."""
-    return f"runs/{registered_model}/{Path(stage_dir).name}"
+def run_key(registered_model: str, run_dir: str | Path) -> str:
+    """Where one run dir lives in the store: the same on every machine, whatever its home."""
+    return f"runs/{registered_model}/{Path(run_dir).name}"
 
 
 def _sha256(path: Path) -> str:
@@ -164,18 +164,18 @@ class RunStore:
 
 
 def output_key(registered_model: str, path: str | Path) -> str:
-    """A stage output (`<stage dir>/adapter`, `merged`, `eval_report.json`) in the store."""
-    return f"{stage_key(registered_model, Path(path).parent)}/{Path(path).name}"
+    """A step output (`<run dir>/adapter`, `merged`, `eval_report.json`) in the store."""
+    return f"{run_key(registered_model, Path(path).parent)}/{Path(path).name}"
 
 
 def portable(storage: str | None, registered_model: str, path: str | Path) -> str:
-    """How a cache key names a stage output: its place in the store when there is one (the same
+    """How a cache key names a step output: its place in the store when there is one (the same
     on every machine), else the local path (as before the store existed)."""
     return output_key(registered_model, path) if storage_url(storage) else str(path)
 
 
 def save_output(storage: str | None, registered_model: str, path: str | Path) -> None:
-    """Upload a finished stage output (a directory or one file), sealed; nothing without a store."""
+    """Upload a finished step output (a directory or one file), sealed; nothing without a store."""
     store, path = open_store(storage), Path(path)
     if store is None or not path.exists():
         return
@@ -186,7 +186,7 @@ def save_output(storage: str | None, registered_model: str, path: str | Path) ->
 
 
 def restore_output(storage: str | None, registered_model: str, path: str | Path) -> bool:
-    """Make sure a stage output is on local disk: True when it is (already, or fetched sealed and
+    """Make sure a step output is on local disk: True when it is (already, or fetched sealed and
     checked from the store); False when it is neither here nor sealed in the store."""
     path = Path(path)
     if path.exists():

@@ -1,4 +1,4 @@
-"""The core's log lines (the `peftflow` logger: stages, rows scored, training steps) in the run's
+"""The core's log lines (the `peftflow` logger: steps, rows scored, training steps) in the run's
 Prefect logs. The core never imports Prefect, so the tasks layer attaches Prefect's API handler."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def gpu_slot(occupy: int = 1):
 
 
 def result_storage(config):
-    """Where the stage cache (Prefect's task results) lives: beside the run store's outputs
+    """Where the step cache (Prefect's task results) lives: beside the run store's outputs
     (`<storage>/prefect-results`, Prefect's fsspec `RemoteFileSystem`), so any machine with the
     store finds it; None without a store (Prefect's local result storage, as before). Prefect
     wants result storage saved as a block: `peftflow-store-<hash of the URL>`, saved again each time."""

@@ -10,8 +10,9 @@ from peftflow.config import RunConfig
 from peftflow.errors import UserError
 from peftflow.evaluation.report import EvalReport
 from peftflow.merge import MergeResult
+from peftflow.run_dir import RunDir
 from peftflow.store import restore_output
-from peftflow.sweep.outcome import OUTCOME_FILE, TUNED_REPORT_FILE, read_outcome
+from peftflow.sweep.outcome import read_outcome
 from peftflow.training.run import TrainResult
 
 
@@ -20,17 +21,17 @@ def collect_variant(config: RunConfig, work: str, with_models: bool = False
                     ) -> tuple[str, TrainResult, MergeResult | None, EvalReport]:
     """(MLflow run id, train result, merge result, tuned report); `with_models`: the adapter and
     merged model too (the winner, to publish)."""
-    work = Path(work)
-    _restore(config, work / OUTCOME_FILE)
-    _restore(config, work / TUNED_REPORT_FILE)
-    run_id, train, merged, report = read_outcome(work)
-    # Trained on another machine: the files are here now, under this machine's stage dir.
-    train = replace(train, adapter_dir=str(work / "adapter"))
-    merged = replace(merged, merged_dir=str(work / "merged")) if merged else None
+    run = RunDir(Path(work))
+    _restore(config, run.variant_outcome)
+    _restore(config, run.tuned_report)
+    run_id, train, merged, report = read_outcome(run.path)
+    # Trained on another machine: the files are here now, under this machine's run dir.
+    train = replace(train, adapter_dir=str(run.adapter))
+    merged = replace(merged, merged_dir=str(run.merged)) if merged else None
     if with_models:
-        _restore(config, work / "adapter")
+        _restore(config, run.adapter)
         if merged:
-            _restore(config, work / "merged")
+            _restore(config, run.merged)
     return run_id, train, merged, report
 
 

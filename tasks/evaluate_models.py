@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
@@ -11,14 +9,16 @@ from peftflow.evaluation.scoring import compare
 from peftflow.mlflow_io import tracking
 from peftflow.mlflow_io.downloads import local_versions
 from peftflow.mlflow_io.versions import ModelVersionRef
-from peftflow.models.resolve import ResolvedModel
+from peftflow.run_dir import RunDir
+from peftflow.stages import get_workflow
+from peftflow.stages.workflow import RunModels
 from peftflow.store import portable, save_output
 
 
 def _key(context, params) -> str:
     champion = params["champion"]
     rival = f"{champion.name}/{champion.version}" if champion else "none"
-    rival += f"-teacher-{params['teacher'].fingerprint}" if params.get("teacher") else ""
+    rival += "".join(f"-{role}-{m.fingerprint}" for role, m in params["models"].extras.items())
     config = params["config"]
     tuned = portable(config.storage, config.registry.name, params["tuned_dir"])
     tuned_only = "" if params.get("score_base", True) else "-tuned-only"
@@ -26,23 +26,24 @@ def _key(context, params) -> str:
 
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
-def evaluate_models(config: RunConfig, model: ResolvedModel, tuned_dir: str, champion: ModelVersionRef | None,
-                    data: PreparedData, run_id: str, teacher: ResolvedModel | None = None,
-                    score_base: bool = True) -> EvalReport:
+def evaluate_models(config: RunConfig, models: RunModels, tuned_dir: str, champion: ModelVersionRef | None,
+                    data: PreparedData, run_id: str, score_base: bool = True) -> EvalReport:
     """Base, fine-tune and the current champion, scored on the same held-out rows.
 
     `tuned_dir` is the merged model, or the adapter dir of a method that cannot be merged
-    (scored as base + adapter). In a distillation run `base` is the student before training and
-    the teacher is scored too. `score_base=False` (a sweep variant: the sweep scores the base
+    (scored as base + adapter). The stage may add models of its own (a distillation run scores
+    the teacher; `base` is then the student before training). `score_base=False` (a sweep variant: the sweep scores the base
     once) scores the fine-tune alone, into `tuned_report.json`."""
-    models = {"teacher": teacher.path} if teacher else {}
-    models |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}
+    model = models.model
+    scored = get_workflow(config).evaluation_models(models)
+    scored |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}
     versions, bases = local_versions({"champion": champion} if champion else {})
-    models |= versions
-    out = Path(tuned_dir).parent / ("eval_report.json" if score_base else "tuned_report.json")
-    report = compare(models, data.path, config, out, base_model_dir=model.path, bases=bases)
+    scored |= versions
+    run = RunDir.holding(tuned_dir)
+    out = run.eval_report if score_base else run.tuned_report
+    report = compare(scored, data.path, config, out, base_model_dir=model.path, bases=bases)
     if config.evaluation.harness_tasks:
-        report = harness.score_models(report, models, data.path, config, Path(tuned_dir).parent, model.path, bases)
+        report = harness.score_models(report, scored, data.path, config, run.path, model.path, bases)
         report.to_json(out)
     save_output(config.storage, config.registry.name, out)
     tracking.log_metrics(run_id, report.flat_metrics())

@@ -1,11 +1,10 @@
-from pathlib import Path
-
 from prefect import task
 
 from peftflow import merge
 from peftflow.config import RunConfig
 from peftflow.mlflow_io import tracking
 from peftflow.models.resolve import ResolvedModel
+from peftflow.run_dir import RunDir
 from peftflow.store import portable, save_output
 from peftflow.training.run import TrainResult
 
@@ -19,7 +18,7 @@ def _key(context, params) -> str:
 @task(name="merge-adapter", cache_key_fn=_key, persist_result=True)
 def merge_adapter(config: RunConfig, model: ResolvedModel, adapter: TrainResult, run_id: str) -> merge.MergeResult:
     """A plain transformers checkpoint with the adapter folded in; fails past the fidelity tolerance."""
-    out = Path(adapter.adapter_dir).parent / "merged"
+    out = RunDir.holding(adapter.adapter_dir).merged
     result = merge.merge(model.path, adapter.adapter_dir, out, config.merge_tolerance, train_cfg=config,
                          trust_remote_code=config.trust_remote_code)
     metrics = {"merge.max_abs_logit_diff": result.max_abs_logit_diff}

@@ -13,7 +13,7 @@ from peftflow.training.run import TrainResult
 
 @task(name="record-variant")
 def record_variant(config: RunConfig, work: str, run_id: str, train: TrainResult, merged: MergeResult | None) -> str:
-    """`sweep_variant.json` in the stage dir, and in the run store when there is one."""
+    """`sweep_variant.json` in the run dir, and in the run store when there is one."""
     path = write_outcome(Path(work), run_id, train, merged)
     save_output(config.storage, config.registry.name, path)
     return str(path)

@@ -1,4 +1,4 @@
-"""The MLflow run that every stage of one training key logs into, by explicit run id; linked both
+"""The MLflow run that every step of one training key logs into, by explicit run id; linked both
 ways with the Prefect flow run that starts it."""
 
 from prefect import task

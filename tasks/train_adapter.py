@@ -7,9 +7,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData
-from peftflow.lineage import stage_dir
 from peftflow.mlflow_io import tracking
-from peftflow.models.resolve import ResolvedModel
+from peftflow.run_dir import RunDir
+from peftflow.stages import get_workflow
+from peftflow.stages.workflow import RunModels
 from peftflow.store import portable, save_output
 from peftflow.training import distributed
 from peftflow.training.run import TrainResult
@@ -32,20 +33,21 @@ class _ProgressCallback(TrainingProgress):
 
 def _key(context, params) -> str:
     config = params["config"]
-    return f"train-{params['train_key']}-{portable(config.storage, config.registry.name, stage_dir(config, params['train_key']))}"
+    run = RunDir.of(config, params["train_key"])
+    return f"train-{params['train_key']}-{portable(config.storage, config.registry.name, run.path)}"
 
 
 @task(name="train-adapter", cache_key_fn=_key, persist_result=True, retries=2, retry_delay_seconds=5,
       retry_condition_fn=retry_unless_user_error)
-def train_adapter(config: RunConfig, model: ResolvedModel, data: PreparedData, train_key: str,
-                  run_id: str, teacher: ResolvedModel | None = None) -> TrainResult:
+def train_adapter(config: RunConfig, models: RunModels, data: PreparedData, train_key: str, run_id: str) -> TrainResult:
     """Resumes from the last checkpoint of this training key, so a retry continues, not restarts.
     From a deployment, holds a slot of the strict `gpu` concurrency limit while training."""
     sink = MetricsCallback(lambda step, metrics: tracking.log_metrics(run_id, metrics, step=step))
     # One slot per GPU process: queue behind other runs for the accelerator instead of fighting over it.
     with gpu_slot(config.num_processes):
-        result = distributed.train(config, model.path, data.path, stage_dir(config, train_key),
-                                   callbacks=(sink, _ProgressCallback()), teacher_path=teacher.path if teacher else None)
+        result = distributed.train(config, models.model.path, data.path, RunDir.of(config, train_key).path,
+                                   callbacks=(sink, _ProgressCallback()),
+                                   trainer_factory=get_workflow(config).trainer(config, models))
     if distributed.is_distributed(config):  # torchrun reports no steps live: log its loss history now
         for step, loss in result.loss_history:
             tracking.log_metrics(run_id, {"loss": loss}, step=step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from peftflow.methods import METHODS, names_with
+from peftflow.stages import STAGES
 from peftflow.redact import is_secret_key
 
 
@@ -52,7 +53,7 @@ def check_run(cfg) -> None:
             and cfg.train_projector == cfg.freeze_multi_modal_projector:
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
     check_method(cfg)
-    check_distillation(cfg)
+    check_stage(cfg)
     check_serving(cfg)
 
 
@@ -76,25 +77,14 @@ def check_method(cfg) -> None:
     method.check(cfg)
 
 
-def check_distillation(cfg) -> None:
-    distill_keys = [k for k in ("teacher", "teacher_adapter", "student_layers", "kd_unlabeled_dataset")
-                    if getattr(cfg, k) is not None]
-    if cfg.stage != "distill":
-        if distill_keys:
-            raise ValueError(f"{', '.join(distill_keys)} only apply to stage: distill")
-        return
-    if not cfg.teacher:
-        raise ValueError("stage: distill needs a teacher (a model reference)")
-    if cfg.student_layers and given(cfg, "model_name_or_path"):
-        raise ValueError("student_layers and model_name_or_path both name the student; keep one")
-    if not METHODS[cfg.finetuning_type].traits.distill_student:
-        raise ValueError(f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
-                         f"(students: {', '.join(names_with('distill_student'))})")
-    if cfg.num_processes > 1 or cfg.nnodes > 1:
-        raise ValueError(f"stage: distill trains in one process (the teacher and its cache are not shared across "
-                         f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})")
-    if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
-        raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
+def check_stage(cfg) -> None:
+    """Stage x option checks: another stage's options refused, then the stage's own check."""
+    stage = STAGES[cfg.stage]
+    for other in STAGES.values():
+        foreign = [k for k in other.options if k not in stage.options and given(cfg, k)]
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} only apply to stage: {other.name}")
+    stage.check(cfg)
 
 
 def check_serving(cfg) -> None:

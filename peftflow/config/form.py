@@ -16,6 +16,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable
 
+from peftflow.stages import STAGES
+
 # The flat shape, for code that hashes or logs a config: `cfg.model_dump(mode="json", context=FLAT)`.
 FLAT = {"flat": True}
 
@@ -41,11 +43,10 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                       "compute_dtype")),
     "vision": ("Vision-language", "LLaVA-style models; ignored for text-only ones.",
                ("freeze_vision_tower", "train_projector", "freeze_multi_modal_projector")),
-    "distillation": ("Distillation", "Stage distill: the teacher and the KL term.",
-                     ("teacher", "teacher_adapter", "student_layers", "kd_temperature", "kd_ratio", "kd_direction",
-                      "kd_chunk_size", "teacher_topk", "kd_unlabeled_dataset", "kd_label_temperature",
-                      "kd_label_max_new_tokens")),
-    "distributed": ("Distributed", "torchrun for the train stage when either is > 1.", ("num_processes", "nnodes")),
+    # each stage's own options (peftflow/stages/), as the stage declares them
+    **{s.form_group.key: (s.form_group.title, s.form_group.description, s.options)
+       for s in STAGES.values() if s.form_group},
+    "distributed": ("Distributed", "torchrun for the train step when either is > 1.", ("num_processes", "nnodes")),
     "trust": ("Model", "What the base model may run or load.", ("trust_remote_code", "allow_pickle_weights")),
 }
 GROUP_OF = {key: g for g, (_, _, keys) in GROUPS.items() for key in keys}

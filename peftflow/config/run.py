@@ -20,6 +20,7 @@ from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
+from peftflow.stages import STAGES
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -43,10 +44,8 @@ class RunConfig(Strict):
         "lora", title="Method",
         description="LLaMA-Factory's `lora` or `full`, or peftflow's own `prefix`, `prompt`, `ptuning`, `ia3` "
                     "(extensions of LLaMA-Factory's lora | freeze | full).")
-    stage: Literal["sft", "distill"] = Field(
-        "sft", title="Stage",
-        description="`sft`: supervised fine-tuning. `distill`: the student (the base model, or the teacher pruned to "
-                    "student_layers) learns the teacher's output distribution (see the Distillation group).")
+    stage: Literal[tuple(STAGES)] = Field(  # type: ignore[valid-type] - the names in peftflow.stages
+        "sft", title="Stage", description=" ".join(f"`{s.name}`: {s.description}." for s in STAGES.values()))
     template: str = Field("tokenizer", title="Chat template",
                           description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
                                       "(`qwen3`, `llama3`, `default`, ...).")
@@ -108,7 +107,7 @@ class RunConfig(Strict):
                     "batch's activations would take over half the memory free after loading the model; the run "
                     "records what it chose.")
     storage: str | None = Field(None, title="Training: run store",
-                                description="fsspec URL (e.g. s3://bucket/peftflow) for checkpoints and stage outputs, so a run "
+                                description="fsspec URL (e.g. s3://bucket/peftflow) for checkpoints and step outputs, so a run "
                                             "resumes and is reused on another machine. Empty: PEFTFLOW_STORAGE, else local disk only.")
     output_dir: str | None = Field(None, title="Training: output folder",
                                    description="Where checkpoints and the adapter go. Empty: PEFTFLOW_HOME/runs/REGISTRY_NAME.")
@@ -204,9 +203,9 @@ class RunConfig(Strict):
                                         description="0: the teacher answers greedily; > 0: sampled at this temperature.")
     kd_label_max_new_tokens: int = Field(256, gt=0, title="Distillation: labelling max new tokens",
                                          description="Longest answer the teacher writes for a prompt.")
-    # distributed training (the train stage runs through torchrun when either is > 1)
+    # distributed training (the train step runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
-                               description="One per GPU; > 1 runs the train stage with torchrun. Global batch = batch size "
+                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch size "
                                            "per device x gradient accumulation x processes x nodes.")
     nnodes: int = Field(1, ge=1, title="Distributed: nodes",
                         description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from peftflow.config.form import plain_optionals, unprefix_titles
+from peftflow.stages import STAGES
 
 
 class Strict(BaseModel):
@@ -97,8 +98,8 @@ def default_registry_name(cfg) -> str:
         parts = parts[-3:] if Path(cfg.output_dir).is_absolute() else parts
         raw = "-".join(p for p in parts if p not in ("/", ".", ".."))
     else:
-        model = f"{_short_name(cfg.teacher)}-student" if cfg.stage == "distill" and cfg.teacher \
-            else _short_name(cfg.model_name_or_path)
+        ref, suffix = STAGES[cfg.stage].named_after(cfg)
+        model = f"{_short_name(ref)}{suffix}"
         raw = f"{model}-{'-'.join(cfg.dataset_names)}-{cfg.finetuning_type}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "peftflow"
 

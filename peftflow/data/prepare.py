@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from peftflow.store import build_sealed
@@ -35,6 +35,7 @@ log = logging.getLogger("peftflow.data")
 
 PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
 STATS_FILE = "stats.json"
+REPORT_FILE = "report.json"  # the DataReport of what was prepared (`peftflow validate` prints it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "processor_config.json", "preprocessor_config.json")
 OPTIONS = ("cutoff_len", "max_samples", "val_size", "seed", "train_on_prompt", "mask_history", "on_invalid_rows")
@@ -67,6 +68,12 @@ class DataReport:
     truncated: int
     problems: tuple[str, ...]                # what would stop prepare_dataset
 
+    @classmethod
+    def from_json(cls, path: Path) -> DataReport:
+        raw = json.loads(Path(path).read_text())
+        return cls(**raw | {"datasets": tuple(raw["datasets"]), "problems": tuple(raw["problems"]),
+                            "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()}})
+
     @property
     def truncation_rate(self) -> float:
         return self.truncated / self.rows_kept if self.rows_kept else 0.0
@@ -82,6 +89,14 @@ class DataReport:
             *(f"problem: {p}" for p in self.problems),
         ]
         return "\n".join(lines)
+
+
+class DataProblems(UserError):
+    """Data that cannot train: the first problem is the message, `report` lists them all."""
+
+    def __init__(self, report: DataReport):
+        super().__init__(report.problems[0])
+        self.report = report
 
 
 @dataclass
@@ -112,17 +127,37 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
     else:
         # With a run store, another machine may have tokenised the same inputs already: fetched, checked.
         build_sealed(cfg.storage, f"cache/prepared/{fingerprint}", target,
-                     lambda out: _write(_analyse(cfg, sources, model_path, strict=True), cfg, out, fingerprint),
+                     lambda out: _build(cfg, sources, model_path, out, fingerprint),
                      ready=lambda t: (t / STATS_FILE).is_file())
         log.info("prepared data at %s", target)
     stats = json.loads((target / STATS_FILE).read_text())
     return PreparedData(str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"])
 
 
+def prepared_report(cfg: RunConfig, model_path: str, data: PreparedData) -> DataReport:
+    """The report kept with prepared data; data prepared before reports were kept is read again."""
+    kept = Path(data.path) / REPORT_FILE
+    return DataReport.from_json(kept) if kept.is_file() else data_report(cfg, model_path)
+
+
 def data_report(cfg: RunConfig, model_path: str) -> DataReport:
+    """Every problem of the data, not only the first, and what it holds; nothing written."""
     check_config_fits(cfg, model_path)
     sources = dataset_sources(cfg)
-    a = _analyse(cfg, sources, model_path, strict=False)
+    return _report(cfg, sources, _analyse(cfg, sources, model_path))
+
+
+def _build(cfg: RunConfig, sources: list[DatasetSource], model_path: str, out: Path, fingerprint: str) -> None:
+    """Analyse once for the report and the rows; data with a problem is refused, nothing written."""
+    a = _analyse(cfg, sources, model_path)
+    report = _report(cfg, sources, a)
+    if report.problems:
+        raise DataProblems(report)
+    _write(a, cfg, out, fingerprint)
+    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
+
+
+def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataReport:
     by_reason: dict[str, list[str]] = {}
     for reason, where in a.drops:
         by_reason.setdefault(reason, []).append(where)
@@ -134,16 +169,10 @@ def data_report(cfg: RunConfig, model_path: str) -> DataReport:
         problems=tuple(a.problems))
 
 
-def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, strict: bool) -> _Analysis:
-    """Read, validate, tokenise and cut. `strict` raises the first problem; otherwise it is noted."""
+def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _Analysis:
+    """Read, validate, tokenise and cut; every problem is noted, in the order it is met."""
     a = _Analysis()
-
-    def problem(message: str) -> None:
-        if strict:
-            raise UserError(message)
-        a.problems.append(message)
-
-    kept = _valid_rows(cfg, sources, a, problem)
+    kept = _valid_rows(cfg, sources, a, a.problems.append)
     encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
     encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
@@ -161,10 +190,10 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, stri
         else:
             a.drops.append((CUTOFF_DROP, where))
     if kept and not a.rows:
-        problem(f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
+        a.problems.append(f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
                 f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)")
     if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
-        problem(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
+        a.problems.append(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
                 "and leaves none to train on; lower val_size or add data")
     cutoff_drops = sum(reason in (CUTOFF_DROP, IMAGE_CUT_DROP) for reason, _ in a.drops)
     if cutoff_drops and a.rows:

@@ -19,7 +19,8 @@ from peftflow.config.form import FLAT
 from peftflow.config.load import parse_config, read_yaml
 from peftflow.data.prepare import OPTIONS
 from peftflow.errors import UserError
-from peftflow.preflight import check_run, check_training_setup, trained_model
+from peftflow.preflight import check_training_setup, preflight
+from peftflow.stages import STAGES, get_stage
 
 SECTION_KEYS = ("grid", "variants", "max_parallel")
 
@@ -31,10 +32,10 @@ _SHARED = {
     **dict.fromkeys(("registry", "promotion", "evaluation", "storage", "output_dir", "merge", "merge_tolerance",
                      "quantized_merge_tolerance"),
                     "the sweep has one registered model, one gate, one held-out scoring and one run store"),
-    **dict.fromkeys(("stage", "teacher", "teacher_adapter", "student_layers", "kd_temperature", "kd_ratio",
-                     "kd_direction", "kd_chunk_size", "teacher_topk", "kd_unlabeled_dataset", "kd_label_temperature",
-                     "kd_label_max_new_tokens"),
-                    "sweeps train sft variants; distillation runs one at a time (`peftflow run`)"),
+    **dict.fromkeys(("stage", *(k for s in STAGES.values() if not s.sweepable for k in s.options)),
+                    f"sweeps train {', '.join(s.name for s in STAGES.values() if s.sweepable)} variants; "
+                    f"stage {', '.join(s.name for s in STAGES.values() if not s.sweepable)} runs one at a time "
+                    "(`peftflow run`)"),
 }
 
 
@@ -108,7 +109,7 @@ def plan_sweep(base: RunConfig, grid: dict[str, list[Any]] | None = None, varian
         raise UserError(f"{source}: nothing to sweep: give --grid KEY=V1,V2 or a `sweep:` section with grid or variants")
     if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
         raise UserError(f"{source}: max_parallel must be a whole number >= 1 (got {max_parallel!r})")
-    if base.stage != "sft":
+    if not get_stage(base).sweepable:
         raise UserError(f"{source}: stage '{base.stage}': {_SHARED['stage']}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
@@ -176,8 +177,7 @@ def read_sweep_file(path: str, grid_options: list[str], max_parallel: int | None
 def check_sweep(plan: SweepPlan) -> None:
     """What `peftflow sweep` checks before the flow starts: the base's model and data (as
     `peftflow run` does), then what each variant trains (modules, optimizer, schedule, 4-bit)."""
-    check_run(plan.base)
-    model_path = trained_model(plan.base).path
+    model_path = preflight(plan.base).models.model.path
     for variant in plan.variants:
         try:
             check_training_setup(variant.config, model_path)

@@ -1,3 +1,3 @@
-"""The train stage: `run` (one process), `distributed` (torchrun), and what they are built from:
+"""The train step: `run` (one process), `distributed` (torchrun), and what they are built from:
 `trainer` (the HF Trainer subclass and callbacks), `arguments` (precision, checkpointing),
 `resume` (checkpoints), `memory`."""

@@ -13,6 +13,7 @@ from transformers import TrainingArguments
 from peftflow.config import RunConfig
 from peftflow.methods import get_method
 from peftflow.models.load import compute_dtype
+from peftflow.run_dir import RunDir
 from peftflow.training import memory
 
 log = logging.getLogger("peftflow.train")
@@ -24,7 +25,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     warmup = cfg.warmup_steps if cfg.warmup_steps else cfg.warmup_ratio
     bf16 = cfg.bf16 or bf16_autocast(cfg)
     return TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
+        output_dir=str(RunDir(Path(output_dir)).checkpoints),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,

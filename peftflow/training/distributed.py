@@ -1,4 +1,4 @@
-"""Multi-process (and multi-node) training: the train stage through torchrun.
+"""Multi-process (and multi-node) training: the train step through torchrun.
 
 `run()` writes the job to `<output_dir>/launch.json`, starts
 `python -m torch.distributed.run --nproc_per_node N ... -m peftflow.training.distributed launch.json`, and
@@ -18,7 +18,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from peftflow.config import RunConfig
-from peftflow.store import open_store, stage_key
+from peftflow.run_dir import RunDir
+from peftflow.store import open_store, run_key
 from peftflow.training import run as local
 from peftflow.training.run import TrainResult
 from peftflow.training.stored import fetch_checkpoint
@@ -42,12 +43,15 @@ def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
 
 
 def train(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-          callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
-    """The train stage: in this process, or through torchrun when the config asks for several
-    processes or nodes (per-step callbacks then see nothing; the result carries the loss history)."""
+          callbacks: tuple[TrainerCallback, ...] = (), trainer_factory=None) -> TrainResult:
+    """The train step: in this process, or through torchrun when the config asks for several
+    processes or nodes (per-step callbacks then see nothing; the result carries the loss history).
+    A stage with its own trainer (`trainer_factory`) trains in one process: its config check says so."""
     if is_distributed(cfg):
+        if trainer_factory is not None:
+            raise ValueError(f"stage {cfg.stage} trains in one process; torchrun runs the stock trainer only")
         return run(cfg, model_path, data_path, output_dir)
-    return local.run(cfg, model_path, data_path, output_dir, callbacks=callbacks, teacher_path=teacher_path)
+    return local.run(cfg, model_path, data_path, output_dir, callbacks=callbacks, trainer_factory=trainer_factory)
 
 
 def node_rank(cfg: RunConfig) -> int:
@@ -61,11 +65,11 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if (store := open_store(cfg.storage)) is not None:  # once per node, before its ranks start
-        fetch_checkpoint(store, stage_key(cfg.registry.name, output_dir), output_dir / "checkpoints")
+        fetch_checkpoint(store, run_key(cfg.registry.name, output_dir), RunDir(output_dir).checkpoints)
     job = output_dir / "launch.json"
     job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "model_path": model_path,
                                "data_path": data_path, "output_dir": str(output_dir)}))
-    result_file = output_dir / "train_result.json"
+    result_file = RunDir(output_dir).train_result
     result_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -3,7 +3,7 @@
     python -m peftflow.training.node CONFIG.yaml
 
 Node 0 runs the whole flow (`peftflow run CONFIG.yaml` or a flow run); every other node only joins
-its train stage. It derives the model, the prepared data and the training key from the same
+its train step. It derives the model, the prepared data and the training key from the same
 config as the flow does (with a run store: fetched as node 0 sealed them, not rebuilt), so its
 torchrun processes train the same examples, and returns when node 0's processes finish.
 infra/k8s-multinode-job.yaml runs it on pods 1..M-1 of an indexed Job.
@@ -18,20 +18,21 @@ from pathlib import Path
 from peftflow.config import RunConfig, load_config
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
-from peftflow.lineage import stage_dir, train_key
-from peftflow.preflight import trained_model
+from peftflow.lineage import train_key
+from peftflow.run_dir import RunDir
+from peftflow.stages import get_workflow
 from peftflow.training import distributed
 
 
 def join(cfg: RunConfig) -> Path:
-    """Train on this node as one of `cfg.nnodes`; the stage dir it trained in."""
+    """Train on this node as one of `cfg.nnodes`; the run dir it trained in."""
     if cfg.nnodes < 2 or distributed.node_rank(cfg) < 1:
         raise UserError(f"peftflow.training.node runs nodes 1..{cfg.nnodes - 1} of a multi-node run "
                         "(nnodes > 1, PEFTFLOW_NODE_RANK >= 1); node 0 runs the flow")
-    model = trained_model(cfg)
-    data = prepare_dataset(cfg, model.path)
-    work = stage_dir(cfg, train_key(cfg, model.fingerprint, data.fingerprint))
-    distributed.run(cfg, model.path, data.path, work)
+    models = get_workflow(cfg).resolve(cfg)
+    data = prepare_dataset(cfg, models.model.path)
+    work = RunDir.of(cfg, train_key(cfg, models.model.fingerprint, data.fingerprint, models.extras_fingerprint)).path
+    distributed.run(cfg, models.model.path, data.path, work)
     return work
 
 

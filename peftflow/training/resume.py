@@ -9,6 +9,8 @@ import shutil
 import time
 from pathlib import Path
 
+from peftflow.run_dir import RunDir
+
 log = logging.getLogger("peftflow.train")
 
 # After a resume the first logged loss must be near the last one logged before the crash;
@@ -26,7 +28,7 @@ def remove_checkpoints(output_dir: str | Path) -> bool:
     """Delete a finished run's scratch space (`<output_dir>/checkpoints`: weights plus optimizer
     state per checkpoint); adapter/, merged/ and the reports stay. Call it only once the result is
     safely published: until then the checkpoints are what a retry resumes from."""
-    scratch = Path(output_dir) / "checkpoints"
+    scratch = RunDir(Path(output_dir)).checkpoints
     if not scratch.is_dir():
         return False
     shutil.rmtree(scratch)

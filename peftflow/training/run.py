@@ -19,11 +19,11 @@ from peft.helpers import disable_input_dtype_casting
 from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, TrainerCallback, set_seed
 
 from peftflow.config import RunConfig
-from peftflow.distill.trainer import DistillTrainer, distill_kwargs
 from peftflow.methods import get_method
 from peftflow.models import vision
 from peftflow.models.load import compute_dtype, load_base
-from peftflow.store import open_store, stage_key
+from peftflow.run_dir import RunDir
+from peftflow.store import open_store, run_key
 from peftflow.training import memory
 from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
@@ -62,9 +62,10 @@ class TrainResult:
 
 
 def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-        callbacks: tuple[TrainerCallback, ...] = (), teacher_path: str | None = None) -> TrainResult:
+        callbacks: tuple[TrainerCallback, ...] = (), trainer_factory=None) -> TrainResult:
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
-    With stage: distill, `teacher_path` is the teacher whose distribution the student learns."""
+    `trainer_factory` is the stage's (peftflow.stages.workflow.TrainerFactory); None: the stock
+    SupervisedTokenTrainer."""
     output_dir = Path(output_dir)
     callbacks = (*callbacks, *_store_checkpoints(cfg, output_dir))
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
@@ -82,12 +83,13 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     init_dir = method.before_train(model, output_dir)
     processor = (AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
                  if vision.is_vision_language(model_path) else None)
-    trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, teacher_path)
+    trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks,
+                       trainer_factory)
     start = time.perf_counter()
     history, resumed_from, mean_loss = _train(trainer)
     seconds = time.perf_counter() - start
     out = TrainResult(
-        adapter_dir=str(output_dir / "adapter"), final_loss=history[-1][1] if history else mean_loss,
+        adapter_dir=str(RunDir(output_dir).adapter), final_loss=history[-1][1] if history else mean_loss,
         steps=trainer.state.global_step, train_seconds=round(seconds, 2), supervised_tokens=trainer.supervised_tokens,
         tokens_per_second=round(trainer.supervised_tokens / seconds, 1) if seconds else 0.0,
         **dict(zip(("trainable_params", "total_params"), _parameter_counts(model))),
@@ -101,7 +103,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
         method.save(model, out.adapter_dir, init_dir)
         # A vision-language model ships its processor (tokenizer + image processor) with the adapter.
         (processor or tokenizer).save_pretrained(out.adapter_dir)
-        (output_dir / "train_result.json").write_text(json.dumps(asdict(out), indent=1))
+        RunDir(output_dir).train_result.write_text(json.dumps(asdict(out), indent=1))
     return out
 
 
@@ -111,24 +113,22 @@ def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallbac
     store = open_store(cfg.storage)
     if store is None:
         return ()
-    key = stage_key(cfg.registry.name, output_dir)
+    key = run_key(cfg.registry.name, output_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        fetch_checkpoint(store, key, output_dir / "checkpoints")
+        fetch_checkpoint(store, key, RunDir(output_dir).checkpoints)
     return (StoreCheckpoints(store, key),)
 
 
-def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, teacher_path):
-    """The Trainer for this run: the distillation trainer for stage: distill, images for a VLM."""
+def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, trainer_factory):
+    """The Trainer for this run: the stage's (its factory's), images for a VLM."""
     multimodal = "images" in train_set.column_names
     train_set = train_set.select_columns(["input_ids", "labels"] + (["images"] if multimodal else []))
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
     if multimodal:
         collator = vision.VisionCollator(collator, processor.image_processor)
     trainer_cls, extra = SupervisedTokenTrainer, {}
-    if cfg.stage == "distill":
-        trainer_cls, extra = DistillTrainer, distill_kwargs(cfg, teacher_path, data_path, train_set)
-        # Rows carry their index so a batch can find its cached teacher outputs.
-        train_set = train_set.add_column("row_id", list(range(len(train_set))))
+    if trainer_factory is not None:
+        trainer_cls, extra, train_set = trainer_factory(cfg, data_path, train_set)
     if not any(isinstance(c, TrainingProgress) for c in callbacks):
         callbacks = (*callbacks, TrainingProgress())
     trainer = trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,

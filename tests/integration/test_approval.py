@@ -46,7 +46,7 @@ def test_promotion_waits_for_a_person(harness, env, tiny_model):
     assert not rejected.promoted and rejected.champion is None
     assert "rejected by ui:bob: wrong tone" in rejected.summary
 
-    # The same training again (cached stages), approved this time.
+    # The same training again (cached steps), approved this time.
     _, approved = _run_and_answer(cfg, {"approve": True, "reason": "checked samples", "approver": "alice"})
     assert (approved.version, approved.promoted, approved.champion) == ("1", True, "1")
     history = alias_history("tiny-approval", "1", "champion")

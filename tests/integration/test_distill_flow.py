@@ -20,7 +20,7 @@ def test_pruned_student_distils_and_is_registered(harness, env, tiny_model):
 
     state = finetune(cfg, return_state=True)
     result = state.result()
-    assert task_states(state.state_details.flow_run_id)["label-prompts-with-teacher"] == "Completed"
+    assert task_states(state.state_details.flow_run_id)["add-stage-rows"] == "Completed"
     assert {"teacher", "base", "tuned"} <= set(result.scores)
     assert "teacher retention" in result.summary
 

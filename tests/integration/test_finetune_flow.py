@@ -86,7 +86,7 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
     assert version.description.startswith(result.summary) and "# Model card: tiny-itest" in version.description
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [6]  # the Trainer's only
 
-    # Same inputs again: the expensive stages come from Prefect's cache, nothing new is registered.
+    # Same inputs again: the expensive steps come from Prefect's cache, nothing new is registered.
     again = finetune(cfg, return_state=True)
     states = task_states(again.state_details.flow_run_id)
     assert states["train-adapter"] == "Cached" and states["merge-adapter"] == "Cached"
@@ -122,7 +122,7 @@ def test_guard_set_loss_gates_promotion(harness, env, tiny_model):
     assert 0 < tuned < 50 and 0 < base < 50 and tuned != base
     assert f"guard-set loss regressed from {base:.4f} to {tuned:.4f}" in refused.summary
 
-    # The same training under a loose guard: the cached stages are reused and the version promoted.
+    # The same training under a loose guard: the cached steps are reused and the version promoted.
     allowed = run(1e6)
     assert (allowed.version, allowed.promoted, allowed.champion) == ("1", True, "1")
     assert f"guard-set loss {tuned:.4f} vs {base:.4f}" in allowed.summary

@@ -11,7 +11,8 @@ from flows.finetune import finetune
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
-from peftflow.lineage import stage_dir, train_key
+from peftflow.lineage import train_key
+from peftflow.run_dir import RunDir
 from peftflow.mlflow_io import publishing
 from peftflow.mlflow_io.aliases import set_alias
 from peftflow.mlflow_io.publishing import publish_model
@@ -62,7 +63,7 @@ def test_bad_dataset_fails_the_flow_with_the_one_line_message(harness, env, tiny
 def test_crash_between_register_and_aliases_then_rerun(harness, env, tiny_model, monkeypatch):
     cfg = tiny_config(tiny_model, env)
     model = resolve_model(tiny_model)
-    work = stage_dir(cfg, train_key(cfg, model.fingerprint, prepare_dataset(cfg, tiny_model).fingerprint))
+    work = RunDir.of(cfg, train_key(cfg, model.fingerprint, prepare_dataset(cfg, tiny_model).fingerprint)).path
     real_set_alias = set_alias
 
     def killed_before_aliases(name, alias, *args, **kwargs):

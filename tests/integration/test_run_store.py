@@ -16,7 +16,7 @@ import pytest
 
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
-from peftflow.store import MANIFEST, RunStore, stage_key
+from peftflow.store import MANIFEST, RunStore, run_key
 from peftflow.training.run import run as train_run
 from peftflow.training.trainer import MetricsCallback
 from tests.integration.stack import ROOT
@@ -71,7 +71,7 @@ def _plant_broken_checkpoints(store: RunStore, key: str, n: int, scratch: Path) 
 
 def test_killed_on_one_home_resumes_on_another_from_the_store(tiny_model, store_url, tmp_path, monkeypatch):
     cfg = _cfg(tiny_model, store_url)
-    store, key = RunStore(store_url), stage_key("store-resume", "stage")
+    store, key = RunStore(store_url), run_key("store-resume", "stage")
     n = _kill_once_stored(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path / "home-a", store, key)
     assert 4 <= n < MAX_STEPS
     _plant_broken_checkpoints(store, key, n, tmp_path / "scratch")

@@ -106,7 +106,7 @@ def test_finetune_deployment_registers_a_champion(stack):
                       aws_secret_access_key="testing", region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("eval_report.json") for k in keys)
-    # the run store: the stage outputs sealed beside them, the stage cache too, no checkpoints left
+    # the run store: the step outputs sealed beside them, the step cache too, no checkpoints left
     stored = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="store/").get("Contents", [])]
     for output in ("adapter", "merged", "eval_report.json"):
         assert any(k.endswith(f"/{output}/_manifest.json") for k in stored), stored

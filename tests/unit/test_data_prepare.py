@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from peftflow.config import RunConfig, parse_config
 from peftflow.data import data_report, end_of_turn_token_id, prepare_dataset
+from peftflow.data.prepare import prepared_report
 from peftflow.errors import UserError
 
 IGNORE = -100
@@ -52,7 +53,9 @@ def test_builtin_demo_prepares_then_reuses_the_cache(tiny_model, monkeypatch, tm
     assert (Path(first.path, "stats.json").stat().st_ino, Path(first.path, "stats.json").stat().st_mtime_ns) == (stats.st_ino, stats.st_mtime_ns)
     messages = [r.getMessage() for r in caplog.records]
     assert [m.split(" at ")[0] for m in messages] == ["prepared data", "reusing prepared data"]
-    assert {p.name for p in Path(first.path).iterdir()} == {"train", "eval", "stats.json"}
+    assert {p.name for p in Path(first.path).iterdir()} == {"train", "eval", "stats.json", "report.json"}
+    # `validate` prints the report kept with the data: the same as reading the data again
+    assert prepared_report(cfg, tiny_model, second) == data_report(cfg, tiny_model)
 
 
 def test_labels_are_the_answer_and_end_of_turn_token(demo, tokenizer):

@@ -1,11 +1,14 @@
 """Distillation loss: chunking changes nothing, a k=vocab cache is exact, KL falls when trained."""
 
+from functools import partial
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from peftflow.distill.cache import pad_batch, teacher_topk
-from peftflow.distill.teacher import prune_layers, pruned_layer_indices
+from peftflow.stages.distill.cache import pad_batch, teacher_topk
+from peftflow.stages.distill.teacher import prune_layers, pruned_layer_indices
+from peftflow.stages.distill.trainer import distill_trainer
 from peftflow.losses import KDSettings, TeacherTopK, final_hidden, kd_loss, supervised
 from peftflow.training.run import run as train_run
 from peftflow.training.trainer import MetricsCallback
@@ -124,7 +127,7 @@ def test_missing_teacher_and_tokenizer_mismatch_are_clear_errors(tiny_model, tmp
     from transformers import AutoTokenizer
 
     from peftflow.config import RunConfig
-    from peftflow.distill.teacher import resolve_student, resolve_teacher
+    from peftflow.stages.distill.teacher import resolve_student, resolve_teacher
     from peftflow.errors import UserError
 
     with pytest.raises(UserError, match="directory not found"):
@@ -148,7 +151,7 @@ def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp
                     max_steps=3, logging_steps=1, per_device_train_batch_size=2, learning_rate=1e-3, kd_chunk_size=8)
     data = prepare_dataset(cfg, tiny_model)
     logged = []
-    result = train_run(cfg, tiny_model, data.path, tmp_path, teacher_path=tiny_model,
+    result = train_run(cfg, tiny_model, data.path, tmp_path, trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
                        callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
     assert result.trainable_params == result.total_params
     assert all("kd_kl" in m for m in logged if "loss" in m)
@@ -178,7 +181,7 @@ def test_gradient_accumulation_logs_the_same_kd_loss_as_one_big_batch(tiny_model
                         learning_rate=1e-3, max_samples=16, val_size=4, seed=3)
         data = prepare_dataset(cfg, tiny_model)
         logged = []
-        train_run(cfg, tiny_model, data.path, out, teacher_path=tiny_model,
+        train_run(cfg, tiny_model, data.path, out, trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
                   callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
         return next(m["loss"] for m in logged if "loss" in m)
 

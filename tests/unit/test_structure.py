@@ -95,5 +95,21 @@ def test_modules_and_functions_are_short_enough_to_read_at_once():
 
 def test_the_walk_sees_function_local_imports():
     """The walk is only as good as what it reads: a function-local import is an edge too."""
-    assert "peftflow.distill.teacher" in GRAPH["peftflow.preflight"]  # imported inside trained_model
+    assert "peftflow.data.prepare" in GRAPH["peftflow.stages.distill.workflow"]  # imported inside check_inputs
     assert "services.relay" in GRAPH["flows.cli"]            # imported inside the `relay` command
+
+
+def _stage_tests(tree: ast.AST) -> list[int]:
+    """Lines that compare something's `.stage` (`cfg.stage == "distill"`, `!=`, `in`)."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
+            and any(isinstance(side, ast.Attribute) and side.attr == "stage" for side in (node.left, *node.comparators))]
+
+
+def test_only_the_stages_package_tells_stages_apart():
+    """What differs between stages lives in peftflow/stages/ (its Stage and Workflow); everything
+    else asks the stage, never tests its name, so adding a stage is one package and one line."""
+    offenders = [f"{name}:{line}" for name, path in MODULES.items() if not name.startswith("peftflow.stages")
+                 for line in _stage_tests(ast.parse(path.read_text()))]
+    assert not offenders, offenders
+    assert _stage_tests(ast.parse('if cfg.stage == "distill": pass')) == [1]  # what the walk catches
+    assert _stage_tests(ast.parse('if "dpo" != config.stage: pass')) == [1]

@@ -11,8 +11,8 @@ from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.data.tokenize import ChatEncoder
-from peftflow.distill.labelling import teacher_answers, teacher_labelled
-from peftflow.distill.teacher import resolve_teacher
+from peftflow.stages.distill.labelling import teacher_answers, teacher_labelled
+from peftflow.stages.distill.teacher import resolve_teacher
 from peftflow.errors import UserError
 
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
@@ -68,7 +68,7 @@ def test_teacher_answers_join_the_train_split_and_are_cached(datasets, tiny_mode
 
 def test_bad_prompt_rows_and_misplaced_keys_are_one_line_errors(datasets, tiny_model, write_dataset):
     from peftflow.config import parse_config
-    from peftflow.preflight import check_run
+    from peftflow.preflight import preflight
 
     with pytest.raises(UserError, match="only apply to stage: distill"):
         parse_config({"kd_unlabeled_dataset": "prompts"})
@@ -76,6 +76,6 @@ def test_bad_prompt_rows_and_misplaced_keys_are_one_line_errors(datasets, tiny_m
                         {"broken.json": [{"instruction": "fine"}, {"input": "no instruction"}]})
     cfg = _config(bad, teacher=tiny_model, student=tiny_model, kd_unlabeled_dataset="broken")
     with pytest.raises(UserError, match=r"broken.json: 1 invalid rows: row 2: field 'instruction' is missing"):
-        check_run(cfg)
+        preflight(cfg)
     with pytest.raises(UserError, match="no dataset named 'missing'"):
-        check_run(cfg.model_copy(update={"kd_unlabeled_dataset": "missing"}))
+        preflight(cfg.model_copy(update={"kd_unlabeled_dataset": "missing"}))

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from peftflow.config import RunConfig
-from peftflow.distill.cache import TeacherCache, teacher_cache
-from peftflow.distill.teacher import load_teacher
+from peftflow.stages.distill.cache import TeacherCache, teacher_cache
+from peftflow.stages.distill.teacher import load_teacher
 from peftflow.losses import KDSettings, TeacherTopK, decoder_and_head, final_hidden, kd_loss, supervised
 from peftflow.models.resolve import fingerprint_dir
 from peftflow.paths import cache_dir
@@ -61,7 +60,14 @@ def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCa
                    num_items_in_batch=num_items_in_batch)
 
 
-def distill_kwargs(cfg: RunConfig, teacher_path: str, data_path: str, train_set):
+def distill_trainer(cfg, data_path: str, train_set, teacher_path: str):
+    """The trainer factory of stage: distill (peftflow.stages.workflow.TrainerFactory)."""
+    extra = distill_kwargs(cfg, teacher_path, data_path, train_set)
+    # Rows carry their index so a batch can find its cached teacher outputs.
+    return DistillTrainer, extra, train_set.add_column("row_id", list(range(len(train_set))))
+
+
+def distill_kwargs(cfg, teacher_path: str, data_path: str, train_set):
     """Teacher, KD settings and (optional) top-k cache keyed by teacher, data and k."""
     teacher = load_teacher(teacher_path, cfg.trust_remote_code)
     settings = KDSettings(cfg.kd_temperature, cfg.kd_ratio, cfg.kd_direction, cfg.kd_chunk_size)

@@ -1,0 +1,42 @@
+"""What a training stage (LLaMA-Factory's `stage:`, the training objective) is to the config: its
+keys, their form group, its checks, the rows it reads. This half imports nothing of torch, peft or
+peftflow above `methods`: the config reads it.
+
+The other half, what a run of the stage does (the models it resolves, its trainer, its evaluation
+extras, its lineage), is the stage package's `workflow.py` (`peftflow/stages/workflow.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class FormGroup:
+    """Where a stage's own keys sit in the dashboard's run form."""
+    key: str
+    title: str
+    description: str
+
+
+def _named_after_base(cfg) -> tuple[str, str]:
+    return cfg.model_name_or_path, ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                    # the `stage` value
+    description: str             # what it trains, for the config field's help
+    # Config keys only this stage reads: set (to a value other than the default) with another
+    # stage, they are refused instead of silently ignored.
+    options: tuple[str, ...] = ()
+    form_group: FormGroup | None = None  # the options' group in the run form
+    # (cfg) -> None; raises ValueError naming the keys of a combination this stage cannot train
+    check: Callable[[Any], None] = lambda cfg: None
+    row_kind: str = "conversations"  # what its `dataset` rows are (peftflow/data/row_kinds.py)
+    sweepable: bool = True       # `peftflow sweep` may train variants of it
+    # Options that name models: the train key holds those models' content fingerprints instead.
+    models_by_content: tuple[str, ...] = ()
+    # (cfg) -> (model reference, suffix) the default registered-model name starts with
+    named_after: Callable[[Any], tuple[str, str]] = _named_after_base

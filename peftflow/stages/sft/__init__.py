@@ -1,0 +1,5 @@
+"""`stage: sft`: supervised fine-tuning on conversations; its workflow is the shared default."""
+
+from peftflow.stages.base import Stage
+
+STAGE = Stage("sft", "supervised fine-tuning")
