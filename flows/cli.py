@@ -115,7 +115,7 @@ def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory expo
         if fmt == "gguf":
             _export_gguf(src, out, outtype, verify)
     except Exception as e:  # noqa: BLE001
-        fail(_as_user_error(e, model) if model and config else _registry_error(e, model) if model else e)
+        fail(_registry_error(e, f"--model {model}") if model else e)
 
 
 def _export_dir(config: str, model: Optional[str]) -> str:

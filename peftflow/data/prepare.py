@@ -15,13 +15,14 @@ import logging
 import math
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from peftflow.store import build_sealed
 from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
+from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.slots import Options
 from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, get_template
@@ -30,6 +31,7 @@ from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
 from peftflow.models.vision import check_config_fits
 from peftflow.paths import cache_dir
+from peftflow.stages import get_stage
 
 log = logging.getLogger("peftflow.data")
 
@@ -111,10 +113,10 @@ class _Analysis:
 
 
 def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
-    """The datasets a run reads: v1's train_dataset when set, else `dataset` in dataset_dir."""
-    if cfg.train_dataset:
-        return v1_sources(cfg.train_dataset)
-    return resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    """The datasets a run reads (v1's train_dataset when set, else `dataset` in dataset_dir), read
+    as rows of its stage's kind."""
+    sources = v1_sources(cfg.train_dataset) if cfg.train_dataset else resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    return read_as(get_stage(cfg).row_kind, sources)
 
 
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
@@ -221,8 +223,7 @@ def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, prob
 
 def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
     """kd_unlabeled_dataset, read as prompts: rows need no answer, and a final one is dropped."""
-    return [replace(s, format=replace(s.format, prompts_only=True))
-            for s in resolve_datasets(cfg.dataset_dir, cfg.kd_unlabeled_names)]
+    return read_as("prompts", resolve_datasets(cfg.dataset_dir, cfg.kd_unlabeled_names))
 
 
 def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversation]:

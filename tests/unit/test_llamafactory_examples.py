@@ -180,3 +180,16 @@ def test_cli_export_and_its_one_line_refusal(adapter, tmp_path, peftflow_home):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr == f"error: {path}: quantization_bit: never merge an adapter into a quantized " \
         "model (LLaMA-Factory's examples warn the same); drop quantization_bit, the merge goes into the unquantized base\n"
+
+
+def test_cli_export_of_a_registered_version_that_fails_is_one_line(adapter, tmp_path, peftflow_home):
+    """`export CONFIG --model` whose export fails: one line and exit 2 (it was a NameError: the
+    error helper it called had been deleted)."""
+    env = {**os.environ, "PEFTFLOW_HOME": str(peftflow_home), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    path = export_config(tmp_path, "qwen3_lora_sft.yaml", adapter_name_or_path=adapter)
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "export", str(path), "--model", "models:/no-such-model@champion"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr
+    assert len(bad.stderr.splitlines()) == 1 and bad.stderr.startswith("error: "), bad.stderr
+    assert "no-such-model" in bad.stderr and "NameError" not in bad.stderr

@@ -1,0 +1,47 @@
+"""The stage table: every stage declares what the config and the flows need in its own package,
+and the rest of the code reaches a stage only through it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from peftflow.config import RunConfig
+from peftflow.config.form import GROUPS
+from peftflow.data.row_kinds import ROW_KINDS
+from peftflow.lineage import train_key
+from peftflow.stages import STAGES, get_workflow
+from peftflow.stages.workflow import Workflow
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_each_stage_declares_what_the_config_and_the_flows_need(name):
+    stage = STAGES[name]
+    assert set(stage.options) <= set(RunConfig.model_fields), "a stage's options are RunConfig keys"
+    assert stage.row_kind in ROW_KINDS
+    if stage.form_group:  # the form shows the stage's keys as its own group
+        assert GROUPS[stage.form_group.key][2] == stage.options
+    assert isinstance(get_workflow(RunConfig.model_construct(stage=name)), Workflow)
+    assert f"`{name}`" in RunConfig.model_fields["stage"].description
+
+
+def test_another_stages_option_is_refused_naming_the_stage():
+    """Set for sft, a distillation key (not only the four the old check knew) is refused, not ignored."""
+    with pytest.raises(ValidationError, match="kd_temperature only apply to stage: distill"):
+        RunConfig(kd_temperature=4.0)
+    assert RunConfig(stage="distill", teacher="builtin:tiny-random", kd_temperature=4.0).kd_temperature == 4.0
+
+
+def test_a_teachers_name_stays_out_of_the_train_key_its_content_is_in():
+    """The stage's extra models are keyed by fingerprint: the same teacher named another way trains
+    the same weights (the key of runs made before stages were modules)."""
+    a = RunConfig(stage="distill", teacher="models:/t@champion")
+    b = RunConfig(stage="distill", teacher="models:/t/3")
+    assert train_key(a, "m", "d", "teacher-fp") == train_key(b, "m", "d", "teacher-fp")
+    assert train_key(a, "m", "d", "teacher-fp") != train_key(a, "m", "d", "another-teacher")
+
+
+def test_the_default_registered_name_follows_the_stage():
+    assert RunConfig(stage="distill", teacher="builtin:tiny-random").registry.name == \
+        "tiny-random-student-demo_orders-lora"
+    assert RunConfig(model_name_or_path="org/base-7b").registry.name == "base-7b-demo_orders-lora"
