@@ -8,9 +8,10 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from peftflow.config import RunConfig
-from peftflow.mlflow_io.versions import get_version_by_alias, set_version_tag
 from tasks.download_version import download_version
+from tasks.find_version_number import find_version_number
 from tasks.score_version import score_version
+from tasks.tag_version import tag_version
 
 
 @flow(name="evaluate-model", log_prints=True)
@@ -24,15 +25,12 @@ def evaluate_model(name: str, version: str = "champion", config: RunConfig = Run
         config: Supplies the dataset (`dataset`, `dataset_dir`, `val_size`, `cutoff_len`, `template`)
             and the `evaluation` section; the training fields are ignored.
     """
-    ref = get_version_by_alias(name, version) if not version.isdigit() else None
-    if not version.isdigit() and ref is None:
-        raise ValueError(f"{name}: no alias '{version}'")
-    number = ref.version if ref else version
+    number = find_version_number(name, version)
     model_dir = download_version(f"models:/{name}/{number}")
     result = score_version(f"{name} v{number}", model_dir, config)
     result = {"name": name, "version": number, "dataset": config.dataset, "metric": config.evaluation.metric,
               **result}
-    set_version_tag(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
+    tag_version(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
     create_table_artifact(key="evaluate-model", table=[result],
                           description=f"{name} v{number} on {config.dataset}")
     print(json.dumps(result))

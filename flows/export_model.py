@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prefect import flow
 
-from peftflow.mlflow_io.downloads import download_model_dir
-from peftflow.mlflow_io.versions import get_version_by_alias
+from tasks.download_version import download_version
+from tasks.find_version_number import find_version_number
 
 
 @flow(name="export-model", log_prints=True)
@@ -27,12 +27,8 @@ def export_model(name: str, version: str, target: str) -> str:
         version: A version number, or an alias (`champion`).
         target: Directory the serving side reads (shared volume, mounted bucket).
     """
-    if not version.isdigit():
-        ref = get_version_by_alias(name, version)
-        if ref is None:
-            raise ValueError(f"{name}: no alias '{version}'")
-        version = ref.version
-    source = Path(download_model_dir(f"models:/{name}/{version}"))
+    version = find_version_number(name, version)
+    source = Path(download_version(f"models:/{name}/{version}"))
     root = Path(target).expanduser() / name
     out = root / f"v{version}"
     if not out.is_dir():

@@ -21,8 +21,9 @@ from prefect.states import Completed
 from flows.evaluate_model import evaluate_model
 from peftflow.config import RunConfig
 from peftflow.mlflow_io.aliases import CHAMPION
-from peftflow.mlflow_io.outside_moves import OUTSIDE_REASON, record_previous
+from peftflow.mlflow_io.outside_moves import OUTSIDE_REASON
 from tasks.guard_version import guard_version
+from tasks.record_previous_champion import record_previous_champion
 from tasks.roll_back_champion import roll_back_champion
 from tasks.start_tracking_run import flow_run_id
 from tasks.take_reported_move import take_reported_move
@@ -54,7 +55,7 @@ def on_promotion(name: str, version: str, alias: str = CHAMPION, actor: str = "m
     if move.kind != "outside":
         return Completed(message=move.why)
     who = f"prefect flow run {flow_run_id()}"
-    current = record_previous(name, version, move.previous, who)
+    current = record_previous_champion(name, version, move.previous, who)
     if current != version:
         now = f"v{current}" if current else "nothing"
         return Completed(message=f"{move.why}; champion points at {now} since: recorded only")

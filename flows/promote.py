@@ -6,8 +6,9 @@ from typing import Literal
 
 from prefect import flow
 
-from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS, move_champion, rollback
-from peftflow.mlflow_io.versions import get_version_by_alias
+from tasks.find_alias_versions import find_alias_versions
+from tasks.make_champion import make_champion
+from tasks.roll_back_champion import roll_back_champion
 from tasks.start_tracking_run import flow_run_id
 
 
@@ -28,10 +29,9 @@ def promote(name: str, reason: str, action: Literal["promote", "rollback"] = "pr
     if action == "promote":
         if not version:
             raise ValueError("action `promote` needs a version")
-        move_champion(name, version, reason, who)
+        make_champion(name, version, reason, who)
     else:
-        rollback(name, reason, who)
-    out = {alias: (ref.version if (ref := get_version_by_alias(name, alias)) else None)
-           for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
+        roll_back_champion(name, reason, who)
+    out = find_alias_versions(name)
     print(f"{name}: " + ", ".join(f"{k} -> v{v}" for k, v in out.items() if v))
     return out

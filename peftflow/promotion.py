@@ -4,11 +4,11 @@ paired bootstrap over per-example scores, a passing merge check and no guard-set
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from peftflow.config import RunConfig
+from peftflow.config import PromotionConfig, RunConfig
 from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.mlflow_io.aliases import move_champion
 
@@ -164,3 +164,30 @@ def promote(name: str, version: str, decision: GateDecision, actor: str) -> str 
     if not decision.promote:
         return None
     return move_champion(name, version, decision.reason, actor)
+
+
+def with_sweep_verdict(decision: GateDecision, sweep_verdict: tuple[bool, str] | None) -> GateDecision:
+    """The gate's decision on a sweep's winner, given `sweep_verdict` = (decided, why) against its
+    runner-up: the reason leads with the verdict, and a winner the sweep could not tell from its
+    runner-up is not promoted. No verdict (not a sweep): the gate's decision as it is."""
+    if sweep_verdict is None:
+        return decision
+    decided, why = sweep_verdict
+    return replace(decision, promote=decision.promote and decided,
+                   reason=f"{why}; {decision.reason}" + ("" if decided else "; not promoted"))
+
+
+def moves_champion_now(promotion: PromotionConfig, decision: GateDecision) -> bool:
+    """The gate passed and nobody has to approve: `champion` moves in the same run."""
+    return decision.promote and promotion.auto_promote and not promotion.require_approval
+
+
+def needs_approval(promotion: PromotionConfig, decision: GateDecision) -> bool:
+    """The gate passed but a person approves first: the run pauses with the approval form."""
+    return decision.promote and promotion.auto_promote and promotion.require_approval
+
+
+def with_approval(decision: GateDecision, approved: bool, reason: str, approver: str) -> GateDecision:
+    """The decision after a person answered the approval form: theirs, with their reason appended."""
+    verdict = f"approved by {approver}" if approved else f"rejected by {approver}"
+    return replace(decision, promote=approved, reason=f"{decision.reason}; {verdict}: {reason}")

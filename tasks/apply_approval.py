@@ -2,7 +2,7 @@ from prefect import task
 
 from peftflow.mlflow_io.aliases import CHAMPION, move_champion
 from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
-from peftflow.promotion import GateDecision
+from peftflow.promotion import GateDecision, with_approval
 
 
 @task(name="apply-approval")
@@ -11,8 +11,5 @@ def apply_approval(version: ModelVersionRef, decision: GateDecision, approved: b
     """After a person answered the approval form: promote, or record the refusal."""
     if approved:
         move_champion(version.name, version.version, f"{decision.reason}; approved: {reason}", actor=approver)
-    verdict = f"approved by {approver}" if approved else f"rejected by {approver}"
-    decision = GateDecision(approved, f"{decision.reason}; {verdict}: {reason}", decision.candidate,
-                            decision.incumbent, decision.incumbent_label)
     current = get_version_by_alias(version.name, CHAMPION)
-    return decision, current.version if current else None
+    return with_approval(decision, approved, reason, approver), current.version if current else None

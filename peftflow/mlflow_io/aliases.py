@@ -56,6 +56,12 @@ def alias_history(name: str, version: str, alias: str) -> list[dict[str, str]]:
     return json.loads((mv.tags or {}).get(f"alias.{alias}.history", "[]"))
 
 
+def alias_versions(name: str) -> dict[str, str | None]:
+    """The version each of `champion`, `previous` and `challenger` points at (None: nothing), in that order."""
+    return {alias: (ref.version if (ref := get_version_by_alias(name, alias)) else None)
+            for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
+
+
 def alias_lock(name: str) -> AbstractContextManager:
     """Serialises alias moves on one registered model (flows publishing to the same model at once):
     read champion, move previous, move champion is then one step. MLflow has no compare-and-set

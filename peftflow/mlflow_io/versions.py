@@ -48,3 +48,14 @@ def set_version_tag(name: str, version: str, key: str, value: str) -> None:
 
 def get_version(name: str, version: str) -> ModelVersionRef:
     return version_ref(mlflow_client().get_model_version(name, str(version)))
+
+
+def version_number(name: str, version: str) -> str:
+    """`version` as a version number: a number as given, an alias (`champion`) as the number it
+    points at; ValueError when the alias points at nothing."""
+    if version.isdigit():
+        return version
+    ref = get_version_by_alias(name, version)
+    if ref is None:
+        raise ValueError(f"{name}: no alias '{version}'")
+    return ref.version

@@ -1,6 +1,7 @@
-"""The `on-promotion` flow in-process (Prefect test server, sqlite MLflow): a champion moved by
-hand that fails the guard check is moved back with `promotion.guard_on_manual: rollback`; the
-rollback's own report is recognised, a repeated delivery is dropped; `export-model` follows."""
+"""The registry flows in-process (Prefect test server, sqlite MLflow): `promote` moves and rolls back
+`champion` by hand; in `on-promotion` a champion moved by hand that fails the guard check is moved
+back with `promotion.guard_on_manual: rollback`, the rollback's own report is recognised, a
+repeated delivery is dropped; `export-model` follows."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from mlflow import MlflowClient
 
 from flows.export_model import export_model
 from flows.on_promotion import on_promotion
+from flows.promote import promote
 from peftflow.config import RunConfig
 from peftflow.mlflow_io.aliases import alias_history, move_champion
 from peftflow.mlflow_io.publishing import publish_model
-from peftflow.mlflow_io.tracking import finish_run, start_run
+from peftflow.mlflow_io.tracking import configure_mlflow, finish_run, start_run
 from peftflow.mlflow_io.versions import get_version_by_alias
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
@@ -26,6 +28,22 @@ NAME = "manual-tiny"
 
 def alias(name: str) -> str:
     return get_version_by_alias(NAME, name).version
+
+
+def test_promote_flow_moves_champion_by_hand_and_rolls_back(harness, env):
+    configure_mlflow()
+    client = MlflowClient()
+    client.create_registered_model("by-hand")
+    for i in range(2):
+        client.create_model_version("by-hand", source=(env / f"v{i}").as_uri())
+    assert promote("by-hand", "ship it", version="1", actor="dashboard:dana")["champion"] == "1"
+    out = promote("by-hand", "better", version="2", actor="dashboard:dana")
+    assert out == {"champion": "2", "previous": "1", "challenger": None}
+    out = promote("by-hand", "bad answers", action="rollback", actor="dashboard:dana")
+    assert (out["champion"], out["previous"]) == ("1", "2")
+    assert alias_history("by-hand", "1", "champion")[-1]["by"] == "dashboard:dana"
+    with pytest.raises(ValueError, match="action `promote` needs a version"):
+        promote("by-hand", "no version given")
 
 
 def test_guard_failure_after_a_move_by_hand_rolls_champion_back(harness, env, tiny_model, tmp_path):

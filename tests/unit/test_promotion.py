@@ -1,5 +1,6 @@
-"""Promotion: the gate (paired bootstrap, merge fidelity, guard set), manual promote, rollback,
-recorded alias moves, the `promote` flow and the CLI. A sqlite MLflow per test; no training."""
+"""Promotion: the gate (paired bootstrap, merge fidelity, guard set), what follows it (a sweep's
+verdict, approval), manual promote, rollback, recorded alias moves and the CLI (the `promote` flow:
+tests/integration/test_on_promotion_flow.py). A sqlite MLflow per test; no training."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 
 from peftflow.config import RunConfig
 from peftflow.evaluation.report import EvalReport, ModelScores
-from peftflow.mlflow_io.aliases import alias_history, move_champion, rollback
+from peftflow.mlflow_io.aliases import alias_history, alias_versions, move_champion, rollback
 from peftflow.mlflow_io.tracking import configure_mlflow
-from peftflow.mlflow_io.versions import get_version_by_alias
-from peftflow.promotion import decide_promotion, paired_bootstrap
+from peftflow.mlflow_io.versions import get_version_by_alias, version_number
+from peftflow.promotion import (GateDecision, decide_promotion, moves_champion_now, needs_approval, paired_bootstrap,
+                                with_approval, with_sweep_verdict)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,6 +120,41 @@ def test_flow_gate_on_a_harness_score():
         RunConfig(evaluation={"harness_tasks": ["my_task"]}, promotion={"harness_metric": "other/acc"})
 
 
+PASSED = GateDecision(True, "score 0.9000 beats base model", 0.9, 0.5, "base model")
+
+
+def test_a_sweep_verdict_leads_the_reason_and_an_undecided_winner_is_not_promoted():
+    assert with_sweep_verdict(PASSED, None) == PASSED
+    decided = with_sweep_verdict(PASSED, (True, "a beats b"))
+    assert decided == GateDecision(True, "a beats b; score 0.9000 beats base model", 0.9, 0.5, "base model")
+    undecided = with_sweep_verdict(PASSED, (False, "a ties b"))
+    assert not undecided.promote and undecided.reason == "a ties b; score 0.9000 beats base model; not promoted"
+    refused = GateDecision(False, "score 0.5000 ties base model; not promoted", 0.5, 0.5, "base model")
+    assert not with_sweep_verdict(refused, (True, "a beats b")).promote
+
+
+@pytest.mark.parametrize("gate_passed, auto_promote, require_approval, moves, asks", [
+    (True, True, False, True, False),
+    (True, True, True, False, True),
+    (True, False, False, False, False),   # auto_promote off: nothing moves, nobody is asked
+    (True, False, True, False, False),
+    (False, True, False, False, False),
+    (False, True, True, False, False),    # a refused gate is never put to a person
+])
+def test_after_the_gate_champion_moves_now_or_waits_for_approval(gate_passed, auto_promote, require_approval,
+                                                                 moves, asks):
+    promotion = RunConfig(promotion={"auto_promote": auto_promote, "require_approval": require_approval}).promotion
+    decision = GateDecision(gate_passed, "why", 0.9, 0.5, "base model")
+    assert (moves_champion_now(promotion, decision), needs_approval(promotion, decision)) == (moves, asks)
+
+
+def test_an_approval_answer_decides_and_joins_the_reason():
+    assert with_approval(PASSED, True, "looks right", "ui:ann") == GateDecision(
+        True, "score 0.9000 beats base model; approved by ui:ann: looks right", 0.9, 0.5, "base model")
+    rejected = with_approval(PASSED, False, "wrong tone", "ui:bob")
+    assert not rejected.promote and rejected.reason == "score 0.9000 beats base model; rejected by ui:bob: wrong tone"
+
+
 # --- alias moves ------------------------------------------------------------------------------
 
 def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
@@ -169,16 +206,16 @@ def test_rollback_waits_for_the_alias_lock(mlflow_db, tmp_path):
     assert (_alias("lk", "champion"), _alias("lk", "previous")) == ("1", "2")
 
 
-def test_promote_flow_function(mlflow_db, tmp_path):
-    from flows.promote import promote
-
-    _versions("f", 2, tmp_path)
-    assert promote.fn("f", "ship it", version="1", actor="dashboard:dana")["champion"] == "1"
-    out = promote.fn("f", "better", version="2", actor="dashboard:dana")
-    assert (out["champion"], out["previous"]) == ("2", "1")
-    out = promote.fn("f", "bad answers", action="rollback", actor="dashboard:dana")
-    assert (out["champion"], out["previous"]) == ("1", "2")
-    assert alias_history("f", "1", "champion")[-1]["by"] == "dashboard:dana"
+def test_alias_versions_and_version_numbers(mlflow_db, tmp_path):
+    _versions("n", 2, tmp_path)
+    assert alias_versions("n") == {"champion": None, "previous": None, "challenger": None}
+    move_champion("n", "1", "first", "alice")
+    move_champion("n", "2", "second", "alice")
+    assert list(alias_versions("n").items()) == [("champion", "2"), ("previous", "1"), ("challenger", None)]
+    assert version_number("n", "previous") == "1"
+    assert version_number("n", "7") == "7"      # a number is taken as given, as `models:/n/7` would be
+    with pytest.raises(ValueError, match="^n: no alias 'challenger'$"):
+        version_number("n", "challenger")
 
 
 def test_cli_promote_rollback_history(mlflow_db, tmp_path):

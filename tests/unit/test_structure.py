@@ -1,5 +1,6 @@
 """The layout stays true: read from the code's own imports (function-local ones included), the core
-has no import cycle and never imports up the layers or Prefect, and modules and functions stay short."""
+has no import cycle and never imports up the layers or Prefect, flows leave the MLflow registry to
+tasks, and modules and functions stay short."""
 
 from __future__ import annotations
 
@@ -113,3 +114,86 @@ def test_only_the_stages_package_tells_stages_apart():
     assert not offenders, offenders
     assert _stage_tests(ast.parse('if cfg.stage == "distill": pass')) == [1]  # what the walk catches
     assert _stage_tests(ast.parse('if "dpo" != config.stage: pass')) == [1]
+
+
+
+def _defines_a_flow(source: str) -> bool:
+    """A function of the module is decorated with Prefect's `@flow` (`@flow(...)`, `@prefect.flow`)."""
+    def is_flow(decorator: ast.expr) -> bool:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        return (isinstance(target, ast.Name) and target.id == "flow") or \
+            (isinstance(target, ast.Attribute) and target.attr == "flow")
+
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(is_flow, node.decorator_list))
+               for node in ast.walk(ast.parse(source)))
+
+
+REGISTRY_CORE = "peftflow.mlflow_io"
+
+
+def _within(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
+
+
+def _reaches_the_registry(module: str, name: str) -> bool:
+    """`from module import name` hands over something that can call MLflow: a function, or a module of
+    them. A constant cannot, and the classes of `peftflow.mlflow_io` are data (`ModelVersionRef`)."""
+    import importlib
+    import inspect
+
+    thing = getattr(importlib.import_module(module), name, None)
+    if thing is None:  # a submodule its package has not imported yet
+        thing = importlib.import_module(f"{module}.{name}")
+    return inspect.ismodule(thing) or (callable(thing) and not inspect.isclass(thing))
+
+
+def registry_imports(source: str) -> list[str]:
+    """What a module imports (at any depth) that reads or writes the MLflow registry: `mlflow` itself
+    or anything from it (`MlflowClient`), and the functions and modules of `peftflow.mlflow_io`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if _within(a.name, "mlflow") or _within(a.name, REGISTRY_CORE)]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if _within(node.module, "mlflow") or (_within(f"{node.module}.{a.name}", REGISTRY_CORE)
+                                                           and _reaches_the_registry(node.module, a.name))]
+    return found
+
+
+def test_flows_leave_the_registry_to_tasks():
+    """Flows only compose: a registry read or write is a task (one core call, a task run in the UI),
+    a promotion decision is the core's (`peftflow/promotion.py`). So a module under flows/ that
+    defines a Prefect `@flow` imports neither `mlflow` (`MlflowClient`) nor a function or module of
+    `peftflow.mlflow_io`. The rule goes by the kind of the imported name, resolved by importing it:
+    constants (`CHAMPION`, `OUTSIDE_REASON`) and classes (`ModelVersionRef`, the data tasks hand
+    back) are allowed; anything else callable is a way to the registry. flows/ modules with no
+    `@flow` (the CLI, the approval form) are entry points and helpers, not flows."""
+    flows = {name: path.read_text() for name, path in MODULES.items() if name.startswith("flows.")}
+    flows = {name: source for name, source in flows.items() if _defines_a_flow(source)}
+    assert {"flows.finetune", "flows.promote", "flows.on_promotion"} <= set(flows)
+    offenders = {name: found for name, source in sorted(flows.items()) if (found := registry_imports(source))}
+    assert not offenders, offenders
+
+
+def test_the_registry_rule_tells_functions_from_constants_and_classes():
+    """The rule above is only as good as this: the imports flows/promote.py had before issue 32 (and
+    the other ways to the same functions) are caught, a constant and a class are not."""
+    source = """
+from mlflow import MlflowClient
+from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS, move_champion, rollback
+from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
+
+
+def promote():
+    import mlflow.exceptions
+    import peftflow.mlflow_io.aliases
+    from peftflow import mlflow_io
+    from peftflow.mlflow_io import outside_moves
+"""
+    assert registry_imports(source) == [
+        "mlflow.MlflowClient", "peftflow.mlflow_io.aliases.move_champion", "peftflow.mlflow_io.aliases.rollback",
+        "peftflow.mlflow_io.versions.get_version_by_alias", "mlflow.exceptions", "peftflow.mlflow_io.aliases",
+        "peftflow.mlflow_io", "peftflow.mlflow_io.outside_moves"]
+    assert _defines_a_flow("from prefect import flow\n\n@flow(name='x')\ndef x(): ...\n")
+    assert not _defines_a_flow("from prefect import task\n\n@task\ndef x(): ...\n")
