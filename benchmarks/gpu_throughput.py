@@ -97,7 +97,7 @@ def measure(name: str, method: str, args, work: Path) -> dict:
     tokens = args.steps * args.batch * args.seq
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     achieved = tokens * flops_per_token(model, args.seq) / seconds / 1e12
-    del model, optimizer
+    model = optimizer = None  # freed before the next measurement (the closure reads them until here)
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"tokens_per_s": tokens / seconds, "peak_gib": peak, "tflops": achieved,

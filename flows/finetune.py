@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 
-from flows.approval import request_approval
+from flows.gate import publish_and_gate
 from flows.outputs import drop_checkpoints, score, train_and_merge
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import PreparedData
@@ -18,14 +18,11 @@ from peftflow.stages import get_workflow
 from peftflow.stages.workflow import RunModels
 from peftflow.summary import harness_lines, training_notes
 from tasks.add_stage_rows import add_stage_rows
-from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.evaluate_guard_set import evaluate_guard
 from tasks.find_champion import find_champion
 from tasks.finish_tracking_run import finish_tracking_run
 from tasks.prepare_dataset import prepare_dataset
-from tasks.promote_version import promote_version
-from tasks.publish_version import publish_version
 from tasks.resolve_models import resolve_models
 from tasks.start_tracking_run import flow_run_id, start_tracking_run
 from tasks.write_summary import write_summary
@@ -78,13 +75,8 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         if guard:
             notes.append(f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
                          f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})")
-        version = publish_version(config, run_id, trained.adapter, trained.merged, evaluation, lineage,
-                                  models.model.path)
-        decision, current_champion = promote_version(config, version, evaluation, lineage["prefect_flow_run_id"],
-                                                     trained.merged.passed if trained.merged else True, guard)
-        if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
-            approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
-            decision, current_champion = apply_approval(version, decision, approved, why, who)
+        version, decision, current_champion = publish_and_gate(config, run_id, trained, evaluation, lineage,
+                                                               models.model.path, guard)
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
         raise

@@ -23,28 +23,29 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.approval import request_approval
-from flows.outputs import unless_output_gone
+from flows.gate import publish_and_gate
+from flows.outputs import Trained, unless_output_gone
 from flows.team_lock import ensure_limit, limit_name
 from flows.variant import sweep_variant
 from peftflow.config import RunConfig, demo_config
 from peftflow.evaluation.report import EvalReport
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import train_key
+from peftflow.data import PreparedData
+from peftflow.mlflow_io.versions import ModelVersionRef
+from peftflow.promotion import GateDecision
 from peftflow.run_dir import RunDir
 from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
-from peftflow.sweep.ranking import VariantResult, rank
+from peftflow.stages.workflow import RunModels
+from peftflow.sweep.ranking import Ranking, VariantResult, rank
 from peftflow.sweep.report import report_markdown, table_rows
 from tasks._policy import from_deployment
-from tasks.apply_approval import apply_approval
 from tasks.check_training_setup import check_training_setup
 from tasks.collect_variant import collect_variant
 from tasks.evaluate_guard_set import evaluate_guard
 from tasks.find_champion import find_champion
 from tasks.finish_tracking_run import finish_tracking_run
 from tasks.prepare_dataset import prepare_dataset
-from tasks.promote_version import promote_version
-from tasks.publish_version import publish_version
 from tasks.resolve_models import resolve_models
 from tasks.score_references import score_references
 from tasks.start_tracking_run import flow_run_id, start_tracking_run
@@ -98,22 +99,8 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
         results = run_variants(plan, keys, run_id)
         ranking = rank(results, config.promotion)
         winner = next(v for v in plan.variants if v.name == ranking.order[0].name)
-        _, adapter, merged, tuned = collect_variant(winner.config, str(RunDir.of(winner.config, keys[winner.name]).path),
-                                                    with_models=True)
-        # The champion's own training again: it has no rival but the base (as in finetune).
-        rival = champion if champion and champion.tags.get("train_key") != keys[winner.name] else None
-        evaluation = EvalReport(tuned.metric, {label: s for label, s in references.models.items()
-                                               if label == "base" or rival} | {"tuned": tuned.models["tuned"]})
-        tuned_dir = merged.merged_dir if merged else adapter.adapter_dir
-        guard = evaluate_guard(config, model, tuned_dir, rival, guard_data, run_id) if guard_data else None
-        lineage = run_lineage(winner.config, models, data, keys[winner.name], flow_run_id())
-        version = publish_version(winner.config, ranking.order[0].run_id, adapter, merged, evaluation, lineage, model.path)
-        decision, current_champion = promote_version(winner.config, version, evaluation, lineage["prefect_flow_run_id"],
-                                                     merged.passed if merged else True, guard,
-                                                     (ranking.decided, ranking.verdict))
-        if decision.promote and config.promotion.auto_promote and config.promotion.require_approval:
-            approved, why, who = request_approval(version, evaluation, decision, config.promotion.approval_timeout_s)
-            decision, current_champion = apply_approval(version, decision, approved, why, who)
+        version, decision, current_champion = publish_winner(winner, keys[winner.name], ranking, models, data,
+                                                             references, champion, guard_data, run_id)
         metric = config.promotion.metric
         rows = table_rows(ranking, [r for r in results if r.failed], metric, plan.swept_keys)
         markdown = report_markdown(config.registry.name, rows, ranking, references.models, metric, decision.reason,
@@ -126,6 +113,24 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
     get_run_logger().info(markdown)
     return SweepResult(config.registry.name, winner.name, version.version, current_champion,
                        decision.promote and current_champion == version.version, rows, report)
+
+
+def publish_winner(winner: Variant, key: str, ranking: Ranking, models: RunModels, data: PreparedData,
+                   references: EvalReport, champion: ModelVersionRef | None, guard_data: PreparedData | None,
+                   run_id: str) -> tuple[ModelVersionRef, GateDecision, str | None]:
+    """The winner scored beside the references (base, champion), guarded, published and gated as
+    finetune's fine-tune is; the gate's reason leads with the verdict against the runner-up."""
+    config = winner.config
+    _, adapter, merged, tuned = collect_variant(config, str(RunDir.of(config, key).path), with_models=True)
+    trained = Trained(adapter, merged)
+    # The champion's own training again: it has no rival but the base (as in finetune).
+    rival = champion if champion and champion.tags.get("train_key") != key else None
+    evaluation = EvalReport(tuned.metric, {label: s for label, s in references.models.items()
+                                           if label == "base" or rival} | {"tuned": tuned.models["tuned"]})
+    guard = evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
+    lineage = run_lineage(config, models, data, key, flow_run_id())
+    return publish_and_gate(config, ranking.order[0].run_id, trained, evaluation, lineage, models.model.path, guard,
+                            (ranking.decided, ranking.verdict))
 
 
 def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> list[VariantResult]:

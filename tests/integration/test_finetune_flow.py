@@ -82,7 +82,7 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
     assert run.info.run_name == f"tiny-itest-{version.tags['train_key']}"
     assert run.data.tags["mlflow.note.content"] == result.summary
     assert run.data.tags["peftflow.prefect_flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
-    assert result.run_id in artifacts("mlflow-run")[0].data
+    assert any(result.run_id in a.data for a in artifacts("mlflow-run"))  # other tests of the session wrote theirs
     assert version.description.startswith(result.summary) and "# Model card: tiny-itest" in version.description
     assert [m.step for m in client.get_metric_history(result.run_id, "train_loss")] == [6]  # the Trainer's only
 
