@@ -65,8 +65,7 @@ def on_promotion(name: str, version: str, alias: str = CHAMPION, actor: str = "m
     if guard and not guard["passed"] and config.promotion.guard_on_manual == "rollback" and move.previous:
         roll_back_champion(name, f"guard check after a move in MLflow: {guard['verdict']}", who)
         outcome = f"rolled back to v{move.previous}"
-    summary = {"name": name, "version": version, "moved_at": moved_at, "actor": actor, "previous": move.previous,
-               "scores": {k: scores[k] for k in ("loss", "perplexity", "score")}, "guard": guard, "champion": outcome}
+    summary = _summary(name, version, moved_at, actor, move.previous, scores, guard, outcome)
     create_markdown_artifact(key="on-promotion", markdown=_markdown(summary),
                              description=f"{name} v{version} moved in MLflow")
     print(json.dumps(summary))
@@ -74,6 +73,13 @@ def on_promotion(name: str, version: str, alias: str = CHAMPION, actor: str = "m
     previous = f"v{move.previous}" if move.previous else "none"
     return Completed(message=f"{move.why}; previous {previous}; held-out loss {scores['loss']}{guard_line}; "
                              f"champion {outcome}", data=summary)
+
+
+def _summary(name: str, version: str, moved_at: str, actor: str, previous: str | None, scores: dict,
+             guard: dict | None, outcome: str) -> dict:
+    """What the flow run returns and shows: the move, the held-out scores, the guard check, the outcome."""
+    return {"name": name, "version": version, "moved_at": moved_at, "actor": actor, "previous": previous,
+            "scores": {k: scores[k] for k in ("loss", "perplexity", "score")}, "guard": guard, "champion": outcome}
 
 
 def _markdown(s: dict) -> str:

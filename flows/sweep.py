@@ -86,12 +86,10 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
     keys = {v.name: train_key(v.config, model.fingerprint, data.fingerprint, models.extras_fingerprint)
             for v in plan.variants}
-    # The same variants judged another way (promotion, evaluation) are another sweep: another report and run.
-    judged = [config.promotion.model_dump_json(), config.evaluation.model_dump_json()]
-    sweep_key = hashlib.sha256(json.dumps(sorted(keys.values()) + judged).encode()).hexdigest()[:16]
-    work = config.resolved_output_dir() / f"sweep-{sweep_key}"
-    run_id = start_tracking_run(config, data, f"sweep-{sweep_key}",
-                                {"prefect_flow_run_id": flow_run_id(), "peftflow.sweep.variants": json.dumps(keys)})
+    name = sweep_name(config, keys)
+    work = config.resolved_output_dir() / name
+    tags = {"prefect_flow_run_id": flow_run_id(), "peftflow.sweep.variants": json.dumps(keys)}
+    run_id = start_tracking_run(config, data, name, tags)
     try:
         champion = find_champion(config)
         references = unless_output_gone(config, score_references, work / "references.json")(
@@ -111,8 +109,15 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
         raise
     finish_tracking_run(run_id)
     get_run_logger().info(markdown)
-    return SweepResult(config.registry.name, winner.name, version.version, current_champion,
-                       decision.promote and current_champion == version.version, rows, report)
+    promoted = decision.promote and current_champion == version.version
+    return SweepResult(config.registry.name, winner.name, version.version, current_champion, promoted, rows, report)
+
+
+def sweep_name(config: RunConfig, keys: dict[str, str]) -> str:
+    """`sweep-<hash>` of the variants' train keys and how they are judged: the same variants judged
+    another way (promotion, evaluation) are another sweep, with another report and run."""
+    judged = [config.promotion.model_dump_json(), config.evaluation.model_dump_json()]
+    return f"sweep-{hashlib.sha256(json.dumps(sorted(keys.values()) + judged).encode()).hexdigest()[:16]}"
 
 
 def publish_winner(winner: Variant, key: str, ranking: Ranking, models: RunModels, data: PreparedData,

@@ -34,9 +34,12 @@ class RunConfig(Strict):
     # grouped: the recipe, then one object per group of config/form.py GROUPS, in this order; a
     # title's prefix names its group. Both shapes validate to the same config.
 
+    # fmt: off
+    # The fields are a table, one or two lines each: the formatter would spread it over 500 lines.
     # the recipe
     model_name_or_path: str = Field(DEFAULT_MODEL, title="Base model",
-                                    description="A local dir, a hub id, or builtin:NAME (e.g. builtin:smollm2-135m-instruct).")
+                                    description="A local dir, a hub id, or builtin:NAME (e.g. "
+                                                "builtin:smollm2-135m-instruct).")
     dataset: str = Field("demo_orders", title="Dataset", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", title="Dataset folder",
                              description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")
@@ -49,9 +52,11 @@ class RunConfig(Strict):
     template: str = Field("tokenizer", title="Chat template",
                           description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
                                       "(`qwen3`, `llama3`, `default`, ...).")
-    learning_rate: float = Field(2e-4, gt=0.0, title="Learning rate", description="Peak learning rate of the optimizer.")
+    learning_rate: float = Field(2e-4, gt=0.0, title="Learning rate",
+                                 description="Peak learning rate of the optimizer.")
     num_train_epochs: float = Field(3.0, gt=0.0, title="Epochs",
-                                    description="Passes over the training rows (fractions allowed); Max steps > 0 overrides.")
+                                    description="Passes over the training rows (fractions allowed); Max steps > 0 "
+                                                "overrides.")
     max_steps: int = Field(-1, title="Max steps", description="Optimizer steps to train; overrides Epochs when > 0.")
     per_device_train_batch_size: int = Field(8, gt=0, title="Batch size per device",
                                              description="Rows per micro-batch on each training process.")
@@ -62,41 +67,56 @@ class RunConfig(Strict):
     val_size: float = Field(0.1, ge=0.0, title="Held-out rows",
                             description="Rows held out for evaluation: a fraction (< 1) or a number of rows.")
     # LoRA (lora; lora_target also names IA3's targets)
-    lora_rank: int = Field(8, gt=0, title="LoRA: rank", description="Rank r of each low-rank update; higher trains more parameters.")
+    lora_rank: int = Field(8, gt=0, title="LoRA: rank",
+                           description="Rank r of each low-rank update; higher trains more parameters.")
     lora_alpha: int | None = Field(None, gt=0, title="LoRA: alpha",
                                    description="Scale of the update (alpha / rank). Empty: 2 x rank, as LLaMA-Factory.")
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, title="LoRA: dropout", description="Dropout on the adapter's input while training.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, title="LoRA: dropout",
+                                description="Dropout on the adapter's input while training.")
     lora_target: str | list[str] = Field(
         "all", title="LoRA: target modules",
         description="`all`, a comma list or list of module names, or a regex string (one with regex "
                     "metacharacters) that peft full-matches against module paths. Also IA3's targets.")
     additional_target: str | list[str] | None = Field(None, title="LoRA: modules trained in full",
-                                                      description="Modules trained in full and saved with the adapter (modules_to_save).")
-    use_dora: bool = Field(False, title="LoRA: DoRA", description="Weight-decomposed LoRA: a learned magnitude per output plus a LoRA direction.")
-    use_rslora: bool = Field(False, title="LoRA: rank-stabilised", description="Scale the update by alpha / sqrt(rank) instead of alpha / rank.")
+                                                      description="Modules trained in full and saved with the adapter "
+                                                                  "(modules_to_save).")
+    use_dora: bool = Field(False, title="LoRA: DoRA",
+                           description="Weight-decomposed LoRA: a learned magnitude per output plus a LoRA direction.")
+    use_rslora: bool = Field(False, title="LoRA: rank-stabilised",
+                             description="Scale the update by alpha / sqrt(rank) instead of alpha / rank.")
     lora_init: Literal["default", "gaussian", "pissa", "olora"] = Field(
-        "default", title="LoRA: init", description="LoRA init; pissa / olora adapters are converted to plain LoRA at save.")
-    pissa_init: bool = Field(False, title="LoRA: PiSSA init", description="LLaMA-Factory's key: the same as LoRA init `pissa`.")
+        "default", title="LoRA: init", description="LoRA init; pissa / olora adapters are converted to plain LoRA at "
+                                                   "save.")
+    pissa_init: bool = Field(False, title="LoRA: PiSSA init",
+                             description="LLaMA-Factory's key: the same as LoRA init `pissa`.")
     # training details
     lr_scheduler_type: str = Field("cosine", title="Training: LR schedule",
-                                   description="transformers scheduler name: cosine, linear, constant, constant_with_warmup, ...")
+                                   description="transformers scheduler name: cosine, linear, constant, "
+                                               "constant_with_warmup, ...")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, title="Training: warm-up ratio",
                                 description="Fraction of the steps over which the learning rate rises from 0.")
-    warmup_steps: int = Field(0, ge=0, title="Training: warm-up steps", description="Warm-up in steps; overrides the ratio when > 0.")
-    weight_decay: float = Field(0.0, ge=0.0, title="Training: weight decay", description="Decoupled weight decay of the optimizer.")
-    max_grad_norm: float = Field(1.0, gt=0.0, title="Training: gradient clipping", description="Largest gradient norm; larger ones are scaled down.")
+    warmup_steps: int = Field(0, ge=0, title="Training: warm-up steps",
+                              description="Warm-up in steps; overrides the ratio when > 0.")
+    weight_decay: float = Field(0.0, ge=0.0, title="Training: weight decay",
+                                description="Decoupled weight decay of the optimizer.")
+    max_grad_norm: float = Field(1.0, gt=0.0, title="Training: gradient clipping",
+                                 description="Largest gradient norm; larger ones are scaled down.")
     optim: str = Field("adamw_torch", title="Training: optimizer",
                        description="transformers optimizer name: adamw_torch, adamw_8bit, paged_adamw_8bit, sgd, ...")
     seed: int = Field(42, title="Training: seed", description="Random seed: adapter init, data order, held-out split.")
-    logging_steps: int = Field(10, gt=0, title="Training: log every N steps", description="Loss lines (run logs, MLflow) every N optimizer steps.")
+    logging_steps: int = Field(10, gt=0, title="Training: log every N steps",
+                               description="Loss lines (run logs, MLflow) every N optimizer steps.")
     save_steps: int = Field(500, gt=0, title="Training: checkpoint every N steps",
                             description="Checkpoint every N steps; a retried run resumes from the last one.")
-    save_total_limit: int | None = Field(2, ge=0, title="Training: checkpoints kept", description="0 or empty: keep all.")
+    save_total_limit: int | None = Field(2, ge=0, title="Training: checkpoints kept",
+                                         description="0 or empty: keep all.")
     bf16: bool = Field(False, title="Training: bfloat16 weights", description="Load and train the weights in bfloat16.")
-    fp16: bool = Field(False, title="Training: float16 weights", description="Load the weights in float16, with fp16 mixed precision.")
+    fp16: bool = Field(False, title="Training: float16 weights",
+                       description="Load the weights in float16, with fp16 mixed precision.")
     bf16_autocast: bool | None = Field(
         None, title="Training: bfloat16 autocast",
-        description="Run the matmuls in bfloat16 under torch.autocast; what trains, the optimizer state and the loss stay "
+        description="Run the matmuls in bfloat16 under torch.autocast; what trains, the optimizer state and the loss "
+                    "stay "
                     "float32, and a frozen base is held in bfloat16. "
                     "Empty: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and "
                     "neither bf16 nor fp16 nor quantization_bit is set; else off.")
@@ -107,10 +127,13 @@ class RunConfig(Strict):
                     "batch's activations would take over half the memory free after loading the model; the run "
                     "records what it chose.")
     storage: str | None = Field(None, title="Training: run store",
-                                description="fsspec URL (e.g. s3://bucket/peftflow) for checkpoints and step outputs, so a run "
-                                            "resumes and is reused on another machine. Empty: PEFTFLOW_STORAGE, else local disk only.")
+                                description="fsspec URL (e.g. s3://bucket/peftflow) for checkpoints and step outputs, "
+                                            "so a run "
+                                            "resumes and is reused on another machine. Empty: PEFTFLOW_STORAGE, else "
+                                            "local disk only.")
     output_dir: str | None = Field(None, title="Training: output folder",
-                                   description="Where checkpoints and the adapter go. Empty: PEFTFLOW_HOME/runs/REGISTRY_NAME.")
+                                   description="Where checkpoints and the adapter go. Empty: "
+                                               "PEFTFLOW_HOME/runs/REGISTRY_NAME.")
     # data details
     max_samples: int | None = Field(None, gt=0, title="Data: max rows per dataset",
                                     description="Read at most this many valid rows of each dataset. Empty: all.")
@@ -118,17 +141,23 @@ class RunConfig(Strict):
         None, title="Data: LLaMA-Factory v1 dataset",
         description="LLaMA-Factory v1's data: a dataset YAML (`name: {path, source, converter, size}`) or a "
                     "local data file or folder; replaces Dataset / Dataset folder.")
-    train_on_prompt: bool = Field(False, title="Data: train on prompts", description="Also learn the prompt tokens, not only the answers.")
-    mask_history: bool = Field(False, title="Data: last answer only", description="Multi-turn rows: learn only the last answer.")
+    train_on_prompt: bool = Field(False, title="Data: train on prompts",
+                                  description="Also learn the prompt tokens, not only the answers.")
+    mask_history: bool = Field(False, title="Data: last answer only",
+                               description="Multi-turn rows: learn only the last answer.")
     enable_thinking: bool = Field(True, title="Data: learn thinking",
-                                  description="Reasoning templates: learn thinking blocks (an answer without one gets an "
+                                  description="Reasoning templates: learn thinking blocks (an answer without one gets "
+                                              "an "
                                               "empty one to learn); false removes them and puts an empty one in the "
                                               "prompt, as LLaMA-Factory.")
     preserve_thinking: bool = Field(False, title="Data: keep earlier thinking",
-                                    description="Reasoning templates with mask_history: keep the thinking of earlier answers.")
+                                    description="Reasoning templates with mask_history: keep the thinking of earlier "
+                                                "answers.")
     tool_format: Literal["default", "qwen", "qwen3_5", "llama3", "mistral", "glm4"] | None = Field(
-        None, title="Data: tool-call format", description="Tool-calling text format (LLaMA-Factory's names). Empty: the template's.")
-    default_system: str | None = Field(None, title="Data: system prompt", description="Replaces the template's default system prompt.")
+        None, title="Data: tool-call format", description="Tool-calling text format (LLaMA-Factory's names). Empty: "
+                                                          "the template's.")
+    default_system: str | None = Field(None, title="Data: system prompt",
+                                       description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", title="Data: invalid rows",
                                                       description="Stop on invalid rows, or drop them and log which.")
     # peftflow's own sections
@@ -153,23 +182,29 @@ class RunConfig(Strict):
                                     description="Prefix tuning: reparameterise the prefix through an MLP.")
     prompt_tuning_init: Literal["random", "text"] = Field(
         "random", title="Prompt methods: prompt init",
-        description="Prompt and prefix tuning: random, or from the init text (its embeddings; for prefix, its keys and values).")
+        description="Prompt and prefix tuning: random, or from the init text (its embeddings; for prefix, its keys and "
+                    "values).")
     prompt_tuning_init_text: str | None = Field(None, title="Prompt methods: init text",
                                                 description="Prompt / prefix init text (prompt init: text).")
     encoder_reparameterization_type: Literal["MLP", "LSTM"] = Field("MLP", title="Prompt methods: P-tuning encoder",
                                                                     description="P-tuning prompt encoder.")
     encoder_hidden_size: int | None = Field(None, gt=0, title="Prompt methods: encoder width",
-                                            description="Prefix / P-tuning encoder width. Empty: the model's hidden size.")
+                                            description="Prefix / P-tuning encoder width. Empty: the model's hidden "
+                                                        "size.")
     # quantised base (QLoRA)
     quantization_bit: Literal[4, 8] | None = Field(None, title="Quantization: bits",
-                                                   description="Load the base in 4 or 8 bits (bitsandbytes, QLoRA). Empty: not quantised.")
+                                                   description="Load the base in 4 or 8 bits (bitsandbytes, QLoRA). "
+                                                               "Empty: not quantised.")
     quantization_method: Annotated[Literal["bnb"], WithJsonSchema({"enum": ["bnb"], "type": "string"})] = Field(
         "bnb", title="Quantization: library", description="bitsandbytes (`bnb`), the only one so far.")
-    quantization_type: Literal["nf4", "fp4"] = Field("nf4", title="Quantization: 4-bit type", description="4-bit data type: nf4 or fp4.")
-    double_quantization: bool = Field(True, title="Quantization: double", description="4-bit: also quantise the quantisation constants.")
+    quantization_type: Literal["nf4", "fp4"] = Field("nf4", title="Quantization: 4-bit type",
+                                                     description="4-bit data type: nf4 or fp4.")
+    double_quantization: bool = Field(True, title="Quantization: double",
+                                      description="4-bit: also quantise the quantisation constants.")
     compute_dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, title="Quantization: compute dtype",
-        description="Dtype of the loaded weights (4-bit: of the compute). Empty: bfloat16 with bf16, float16 with fp16, else float32.")
+        description="Dtype of the loaded weights (4-bit: of the compute). Empty: bfloat16 with bf16, float16 with "
+                    "fp16, else float32.")
     # vision-language models (LLaVA-style); ignored for text-only models
     freeze_vision_tower: bool = Field(
         True, title="Vision-language: freeze vision tower",
@@ -178,11 +213,14 @@ class RunConfig(Strict):
         True, title="Vision-language: train projector",
         description="Train the multimodal projector in full (saved as peft modules_to_save).")
     freeze_multi_modal_projector: bool | None = Field(
-        None, title="Vision-language: freeze projector", description="LLaMA-Factory's key: the opposite of train projector.")
+        None, title="Vision-language: freeze projector", description="LLaMA-Factory's key: the opposite of train "
+                                                                     "projector.")
     # distillation (stage: distill)
     teacher: str | None = Field(None, title="Distillation: teacher",
-                                description="Teacher model: builtin:NAME, a local dir, a hub id, models:/NAME@ALIAS or models:/NAME/VERSION.")
-    teacher_adapter: str | None = Field(None, title="Distillation: teacher adapter", description="A PEFT adapter dir applied to the teacher.")
+                                description="Teacher model: builtin:NAME, a local dir, a hub id, models:/NAME@ALIAS or "
+                                            "models:/NAME/VERSION.")
+    teacher_adapter: str | None = Field(None, title="Distillation: teacher adapter",
+                                        description="A PEFT adapter dir applied to the teacher.")
     student_layers: int | None = Field(None, gt=0, title="Distillation: student layers",
                                        description="Student = the teacher pruned to N evenly spaced layers.")
     kd_temperature: float = Field(2.0, gt=0.0, title="Distillation: temperature",
@@ -190,8 +228,10 @@ class RunConfig(Strict):
     kd_ratio: float = Field(0.5, ge=0.0, le=1.0, title="Distillation: KL weight",
                             description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
     kd_direction: Literal["forward", "reverse"] = Field("forward", title="Distillation: KL direction",
-                                                        description="forward: KL(teacher||student); reverse: KL(student||teacher).")
-    kd_chunk_size: int = Field(256, gt=0, title="Distillation: chunk size", description="Supervised positions per logits chunk.")
+                                                        description="forward: KL(teacher||student); reverse: "
+                                                                    "KL(student||teacher).")
+    kd_chunk_size: int = Field(256, gt=0, title="Distillation: chunk size",
+                               description="Supervised positions per logits chunk.")
     teacher_topk: int = Field(0, ge=-1, title="Distillation: cached teacher top-k",
                               description="0: live teacher. k > 0: cache the teacher's top-k logits per position "
                                           "(approximate). -1: cache all (exact).")
@@ -200,12 +240,14 @@ class RunConfig(Strict):
         description="Datasets in dataset_dir (comma-separated) of prompts without answers: the teacher answers them "
                     "and the student trains on those answers too.")
     kd_label_temperature: float = Field(0.0, ge=0.0, title="Distillation: labelling temperature",
-                                        description="0: the teacher answers greedily; > 0: sampled at this temperature.")
+                                        description="0: the teacher answers greedily; > 0: sampled at this "
+                                                    "temperature.")
     kd_label_max_new_tokens: int = Field(256, gt=0, title="Distillation: labelling max new tokens",
                                          description="Longest answer the teacher writes for a prompt.")
     # distributed training (the train step runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
-                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch size "
+                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch "
+                                           "size "
                                            "per device x gradient accumulation x processes x nodes.")
     nnodes: int = Field(1, ge=1, title="Distributed: nodes",
                         description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
@@ -213,8 +255,12 @@ class RunConfig(Strict):
     trust_remote_code: bool = Field(False, title="Model: trust remote code",
                                     description="Run Python code shipped with the model or tokenizer. Off unless set.")
     allow_pickle_weights: bool = Field(False, title="Model: allow pickle weights",
-                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are loaded "
-                                                   "with torch's weights_only loader. peftflow itself writes safetensors only.")
+                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are "
+                                                   "loaded "
+                                                   "with torch's weights_only loader. peftflow itself writes "
+                                                   "safetensors only.")
+
+    # fmt: on
 
     @field_validator("lora_target", "additional_target", mode="before")
     @classmethod

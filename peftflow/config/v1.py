@@ -81,8 +81,8 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
     _batch(raw, out, put, source)
     _peft(_section(raw.pop("peft_config", None), "peft_config", source), out, put, unused, source)
     _quant(_section(raw.pop("quant_config", None), "quant_config", source), put, source)
-    if raw.get("enable_activation_checkpointing") is not None:
-        put("gradient_checkpointing", "enable_activation_checkpointing", bool(raw.pop("enable_activation_checkpointing")))
+    if (checkpointing := raw.pop("enable_activation_checkpointing", None)) is not None:
+        put("gradient_checkpointing", "enable_activation_checkpointing", bool(checkpointing))
     if (scheduler := _section(raw.pop("lr_scheduler_config", None), "lr_scheduler_config", source)) is not None:
         put("lr_scheduler_type", "lr_scheduler_config.name", scheduler["name"])
     strategy = raw.pop("batching_strategy", "normal")
