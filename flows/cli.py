@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_support import fail, read_run_config, state
+from flows.cli_support import OFFLINE_STORE, fail, read_run_config, show_config_warnings, state
 from flows.cli_sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
@@ -46,16 +46,18 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
     _set_defaults()
     quiet_libraries(verbose)
     hide_bitsandbytes()  # until a config that needs it is read (_read)
+    show_config_warnings()
 
 
 @app.command()
-def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
+def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo."),
+        offline_store: bool = OFFLINE_STORE) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
         cfg, unused, _ = read_run_config(config)
         from peftflow.preflight import check_run
 
-        check_run(cfg)  # bad model or data fail here, before the flow starts, as one line
+        check_run(cfg, offline_store)  # bad model or data fail here, before the flow starts, as one line
         from flows.finetune import finetune
         from flows.terminal import training_bar
         with training_bar(state["verbose"]):
@@ -72,13 +74,16 @@ app.command()(sweep)
 
 
 @app.command()
-def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
+def validate(config: str = typer.Argument(..., help="Run config YAML."), offline_store: bool = OFFLINE_STORE) -> None:
     """Check the config, model and data without training; print a data report."""
     try:
         cfg, _, schema = read_run_config(config)
         from peftflow.data import data_report
-
         from peftflow.preflight import check_training_setup, trained_model
+        from peftflow.preflight_checks import check_registered_model_name, probe_run_store
+
+        check_registered_model_name(cfg.registry.name)
+        probe_run_store(cfg.storage, offline_store)
 
         model_path = trained_model(cfg).path
         check_training_setup(cfg, model_path)

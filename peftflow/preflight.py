@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from peftflow import preflight_checks
 from peftflow.config import RunConfig
 from peftflow.errors import UserError
 from peftflow.methods import get_method
@@ -18,14 +19,16 @@ from peftflow.models import vision
 from peftflow.models.resolve import ResolvedModel, resolve_model
 
 
-def check_run(cfg: RunConfig) -> None:
+def check_run(cfg: RunConfig, offline_store: bool = False) -> None:
     """Everything `peftflow run` checks before the flow starts: the model (or student), the
     training setup, the data and the teacher's prompts, the guard set's names first (a typo fails
-    before minutes of tokenising the training data)."""
+    before minutes of tokenising the training data). `offline_store`: the run store is not probed."""
     from peftflow.data import prepare_dataset, resolve_datasets
     from peftflow.store import open_store
 
     open_store(cfg.storage)  # PEFTFLOW_STORAGE is checked here; the `storage` key by the config
+    preflight_checks.check_registered_model_name(cfg.registry.name)
+    preflight_checks.probe_run_store(cfg.storage, offline_store)
     model_path = trained_model(cfg).path
     check_training_setup(cfg, model_path)
     guard = cfg.guard_config() if cfg.promotion.guard_dataset else None
@@ -53,6 +56,7 @@ def trained_model(cfg: RunConfig) -> ResolvedModel:
 def check_training_setup(cfg: RunConfig, model_path: str) -> None:
     vision.check_config_fits(cfg, model_path)
     _check_schedule_and_optimizer(cfg)
+    preflight_checks.build_optimizer_and_schedule(cfg)
     _check_quantization(cfg)
     _check_serving_extras(cfg, model_path)
     skeleton = _skeleton(cfg, model_path)
