@@ -185,7 +185,9 @@ def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, prob
         elif invalid:
             log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
         if not valid:
-            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid{hint}")
+            # the hint once: with on_invalid_rows: error the invalid-rows problem above carries it
+            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid"
+                    + (hint if cfg.on_invalid_rows != "error" else ""))
         if valid and source.format.formatting.startswith("v1"):
             valid = resample(valid, source.entry, cfg.seed)
         kept += valid[:cfg.max_samples]
