@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from flows.cli_support import fail, read_run_config, state
+from flows.cli_support import OFFLINE_STORE, fail, read_run_config, show_config_warnings, state
 from flows.cli_sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
@@ -46,16 +46,18 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
     _set_defaults()
     quiet_libraries(verbose)
     hide_bitsandbytes()  # until a config that needs it is read (_read)
+    show_config_warnings()
 
 
 @app.command()
-def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo.")) -> None:
+def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo."),
+        offline_store: bool = OFFLINE_STORE) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
         cfg, _, _ = read_run_config(config)
         from peftflow.preflight import preflight
 
-        preflight(cfg)  # what `validate` checks: a bad model or data fail here, before the flow starts, as one line
+        preflight(cfg, offline_store)  # what `validate` checks: bad model or data fail here, as one line
         from flows.finetune import finetune
         from flows.terminal import training_bar
         with training_bar(state["verbose"]):
@@ -72,7 +74,7 @@ app.command()(sweep)
 
 
 @app.command()
-def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None:
+def validate(config: str = typer.Argument(..., help="Run config YAML."), offline_store: bool = OFFLINE_STORE) -> None:
     """Check the config, model and data without training; print a data report."""
     try:
         cfg, _, schema = read_run_config(config)
@@ -80,7 +82,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML.")) -> None
         from peftflow.preflight import preflight
 
         try:
-            report = preflight(cfg).report  # what `run` checks before its flow starts, no more, no less
+            report = preflight(cfg, offline_store).report  # what `run` checks before its flow, no more, no less
         except DataProblems as e:  # the data cannot train: its whole report, then the first problem
             typer.echo(f"schema: {schema}")
             typer.echo(e.report.to_text())

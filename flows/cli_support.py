@@ -6,6 +6,10 @@ from __future__ import annotations
 import typer
 
 state = {"debug": False, "verbose": False}
+# run, validate, sweep: the run store probe skipped, for a machine without the store's credentials
+OFFLINE_STORE = typer.Option(False, "--offline-store", envvar="PEFTFLOW_OFFLINE_STORE",
+                             help="Do not probe the run store (storage / PEFTFLOW_STORAGE): for a machine that "
+                                  "deliberately lacks its credentials. Env: PEFTFLOW_OFFLINE_STORE=1.")
 
 
 def fail(e: BaseException) -> None:
@@ -15,6 +19,20 @@ def fail(e: BaseException) -> None:
         raise e
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(UserError.exit_code)
+
+
+def show_config_warnings() -> None:
+    """The config reader's warnings (a key given twice) as one `warning:` line each on stderr, as the
+    unused keys' warning is shown; they still reach the `peftflow` logger's handlers."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("peftflow.config")
+    if not any(getattr(h, "peftflow_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        handler.peftflow_cli = True
+        logger.addHandler(handler)
 
 
 def read_run_config(path):

@@ -6,20 +6,21 @@ from typing import Optional
 
 import typer
 
-from flows.cli_support import config_read, fail, state
+from flows.cli_support import OFFLINE_STORE, config_read, fail, state
 
 
 def sweep(config: str = typer.Argument(..., help="Run config YAML; an optional `sweep:` section holds grid, variants, max_parallel."),
           grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,...: one key's values; repeat for a grid of every combination."),
           max_parallel: Optional[int] = typer.Option(None, "--max-parallel", min=1,
-                                                     help="Variants training at once (default: the section's, else 1).")) -> None:
+                                                     help="Variants training at once (default: the section's, else 1)."),
+          offline_store: bool = OFFLINE_STORE) -> None:
     """Run the sweep flow: every variant trained and scored alike; only the best is registered and gated."""
     try:
         from peftflow.sweep.plan import check_sweep, read_sweep_file
 
         request, plan = read_sweep_file(config, grid, max_parallel)
         config_read(config, request.unused, [v.config for v in plan.variants])
-        check_sweep(plan)  # bad model, data or variant fail here, before the flow starts, as one line
+        check_sweep(plan, offline_store)  # bad model, data or variant fail here, before the flow starts, as one line
         typer.echo(f"sweep of {len(plan.variants)} variants, {plan.max_parallel} at a time: "
                    + "; ".join(v.name for v in plan.variants), err=True)
         from flows.sweep import sweep as sweep_flow

@@ -150,7 +150,7 @@ def _inputs(spec: ExportSpec, registered: str | None) -> tuple[str, str | None]:
         if not (Path(version) / "adapter_config.json").is_file():
             return version, None  # a merged version: exported as it is, resharded
         return _recorded_base(version, registered), version
-    base = resolve_model(spec.model).path
+    base = resolve_model(spec.model, key="model" if spec.schema == "v1" else "model_name_or_path").path
     if spec.adapter is None:
         return base, None
     adapter = (_download(spec.adapter, "adapter_name_or_path") if spec.adapter.startswith("models:/")

@@ -14,6 +14,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 
+from peftflow import preflight_checks
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData, prepare_dataset, resolve_datasets
 from peftflow.data.prepare import DataReport, prepared_report
@@ -29,6 +30,7 @@ from peftflow.store import open_store
 class Preflight:
     """What the checks found on the way: the models the run uses, its prepared data and their report."""
     cfg: RunConfig
+    offline_store: bool = False  # --offline-store: the run store is not probed (a laptop without its credentials)
     models: RunModels | None = None
     data: PreparedData | None = None
     report: DataReport | None = None
@@ -36,6 +38,11 @@ class Preflight:
 
 def _run_store(p: Preflight) -> None:
     open_store(p.cfg.storage)  # PEFTFLOW_STORAGE is checked here; the `storage` key by the config
+    preflight_checks.probe_run_store(p.cfg.storage, p.offline_store)  # listed, written, read and removed once
+
+
+def _registered_model_name(p: Preflight) -> None:
+    preflight_checks.check_registered_model_name(p.cfg.registry.name)  # MLflow's rules, and the server's
 
 
 def _models(p: Preflight) -> None:
@@ -66,25 +73,21 @@ def _guard_data(p: Preflight) -> None:
         prepare_dataset(p.cfg.guard_config(), p.models.model.path)
 
 
-CHECKS = (_run_store, _models, _training_setup, _guard_names, _stage_inputs, _training_data, _guard_data)
+CHECKS = (_run_store, _registered_model_name, _models, _training_setup, _guard_names, _stage_inputs, _training_data, _guard_data)
 
 
-def preflight(cfg: RunConfig) -> Preflight:
+def preflight(cfg: RunConfig, offline_store: bool = False) -> Preflight:
     """Everything checked before training, for `peftflow validate` and `peftflow run` alike."""
-    found = Preflight(cfg)
+    found = Preflight(cfg, offline_store)
     for check in CHECKS:
         check(found)
     return found
 
 
-def trained_model(cfg: RunConfig):
-    """The model the run trains: the base, or a stage's own (a distillation student)."""
-    return get_workflow(cfg).resolve(cfg).model
-
-
 def check_training_setup(cfg: RunConfig, model_path: str) -> None:
     vision.check_config_fits(cfg, model_path)
     _check_schedule_and_optimizer(cfg)
+    preflight_checks.build_optimizer_and_schedule(cfg)
     _check_quantization(cfg)
     _check_serving_extras(cfg, model_path)
     skeleton = _skeleton(cfg, model_path)

@@ -5,6 +5,7 @@ first error is one line that names the key."""
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ValidationError
 from peftflow.config.run import RunConfig, demo_config
 from peftflow.config.v1 import is_v1, to_v0
 from peftflow.errors import UserError
+
+log = logging.getLogger("peftflow.config")
 
 # LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
 # They are reported in one warning line, never silently dropped.
@@ -104,11 +107,39 @@ def read_yaml(path: str | os.PathLike) -> Any:
     if not p.is_file():
         raise UserError(f"{p}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        loader = _DuplicateKeysLoader(p.read_text(encoding="utf-8"))
+        try:
+            raw = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise UserError(f"{p}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
+    for key, first, again in loader.duplicates:
+        log.warning("%s: key '%s' is given twice (lines %d and %d); the value on line %d is used, as LLaMA-Factory does",
+                    p, key, first, again, again)
     return raw
+
+
+class _DuplicateKeysLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, recording each key given twice in one mapping as (key, first line,
+    repeated line): YAML forbids it, PyYAML (and so LLaMA-Factory's reader) keeps the last value."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int, int]] = []
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                # a merge key (<<: *defaults) brings keys a mapping may override; not a repeat
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    ident, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+                    if ident in first:
+                        self.duplicates.append((key_node.value, first[ident], line))
+                    first.setdefault(ident, line)
+        return super().construct_mapping(node, deep=deep)

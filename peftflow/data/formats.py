@@ -44,9 +44,10 @@ SHAREGPT_TAGS = {
 class InvalidRow(Exception):
     """`reason` is the category counted in reports; `detail` says where in the row."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", hint: str = ""):
         super().__init__(f"{reason} ({detail})" if detail else reason)
         self.reason = reason
+        self.hint = hint  # a row of another shape: the keys looked for, the dataset_info.json mapping that reads it
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ class RowFormat:
         column = self.columns["messages"]
         messages = row.get(column)
         if not isinstance(messages, (list, tuple)):
-            raise InvalidRow(f"field '{column}' is missing" if messages is None else f"field '{column}' is not a list")
+            if messages is None:
+                raise InvalidRow(f"field '{column}' is missing", hint=self.mapping_hint(row))
+            raise InvalidRow(f"field '{column}' is not a list")
         t = self.tags
         roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system",
                  t["function_tag"]: "function", t["observation_tag"]: "observation"}
@@ -151,6 +154,9 @@ class RowFormat:
             if not isinstance(message, dict):
                 raise InvalidRow("turn is not an object", f"turn {i}")
             tag, content = message.get(t["role_tag"]), message.get(t["content_tag"])
+            if t["role_tag"] not in message:
+                raise InvalidRow(f"turn has no '{t['role_tag']}' key", f"turn {i} has {', '.join(map(str, message))}",
+                                 hint=self.mapping_hint(row))
             if tag not in roles:
                 raise InvalidRow(f"unknown role {tag!r}", f"turn {i}")
             if not isinstance(content, str):
@@ -166,6 +172,22 @@ class RowFormat:
         _check_order(turns[len(system):], len(system) + 1, self.prompts_only)
         return [s for s in system if s["content"]] + turns[len(system):]
 
+
+    def mapping_hint(self, row: dict[str, Any]) -> str:
+        """For a sharegpt row of another shape: the column and turn keys looked for, and the
+        dataset_info.json `columns` / `tags` that would read an OpenAI-style row (role / content)."""
+        t, column = self.tags, self.columns["messages"]
+        looked = (f"sharegpt rows are read from column '{column}', each turn's role from key '{t['role_tag']}' "
+                  f"({', '.join(t[k] for k in ('user_tag', 'assistant_tag', 'system_tag'))}, ...) "
+                  f"and its text from key '{t['content_tag']}'")
+        lists = [k for k, v in row.items() if isinstance(v, list) and v and all(isinstance(m, dict) for m in v)]
+        found = column if column in lists else (lists[0] if lists else None)
+        if found is None or not all({"role", "content"} <= set(m) for m in row[found]):
+            return looked
+        mapping = ([f'"columns": {{"messages": "{found}"}}'] if found != column else []) + [
+            '"tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", '
+            '"assistant_tag": "assistant", "system_tag": "system"}']
+        return f"{looked}; these rows are OpenAI-style, read them by adding {', '.join(mapping)} to the entry"
 
     def _v1(self, row: dict[str, Any]) -> Conversation:
         try:

@@ -208,13 +208,17 @@ def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, prob
     on_invalid_rows says, v1 datasets resampled, at most max_samples per source."""
     kept = []
     for source in sources:
-        valid, invalid = _read_source(source, a)
+        valid, invalid, hint = _read_source(source, a)
+        if hint:  # rows of another shape: what was looked for and the dataset_info.json entry that maps them
+            hint = f"; dataset '{source.name}' in {source.info_file}: {hint}"
         if invalid and cfg.on_invalid_rows == "error":
-            problem(_invalid_rows_message(invalid))
+            problem(_invalid_rows_message(invalid) + hint)
         elif invalid:
             log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
         if not valid:
-            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid")
+            # the hint once: with on_invalid_rows: error the invalid-rows problem above carries it
+            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid"
+                    + (hint if cfg.on_invalid_rows != "error" else ""))
         if valid and source.format.formatting.startswith("v1"):
             valid = resample(valid, source.entry, cfg.seed)
         kept += valid[:cfg.max_samples]
@@ -247,9 +251,10 @@ def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEnco
         raise UserError(f"dataset {cfg.dataset} has images but the model at {model_path} is not a vision-language model")
 
 
-def _read_source(source: DatasetSource, a: _Analysis) -> tuple[list[tuple[Conversation, list[bytes], str]], list[tuple[str, str, str]]]:
-    """One dataset's valid rows as (conversation, images, "<file> row N"), and its invalid rows as (file, reason, message)."""
-    valid, invalid = [], []
+def _read_source(source: DatasetSource, a: _Analysis):
+    """One dataset's valid rows as (conversation, images, "<file> row N"), its invalid rows as (file, reason,
+    message), and the first invalid row's hint about a row shape other than the entry's ("" if none)."""
+    valid, invalid, hint = [], [], ""
     for file in source.files:
         for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
             a.rows_read += 1
@@ -260,7 +265,8 @@ def _read_source(source: DatasetSource, a: _Analysis) -> tuple[list[tuple[Conver
             except InvalidRow as e:
                 invalid.append((file.shown, e.reason, f"row {number}: {e}"))
                 a.drops.append((e.reason, f"{file.shown} row {number}"))
-    return valid, invalid
+                hint = hint or e.hint
+    return valid, invalid, hint
 
 
 def _invalid_rows_message(invalid: list[tuple[str, str, str]]) -> str:

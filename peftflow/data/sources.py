@@ -38,6 +38,7 @@ class DatasetSource:
     format: RowFormat
     files: tuple[DataFile, ...]
     root: Path | None = None   # dataset_dir, where relative image paths point; None for cloud files
+    info_file: str = INFO_FILE  # the file holding `entry`, as messages name it
 
 
 def dataset_root(dataset_dir: str) -> Path:
@@ -70,7 +71,7 @@ def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
         fmt = RowFormat.from_entry(name, entry, str(info_path))
         cloud = bool(entry.get("cloud_file_name"))
         files = _cloud_files(entry["cloud_file_name"]) if cloud else _data_files(root, entry["file_name"], name, info_path)
-        sources.append(DatasetSource(name, entry, fmt, files, None if cloud else root))
+        sources.append(DatasetSource(name, entry, fmt, files, None if cloud else root, str(info_path)))
     return sources
 
 
@@ -191,10 +192,9 @@ def _read_json(file: DataFile, lines: bool) -> list[dict[str, Any]]:
             # LLaMA-Factory reads .json through the `json` loader, which also takes JSON Lines.
             if e.msg != "Extra data":
                 raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
-            try:
-                rows = _json_lines(file, text)
-            except UserError:
+            if "\n" in text[:e.pos].strip():  # a document over several lines, then more: not JSON Lines
                 raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
+            rows = _json_lines(file, text)  # its first line is a whole value: JSON Lines, named by the broken line
     if not isinstance(rows, list):
         raise UserError(f"{file.shown}: expected a JSON list of row objects, got {type(rows).__name__}")
     for number, row in enumerate(rows, start=1):

@@ -31,34 +31,36 @@ class ResolvedModel:
     fingerprint: str  # content hash of config + weights + tokenizer
 
 
-def resolve_model(ref: str, allow_pickle_weights: bool = False, storage: str | None = None) -> ResolvedModel:
-    """`storage`: the run store (else `PEFTFLOW_STORAGE`), where built-in models are kept once built."""
+def resolve_model(ref: str, allow_pickle_weights: bool = False, storage: str | None = None,
+                  key: str = "model_name_or_path") -> ResolvedModel:
+    """`storage`: the run store (else `PEFTFLOW_STORAGE`), where built-in models are kept once built.
+    `key`: the config key `ref` came from (`teacher`, `model`, ...), the one an error names."""
     if ref.startswith("builtin:"):
-        path = _builtin(ref.removeprefix("builtin:"), storage)
+        path = _builtin(ref.removeprefix("builtin:"), storage, key)
     elif ref.startswith("models:/"):
-        path = _from_registry(ref)
+        path = _from_registry(ref, key)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
     elif ref.startswith(("/", ".", "~")):
-        raise UserError(f"model_name_or_path: directory not found: {ref}")
+        raise UserError(f"{key}: directory not found: {ref}")
     else:
-        path = _from_hub(ref)
-    check_weights_are_safetensors(path, allow_pickle_weights)
+        path = _from_hub(ref, key)
+    check_weights_are_safetensors(path, allow_pickle_weights, key)
     return ResolvedModel(ref=ref, path=str(path), fingerprint=fingerprint_dir(path))
 
 
-def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False) -> None:
+def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False, key: str = "model_name_or_path") -> None:
     """Pickle checkpoints can run code on load; peftflow reads safetensors unless the config sets
     `allow_pickle_weights: true` (transformers then loads them with torch's weights_only loader)."""
     if not (path / "config.json").is_file():
-        raise UserError(f"model_name_or_path: {path} has no config.json; not a transformers model")
+        raise UserError(f"{key}: {path} has no config.json; not a transformers model")
     if not list(path.glob("*.safetensors")):
         pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
         if pickles and allow_pickle_weights:
             return
         what = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights"
         hint = "; convert the model to safetensors" + (" or set allow_pickle_weights: true" if pickles else "")
-        raise UserError(f"model_name_or_path: {path} has {what}{hint}")
+        raise UserError(f"{key}: {path} has {what}{hint}")
 
 
 def fingerprint_dir(path: Path) -> str:
@@ -79,28 +81,29 @@ def fingerprint_dir(path: Path) -> str:
     return digest
 
 
-def _builtin(name: str, storage: str | None = None) -> Path:
+def _builtin(name: str, storage: str | None = None, key: str = "model_name_or_path") -> Path:
     """Built once per home; with a run store, fetched sealed from it when another machine built it
     (a GGUF conversion is slower than the download), and sealed there when built here."""
     if name not in BUILDERS:
-        raise UserError(f"model_name_or_path: unknown built-in model 'builtin:{name}' "
+        raise UserError(f"{key}: unknown built-in model 'builtin:{name}' "
                         f"(have: {', '.join('builtin:' + b for b in BUILDERS)})")
     return build_sealed(storage, f"cache/models/{name}/{recipe_fingerprint(name)}", cache_dir("models") / name,
                         lambda out: BUILDERS[name](out, lambda other: _builtin(other, storage)),
                         ready=lambda target: (target / "config.json").is_file())
 
 
-def _from_registry(uri: str) -> Path:
+def _from_registry(uri: str, key: str) -> Path:
     try:
         path = Path(download_model_dir(uri))
     except LookupError as e:
-        raise UserError(f"model reference {uri}: {e}") from None
+        raise UserError(f"{key}: model reference {uri}: {e}") from None
     if (path / "adapter_config.json").is_file():
-        raise UserError(f"model reference {uri} is an adapter version; use a merged version or its base plus teacher_adapter")
+        raise UserError(f"{key}: model reference {uri} is an adapter version; use a merged version or its base plus "
+                        "teacher_adapter")
     return path
 
 
-def _from_hub(repo_id: str) -> Path:
+def _from_hub(repo_id: str, key: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -108,6 +111,6 @@ def _from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]))
     except LocalEntryNotFoundError:
-        raise UserError(f"model_name_or_path: '{repo_id}' is not in the local Hugging Face cache and the hub is not reachable (offline); download it first or use a local directory") from None
+        raise UserError(f"{key}: '{repo_id}' is not in the local Hugging Face cache and the hub is not reachable (offline); download it first or use a local directory") from None
     except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"model_name_or_path: cannot fetch '{repo_id}' from the hub: {type(e).__name__}; offline runs need a local directory or builtin: model") from None
+        raise UserError(f"{key}: cannot fetch '{repo_id}' from the hub: {type(e).__name__}; offline runs need a local directory or builtin: model") from None

@@ -174,10 +174,10 @@ def read_sweep_file(path: str, grid_options: list[str], max_parallel: int | None
     return request, plan_sweep(base, grid, variants, request.max_parallel, source=str(path))
 
 
-def check_sweep(plan: SweepPlan) -> None:
+def check_sweep(plan: SweepPlan, offline_store: bool = False) -> None:
     """What `peftflow sweep` checks before the flow starts: the base's model and data (as
     `peftflow run` does), then what each variant trains (modules, optimizer, schedule, 4-bit)."""
-    model_path = preflight(plan.base).models.model.path
+    model_path = preflight(plan.base, offline_store).models.model.path
     for variant in plan.variants:
         try:
             check_training_setup(variant.config, model_path)

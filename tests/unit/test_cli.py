@@ -91,8 +91,9 @@ def assert_nothing_registered(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, words", [
     ((), ["run", "sweep", "validate", "generate", "--debug", "--verbose"]),
-    (("run",), ["Run the finetune flow", "CONFIG"]),
-    (("validate",), ["Check the config", "CONFIG"]),
+    (("run",), ["Run the finetune flow", "CONFIG", "--offline-store"]),
+    (("validate",), ["Check the config", "CONFIG", "--offline-store"]),
+    (("sweep",), ["--grid", "--offline-store"]),
     (("generate",), ["Generate a chat reply", "--model", "--prompt", "--max-new-tokens"]),
 ])
 def test_help(cli, args, words):
@@ -143,13 +144,27 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
         root = good_dataset(write_dataset)
         return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosin\n"), \
             ["lr_scheduler_type", "cosin", "did you mean 'cosine'"]
+    # known before training, found only after it (registration), when it starts, or inside the flow until issue 38
+    if name == "registered_name_mlflow_refuses":
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + "registry:\n  name: team/orders\n"), \
+            ["registry.name", "team/orders", "MLflow refuses", "cannot contain '/'"]
+    if name == "scheduler_needs_arguments":
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosine_with_min_lr\n"), \
+            ["lr_scheduler_type", "cosine_with_min_lr", "min_lr"]
+    if name == "unusable_store":
+        (tmp_path / "a-file").write_text("")
+        root = good_dataset(write_dataset)
+        return write_config(config_text(tiny_model, root) + f"storage: file://{tmp_path}/a-file/store\n"), \
+            ["storage", f"{tmp_path}/a-file/store", "failed", "--offline-store"]
     raise AssertionError(name)
 
 
 CASES = ["unknown_key", "unknown_nested_key", "bad_value", "missing_file", "invalid_yaml", "unknown_dataset",
          "unknown_guard_dataset",
          "malformed_json", "unknown_builtin", "missing_model_dir", "invalid_rows", "unknown_lora_target",
-         "unknown_scheduler"]
+         "unknown_scheduler", "registered_name_mlflow_refuses", "scheduler_needs_arguments", "unusable_store"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from peftflow.config import RunConfig, load_config
+from peftflow.config import RunConfig, load_config, read_yaml
 from peftflow.errors import UserError
 from peftflow.training.arguments import training_arguments
 
@@ -153,3 +153,20 @@ def test_run_store_from_the_environment_and_unset(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="^PEFTFLOW_STORAGE: unknown storage protocol 's4'"):
         open_store(None)
     assert open_store(tmp_path.as_uri()).url == tmp_path.as_uri()
+
+
+def test_a_key_given_twice_warns_in_one_line_naming_both_lines_and_keeps_the_last(tmp_path, caplog):
+    path = tmp_path / "run.yaml"
+    path.write_text("model_name_or_path: builtin:tiny-random\nlora_rank: 8\ndataset: demo_orders\nlora_rank: 16\n"
+                    "registry:\n  name: first\n  name: second\ndefaults: &d {cutoff_len: 64}\n")
+    with caplog.at_level("WARNING", logger="peftflow.config"):
+        raw = read_yaml(path)
+    assert raw["lora_rank"] == 16 and raw["registry"]["name"] == "second"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: key 'lora_rank' is given twice (lines 2 and 4); the value on line 4 is used, as LLaMA-Factory does",
+        f"{path}: key 'name' is given twice (lines 6 and 7); the value on line 7 is used, as LLaMA-Factory does"]
+    caplog.clear()
+    path.write_text("base: &b {lora_rank: 8, cutoff_len: 64}\nrun:\n  <<: *b\n  lora_rank: 16\n")  # a merge key's override
+    with caplog.at_level("WARNING", logger="peftflow.config"):
+        assert read_yaml(path)["run"] == {"lora_rank": 16, "cutoff_len": 64}
+    assert not caplog.records

@@ -126,3 +126,32 @@ def test_tokenizer_template_needs_a_tokenizer_chat_template(write_dataset, tiny_
         shutil.copy(Path(tiny_model) / name, bare / name)
     root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": GOOD_ROWS})
     assert f"template 'tokenizer': the tokenizer at {bare} has no chat template" in prepare_error(root, str(bare))
+
+
+def test_json_lines_in_a_json_file_broken_deep_inside_name_the_broken_line(write_dataset, tiny_model):
+    lines = ['{"instruction": "q", "output": "a"}'] * 40
+    lines[36] = '{"instruction": "q", "output": "a"'  # line 37: the closing brace lost
+    root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": "\n".join(lines) + "\n"})
+    assert prepare_error(root, tiny_model) == f"{root}/qa.json: line 37: invalid JSON: Expecting ',' delimiter"
+    # a JSON document over several lines with something after it is still named where the extra starts
+    root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": '[\n{"instruction": "q", "output": "a"}\n]\n]\n'})
+    assert prepare_error(root, tiny_model) == f"{root}/qa.json: line 4: invalid JSON: Extra data"
+
+
+def test_openai_style_sharegpt_turns_name_the_keys_looked_for_and_the_mapping(write_dataset, tiny_model):
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
+    entry = {"file_name": "chat.json", "formatting": "sharegpt"}
+    root = write_dataset({"qa": entry}, {"chat.json": rows})
+    message = prepare_error(root, tiny_model)
+    assert message.startswith(f"{root}/chat.json: 1 invalid rows: row 1: field 'conversations' is missing")
+    assert (f"dataset 'qa' in {root}/dataset_info.json: sharegpt rows are read from column 'conversations', each turn's "
+            "role from key 'from' (human, gpt, system, ...) and its text from key 'value'") in message
+    assert ('read them by adding "columns": {"messages": "messages"}, "tags": {"role_tag": "role", "content_tag": "content", '
+            '"user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"} to the entry') in message
+    # the column mapped but not the tags: the turn's keys are named, and only the tags are proposed
+    root = write_dataset({"qa": {**entry, "columns": {"messages": "messages"}}}, {"chat.json": rows})
+    message = prepare_error(root, tiny_model)
+    assert "row 1: turn has no 'from' key (turn 1 has role, content)" in message and '"columns"' not in message
+    assert 'read them by adding "tags": {"role_tag": "role", "content_tag": "content"' in message
+    # dropping every row says why none was kept
+    assert "sharegpt rows are read from column" in prepare_error(root, tiny_model, on_invalid_rows="drop")

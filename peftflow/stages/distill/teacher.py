@@ -88,7 +88,7 @@ def _cached_model(name: str, build) -> str:
 
 def resolve_teacher(cfg) -> ResolvedModel:
     """The teacher as a plain local model: `teacher_adapter`, if any, merged in once and cached."""
-    teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights, cfg.storage)
+    teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights, cfg.storage, key="teacher")
     if not cfg.teacher_adapter:
         return teacher
     adapter = Path(cfg.teacher_adapter).expanduser()
