@@ -14,7 +14,9 @@ from typing import Optional
 
 import typer
 
-from flows.cli_support import OFFLINE_STORE, fail, read_run_config, show_config_warnings, state
+from flows.cli_export import export
+from flows.cli_support import (OFFLINE_STORE, check_model_ref, fail, read_run_config, registry_error,
+                                show_config_warnings, state)
 from flows.cli_sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
@@ -78,7 +80,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML."), offline
     """Check the config, model and data without training; print a data report."""
     try:
         cfg, _, schema = read_run_config(config)
-        from peftflow.data.prepare import DataProblems
+        from peftflow.data.report import DataProblems
         from peftflow.preflight import preflight
 
         try:
@@ -94,67 +96,7 @@ def validate(config: str = typer.Argument(..., help="Run config YAML."), offline
     typer.echo(report.to_text())
 
 
-@app.command()
-def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml; "
-                                                            "may be omitted with --format gguf --model M --out FILE."),
-           model: Optional[str] = typer.Option(None, "--model", help="Export this registered version instead, e.g. models:/NAME@champion "
-                                                                     "(with --format gguf and no CONFIG, also a merged dir)."),
-           fmt: str = typer.Option("safetensors", "--format", help="safetensors (sharded dir) or gguf (one file, llama.cpp's converter; "
-                                                                   "needs peftflow[gguf])."),
-           outtype: str = typer.Option("f16", "--outtype", help="gguf: f32, f16, bf16 or q8_0."),
-           out: Optional[str] = typer.Option(None, "--out", help="gguf: the file to write (default: EXPORT_DIR/model-OUTTYPE.gguf)."),
-           verify: bool = typer.Option(True, help="gguf: load the file back with transformers and compare with the model.")) -> None:
-    """Merge an adapter into its unquantized base and write a ready-to-serve model: a sharded
-    safetensors dir, or with --format gguf also one GGUF file checked against it."""
-    try:
-        from peftflow.errors import UserError
-
-        if fmt not in ("safetensors", "gguf"):
-            raise UserError(f"--format {fmt}: expected safetensors or gguf")
-        if config is None and (fmt != "gguf" or not model or not out):
-            raise UserError("export: give an export YAML, or --format gguf with --model and --out")
-        src = _export_dir(config, model) if config else _merged_dir(model)
-        if fmt == "gguf":
-            _export_gguf(src, out, outtype, verify)
-    except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, f"--model {model}") if model else e)
-
-
-def _export_dir(config: str, model: Optional[str]) -> str:
-    from peftflow.config import read_yaml
-    from peftflow.errors import UserError
-    from peftflow.export import read_spec, run_export
-
-    if model is not None and not model.startswith("models:/"):
-        raise UserError(f"--model {model}: expected a registered version, models:/NAME@ALIAS or models:/NAME/VERSION")
-    result = run_export(read_spec(read_yaml(config), config), registered=model)
-    merged = f"merged (max |logit diff| {result.max_abs_logit_diff:.1e})" if result.merged else "no adapter"
-    typer.echo(f"exported {result.export_dir}: {result.shards} safetensors shard(s), {result.dtype}, {merged}")
-    return result.export_dir
-
-
-def _merged_dir(model: str) -> str:
-    """--model as a local merged model dir (a registered version is downloaded; an adapter is refused)."""
-    from peftflow.serving import gguf
-
-    _check_model_ref(model)
-    return gguf.source_dir(model)
-
-
-def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool) -> None:
-    """One GGUF file from a merged dir (the export's, or --model's), then the transformers round trip."""
-    from pathlib import Path
-
-    from peftflow.serving import gguf
-
-    written = gguf.export(src, out or str(Path(src) / f"model-{outtype}.gguf"), outtype)
-    typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
-    if verify:
-        from peftflow.builtin.probes import PROBE_TEXTS
-
-        check = gguf.round_trip(src, written.path, list(PROBE_TEXTS))
-        typer.echo(f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
-                   f"max |logit diff| {check.max_abs_logit_diff:.2e}")
+app.command()(export)
 
 
 @app.command()
@@ -166,10 +108,10 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
     try:
         from peftflow.inference import generate_reply
 
-        _check_model_ref(model)
+        check_model_ref(model)
         text = generate_reply(model, prompt, max_new_tokens, image=image)
     except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, f"--model {model}"))
+        fail(registry_error(e, f"--model {model}"))
         return
     typer.echo(text)
 
@@ -182,7 +124,7 @@ def check_serving(model: str = typer.Argument(..., help="models:/NAME@ALIAS, mod
 
         report = check_dir(_local_model_dir(model))
     except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, model))
+        fail(registry_error(e, model))
         return
     for line in report.checked:
         typer.echo(f"ok: {line}")
@@ -197,7 +139,7 @@ def _local_model_dir(model: str) -> str:
     """A `models:/` reference downloaded (an unknown name or alias is one line), or the dir as given."""
     from peftflow.errors import UserError
 
-    _check_model_ref(model)
+    check_model_ref(model)
     if not model.startswith("models:/"):
         return model
     from peftflow.mlflow_io.downloads import download_model_dir
@@ -216,19 +158,6 @@ def _actor(given: Optional[str]) -> str:
     except Exception:  # noqa: BLE001 - no user name in some containers
         user = "unknown"
     return given or f"cli:{user}"
-
-
-def _registry_error(e: Exception, what: str) -> Exception:
-    """An unknown registered model, version or alias is the user's mistake, not a crash."""
-    from mlflow.exceptions import MlflowException
-
-    from peftflow.errors import UserError
-
-    if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        err = UserError(f"{what}: {e.message}")
-        err.__cause__ = e
-        return err
-    return e
 
 
 def _show_aliases(name: str) -> None:
@@ -254,7 +183,7 @@ def promote(name: str = typer.Argument(..., help="Registered model name."),
         move_champion(name, version, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, f"{name} v{version}"))
+        fail(registry_error(e, f"{name} v{version}"))
 
 
 @app.command()
@@ -268,7 +197,7 @@ def rollback(name: str = typer.Argument(..., help="Registered model name."),
         roll_back(name, reason, _actor(actor))
         _show_aliases(name)
     except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, name))
+        fail(registry_error(e, name))
 
 
 @app.command()
@@ -282,7 +211,7 @@ def history(name: str = typer.Argument(..., help="Registered model name."),
 
         moves = [{"alias": a, **m} for a in (CHAMPION, PREVIOUS, CHALLENGER) for m in alias_history(name, version, a)]
     except Exception as e:  # noqa: BLE001
-        fail(_registry_error(e, f"{name} v{version}"))
+        fail(registry_error(e, f"{name} v{version}"))
         return
     for m in sorted(moves, key=lambda m: m["at"]):
         typer.echo(json.dumps(m))
@@ -358,15 +287,6 @@ def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", 
     from flows.deployfile import write_local_deployments
 
     typer.echo(f"wrote {write_local_deployments(Path(out), pool=pool)}")
-
-
-def _check_model_ref(model: str) -> None:
-    from pathlib import Path
-
-    from peftflow.errors import UserError
-
-    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
-        raise UserError(f"--model {model}: directory not found")
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ reading a run config with its warnings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 state = {"debug": False, "verbose": False}
@@ -53,3 +55,23 @@ def config_read(path, unused: list[str], configs: list) -> None:
         allow_bitsandbytes()
     if unused:
         typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
+
+
+def registry_error(e: Exception, what: str) -> Exception:
+    """An unknown registered model, version or alias is the user's mistake, not a crash."""
+    from mlflow.exceptions import MlflowException
+
+    from peftflow.errors import UserError
+
+    if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        err = UserError(f"{what}: {e.message}")
+        err.__cause__ = e
+        return err
+    return e
+
+
+def check_model_ref(model: str) -> None:
+    from peftflow.errors import UserError
+
+    if model.startswith(("/", ".", "~")) and not Path(model).expanduser().is_dir():
+        raise UserError(f"--model {model}: directory not found")

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from peftflow import preflight_checks
 from peftflow.config import RunConfig
 from peftflow.data import PreparedData, prepare_dataset, resolve_datasets
-from peftflow.data.prepare import DataReport, prepared_report
+from peftflow.data.prepare import prepared_report
+from peftflow.data.report import DataReport
 from peftflow.errors import UserError
 from peftflow.methods import get_method
 from peftflow.models import vision

@@ -2,7 +2,8 @@
 (`templates`), tokenising and masking (`tokenize`), images, S3 files (`cloud`), and the prepared,
 cached train / eval splits (`prepare`)."""
 
-from peftflow.data.prepare import DataReport, PreparedData, data_report, prepare_dataset
+from peftflow.data.prepare import PreparedData, data_report, prepare_dataset
+from peftflow.data.report import DataReport
 from peftflow.data.sources import resolve_datasets
 from peftflow.data.templates import end_of_turn_token_id
 

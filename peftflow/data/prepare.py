@@ -22,6 +22,7 @@ from peftflow.store import build_sealed
 from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
+from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.slots import Options
@@ -54,51 +55,6 @@ class PreparedData:
     eval_rows: int
     dropped: int       # invalid rows dropped + rows with nothing supervised left after cutoff
     truncated: int     # kept rows cut at cutoff_len
-
-
-@dataclass(frozen=True)
-class DataReport:
-    """What `peftflow validate` shows about the data, without writing anything."""
-
-    datasets: tuple[str, ...]
-    rows_read: int
-    rows_kept: int
-    dropped: dict[str, int]                  # reason -> rows
-    dropped_rows: dict[str, tuple[str, ...]]  # reason -> the first few, as "<file> row N"
-    token_lengths: dict[str, int]            # p50 / p90 / p99 / max tokens per row, before cutoff
-    cutoff_len: int
-    truncated: int
-    problems: tuple[str, ...]                # what would stop prepare_dataset
-
-    @classmethod
-    def from_json(cls, path: Path) -> DataReport:
-        raw = json.loads(Path(path).read_text())
-        return cls(**raw | {"datasets": tuple(raw["datasets"]), "problems": tuple(raw["problems"]),
-                            "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()}})
-
-    @property
-    def truncation_rate(self) -> float:
-        return self.truncated / self.rows_kept if self.rows_kept else 0.0
-
-    def to_text(self) -> str:
-        lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
-        lines = [
-            f"datasets: {', '.join(self.datasets)}",
-            f"rows: {self.rows_read} read, {self.rows_kept} kept, {sum(self.dropped.values())} dropped",
-            *(f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})" for reason, n in self.dropped.items()),
-            f"tokens per row: {lengths}",
-            f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})",
-            *(f"problem: {p}" for p in self.problems),
-        ]
-        return "\n".join(lines)
-
-
-class DataProblems(UserError):
-    """Data that cannot train: the first problem is the message, `report` lists them all."""
-
-    def __init__(self, report: DataReport):
-        super().__init__(report.problems[0])
-        self.report = report
 
 
 @dataclass
@@ -167,7 +123,7 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
         datasets=tuple(s.name for s in sources), rows_read=a.rows_read, rows_kept=len(a.rows),
         dropped={r: len(w) for r, w in by_reason.items()},
         dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
-        token_lengths=_percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
+        token_lengths=percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
         problems=tuple(a.problems))
 
 
@@ -312,7 +268,7 @@ def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
         "fingerprint": fingerprint, "datasets": cfg.dataset_names, "template": cfg.template, "cutoff_len": cfg.cutoff_len,
         "rows_read": a.rows_read, "train_rows": len(train_idx), "eval_rows": len(eval_idx),
         "dropped": len(a.drops), "dropped_by_reason": dict(Counter(reason for reason, _ in a.drops)),
-        "truncated": a.truncated, "token_lengths": _percentiles(a.lengths),
+        "truncated": a.truncated, "token_lengths": percentiles(a.lengths),
         "supervised_tokens": sum(supervised(r) for r in a.rows),
     }
     train.save_to_disk(str(out / "train"))
@@ -355,9 +311,3 @@ def _template_identity(cfg: RunConfig) -> str:
         return f"{TOKENIZER_FINGERPRINT_NAME}\0"
     options = {k: getattr(cfg, k) for k in ("enable_thinking", "preserve_thinking", "tool_format", "default_system")}
     return f"{cfg.template}\0{row!r}\0{json.dumps(options, sort_keys=True)}"
-
-
-def _percentiles(lengths: list[int]) -> dict[str, int]:
-    ordered = sorted(lengths) or [0]
-    at = {p: ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)] for p in (50, 90, 99)}
-    return {"p50": at[50], "p90": at[90], "p99": at[99], "max": ordered[-1]}

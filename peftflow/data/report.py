@@ -1,0 +1,63 @@
+"""What `peftflow validate` shows about the data: rows read, kept and dropped (and why), token
+lengths, truncation, and every problem that would stop training. Made by data/prepare.py and kept
+beside the prepared data (`report.json`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftflow.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """Rows, drops, token lengths and problems of the data a config reads."""
+
+    datasets: tuple[str, ...]
+    rows_read: int
+    rows_kept: int
+    dropped: dict[str, int]                  # reason -> rows
+    dropped_rows: dict[str, tuple[str, ...]]  # reason -> the first few, as "<file> row N"
+    token_lengths: dict[str, int]            # p50 / p90 / p99 / max tokens per row, before cutoff
+    cutoff_len: int
+    truncated: int
+    problems: tuple[str, ...]                # what would stop prepare_dataset
+
+    @classmethod
+    def from_json(cls, path: Path) -> DataReport:
+        raw = json.loads(Path(path).read_text())
+        return cls(**raw | {"datasets": tuple(raw["datasets"]), "problems": tuple(raw["problems"]),
+                            "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()}})
+
+    @property
+    def truncation_rate(self) -> float:
+        return self.truncated / self.rows_kept if self.rows_kept else 0.0
+
+    def to_text(self) -> str:
+        lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
+        lines = [
+            f"datasets: {', '.join(self.datasets)}",
+            f"rows: {self.rows_read} read, {self.rows_kept} kept, {sum(self.dropped.values())} dropped",
+            *(f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})" for reason, n in self.dropped.items()),
+            f"tokens per row: {lengths}",
+            f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})",
+            *(f"problem: {p}" for p in self.problems),
+        ]
+        return "\n".join(lines)
+
+
+class DataProblems(UserError):
+    """Data that cannot train: the first problem is the message, `report` lists them all."""
+
+    def __init__(self, report: DataReport):
+        super().__init__(report.problems[0])
+        self.report = report
+
+
+def percentiles(lengths: list[int]) -> dict[str, int]:
+    ordered = sorted(lengths) or [0]
+    at = {p: ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)] for p in (50, 90, 99)}
+    return {"p50": at[50], "p90": at[90], "p99": at[99], "max": ordered[-1]}
