@@ -29,13 +29,13 @@ from peftflow.builtin.datasets import PROMPT_SEED, make_rows
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import prepare_dataset
 from peftflow.data.prepare import split_rows
-from peftflow.stages.distill.labelling import teacher_labelled
-from peftflow.stages.distill.teacher import prune_layers
 from peftflow.evaluation.scoring import score_model
 from peftflow.models.resolve import resolve_model
-from peftflow.stages import get_workflow
-from peftflow.stages.workflow import RunModels
 from peftflow.promotion import paired_bootstrap
+from peftflow.stages import get_workflow
+from peftflow.stages.distill.labelling import teacher_labelled
+from peftflow.stages.distill.teacher import prune_layers
+from peftflow.stages.workflow import RunModels
 from peftflow.training.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def write_datasets(root: Path, held_out: int, labelled: int, prompts: int, error
     without their answers (demo_order_prompts, when 512)."""
     root.mkdir(parents=True, exist_ok=True)
     rows = make_rows(held_out + ORDERS_TRAIN_ROWS, seed=0)
-    few = rows[:held_out + labelled]
+    few = rows[: held_out + labelled]
     train_rows, _ = split_rows(len(few), RunConfig(dataset="few", val_size=held_out))
     asked = [{k: v for k, v in r.items() if k != "output"} for r in make_rows(prompts, seed=PROMPT_SEED)]
     data = {"orders": rows, "few": few, "few_errors": with_labeller_errors(few, train_rows, errors), "prompts": asked}
@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--held-out", type=int, default=200, help="held-out rows every arm is scored on")
     ap.add_argument("--labelled", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=512)
-    ap.add_argument("--errors", type=float, default=0.25, help="share of the labelled rows with a labeller error (part 3)")
+    ap.add_argument(
+        "--errors", type=float, default=0.25, help="share of the labelled rows with a labeller error (part 3)"
+    )
     ap.add_argument("--parts", default="1,2,3", help="comparisons to run (numbers above); --write needs all")
     ap.add_argument("--write", action="store_true", help="write docs/distillation.md")
     args = ap.parse_args()
@@ -97,24 +99,41 @@ def main() -> None:
     student = str(prune_layers(teacher, args.student_layers, work / "student-init"))
 
     # The student's recipe (docs/distillation.md says why): full fine-tuning, the same for every arm.
-    common = dict(model_name_or_path=student, dataset_dir=str(data_dir), val_size=args.held_out, evaluation=evaluation,
-                  finetuning_type="full", learning_rate=1e-4, max_steps=args.steps, logging_steps=10, save_steps=10_000)
+    common = dict(
+        model_name_or_path=student,
+        dataset_dir=str(data_dir),
+        val_size=args.held_out,
+        evaluation=evaluation,
+        finetuning_type="full",
+        learning_rate=1e-4,
+        max_steps=args.steps,
+        logging_steps=10,
+        save_steps=10_000,
+    )
     kd = dict(stage="distill", teacher=teacher, kd_ratio=0.5, kd_temperature=2.0, teacher_topk=64)
     few = f"{args.labelled} labelled rows"
     parts = {
-        "Same data: CE only vs KD": {"CE only": RunConfig(dataset="orders", **common),
-                                     "KD": RunConfig(dataset="orders", **kd, **common)},
+        "Same data: CE only vs KD": {
+            "CE only": RunConfig(dataset="orders", **common),
+            "KD": RunConfig(dataset="orders", **kd, **common),
+        },
         "Teacher-labelled data (KD both)": {
             f"KD, {few}": RunConfig(dataset="few", **kd, **common),
-            f"KD, {few} + {args.prompts} teacher-labelled": RunConfig(dataset="few", kd_unlabeled_dataset="prompts",
-                                                                      **kd, **common)},
+            f"KD, {few} + {args.prompts} teacher-labelled": RunConfig(
+                dataset="few", kd_unlabeled_dataset="prompts", **kd, **common
+            ),
+        },
         f"Labeller errors ({few}, about {args.errors:.0%} with one field wrong): CE only vs KD": {
             "CE only": RunConfig(dataset="few_errors", **common),
-            "KD": RunConfig(dataset="few_errors", **kd, **common)},
+            "KD": RunConfig(dataset="few_errors", **kd, **common),
+        },
     }
     chosen = [int(n) for n in args.parts.split(",")]
-    tables = [compare(title, arms, teacher, student, work / f"part-{n}")
-              for n, (title, arms) in enumerate(parts.items(), 1) if n in chosen]
+    tables = [
+        compare(title, arms, teacher, student, work / f"part-{n}")
+        for n, (title, arms) in enumerate(parts.items(), 1)
+        if n in chosen
+    ]
     print("\n\n".join(tables))
     print(f"total {time.perf_counter() - t0:.0f} s; work dir {work}")
     if args.write and len(tables) < len(parts):
@@ -134,35 +153,55 @@ def compare(title: str, arms: dict[str, RunConfig], teacher: str, student: str, 
             data = teacher_labelled(cfg, resolve_model(teacher), student, data)
         labelling = time.perf_counter() - start
         if not scores:
-            scores = {name: score_model(name, model, data.path, cfg) for name, model in
-                      (("teacher", teacher), ("student before", student))}
+            scores = {
+                name: score_model(name, model, data.path, cfg)
+                for name, model in (("teacher", teacher), ("student before", student))
+            }
         start = time.perf_counter()
         out = work / label.replace(" ", "-").replace(",", "")
         models = RunModels(resolve_model(student), {"teacher": resolve_model(teacher)})
         result = train_run(cfg, student, data.path, out, trainer_factory=get_workflow(cfg).trainer(cfg, models))
         trained[label] = (data.train_rows, labelling + time.perf_counter() - start)
         scores[label] = score_model(label, result.adapter_dir, data.path, cfg)
-        print(f"{label}: {data.train_rows} train rows, json_fields {scores[label].score:.3f}, "
-              f"loss {scores[label].loss:.4f}, {trained[label][1]:.0f} s", flush=True)
+        print(
+            f"{label}: {data.train_rows} train rows, json_fields {scores[label].score:.3f}, "
+            f"loss {scores[label].loss:.4f}, {trained[label][1]:.0f} s",
+            flush=True,
+        )
     held_out = len(scores["teacher"].examples)
-    lines = [f"**{title}** ({held_out} held-out rows)", "",
-             "| model | train rows | json_fields | held-out loss | teacher retention | seconds (labels + train) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"**{title}** ({held_out} held-out rows)",
+        "",
+        "| model | train rows | json_fields | held-out loss | teacher retention | seconds (labels + train) |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, s in scores.items():
         n, seconds = trained.get(label, ("-", 0))
-        lines.append(f"| {label} | {n} | {s.score:.3f} | {s.loss:.4f} | {s.score / scores['teacher'].score:.3f} | {seconds:.0f} |")
+        lines.append(
+            f"| {label} | {n} | {s.score:.3f} | {s.loss:.4f} | {s.score / scores['teacher'].score:.3f} | {seconds:.0f} "
+            "|"
+        )
     worse, better = arms
-    mean, lower, upper = paired_bootstrap([e["score"] for e in scores[better].examples],
-                                          [e["score"] for e in scores[worse].examples], samples=10_000, confidence=0.95)
-    lines += ["", f"{better} vs {worse}: json_fields gain {mean:+.3f}, 95% paired bootstrap interval "
-                  f"[{lower:+.3f}, {upper:+.3f}] over {held_out} rows ({'excludes' if lower > 0 else 'includes'} zero)."]
+    mean, lower, upper = paired_bootstrap(
+        [e["score"] for e in scores[better].examples],
+        [e["score"] for e in scores[worse].examples],
+        samples=10_000,
+        confidence=0.95,
+    )
+    lines += [
+        "",
+        f"{better} vs {worse}: json_fields gain {mean:+.3f}, 95% paired bootstrap interval "
+        f"[{lower:+.3f}, {upper:+.3f}] over {held_out} rows ({'excludes' if lower > 0 else 'includes'} zero).",
+    ]
     return "\n".join(lines)
 
 
 def write_doc(table: str, args) -> None:
-    command = (f".venv/bin/python benchmarks/distill_benchmark.py --teacher-steps {args.teacher_steps} "
-               f"--steps {args.steps} --student-layers {args.student_layers} --held-out {args.held_out} "
-               f"--labelled {args.labelled} --prompts {args.prompts} --errors {args.errors} --write")
+    command = (
+        f".venv/bin/python benchmarks/distill_benchmark.py --teacher-steps {args.teacher_steps} "
+        f"--steps {args.steps} --student-layers {args.student_layers} --held-out {args.held_out} "
+        f"--labelled {args.labelled} --prompts {args.prompts} --errors {args.errors} --write"
+    )
     doc = ROOT / "docs" / "distillation.md"
     text = doc.read_text() if doc.exists() else ""
     marker = "<!-- benchmark -->"

@@ -49,8 +49,11 @@ def llama_cpp_answers(gguf_file: str, model_dir: str, max_new_tokens: int) -> li
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="builtin:smollm2-135m-instruct",
-                    help="builtin:NAME, models:/NAME@ALIAS or a merged model dir")
+    ap.add_argument(
+        "--model",
+        default="builtin:smollm2-135m-instruct",
+        help="builtin:NAME, models:/NAME@ALIAS or a merged model dir",
+    )
     ap.add_argument("--outtypes", nargs="+", default=["f32", "f16", "q8_0"])
     ap.add_argument("--max-new-tokens", type=int, default=32)
     args = ap.parse_args()
@@ -75,8 +78,10 @@ def main() -> None:
             else:
                 same = sum(a.strip() == src.strip() for a, (src, _) in zip(native, check.answers))
                 native_col = f"{same}/{len(PROMPTS)}"
-            print(f"{outtype:8} {written.size_bytes / 1e6:7.1f} {seconds:9.1f} {check.max_abs_logit_diff:12.2e} "
-                  f"{check.greedy_agreement:9.0%} {native_col:>16}")
+            print(
+                f"{outtype:8} {written.size_bytes / 1e6:7.1f} {seconds:9.1f} {check.max_abs_logit_diff:12.2e} "
+                f"{check.greedy_agreement:9.0%} {native_col:>16}"
+            )
             if native is not None:
                 for (src, _), got in zip(check.answers, native):
                     if got.strip() != src.strip():

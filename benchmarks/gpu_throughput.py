@@ -21,8 +21,15 @@ from pathlib import Path
 
 import torch
 
-LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+LLAMA_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    vocab_size=32000,
+    max_position_embeddings=4096,
+)
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense bf16
 
 
@@ -47,13 +54,20 @@ def build(path: str, method: str, device: str):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if method == "qlora":
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map={"": device})
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=torch.bfloat16, device_map={"": device}
+        )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16 if device == "cuda" else torch.float32
+        ).to(device)
     return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
 
 
@@ -100,8 +114,12 @@ def measure(name: str, method: str, args, work: Path) -> dict:
     model = optimizer = None  # freed before the next measurement (the closure reads them until here)
     if device == "cuda":
         torch.cuda.empty_cache()
-    return {"tokens_per_s": tokens / seconds, "peak_gib": peak, "tflops": achieved,
-            "mfu": achieved / args.peak_tflops if args.peak_tflops else float("nan")}
+    return {
+        "tokens_per_s": tokens / seconds,
+        "peak_gib": peak,
+        "tflops": achieved,
+        "mfu": achieved / args.peak_tflops if args.peak_tflops else float("nan"),
+    }
 
 
 def main() -> None:
@@ -118,12 +136,19 @@ def main() -> None:
         gpu = torch.cuda.get_device_name()
         args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
     work = Path(tempfile.mkdtemp(prefix="peftflow-gpu-bench-"))
-    print(f"device {args.device}, batch {args.batch} x {args.seq} tokens, {args.steps} steps, peak {args.peak_tflops} TFLOPS")
+    print(
+        f"device {args.device}, batch {args.batch} x {args.seq} tokens, {args.steps} steps, peak {args.peak_tflops} "
+        "TFLOPS"
+    )
     print(f"{'model':10} {'method':6} {'tokens/s':>10} {'peak GiB':>9} {'TFLOPS':>7} {'MFU':>6}")
     for name in args.models.split(","):
         for method in args.methods.split(","):
             r = measure(name, method, args, work)
-            print(f"{name:10} {method:6} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f} {r['tflops']:7.1f} {r['mfu']:6.1%}", flush=True)
+            print(
+                f"{name:10} {method:6} {r['tokens_per_s']:10.0f} {r['peak_gib']:9.2f} {r['tflops']:7.1f} "
+                f"{r['mfu']:6.1%}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ def child(kind: str, base: str, adapter: str, out: str) -> None:
 
 
 def run(kind: str, base: Path, adapter: Path, out: Path) -> float:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, str(base), str(adapter), str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(base), str(adapter), str(out)], capture_output=True, text=True
+    )
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not line:
         sys.exit(proc.stderr[-3000:])

@@ -47,8 +47,14 @@ def main() -> None:
     for name in args.configs:
         cfg, _ = load_config(ROOT / "configs" / f"{name}.yaml")
         evaluation = cfg.evaluation.model_copy(update={"max_samples": args.eval_samples or cfg.evaluation.max_samples})
-        cfg = cfg.model_copy(update={"max_steps": args.steps or cfg.max_steps, "save_steps": 10_000, "logging_steps": 2,
-                                     "evaluation": evaluation})
+        cfg = cfg.model_copy(
+            update={
+                "max_steps": args.steps or cfg.max_steps,
+                "save_steps": 10_000,
+                "logging_steps": 2,
+                "evaluation": evaluation,
+            }
+        )
         model = resolve_model(cfg.model_name_or_path)
         data = prepare_dataset(cfg, model.path)
         mb = footprint_mb(cfg, model.path)
@@ -58,30 +64,48 @@ def main() -> None:
         step_s = (time.perf_counter() - start) / result.steps
         tuned = result.adapter_dir
         if get_method(cfg).mergeable:
-            tuned = merge(model.path, result.adapter_dir, work / name / "merged", cfg.merge_tolerance, train_cfg=cfg).merged_dir
+            tuned = merge(
+                model.path, result.adapter_dir, work / name / "merged", cfg.merge_tolerance, train_cfg=cfg
+            ).merged_dir
         score = score_model(name, tuned, data.path, cfg, base_model_dir=model.path).score
         first, last = result.loss_history[0][1], result.loss_history[-1][1]
         rows.append((name, result, mb, step_s, score, first, last))
-        print(f"{name}: {100 * result.trainable_params / result.total_params:.3f}% trainable, {mb:.0f} MB, "
-              f"{step_s:.2f} s/step, loss {first:.3f} -> {last:.3f}, score {score:.3f}, {result.optimizer_used}", flush=True)
+        print(
+            f"{name}: {100 * result.trainable_params / result.total_params:.3f}% trainable, {mb:.0f} MB, "
+            f"{step_s:.2f} s/step, loss {first:.3f} -> {last:.3f}, score {score:.3f}, {result.optimizer_used}",
+            flush=True,
+        )
 
-    table = ["| config | method | trainable % | footprint MB | vs fp32 | steps | s/step | loss first -> last | json_fields | optimizer ran |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    table = [
+        "| config | method | trainable % | footprint MB | vs fp32 | steps | s/step | loss first -> last | json_fields "
+        "| optimizer ran |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r, mb, step_s, score, first, last in rows:
-        table.append(f"| {name}.yaml | {r.method} | {100 * r.trainable_params / r.total_params:.3f} | {mb:.0f} | "
-                     f"{f'{mb / fp32_mb:.2f}x' if fp32_mb else '-'} | {r.steps} | {step_s:.2f} | {first:.3f} -> {last:.3f} | "
-                     f"{score:.3f} | {r.optimizer_used} |")
+        table.append(
+            f"| {name}.yaml | {r.method} | {100 * r.trainable_params / r.total_params:.3f} | {mb:.0f} | "
+            f"{f'{mb / fp32_mb:.2f}x' if fp32_mb else '-'} | {r.steps} | {step_s:.2f} | {first:.3f} -> {last:.3f} | "
+            f"{score:.3f} | {r.optimizer_used} |"
+        )
     text = "\n".join(table)
     print(text)
     if args.write:
-        command = " ".join(["python benchmarks/methods_benchmark.py", *(["--configs", *args.configs] if args.configs != CONFIGS else []),
-                            *([f"--steps {args.steps}"] if args.steps else []),
-                            *([f"--eval-samples {args.eval_samples}"] if args.eval_samples else []), "--write"])
+        command = " ".join(
+            [
+                "python benchmarks/methods_benchmark.py",
+                *(["--configs", *args.configs] if args.configs != CONFIGS else []),
+                *([f"--steps {args.steps}"] if args.steps else []),
+                *([f"--eval-samples {args.eval_samples}"] if args.eval_samples else []),
+                "--write",
+            ]
+        )
         doc = ROOT / "docs" / "methods.md"
         head = doc.read_text().split("<!-- benchmark -->")[0] if doc.exists() else "# PEFT methods\n\n"
         budget = f"{args.steps} steps each" if args.steps else "each config's own steps (max_steps)"
-        doc.write_text(f"{head}<!-- benchmark -->\n\nMeasured on SmolLM2-135M-Instruct, demo task, {budget}, batch 8, "
-                       f"the config's held-out rows scored ({date.today()}):\n\n```\n.venv/bin/{command}\n```\n\n{text}\n")
+        doc.write_text(
+            f"{head}<!-- benchmark -->\n\nMeasured on SmolLM2-135M-Instruct, demo task, {budget}, batch 8, "
+            f"the config's held-out rows scored ({date.today()}):\n\n```\n.venv/bin/{command}\n```\n\n{text}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ def main() -> None:
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="peftflow-overhead-"))
-    os.environ.update(PEFTFLOW_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                      PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect-results"))
+    os.environ.update(
+        PEFTFLOW_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(home / "prefect-results"),
+    )
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.finetune import finetune
@@ -49,8 +52,14 @@ def main() -> None:
     from peftflow.models.resolve import resolve_model
 
     cfg, _ = load_config(ROOT / "configs" / "demo.yaml")
-    cfg = cfg.model_copy(update={"max_steps": args.steps or cfg.max_steps, "evaluation": cfg.evaluation.model_copy(
-        update={"max_samples": args.eval_samples or cfg.evaluation.max_samples})})
+    cfg = cfg.model_copy(
+        update={
+            "max_steps": args.steps or cfg.max_steps,
+            "evaluation": cfg.evaluation.model_copy(
+                update={"max_samples": args.eval_samples or cfg.evaluation.max_samples}
+            ),
+        }
+    )
     resolve_model(cfg.model_name_or_path)  # the one-off GGUF conversion is not part of a run
     start = time.perf_counter()
     with prefect_test_harness(server_startup_timeout=180):
@@ -64,8 +73,10 @@ def main() -> None:
             tasks = task_times(state.state_details.flow_run_id)
             staged = sum(s for s, _ in tasks.values())
             walls.append(wall)
-            print(f"{label}: wall {wall:.1f} s, stages {staged:.1f} s, overhead {wall - staged:.1f} s "
-                  f"({(wall - staged) / wall:.1%} of wall)")
+            print(
+                f"{label}: wall {wall:.1f} s, stages {staged:.1f} s, overhead {wall - staged:.1f} s "
+                f"({(wall - staged) / wall:.1%} of wall)"
+            )
             for name, (seconds, status) in sorted(tasks.items(), key=lambda kv: -kv[1][0]):
                 print(f"    {name:32} {seconds:7.2f} s  {status}")
     print(f"unchanged re-run / first run: {walls[1] / walls[0]:.1%}")

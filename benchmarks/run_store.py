@@ -36,12 +36,20 @@ def _moto(tmp: Path) -> subprocess.Popen:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(3)
-    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                      MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db", PEFTFLOW_HOME=str(tmp / "home-model"))
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",
+        PEFTFLOW_HOME=str(tmp / "home-model"),
+    )
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="measure")
@@ -54,11 +62,25 @@ def steps_lost(model: str, storage: str | None, tmp: Path, tag: str, kill_at: in
     from peftflow.data import prepare_dataset
     from peftflow.training.run import run
 
-    cfg = RunConfig(model_name_or_path=model, max_steps=20, save_steps=5, logging_steps=1, learning_rate=5e-3,
-                    per_device_train_batch_size=4, val_size=4, registry={"name": f"kill-{tag}"}, storage=storage)
+    cfg = RunConfig(
+        model_name_or_path=model,
+        max_steps=20,
+        save_steps=5,
+        logging_steps=1,
+        learning_rate=5e-3,
+        per_device_train_batch_size=4,
+        val_size=4,
+        registry={"name": f"kill-{tag}"},
+        storage=storage,
+    )
     env = {**os.environ, "PEFTFLOW_HOME": str(tmp / f"kill-{tag}-a"), "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, cfg.model_dump_json(), model, str(tmp / f"kill-{tag}-a" / "stage")],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, cfg.model_dump_json(), model, str(tmp / f"kill-{tag}-a" / "stage")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in child.stdout:
         if line.strip() == f"step {kill_at}":
             os.kill(child.pid, signal.SIGKILL)
@@ -66,7 +88,10 @@ def steps_lost(model: str, storage: str | None, tmp: Path, tag: str, kill_at: in
     child.wait()
     os.environ["PEFTFLOW_HOME"] = str(tmp / f"kill-{tag}-b")
     resumed = run(cfg, model, prepare_dataset(cfg, model).path, tmp / f"kill-{tag}-b" / "stage").resumed_from_step or 0
-    return f"killed after step {kill_at} of 20 (save_steps 5); a fresh home resumed from step {resumed}: {kill_at - resumed} steps lost"
+    lost = kill_at - resumed
+    return (
+        f"killed after step {kill_at} of 20 (save_steps 5); a fresh home resumed from step {resumed}: {lost} steps lost"
+    )
 
 
 def rerun_seconds(model: str, storage: str | None, tmp: Path, name: str) -> tuple[float, float]:
@@ -79,10 +104,19 @@ def rerun_seconds(model: str, storage: str | None, tmp: Path, name: str) -> tupl
     times = []
     for home in (tmp / f"{name}-a", tmp / f"{name}-b"):
         os.environ["PEFTFLOW_HOME"] = str(home)
-        cfg = RunConfig(model_name_or_path=model, output_dir=str(home / "runs"), max_steps=6, learning_rate=5e-3,
-                        logging_steps=2, save_steps=3, per_device_train_batch_size=4, registry={"name": name},
-                        promotion={"metric": "perplexity"}, storage=storage,
-                        evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+        cfg = RunConfig(
+            model_name_or_path=model,
+            output_dir=str(home / "runs"),
+            max_steps=6,
+            learning_rate=5e-3,
+            logging_steps=2,
+            save_steps=3,
+            per_device_train_batch_size=4,
+            registry={"name": name},
+            promotion={"metric": "perplexity"},
+            storage=storage,
+            evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4},
+        )
         with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(home / "prefect-results")}):
             start = time.perf_counter()
             finetune(cfg)
@@ -106,10 +140,12 @@ def main() -> None:
         for label, tag, storage in cases:
             print(f"kill, {label}: {steps_lost(model, storage, tmp, tag)}", flush=True)
         with prefect_test_harness(server_startup_timeout=180):
-            rerun_seconds(model, None, tmp, "warm-up")   # imports and first-use costs out of the figures
+            rerun_seconds(model, None, tmp, "warm-up")  # imports and first-use costs out of the figures
             for label, tag, storage in cases:
                 first, cold = rerun_seconds(model, storage, tmp, f"rerun-{tag}")
-                print(f"rerun, {label}: first run {first:.1f} s, unchanged rerun on a fresh home {cold:.1f} s", flush=True)
+                print(
+                    f"rerun, {label}: first run {first:.1f} s, unchanged rerun on a fresh home {cold:.1f} s", flush=True
+                )
     finally:
         moto.terminate()
 

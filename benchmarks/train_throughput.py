@@ -53,7 +53,7 @@ def write_dataset(work: Path) -> tuple[Path, list[dict]]:
     data.mkdir(parents=True, exist_ok=True)
     (data / "bench_train.json").write_text(json.dumps(rows[:TRAIN_ROWS]))
     (data / "dataset_info.json").write_text(json.dumps({"bench_train": {"file_name": "bench_train.json"}}))
-    return data, rows[TRAIN_ROWS:TRAIN_ROWS + HELD_OUT]
+    return data, rows[TRAIN_ROWS : TRAIN_ROWS + HELD_OUT]
 
 
 def chat_rows(tokenizer, rows: list[dict]) -> list[dict]:
@@ -61,8 +61,9 @@ def chat_rows(tokenizer, rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         user = r["instruction"] + ("\n" + r["input"] if r.get("input") else "")
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                               add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(r["output"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
         ids = (p_ids + a_ids)[:CUTOFF]
@@ -83,7 +84,7 @@ def held_out_loss(adapter_dir: str, rows: list[dict]) -> float:
     encoded, total, count = chat_rows(tokenizer, rows), 0.0, 0
     with torch.no_grad():
         for i in range(0, len(encoded), 8):
-            batch = collate(encoded[i:i + 8])
+            batch = collate(encoded[i : i + 8])
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch).loss) * n
             count += n
@@ -94,19 +95,42 @@ def train_trainer(work: Path, data: Path, bf16: bool) -> float:
     """peft + Trainer: fp32 as peft's docs write it, or with bf16 autocast and length grouping."""
     import datasets
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(model_path())
     rows = chat_rows(tokenizer, json.loads((data / "bench_train.json").read_text()))
     set_seed(SEED)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path()),
-                           LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, target_modules="all-linear"))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path()),
+        LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, target_modules="all-linear"),
+    )
     fast = dict(bf16=True, use_cpu=True, train_sampling_strategy="group_by_length") if bf16 else {}
-    args = TrainingArguments(output_dir=str(work / "out"), per_device_train_batch_size=BATCH, max_steps=STEPS,
-                             learning_rate=LR, lr_scheduler_type="cosine", logging_steps=5, save_strategy="no",
-                             report_to=[], seed=SEED, disable_tqdm=True, **fast)
-    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-                      data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100))
+    args = TrainingArguments(
+        output_dir=str(work / "out"),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=SEED,
+        disable_tqdm=True,
+        **fast,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(rows),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+    )
     seconds = trainer.train().metrics["train_runtime"]
     model.save_pretrained(work / "adapter")
     return seconds
@@ -117,10 +141,24 @@ def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
     from peftflow.data import prepare_dataset
     from peftflow.training.run import run as train_run
 
-    cfg = RunConfig(model_name_or_path=MODEL, dataset="bench_train", dataset_dir=str(data), cutoff_len=CUTOFF,
-                    val_size=0, per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR,
-                    lr_scheduler_type="cosine", lora_rank=RANK, lora_alpha=ALPHA, lora_target="all", seed=SEED,
-                    logging_steps=5, save_steps=10_000, **({"gradient_checkpointing": True} if checkpointing else {}))
+    cfg = RunConfig(
+        model_name_or_path=MODEL,
+        dataset="bench_train",
+        dataset_dir=str(data),
+        cutoff_len=CUTOFF,
+        val_size=0,
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        lora_target="all",
+        seed=SEED,
+        logging_steps=5,
+        save_steps=10_000,
+        **({"gradient_checkpointing": True} if checkpointing else {}),
+    )
     prepared = prepare_dataset(cfg, model_path())
     result = train_run(cfg, model_path(), prepared.path, work / "run")
     Path(result.adapter_dir).rename(work / "adapter")
@@ -129,13 +167,33 @@ def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
 
 def train_llamafactory(work: Path, data: Path, python: str) -> float:
     """LLaMA-Factory's own CLI in its own environment; its Trainer reports the loop's seconds."""
-    config = {"model_name_or_path": model_path(), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-              "lora_rank": RANK, "lora_alpha": ALPHA, "lora_target": "all", "dataset": "bench_train",
-              "dataset_dir": str(data), "template": "smollm2", "cutoff_len": CUTOFF, "overwrite_cache": True,
-              "preprocessing_num_workers": 1, "output_dir": str(work / "adapter"), "logging_steps": 5,
-              "save_strategy": "no", "per_device_train_batch_size": BATCH, "max_steps": STEPS,
-              "learning_rate": LR, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0, "bf16": True,
-              "use_cpu": True, "report_to": "none", "seed": SEED}
+    config = {
+        "model_name_or_path": model_path(),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_rank": RANK,
+        "lora_alpha": ALPHA,
+        "lora_target": "all",
+        "dataset": "bench_train",
+        "dataset_dir": str(data),
+        "template": "smollm2",
+        "cutoff_len": CUTOFF,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": 1,
+        "output_dir": str(work / "adapter"),
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "per_device_train_batch_size": BATCH,
+        "max_steps": STEPS,
+        "learning_rate": LR,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.0,
+        "bf16": True,
+        "use_cpu": True,
+        "report_to": "none",
+        "seed": SEED,
+    }
     (work / "lf.yaml").write_text(json.dumps(config))  # JSON is YAML; its .json reader is broken
     cli = Path(python).parent / "llamafactory-cli"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISABLE_VERSION_CHECK": "1", "PYTHONPATH": ""}
@@ -153,8 +211,11 @@ def child(side: str, work: Path, data: Path, llamafactory: str | None) -> None:
         seconds = train_llamafactory(work, data, llamafactory)
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     else:
-        seconds = (train_peftflow(work, data, side == "peftflow-checkpointing") if side.startswith("peftflow")
-                   else train_trainer(work, data, side == "trainer-bf16"))
+        seconds = (
+            train_peftflow(work, data, side == "peftflow-checkpointing")
+            if side.startswith("peftflow")
+            else train_trainer(work, data, side == "trainer-bf16")
+        )
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}), flush=True)
 
@@ -167,7 +228,7 @@ def measure(side: str, work: Path, data: Path, args) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{side} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "adapter": str(work / "adapter")}
+    return {**json.loads(lines[-1][len("RESULT ") :]), "adapter": str(work / "adapter")}
 
 
 def supervised_tokens(data: Path) -> int:
@@ -178,21 +239,29 @@ def supervised_tokens(data: Path) -> int:
 
 
 def report(runs: dict[str, list[dict]], tokens: int) -> None:
-    med = {side: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "held_out")}
-           for side, rs in runs.items()}
+    med = {
+        side: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "held_out")}
+        for side, rs in runs.items()
+    }
     print(f"{'side':22} {'train s':>8} {'tokens/s':>9} {'peak MB':>8} {'held-out':>9}   per round (train s / peak MB)")
     for side, m in med.items():
         rounds = ", ".join(f"{r['seconds']:.1f} / {r['peak_mb']:.0f}" for r in runs[side])
-        print(f"{side:22} {m['seconds']:8.1f} {tokens / m['seconds']:9.1f} {m['peak_mb']:8.0f} {m['held_out']:9.4f}   {rounds}")
+        print(
+            f"{side:22} {m['seconds']:8.1f} {tokens / m['seconds']:9.1f} {m['peak_mb']:8.0f} {m['held_out']:9.4f}   "
+            f"{rounds}"
+        )
     peers = [side for side in med if side in PEERS]
     fastest = min(peers, key=lambda s: med[s]["seconds"])
     leanest = min(peers, key=lambda s: med[s]["peak_mb"])
     best_loss = min(med[s]["held_out"] for s in peers)
     for side in (s for s in med if s.startswith("peftflow")):
         ours = med[side]
-        print(f"{side} vs the fastest peer ({fastest}): {med[fastest]['seconds'] / ours['seconds']:.2f}x the train speed; "
-              f"vs the leanest peer ({leanest}): {ours['peak_mb'] / med[leanest]['peak_mb']:.2f}x the peak memory; "
-              f"held-out loss {ours['held_out'] / best_loss:.4f}x the best peer's")
+        print(
+            f"{side} vs the fastest peer ({fastest}): {med[fastest]['seconds'] / ours['seconds']:.2f}x the train "
+            "speed; "
+            f"vs the leanest peer ({leanest}): {ours['peak_mb'] / med[leanest]['peak_mb']:.2f}x the peak memory; "
+            f"held-out loss {ours['held_out'] / best_loss:.4f}x the best peer's"
+        )
 
 
 def main() -> None:
@@ -214,12 +283,17 @@ def main() -> None:
     for n in range(args.rounds):
         for side in sides:
             runs[side].append(measure(side, work / f"{side}-{n}", data, args))
-            print(f"round {n + 1} {side}: {runs[side][-1]['seconds']:.1f} s, {runs[side][-1]['peak_mb']:.0f} MB", flush=True)
+            print(
+                f"round {n + 1} {side}: {runs[side][-1]['seconds']:.1f} s, {runs[side][-1]['peak_mb']:.0f} MB",
+                flush=True,
+            )
     for rs in runs.values():
         for r in rs:
             r["held_out"] = held_out_loss(r["adapter"], held_out)
-    print(f"{TRAIN_ROWS} rows, {STEPS} steps of batch {BATCH}, cutoff {CUTOFF}, LoRA r{RANK} all-linear, "
-          f"{args.rounds} rounds, medians; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"{TRAIN_ROWS} rows, {STEPS} steps of batch {BATCH}, cutoff {CUTOFF}, LoRA r{RANK} all-linear, "
+        f"{args.rounds} rounds, medians; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     report(runs, supervised_tokens(data))
 
 

@@ -39,18 +39,25 @@ def main() -> None:
     metric = cfg.evaluation.metric
 
     before = score_model("base", model.path, data.path, cfg)
-    print(f"before: held-out {metric} {before.score:.3f} (loss {before.loss:.3f}) on {len(before.examples)} images; "
-          f"e.g. {before.examples[0]['prediction']!r} for {before.examples[0]['reference']!r}", flush=True)
+    print(
+        f"before: held-out {metric} {before.score:.3f} (loss {before.loss:.3f}) on {len(before.examples)} images; "
+        f"e.g. {before.examples[0]['prediction']!r} for {before.examples[0]['reference']!r}",
+        flush=True,
+    )
     start = time.perf_counter()
     result = train_run(cfg, model.path, data.path, work)
     seconds = time.perf_counter() - start
     merged = merge(model.path, result.adapter_dir, work / "merged", cfg.merge_tolerance)
     after = score_model("tuned", merged.merged_dir, data.path, cfg)
-    print(f"trained {result.steps} steps in {seconds:.0f} s ({seconds / result.steps:.2f} s/step), loss "
-          f"{result.loss_history[0][1]:.3f} -> {result.loss_history[-1][1]:.3f}; "
-          f"{trainable_parts_line(result.trainable_by_part, result.total_params)}")
-    print(f"after:  held-out {metric} {after.score:.3f} (loss {after.loss:.3f}) on {len(after.examples)} images; "
-          f"e.g. {after.examples[0]['prediction']!r} for {after.examples[0]['reference']!r}")
+    print(
+        f"trained {result.steps} steps in {seconds:.0f} s ({seconds / result.steps:.2f} s/step), loss "
+        f"{result.loss_history[0][1]:.3f} -> {result.loss_history[-1][1]:.3f}; "
+        f"{trainable_parts_line(result.trainable_by_part, result.total_params)}"
+    )
+    print(
+        f"after:  held-out {metric} {after.score:.3f} (loss {after.loss:.3f}) on {len(after.examples)} images; "
+        f"e.g. {after.examples[0]['prediction']!r} for {after.examples[0]['reference']!r}"
+    )
     wrong = [e for e in after.examples if not e["score"]]
     if wrong:
         print("misses: " + "; ".join(f"{e['prediction']!r} for {e['reference']!r}" for e in wrong[:6]))

@@ -15,8 +15,15 @@ from typing import Optional
 import typer
 
 from flows.cli_export import export
-from flows.cli_support import (OFFLINE_STORE, check_model_ref, fail, read_run_config, registry_error,
-                                show_config_warnings, state)
+from flows.cli_support import (
+    OFFLINE_STORE,
+    check_model_ref,
+    fail,
+    read_run_config,
+    registry_error,
+    show_config_warnings,
+    state,
+)
 from flows.cli_sweep import sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, evaluate and publish PEFT models.")
@@ -40,8 +47,12 @@ def _set_defaults() -> None:
 
 
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-                 verbose: bool = typer.Option(False, "--verbose", help="Show each training step and the libraries' bars and warnings.")) -> None:
+def main_options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show each training step and the libraries' bars and warnings."
+    ),
+) -> None:
     from flows.terminal import hide_bitsandbytes, quiet_libraries
 
     state["debug"], state["verbose"] = debug, verbose
@@ -52,8 +63,10 @@ def main_options(debug: bool = typer.Option(False, "--debug", help="Show traceba
 
 
 @app.command()
-def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo."),
-        offline_store: bool = OFFLINE_STORE) -> None:
+def run(
+    config: Optional[str] = typer.Argument(None, help="Run config YAML; omit for the built-in demo."),
+    offline_store: bool = OFFLINE_STORE,
+) -> None:
     """Run the finetune flow: prepare, train, merge, evaluate, publish, promote."""
     try:
         cfg, _, _ = read_run_config(config)
@@ -62,6 +75,7 @@ def run(config: Optional[str] = typer.Argument(None, help="Run config YAML; omit
         preflight(cfg, offline_store)  # what `validate` checks: bad model or data fail here, as one line
         from flows.finetune import finetune
         from flows.terminal import training_bar
+
         with training_bar(state["verbose"]):
             result = finetune(cfg)
     except Exception as e:  # noqa: BLE001 - user errors become one line, others re-raise
@@ -100,10 +114,14 @@ app.command()(export)
 
 
 @app.command()
-def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. models:/NAME@champion, or a local dir."),
-             prompt: str = typer.Option(..., "--prompt", help="User message."),
-             image: Optional[str] = typer.Option(None, "--image", help="Image file the message is about (vision-language models)."),
-             max_new_tokens: int = typer.Option(128, help="Generation budget.")) -> None:
+def generate(
+    model: str = typer.Option(..., "--model", help="Model URI, e.g. models:/NAME@champion, or a local dir."),
+    prompt: str = typer.Option(..., "--prompt", help="User message."),
+    image: Optional[str] = typer.Option(
+        None, "--image", help="Image file the message is about (vision-language models)."
+    ),
+    max_new_tokens: int = typer.Option(128, help="Generation budget."),
+) -> None:
     """Generate a chat reply from a registered (or local) model, about an image with --image."""
     try:
         from peftflow.inference import generate_reply
@@ -117,7 +135,9 @@ def generate(model: str = typer.Option(..., "--model", help="Model URI, e.g. mod
 
 
 @app.command("check-serving")
-def check_serving(model: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a local dir.")) -> None:
+def check_serving(
+    model: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/NAME/VERSION or a local dir."),
+) -> None:
     """Is the version ready for vLLM (adapter) or any transformers server (merged)? Exit 1 when not."""
     try:
         from peftflow.serving.checks import check_dir
@@ -172,10 +192,12 @@ def _show_aliases(name: str) -> None:
 
 
 @app.command()
-def promote(name: str = typer.Argument(..., help="Registered model name."),
-            version: str = typer.Option(..., "--version", help="Version to make champion."),
-            reason: str = typer.Option(..., "--reason", help="Why; recorded on the version."),
-            actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
+def promote(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Option(..., "--version", help="Version to make champion."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded on the version."),
+    actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>."),
+) -> None:
     """Make VERSION the champion by hand (no gate); the old champion becomes `previous`."""
     try:
         from peftflow.mlflow_io.aliases import move_champion
@@ -187,9 +209,11 @@ def promote(name: str = typer.Argument(..., help="Registered model name."),
 
 
 @app.command()
-def rollback(name: str = typer.Argument(..., help="Registered model name."),
-             reason: str = typer.Option(..., "--reason", help="Why; recorded on both versions."),
-             actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>.")) -> None:
+def rollback(
+    name: str = typer.Argument(..., help="Registered model name."),
+    reason: str = typer.Option(..., "--reason", help="Why; recorded on both versions."),
+    actor: Optional[str] = typer.Option(None, "--actor", help="Who; default cli:<user>."),
+) -> None:
     """Swap `champion` and `previous`: the previous champion serves again (run twice to undo)."""
     try:
         from peftflow.mlflow_io.aliases import rollback as roll_back
@@ -201,8 +225,10 @@ def rollback(name: str = typer.Argument(..., help="Registered model name."),
 
 
 @app.command()
-def history(name: str = typer.Argument(..., help="Registered model name."),
-            version: str = typer.Option(..., "--version", help="Version whose alias moves to show.")) -> None:
+def history(
+    name: str = typer.Argument(..., help="Registered model name."),
+    version: str = typer.Option(..., "--version", help="Version whose alias moves to show."),
+) -> None:
     """Every alias move recorded on VERSION: when, alias, by whom, why."""
     try:
         import json
@@ -218,9 +244,11 @@ def history(name: str = typer.Argument(..., help="Registered model name."),
 
 
 @app.command("emit-dataset-updated")
-def emit_dataset_updated(dataset: str = typer.Option(..., "--dataset", help="Dataset name(s) in dataset_info.json."),
-                         dataset_dir: Optional[str] = typer.Option(None, "--dataset-dir", help="Folder with dataset_info.json."),
-                         uri: Optional[str] = typer.Option(None, "--uri", help="Object that changed, e.g. s3://bucket/key.")) -> None:
+def emit_dataset_updated(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name(s) in dataset_info.json."),
+    dataset_dir: Optional[str] = typer.Option(None, "--dataset-dir", help="Folder with dataset_info.json."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Object that changed, e.g. s3://bucket/key."),
+) -> None:
     """Emit `peftflow.dataset.updated` to the Prefect server (PREFECT_API_URL); the `retrain-on-data`
     deployment retrains on it."""
     try:
@@ -234,13 +262,23 @@ def emit_dataset_updated(dataset: str = typer.Option(..., "--dataset", help="Dat
 
 
 @app.command()
-def relay(host: str = typer.Option("0.0.0.0", "--host", help="Interface to listen on."),
-          port: int = typer.Option(8765, "--port", help="Port; MLflow posts to http://HOST:PORT/mlflow-webhook."),
-          secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
-                                     help="Webhook secret shared with MLflow (env PEFTFLOW_WEBHOOK_SECRET)."),
-          model: list[str] = typer.Option(
-              [], "--model", envvar="PEFTFLOW_RELAY_MODELS",
-              help="Registered model to relay (repeat; env: space-separated); default all.")) -> None:
+def relay(
+    host: str = typer.Option("0.0.0.0", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8765, "--port", help="Port; MLflow posts to http://HOST:PORT/mlflow-webhook."),
+    secret: str = typer.Option(
+        "",
+        "--secret",
+        envvar="PEFTFLOW_WEBHOOK_SECRET",
+        show_default=False,
+        help="Webhook secret shared with MLflow (env PEFTFLOW_WEBHOOK_SECRET).",
+    ),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        envvar="PEFTFLOW_RELAY_MODELS",
+        help="Registered model to relay (repeat; env: space-separated); default all.",
+    ),
+) -> None:
     """Serve MLflow registry webhooks: verify each, emit `peftflow.model.alias-set` to PREFECT_API_URL."""
     try:
         from services.relay import serve
@@ -255,13 +293,18 @@ app.add_typer(webhooks, name="webhooks")
 
 
 @webhooks.command("create")
-def webhooks_create(url: str = typer.Option(..., "--url", help="The relay, e.g. http://relay:8765/mlflow-webhook."),
-                    secret: str = typer.Option("", "--secret", envvar="PEFTFLOW_WEBHOOK_SECRET", show_default=False,
-                                               help="Webhook secret (env PEFTFLOW_WEBHOOK_SECRET)."),
-                    model: list[str] = typer.Option([], "--model",
-                                                    help="Team's registered model (repeat); checked to exist."),
-                    name: str = typer.Option("peftflow-relay", "--name",
-                                             help="Webhook name; an existing one is updated.")) -> None:
+def webhooks_create(
+    url: str = typer.Option(..., "--url", help="The relay, e.g. http://relay:8765/mlflow-webhook."),
+    secret: str = typer.Option(
+        "",
+        "--secret",
+        envvar="PEFTFLOW_WEBHOOK_SECRET",
+        show_default=False,
+        help="Webhook secret (env PEFTFLOW_WEBHOOK_SECRET).",
+    ),
+    model: list[str] = typer.Option([], "--model", help="Team's registered model (repeat); checked to exist."),
+    name: str = typer.Option("peftflow-relay", "--name", help="Webhook name; an existing one is updated."),
+) -> None:
     """Register (or update) the webhook on MLFLOW_TRACKING_URI for alias moves, then send MLflow's test delivery."""
     try:
         from peftflow.mlflow_io.webhooks import ensure_webhook
@@ -278,8 +321,10 @@ def webhooks_create(url: str = typer.Option(..., "--url", help="The relay, e.g. 
 
 
 @app.command("local-deployments")
-def local_deployments(out: str = typer.Option("deployments/prefect.local.yaml", "--out", help="File to write."),
-                      pool: str = typer.Option("local", "--pool", help="Process work pool name.")) -> None:
+def local_deployments(
+    out: str = typer.Option("deployments/prefect.local.yaml", "--out", help="File to write."),
+    pool: str = typer.Option("local", "--pool", help="Process work pool name."),
+) -> None:
     """Write the deployments of deployments/prefect.yaml for one machine: a process pool, this checkout.
     Then: prefect deploy --all --prefect-file OUT."""
     from pathlib import Path

@@ -10,15 +10,29 @@ import typer
 from flows.cli_support import check_model_ref, fail, registry_error
 
 
-def export(config: Optional[str] = typer.Argument(None, help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml; "
-                                                            "may be omitted with --format gguf --model M --out FILE."),
-           model: Optional[str] = typer.Option(None, "--model", help="Export this registered version instead, e.g. models:/NAME@champion "
-                                                                     "(with --format gguf and no CONFIG, also a merged dir)."),
-           fmt: str = typer.Option("safetensors", "--format", help="safetensors (sharded dir) or gguf (one file, llama.cpp's converter; "
-                                                                   "needs peftflow[gguf])."),
-           outtype: str = typer.Option("f16", "--outtype", help="gguf: f32, f16, bf16 or q8_0."),
-           out: Optional[str] = typer.Option(None, "--out", help="gguf: the file to write (default: EXPORT_DIR/model-OUTTYPE.gguf)."),
-           verify: bool = typer.Option(True, help="gguf: load the file back with transformers and compare with the model.")) -> None:
+def export(
+    config: Optional[str] = typer.Argument(
+        None,
+        help="LLaMA-Factory export YAML (v0 or v1), e.g. examples/merge_lora/*.yaml; "
+        "may be omitted with --format gguf --model M --out FILE.",
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        help="Export this registered version instead, e.g. models:/NAME@champion "
+        "(with --format gguf and no CONFIG, also a merged dir).",
+    ),
+    fmt: str = typer.Option(
+        "safetensors",
+        "--format",
+        help="safetensors (sharded dir) or gguf (one file, llama.cpp's converter; needs peftflow[gguf]).",
+    ),
+    outtype: str = typer.Option("f16", "--outtype", help="gguf: f32, f16, bf16 or q8_0."),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="gguf: the file to write (default: EXPORT_DIR/model-OUTTYPE.gguf)."
+    ),
+    verify: bool = typer.Option(True, help="gguf: load the file back with transformers and compare with the model."),
+) -> None:
     """Merge an adapter into its unquantized base and write a ready-to-serve model: a sharded
     safetensors dir, or with --format gguf also one GGUF file checked against it."""
     try:
@@ -68,5 +82,7 @@ def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool) -> No
         from peftflow.builtin.probes import PROBE_TEXTS
 
         check = gguf.round_trip(src, written.path, list(PROBE_TEXTS))
-        typer.echo(f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
-                   f"max |logit diff| {check.max_abs_logit_diff:.2e}")
+        typer.echo(
+            f"round trip: greedy agreement {check.greedy_agreement:.0%} on {len(check.answers)} probes, "
+            f"max |logit diff| {check.max_abs_logit_diff:.2e}"
+        )

@@ -9,9 +9,13 @@ import typer
 
 state = {"debug": False, "verbose": False}
 # run, validate, sweep: the run store probe skipped, for a machine without the store's credentials
-OFFLINE_STORE = typer.Option(False, "--offline-store", envvar="PEFTFLOW_OFFLINE_STORE",
-                             help="Do not probe the run store (storage / PEFTFLOW_STORAGE): for a machine that "
-                                  "deliberately lacks its credentials. Env: PEFTFLOW_OFFLINE_STORE=1.")
+OFFLINE_STORE = typer.Option(
+    False,
+    "--offline-store",
+    envvar="PEFTFLOW_OFFLINE_STORE",
+    help="Do not probe the run store (storage / PEFTFLOW_STORAGE): for a machine that "
+    "deliberately lacks its credentials. Env: PEFTFLOW_OFFLINE_STORE=1.",
+)
 
 
 def fail(e: BaseException) -> None:

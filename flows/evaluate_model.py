@@ -28,10 +28,8 @@ def evaluate_model(name: str, version: str = "champion", config: RunConfig = Run
     number = find_version_number(name, version)
     model_dir = download_version(f"models:/{name}/{number}")
     result = score_version(f"{name} v{number}", model_dir, config)
-    result = {"name": name, "version": number, "dataset": config.dataset, "metric": config.evaluation.metric,
-              **result}
+    result = {"name": name, "version": number, "dataset": config.dataset, "metric": config.evaluation.metric, **result}
     tag_version(name, number, f"eval.{config.dataset}"[:250], json.dumps(result))
-    create_table_artifact(key="evaluate-model", table=[result],
-                          description=f"{name} v{number} on {config.dataset}")
+    create_table_artifact(key="evaluate-model", table=[result], description=f"{name} v{number} on {config.dataset}")
     print(json.dumps(result))
     return result

@@ -14,10 +14,15 @@ def dataset_updated_event(dataset: str, dataset_dir: str | None = None, uri: str
     from prefect.events import Event
 
     payload = {"dataset": dataset, "dataset_dir": dataset_dir or "", "uri": uri or ""}
-    return Event(event=DATASET_UPDATED,
-                 resource={"prefect.resource.id": f"peftflow.dataset.{dataset}", "prefect.resource.name": dataset,
-                           "peftflow.dataset": dataset},
-                 payload=payload)
+    return Event(
+        event=DATASET_UPDATED,
+        resource={
+            "prefect.resource.id": f"peftflow.dataset.{dataset}",
+            "prefect.resource.name": dataset,
+            "peftflow.dataset": dataset,
+        },
+        payload=payload,
+    )
 
 
 def emit_dataset_updated(dataset: str, dataset_dir: str | None = None, uri: str | None = None):
@@ -48,11 +53,24 @@ def alias_set_event(name: str, version: str, alias: str, actor: str, moved_at: s
 
     from prefect.events import Event
 
-    payload = {"name": name, "version": version, "alias": alias, "actor": actor, "moved_at": moved_at,
-               "delivery_id": delivery_id}
-    return Event(event=ALIAS_SET, id=uuid.uuid5(uuid.NAMESPACE_URL, f"mlflow-webhook:{delivery_id}"),
-                 occurred=moved_at,
-                 resource={"prefect.resource.id": f"peftflow.model.{name}.{version}",
-                           "prefect.resource.name": f"{name} v{version}", "peftflow.registered-model": name,
-                           "peftflow.version": version, "peftflow.alias": alias},
-                 payload=payload)
+    payload = {
+        "name": name,
+        "version": version,
+        "alias": alias,
+        "actor": actor,
+        "moved_at": moved_at,
+        "delivery_id": delivery_id,
+    }
+    return Event(
+        event=ALIAS_SET,
+        id=uuid.uuid5(uuid.NAMESPACE_URL, f"mlflow-webhook:{delivery_id}"),
+        occurred=moved_at,
+        resource={
+            "prefect.resource.id": f"peftflow.model.{name}.{version}",
+            "prefect.resource.name": f"{name} v{version}",
+            "peftflow.registered-model": name,
+            "peftflow.version": version,
+            "peftflow.alias": alias,
+        },
+        payload=payload,
+    )

@@ -71,12 +71,17 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
         evaluation = score(config, models, trained, rival, data, run_id)
         notes += harness_lines({label: s.harness for label, s in evaluation.models.items()})
         notes += get_workflow(config).summary_notes(evaluation)
-        guard = evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
+        guard = (
+            evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
+        )
         if guard:
-            notes.append(f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
-                         f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})")
-        version, decision, current_champion = publish_and_gate(config, run_id, trained, evaluation, lineage,
-                                                               models.model.path, guard)
+            notes.append(
+                f"guard set `{config.promotion.guard_dataset}`: loss {guard[0]:.4f} (fine-tune) "
+                f"vs {guard[1]:.4f} ({'champion' if rival else 'base'})"
+            )
+        version, decision, current_champion = publish_and_gate(
+            config, run_id, trained, evaluation, lineage, models.model.path, guard
+        )
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
         raise
@@ -85,8 +90,15 @@ def finetune(config: RunConfig = demo_config()) -> FinetuneResult:
     summary = write_summary(version, evaluation, decision, current_champion, notes)
     get_run_logger().info(summary)
     promoted = decision.promote and current_champion == version.version
-    return FinetuneResult(version.name, version.version, current_champion, promoted,
-                          {k: v.summary() for k, v in evaluation.models.items()}, run_id, summary)
+    return FinetuneResult(
+        version.name,
+        version.version,
+        current_champion,
+        promoted,
+        {k: v.summary() for k, v in evaluation.models.items()},
+        run_id,
+        summary,
+    )
 
 
 def training_data(config: RunConfig, models: RunModels) -> PreparedData:

@@ -30,8 +30,15 @@ from tasks.take_reported_move import take_reported_move
 
 
 @flow(name="on-promotion", log_prints=True)
-def on_promotion(name: str, version: str, alias: str = CHAMPION, actor: str = "mlflow",
-                 moved_at: str = "", delivery_id: str = "", config: RunConfig = RunConfig()):
+def on_promotion(
+    name: str,
+    version: str,
+    alias: str = CHAMPION,
+    actor: str = "mlflow",
+    moved_at: str = "",
+    delivery_id: str = "",
+    config: RunConfig = RunConfig(),
+):
     """Record, score and guard a `champion` moved outside peftflow.
 
     Args:
@@ -66,26 +73,47 @@ def on_promotion(name: str, version: str, alias: str = CHAMPION, actor: str = "m
         roll_back_champion(name, f"guard check after a move in MLflow: {guard['verdict']}", who)
         outcome = f"rolled back to v{move.previous}"
     summary = _summary(name, version, moved_at, actor, move.previous, scores, guard, outcome)
-    create_markdown_artifact(key="on-promotion", markdown=_markdown(summary),
-                             description=f"{name} v{version} moved in MLflow")
+    create_markdown_artifact(
+        key="on-promotion", markdown=_markdown(summary), description=f"{name} v{version} moved in MLflow"
+    )
     print(json.dumps(summary))
     guard_line = f"; {guard['verdict']}" if guard else ""
     previous = f"v{move.previous}" if move.previous else "none"
-    return Completed(message=f"{move.why}; previous {previous}; held-out loss {scores['loss']}{guard_line}; "
-                             f"champion {outcome}", data=summary)
+    return Completed(
+        message=f"{move.why}; previous {previous}; held-out loss {scores['loss']}{guard_line}; champion {outcome}",
+        data=summary,
+    )
 
 
-def _summary(name: str, version: str, moved_at: str, actor: str, previous: str | None, scores: dict,
-             guard: dict | None, outcome: str) -> dict:
+def _summary(
+    name: str,
+    version: str,
+    moved_at: str,
+    actor: str,
+    previous: str | None,
+    scores: dict,
+    guard: dict | None,
+    outcome: str,
+) -> dict:
     """What the flow run returns and shows: the move, the held-out scores, the guard check, the outcome."""
-    return {"name": name, "version": version, "moved_at": moved_at, "actor": actor, "previous": previous,
-            "scores": {k: scores[k] for k in ("loss", "perplexity", "score")}, "guard": guard, "champion": outcome}
+    return {
+        "name": name,
+        "version": version,
+        "moved_at": moved_at,
+        "actor": actor,
+        "previous": previous,
+        "scores": {k: scores[k] for k in ("loss", "perplexity", "score")},
+        "guard": guard,
+        "champion": outcome,
+    }
 
 
 def _markdown(s: dict) -> str:
     guard = s["guard"]["verdict"] + ("" if s["guard"]["passed"] else " (failed)") if s["guard"] else "no guard set"
-    return (f"# {s['name']} v{s['version']}: champion {OUTSIDE_REASON}\n\n"
-            f"- moved at {s['moved_at']} by {s['actor']}; previous champion: "
-            f"{'v' + s['previous'] if s['previous'] else 'none'}\n"
-            f"- held-out: loss {s['scores']['loss']}, perplexity {s['scores']['perplexity']}, "
-            f"score {s['scores']['score']}\n- guard: {guard}\n- champion: {s['champion']}\n")
+    return (
+        f"# {s['name']} v{s['version']}: champion {OUTSIDE_REASON}\n\n"
+        f"- moved at {s['moved_at']} by {s['actor']}; previous champion: "
+        f"{'v' + s['previous'] if s['previous'] else 'none'}\n"
+        f"- held-out: loss {s['scores']['loss']}, perplexity {s['scores']['perplexity']}, "
+        f"score {s['scores']['score']}\n- guard: {guard}\n- champion: {s['champion']}\n"
+    )

@@ -41,6 +41,7 @@ def unless_output_gone(config: RunConfig, step, output: Path):
 @dataclass(frozen=True)
 class Trained:
     """The adapter and (when the method merges) the merged model, at this machine's run dir."""
+
     adapter: TrainResult
     merged: MergeResult | None
 
@@ -62,14 +63,22 @@ def train_and_merge(config: RunConfig, models: RunModels, data: PreparedData, ke
     return Trained(adapter, merged)
 
 
-def score(config: RunConfig, models: RunModels, trained: Trained, rival: ModelVersionRef | None,
-          data: PreparedData, run_id: str, score_base: bool = True) -> EvalReport:
+def score(
+    config: RunConfig,
+    models: RunModels,
+    trained: Trained,
+    rival: ModelVersionRef | None,
+    data: PreparedData,
+    run_id: str,
+    score_base: bool = True,
+) -> EvalReport:
     """evaluate-models -> `eval_report.json` (base, fine-tune, rival), or for a sweep variant
     (`score_base=False`: the sweep scores the base once) `tuned_report.json` (the fine-tune)."""
     run = RunDir.holding(trained.adapter.adapter_dir)
     report = run.eval_report if score_base else run.tuned_report
-    return unless_output_gone(config, evaluate_models, report)(config, models, trained.tuned_dir, rival, data, run_id,
-                                                               score_base=score_base)
+    return unless_output_gone(config, evaluate_models, report)(
+        config, models, trained.tuned_dir, rival, data, run_id, score_base=score_base
+    )
 
 
 def drop_checkpoints(config: RunConfig, run: RunDir) -> None:

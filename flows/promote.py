@@ -13,8 +13,13 @@ from tasks.start_tracking_run import flow_run_id
 
 
 @flow(name="promote", log_prints=True)
-def promote(name: str, reason: str, action: Literal["promote", "rollback"] = "promote",
-            version: str | None = None, actor: str | None = None) -> dict[str, str | None]:
+def promote(
+    name: str,
+    reason: str,
+    action: Literal["promote", "rollback"] = "promote",
+    version: str | None = None,
+    actor: str | None = None,
+) -> dict[str, str | None]:
     """Move `champion` by hand (no gate) or roll back to `previous`; every move is recorded on the version.
 
     Args:

@@ -39,8 +39,9 @@ def changed_fingerprints(current: dict[str, str], champion_tags: dict[str, str])
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(config: RunConfig = demo_config(), dataset: str | None = None, dataset_dir: str | None = None,
-            force: bool = False):
+def retrain(
+    config: RunConfig = demo_config(), dataset: str | None = None, dataset_dir: str | None = None, force: bool = False
+):
     """Fine-tune again only if the data, base model or config differ from the champion's.
 
     Args:
@@ -56,8 +57,11 @@ def retrain(config: RunConfig = demo_config(), dataset: str | None = None, datas
     # fingerprint, known without building them.
     data_fingerprint = get_workflow(config).data_fingerprint(config, models, data)
     champion = find_champion(config)
-    current = {"data_fingerprint": data_fingerprint, "base_model_fingerprint": models.model.fingerprint,
-               "config_fingerprint": config.fingerprint()}
+    current = {
+        "data_fingerprint": data_fingerprint,
+        "base_model_fingerprint": models.model.fingerprint,
+        "config_fingerprint": config.fingerprint(),
+    }
     if champion is None:
         print(f"{config.registry.name} has no champion yet: training")
     elif force:
@@ -65,8 +69,10 @@ def retrain(config: RunConfig = demo_config(), dataset: str | None = None, datas
     else:
         changed = changed_fingerprints(current, champion.tags)
         if not changed:
-            message = (f"Skipped: data, base model and config fingerprints match champion "
-                       f"{champion.name} v{champion.version}; nothing to retrain")
+            message = (
+                f"Skipped: data, base model and config fingerprints match champion "
+                f"{champion.name} v{champion.version}; nothing to retrain"
+            )
             print(message)
             return Completed(message=message)
         print(f"changed since champion v{champion.version}: {', '.join(changed)}: training")

@@ -28,15 +28,15 @@ from flows.outputs import Trained, unless_output_gone
 from flows.team_lock import ensure_limit, limit_name
 from flows.variant import sweep_variant
 from peftflow.config import RunConfig, demo_config
+from peftflow.data import PreparedData
 from peftflow.evaluation.report import EvalReport
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import train_key
-from peftflow.data import PreparedData
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.promotion import GateDecision
 from peftflow.run_dir import RunDir
-from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
 from peftflow.stages.workflow import RunModels
+from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
 from peftflow.sweep.ranking import Ranking, VariantResult, rank
 from peftflow.sweep.report import report_markdown, table_rows
 from tasks._policy import from_deployment
@@ -67,8 +67,12 @@ class SweepResult:
 
 
 @flow(name="sweep", task_runner=ThreadPoolTaskRunner(max_workers=MAX_THREADS))
-def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None = None,
-          variants: list[dict[str, Any]] | None = None, max_parallel: int = 1) -> SweepResult:
+def sweep(
+    config: RunConfig = demo_config(),
+    grid: dict[str, list[Any]] | None = None,
+    variants: list[dict[str, Any]] | None = None,
+    max_parallel: int = 1,
+) -> SweepResult:
     """Train every variant of `config`, compare them on the same held-out rows, publish the best.
 
     Args:
@@ -84,8 +88,10 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
         check_training_setup(variant.config, models)
     data = prepare_dataset(config, model)
     guard_data = prepare_dataset(config.guard_config(), model) if config.promotion.guard_dataset else None
-    keys = {v.name: train_key(v.config, model.fingerprint, data.fingerprint, models.extras_fingerprint)
-            for v in plan.variants}
+    keys = {
+        v.name: train_key(v.config, model.fingerprint, data.fingerprint, models.extras_fingerprint)
+        for v in plan.variants
+    }
     name = sweep_name(config, keys)
     work = config.resolved_output_dir() / name
     tags = {"prefect_flow_run_id": flow_run_id(), "peftflow.sweep.variants": json.dumps(keys)}
@@ -93,16 +99,26 @@ def sweep(config: RunConfig = demo_config(), grid: dict[str, list[Any]] | None =
     try:
         champion = find_champion(config)
         references = unless_output_gone(config, score_references, work / "references.json")(
-            config, model, champion, data, str(work / "references.json"))
+            config, model, champion, data, str(work / "references.json")
+        )
         results = run_variants(plan, keys, run_id)
         ranking = rank(results, config.promotion)
         winner = next(v for v in plan.variants if v.name == ranking.order[0].name)
-        version, decision, current_champion = publish_winner(winner, keys[winner.name], ranking, models, data,
-                                                             references, champion, guard_data, run_id)
+        version, decision, current_champion = publish_winner(
+            winner, keys[winner.name], ranking, models, data, references, champion, guard_data, run_id
+        )
         metric = config.promotion.metric
         rows = table_rows(ranking, [r for r in results if r.failed], metric, plan.swept_keys)
-        markdown = report_markdown(config.registry.name, rows, ranking, references.models, metric, decision.reason,
-                                   version.version, current_champion)
+        markdown = report_markdown(
+            config.registry.name,
+            rows,
+            ranking,
+            references.models,
+            metric,
+            decision.reason,
+            version.version,
+            current_champion,
+        )
         report = write_sweep_report(run_id, str(work), markdown, rows, results, plan.swept_keys, metric)
     except BaseException:
         finish_tracking_run(run_id, "FAILED")
@@ -120,9 +136,17 @@ def sweep_name(config: RunConfig, keys: dict[str, str]) -> str:
     return f"sweep-{hashlib.sha256(json.dumps(sorted(keys.values()) + judged).encode()).hexdigest()[:16]}"
 
 
-def publish_winner(winner: Variant, key: str, ranking: Ranking, models: RunModels, data: PreparedData,
-                   references: EvalReport, champion: ModelVersionRef | None, guard_data: PreparedData | None,
-                   run_id: str) -> tuple[ModelVersionRef, GateDecision, str | None]:
+def publish_winner(
+    winner: Variant,
+    key: str,
+    ranking: Ranking,
+    models: RunModels,
+    data: PreparedData,
+    references: EvalReport,
+    champion: ModelVersionRef | None,
+    guard_data: PreparedData | None,
+    run_id: str,
+) -> tuple[ModelVersionRef, GateDecision, str | None]:
     """The winner scored beside the references (base, champion), guarded, published and gated as
     finetune's fine-tune is; the gate's reason leads with the verdict against the runner-up."""
     config = winner.config
@@ -130,12 +154,23 @@ def publish_winner(winner: Variant, key: str, ranking: Ranking, models: RunModel
     trained = Trained(adapter, merged)
     # The champion's own training again: it has no rival but the base (as in finetune).
     rival = champion if champion and champion.tags.get("train_key") != key else None
-    evaluation = EvalReport(tuned.metric, {label: s for label, s in references.models.items()
-                                           if label == "base" or rival} | {"tuned": tuned.models["tuned"]})
+    evaluation = EvalReport(
+        tuned.metric,
+        {label: s for label, s in references.models.items() if label == "base" or rival}
+        | {"tuned": tuned.models["tuned"]},
+    )
     guard = evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
     lineage = run_lineage(config, models, data, key, flow_run_id())
-    return publish_and_gate(config, ranking.order[0].run_id, trained, evaluation, lineage, models.model.path, guard,
-                            (ranking.decided, ranking.verdict))
+    return publish_and_gate(
+        config,
+        ranking.order[0].run_id,
+        trained,
+        evaluation,
+        lineage,
+        models.model.path,
+        guard,
+        (ranking.decided, ranking.verdict),
+    )
 
 
 def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> list[VariantResult]:
@@ -144,22 +179,34 @@ def run_variants(plan: SweepPlan, keys: dict[str, str], sweep_run_id: str) -> li
     limit = limit_name(plan.base.registry.name, kind="sweep")
     ensure_limit(limit, plan.max_parallel)
     on_pool = from_deployment()
-    futures = [run_variant.with_options(task_run_name=f"variant {v.name}").submit(v, sweep_run_id, limit, on_pool)
-               for v in plan.variants]
+    futures = [
+        run_variant.with_options(task_run_name=f"variant {v.name}").submit(v, sweep_run_id, limit, on_pool)
+        for v in plan.variants
+    ]
     results = []
     for variant, future in zip(plan.variants, futures):
         state = future.wait() or future.state
         swept = {k: getattr(variant.config, k) for k in plan.swept_keys}
         if not state.is_completed():
             get_run_logger().warning("variant %s failed: %s", variant.name, state.message)
-            results.append(VariantResult(variant.name, swept, keys[variant.name], "", failed=state.message or state.name))
+            results.append(
+                VariantResult(variant.name, swept, keys[variant.name], "", failed=state.message or state.name)
+            )
             continue
         run = RunDir.of(variant.config, keys[variant.name])
         run_id, adapter, merged, tuned = collect_variant(variant.config, str(run.path))
         # A merge past its tolerance would fail the gate: such a variant cannot win.
-        failed = "" if not merged or merged.passed else (f"merge fidelity check failed (max |logit diff| "
-                                                         f"{merged.max_abs_logit_diff:.3g} > {merged.tolerance:.3g})")
-        results.append(VariantResult(variant.name, swept, keys[variant.name], run_id, adapter, tuned.models["tuned"], failed))
+        failed = (
+            ""
+            if not merged or merged.passed
+            else (
+                f"merge fidelity check failed (max |logit diff| "
+                f"{merged.max_abs_logit_diff:.3g} > {merged.tolerance:.3g})"
+            )
+        )
+        results.append(
+            VariantResult(variant.name, swept, keys[variant.name], run_id, adapter, tuned.models["tuned"], failed)
+        )
     return results
 
 
@@ -178,9 +225,17 @@ def run_variant(variant: Variant, sweep_run_id: str, limit: str, on_pool: bool) 
         from prefect.deployments import run_deployment
 
         name = os.environ.get("PEFTFLOW_SWEEP_VARIANT_DEPLOYMENT", "sweep-variant/sweep-variant")
-        run = run_deployment(name, flow_run_name=variant.name, as_subflow=True,
-                             parameters={"config": variant.config.model_dump(mode="json"), "variant": variant.name,
-                                         "sweep_run_id": sweep_run_id})
+        run = run_deployment(
+            name,
+            flow_run_name=variant.name,
+            as_subflow=True,
+            parameters={
+                "config": variant.config.model_dump(mode="json"),
+                "variant": variant.name,
+                "sweep_run_id": sweep_run_id,
+            },
+        )
     if not run.state.is_completed():
-        raise RuntimeError(f"variant {variant.name}: flow run {run.id} of {name} ended {run.state.name}: {run.state.message}")
-
+        raise RuntimeError(
+            f"variant {variant.name}: flow run {run.id} of {name} ended {run.state.name}: {run.state.message}"
+        )

@@ -12,8 +12,8 @@ from typing import Iterator
 
 # Read by the libraries when they are imported, and inherited by torchrun's training processes.
 _QUIET_ENV = {
-    "TRANSFORMERS_VERBOSITY": "error",         # transformers' logger: deprecation and load-report warnings
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",       # transformers' tqdm bars ("Loading weights", shard writes)
+    "TRANSFORMERS_VERBOSITY": "error",  # transformers' logger: deprecation and load-report warnings
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' tqdm bars ("Loading weights", shard writes)
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' "Saving the dataset" bars
     # Any other tqdm bar (read when tqdm is imported): transformers' "Converting and de-quantizing GGUF
     # tensors", lm-eval's "Building contexts"; lm-eval's request bars follow it too (evaluation/harness.py).
@@ -109,9 +109,15 @@ def training_bar(verbose: bool) -> Iterator[None]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.theme import Theme
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[loss]}"), TextColumn("eta"), TimeRemainingColumn(),
-                        console=console.console)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console.console,
+    )
     bar, train_log = _Bar(progress), logging.getLogger("peftflow.train")
     console.addFilter(_not_a_step)
     train_log.addHandler(bar)

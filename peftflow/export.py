@@ -25,19 +25,43 @@ from typing import Any
 from peftflow.config.v1 import EXPORT_KEYS, LORA_KEYS, is_v1
 from peftflow.errors import UserError
 
-V0_KEYS = ("model_name_or_path", "adapter_name_or_path", "template", "trust_remote_code", "finetuning_type",
-           "export_dir", "export_size", "export_device", "export_legacy_format", "infer_dtype",
-           "quantization_bit", "quantization_method", "export_quantization_bit", "export_quantization_dataset",
-           "export_hub_model_id", "merge_tolerance", "default_system")
-V1_KEYS = ("model", "model_class", "template", "trust_remote_code", "peft_config", "quant_config", "kernel_config",
-           "dist_config", "merge_tolerance")
+V0_KEYS = (
+    "model_name_or_path",
+    "adapter_name_or_path",
+    "template",
+    "trust_remote_code",
+    "finetuning_type",
+    "export_dir",
+    "export_size",
+    "export_device",
+    "export_legacy_format",
+    "infer_dtype",
+    "quantization_bit",
+    "quantization_method",
+    "export_quantization_bit",
+    "export_quantization_dataset",
+    "export_hub_model_id",
+    "merge_tolerance",
+    "default_system",
+)
+V1_KEYS = (
+    "model",
+    "model_class",
+    "template",
+    "trust_remote_code",
+    "peft_config",
+    "quant_config",
+    "kernel_config",
+    "dist_config",
+    "merge_tolerance",
+)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    model: str                  # model reference (builtin:, local dir, hub id, models:/)
-    adapter: str | None         # local dir or models:/ adapter version
+    model: str  # model reference (builtin:, local dir, hub id, models:/)
+    adapter: str | None  # local dir or models:/ adapter version
     export_dir: str
     export_size_gb: float = 5.0
     template: str | None = None
@@ -51,8 +75,8 @@ class ExportSpec:
 class ExportResult:
     export_dir: str
     shards: int
-    merged: bool                          # an adapter was merged in
-    max_abs_logit_diff: float | None      # merge vs adapter model, when merged
+    merged: bool  # an adapter was merged in
+    max_abs_logit_diff: float | None  # merge vs adapter model, when merged
     dtype: str
 
 
@@ -67,7 +91,9 @@ def _unknown(raw: dict, known: tuple[str, ...], source: str, prefix: str = "") -
     for key in raw:
         if key not in known:
             match = difflib.get_close_matches(key, known, n=1)
-            raise UserError(f"{source}: unknown key '{prefix}{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+            raise UserError(
+                f"{source}: unknown key '{prefix}{key}'" + (f" (did you mean '{match[0]}'?)" if match else "")
+            )
 
 
 def _common_refusals(raw: dict, source: str) -> None:
@@ -76,7 +102,9 @@ def _common_refusals(raw: dict, source: str) -> None:
     if raw.get("export_legacy_format"):
         raise UserError(f"{source}: export_legacy_format: true writes pickle weights; peftflow writes safetensors only")
     if raw.get("export_hub_model_id"):
-        raise UserError(f"{source}: export_hub_model_id: the hub is not reachable; export to export_dir and upload it yourself")
+        raise UserError(
+            f"{source}: export_hub_model_id: the hub is not reachable; export to export_dir and upload it yourself"
+        )
     if raw.get("infer_dtype", "auto") not in DTYPES:
         raise UserError(f"{source}: infer_dtype: {raw['infer_dtype']!r} is not one of {', '.join(DTYPES)}")
     size = raw.get("export_size", 5)
@@ -87,8 +115,10 @@ def _common_refusals(raw: dict, source: str) -> None:
 def _v0_spec(raw: dict, source: str) -> ExportSpec:
     _unknown(raw, V0_KEYS, source)
     if raw.get("quantization_bit"):
-        raise UserError(f"{source}: quantization_bit: never merge an adapter into a quantized model (LLaMA-Factory's "
-                        "examples warn the same); drop quantization_bit, the merge goes into the unquantized base")
+        raise UserError(
+            f"{source}: quantization_bit: never merge an adapter into a quantized model (LLaMA-Factory's "
+            "examples warn the same); drop quantization_bit, the merge goes into the unquantized base"
+        )
     _common_refusals(raw, source)
     return _spec(raw, raw.get("model_name_or_path"), raw.get("adapter_name_or_path"), raw, "v0", source)
 
@@ -96,8 +126,10 @@ def _v0_spec(raw: dict, source: str) -> ExportSpec:
 def _v1_spec(raw: dict, source: str) -> ExportSpec:
     _unknown(raw, V1_KEYS, source)
     if raw.get("quant_config"):
-        raise UserError(f"{source}: quant_config: never merge an adapter into a quantized model; drop quant_config, "
-                        "the merge goes into the unquantized base")
+        raise UserError(
+            f"{source}: quant_config: never merge an adapter into a quantized model; drop quant_config, "
+            "the merge goes into the unquantized base"
+        )
     peft = raw.get("peft_config") or {}
     if not isinstance(peft, dict) or peft.get("name") != "lora":
         raise UserError(f"{source}: peft_config must have name: lora (LLaMA-Factory v1 merges LoRA adapters only)")
@@ -114,9 +146,17 @@ def _spec(export: dict, model: Any, adapter: Any, raw: dict, schema: str, source
         raise UserError(f"{source}: adapter_name_or_path: peftflow merges one adapter per export")
     if not export.get("export_dir"):
         raise UserError(f"{source}: export_dir is missing")
-    return ExportSpec(model, adapter, str(export["export_dir"]), float(export.get("export_size", 5)), raw.get("template"),
-                      bool(raw.get("trust_remote_code", False)), export.get("infer_dtype", "auto"),
-                      float(raw.get("merge_tolerance", 1e-3)), schema)
+    return ExportSpec(
+        model,
+        adapter,
+        str(export["export_dir"]),
+        float(export.get("export_size", 5)),
+        raw.get("template"),
+        bool(raw.get("trust_remote_code", False)),
+        export.get("infer_dtype", "auto"),
+        float(raw.get("merge_tolerance", 1e-3)),
+        schema,
+    )
 
 
 def run_export(spec: ExportSpec, registered: str | None = None) -> ExportResult:
@@ -131,8 +171,9 @@ def run_export(spec: ExportSpec, registered: str | None = None) -> ExportResult:
         if adapter is not None:
             merged, diff = _merge(base, adapter, tmp / "merged", spec)
         dtype = _write_model(merged, tmp / "export", spec)
-        _write_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base,
-                         tmp / "export", spec)
+        _write_tokenizer(
+            adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base, tmp / "export", spec
+        )
         shutil.rmtree(target, ignore_errors=True)
         (tmp / "export").replace(target)
     finally:
@@ -153,8 +194,11 @@ def _inputs(spec: ExportSpec, registered: str | None) -> tuple[str, str | None]:
     base = resolve_model(spec.model, key="model" if spec.schema == "v1" else "model_name_or_path").path
     if spec.adapter is None:
         return base, None
-    adapter = (_download(spec.adapter, "adapter_name_or_path") if spec.adapter.startswith("models:/")
-               else str(Path(spec.adapter).expanduser()))
+    adapter = (
+        _download(spec.adapter, "adapter_name_or_path")
+        if spec.adapter.startswith("models:/")
+        else str(Path(spec.adapter).expanduser())
+    )
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise UserError(f"adapter_name_or_path: {spec.adapter}: not an adapter (no adapter_config.json)")
     return base, adapter
@@ -174,8 +218,10 @@ def _recorded_base(adapter: str, uri: str) -> str:
 
     base = PeftConfig.from_pretrained(adapter).base_model_name_or_path
     if not base or not Path(base).is_dir():
-        raise UserError(f"--model {uri} is an adapter version whose base {base!r} is not on this machine; "
-                        "export with the config's model_name_or_path and adapter_name_or_path instead")
+        raise UserError(
+            f"--model {uri} is an adapter version whose base {base!r} is not on this machine; "
+            "export with the config's model_name_or_path and adapter_name_or_path instead"
+        )
     return base
 
 
@@ -198,14 +244,21 @@ def _write_model(model_dir: str, out: Path, spec: ExportSpec) -> str:
     from peftflow.models import vision
 
     if vision.is_vision_language(model_dir):
-        raise UserError(f"{model_dir}: export of vision-language models is not supported; the flow publishes them merged")
+        raise UserError(
+            f"{model_dir}: export of vision-language models is not supported; the flow publishes them merged"
+        )
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.trust_remote_code)
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-    dtype = getattr(torch, spec.infer_dtype) if spec.infer_dtype != "auto" else (
-        getattr(torch, stored) if isinstance(stored, str) else stored)
+    dtype = (
+        getattr(torch, spec.infer_dtype)
+        if spec.infer_dtype != "auto"
+        else (getattr(torch, stored) if isinstance(stored, str) else stored)
+    )
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=spec.trust_remote_code)
     model.save_pretrained(out, max_shard_size=int(spec.export_size_gb * 10**9))
-    generation = model.generation_config if model.generation_config is not None else GenerationConfig.from_model_config(config)
+    generation = (
+        model.generation_config if model.generation_config is not None else GenerationConfig.from_model_config(config)
+    )
     generation.save_pretrained(out)
     return str(dtype).removeprefix("torch.")
 

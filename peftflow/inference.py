@@ -15,8 +15,9 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
     with `image` (a file path), a vision-language model answers about that image."""
     if image is not None:
         local = Path(model).expanduser()
-        return generate_image_reply(str(local) if local.is_dir() else download_model_dir(model), prompt, image,
-                                    max_new_tokens)
+        return generate_image_reply(
+            str(local) if local.is_dir() else download_model_dir(model), prompt, image, max_new_tokens
+        )
     if Path(model).expanduser().is_dir():
         from transformers import pipeline
 
@@ -26,10 +27,15 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
     chat = bool(pipe.tokenizer.chat_template)
     messages = [{"role": "user", "content": prompt}]
     if is_prompt_learning(pipe.model):  # peft's generate() is wrong for these: evaluation's decoding is not
-        ids = (pipe.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False) if chat
-               else pipe.tokenizer(prompt)["input_ids"])
+        ids = (
+            pipe.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+            if chat
+            else pipe.tokenizer(prompt)["input_ids"]
+        )
         eos = pipe.model.generation_config.eos_token_id
-        return generate(pipe.model, pipe.tokenizer, [list(ids)], max_new_tokens, 1, eos if isinstance(eos, list) else [eos])[0]
+        return generate(
+            pipe.model, pipe.tokenizer, [list(ids)], max_new_tokens, 1, eos if isinstance(eos, list) else [eos]
+        )[0]
     options = dict(max_new_tokens=max_new_tokens, do_sample=False)
     if chat:
         out = pipe(messages, **options)
@@ -51,7 +57,16 @@ def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens
     if not Path(image).is_file():
         raise UserError(f"--image {image}: file not found")
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)  # peftflow's own published models
-    model = vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(Path(image).resolve())}},
-                                             {"type": "text", "text": prompt}]}]
+    model = (
+        vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
+    )
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": str(Path(image).resolve())}},
+                {"type": "text", "text": prompt},
+            ],
+        }
+    ]
     return greedy_reply(model, processor, messages, max_new_tokens)[0]

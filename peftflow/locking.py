@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-LOCK_TIMEOUT_S = 300   # how long a move waits for the lock before it fails
+LOCK_TIMEOUT_S = 300  # how long a move waits for the lock before it fails
 
 # registered model -> a context manager held around the move, or None.
 TeamLock = Callable[[str], "AbstractContextManager | None"]

@@ -68,8 +68,9 @@ def _chunk_ce(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def supervised_ce(model, batch: dict[str, torch.Tensor], num_items_in_batch=None,
-                  chunk_positions: int = CHUNK_POSITIONS) -> torch.Tensor:
+def supervised_ce(
+    model, batch: dict[str, torch.Tensor], num_items_in_batch=None, chunk_positions: int = CHUNK_POSITIONS
+) -> torch.Tensor:
     """The stock causal-LM loss of `batch` (input_ids, attention_mask, labels[, position_ids])."""
     decoder, head = decoder_and_head(model)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if batch.get(k) is not None}
@@ -83,23 +84,26 @@ def supervised_ce(model, batch: dict[str, torch.Tensor], num_items_in_batch=None
         return total / max(targets.numel(), 1)
     return total / torch.as_tensor(num_items_in_batch, device=total.device)
 
+
 # --- logit distillation ------------------------------------------------------------------------
 # loss = kd_ratio * T^2 * KL(teacher || student, at temperature T) + (1 - kd_ratio) * CE, over the
 # supervised positions in chunks; each chunk's logits are recomputed in the backward pass.
+
 
 @dataclass(frozen=True)
 class KDSettings:
     temperature: float = 2.0
     kd_ratio: float = 0.5
     direction: str = "forward"  # forward: KL(teacher || student); reverse: KL(student || teacher)
-    chunk_size: int = 256       # supervised positions per chunk
+    chunk_size: int = 256  # supervised positions per chunk
 
 
 @dataclass
 class TeacherTopK:
     """Cached teacher logits for N supervised positions: the k largest values and their token ids.
     Exact for k = vocab; for k < vocab the teacher distribution is renormalised over its top k."""
-    values: torch.Tensor   # [N, k] float
+
+    values: torch.Tensor  # [N, k] float
     indices: torch.Tensor  # [N, k] long
 
 
@@ -123,9 +127,15 @@ def _chunk_losses(s_hidden, s_weight, teacher_part, targets, settings: KDSetting
     return kl, ce
 
 
-def kd_loss(s_hidden: torch.Tensor, s_weight: torch.Tensor, targets: torch.Tensor, settings: KDSettings,
-            teacher_logits_fn=None, teacher_topk: TeacherTopK | None = None,
-            num_items_in_batch=None) -> dict[str, torch.Tensor]:
+def kd_loss(
+    s_hidden: torch.Tensor,
+    s_weight: torch.Tensor,
+    targets: torch.Tensor,
+    settings: KDSettings,
+    teacher_logits_fn=None,
+    teacher_topk: TeacherTopK | None = None,
+    num_items_in_batch=None,
+) -> dict[str, torch.Tensor]:
     """Distillation loss over N supervised positions, computed in chunks.
 
     s_hidden: student final hidden states [N, H]; s_weight: student output embedding [V, H].
@@ -150,9 +160,17 @@ def kd_loss(s_hidden: torch.Tensor, s_weight: torch.Tensor, targets: torch.Tenso
                 part = teacher_logits_fn(start, end)
         else:
             part = (teacher_topk.values[start:end], teacher_topk.indices[start:end])
-        kl, ce = checkpoint(_chunk_losses, s_hidden[start:end], s_weight, part, targets[start:end], settings,
-                            full_vocab, use_reentrant=False)
+        kl, ce = checkpoint(
+            _chunk_losses,
+            s_hidden[start:end],
+            s_weight,
+            part,
+            targets[start:end],
+            settings,
+            full_vocab,
+            use_reentrant=False,
+        )
         kl_sum, ce_sum = kl_sum + kl, ce_sum + ce
-    total = settings.kd_ratio * settings.temperature ** 2 * kl_sum + (1 - settings.kd_ratio) * ce_sum
+    total = settings.kd_ratio * settings.temperature**2 * kl_sum + (1 - settings.kd_ratio) * ce_sum
     divisor = n if num_items_in_batch is None else torch.as_tensor(num_items_in_batch, device=total.device)
     return {"loss": total / divisor, "kl": (kl_sum / n).detach(), "ce": (ce_sum / n).detach()}

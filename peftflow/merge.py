@@ -39,7 +39,7 @@ log = logging.getLogger("peftflow.merge")
 @dataclass(frozen=True)
 class MergeResult:
     merged_dir: str
-    max_abs_logit_diff: float      # merged vs adapter on the unquantised base: exact up to float error
+    max_abs_logit_diff: float  # merged vs adapter on the unquantised base: exact up to float error
     tolerance: float
     passed: bool
     # QLoRA: merged vs the model as trained (adapter on the 4/8-bit base). They differ by the base's
@@ -73,26 +73,38 @@ def _ship_full_checkpoint(trained: Path, out_dir: Path, tolerance: float) -> Mer
     return result
 
 
-def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: float, train_cfg=None,
-          trust_remote_code: bool = False) -> MergeResult:
+def merge(
+    base_path: str,
+    adapter_dir: str,
+    out_dir: str | Path,
+    tolerance: float,
+    train_cfg=None,
+    trust_remote_code: bool = False,
+) -> MergeResult:
     """`train_cfg` with quantization_bit set: also compare with the adapter on the quantised base."""
     out_dir = Path(out_dir)
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         return _ship_full_checkpoint(Path(adapter_dir), out_dir, tolerance)
     # A vision-language model: its processor (tokenizer + image processor), and a probe with images.
     is_vlm = vision.is_vision_language(base_path)
-    tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+    tokenizer = (AutoProcessor if is_vlm else AutoTokenizer).from_pretrained(
+        adapter_dir, trust_remote_code=trust_remote_code
+    )
     batch = image_probe_batch(tokenizer) if is_vlm else probe_batch(tokenizer)
     mask = batch["attention_mask"].bool()
     log.info("merging the adapter into its base: %s", out_dir)
     if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
     tokenizer.save_pretrained(out_dir)
-    _stop_at_end_of_turn(out_dir, getattr(tokenizer, "tokenizer", tokenizer), train_cfg.template if train_cfg else "default")
+    _stop_at_end_of_turn(
+        out_dir, getattr(tokenizer, "tokenizer", tokenizer), train_cfg.template if train_cfg else "default"
+    )
     # One model in memory at a time: the adapter on the fp32 base, then the merged checkpoint.
     before = _logits(_adapter_model(base_path, adapter_dir, trust_remote_code), batch)[mask]
-    after = _logits(vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32,
-                                                         trust_remote_code=trust_remote_code), batch)[mask]
+    after = _logits(
+        vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32, trust_remote_code=trust_remote_code),
+        batch,
+    )[mask]
     diff = float((before - after).abs().max())
     log.info("merge check: max |logit diff| vs the adapter %.1e (tolerance %.0e)", diff, tolerance)
     qdiff = agreement = qtolerance = None
@@ -108,12 +120,15 @@ def merge(base_path: str, adapter_dir: str, out_dir: str | Path, tolerance: floa
     result = MergeResult(str(out_dir), diff, tolerance, passed, qdiff, agreement)
     (out_dir / "merge_fidelity.json").write_text(json.dumps(asdict(result), indent=1))
     if diff > tolerance:
-        raise MergeFidelityError(f"merged model differs from the adapter model by {diff:.2e} > merge_tolerance {tolerance:.0e}")
+        raise MergeFidelityError(
+            f"merged model differs from the adapter model by {diff:.2e} > merge_tolerance {tolerance:.0e}"
+        )
     if qtolerance is not None and qdiff > qtolerance:
         raise MergeFidelityError(
             f"merged model differs from the {train_cfg.quantization_bit}-bit training model by {qdiff:.2e} > "
             f"quantized_merge_tolerance {qtolerance:.0e} (the base's quantisation error; next-token agreement "
-            f"{agreement:.0%})")
+            f"{agreement:.0%})"
+        )
     return result
 
 
@@ -144,7 +159,9 @@ def _stop_at_end_of_turn(out_dir: Path, tokenizer, template: str) -> None:
 
 def _adapter_model(base_path: str, adapter_dir: str, trust_remote_code: bool):
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = vision.model_class(base_path).from_pretrained(base_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = vision.model_class(base_path).from_pretrained(
+        base_path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return PeftModel.from_pretrained(base, adapter_dir).eval()
 
 
@@ -159,12 +176,19 @@ def _lora_deltas(base_path: str, adapter_dir: str, trust_remote_code: bool) -> d
     from accelerate import init_empty_weights
 
     adapter = PeftConfig.from_pretrained(adapter_dir)
-    if (adapter.peft_type != "LORA" or adapter.use_dora or adapter.modules_to_save or getattr(adapter, "lora_bias", False)
-            or getattr(adapter, "target_parameters", None)):
+    if (
+        adapter.peft_type != "LORA"
+        or adapter.use_dora
+        or adapter.modules_to_save
+        or getattr(adapter, "lora_bias", False)
+        or getattr(adapter, "target_parameters", None)
+    ):
         return None
     with init_empty_weights():
         skeleton = AutoModelForCausalLM.from_config(
-            AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code), trust_remote_code=trust_remote_code)
+            AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code),
+            trust_remote_code=trust_remote_code,
+        )
     model = get_peft_model(skeleton, adapter, low_cpu_mem_usage=True)  # structure and scaling, meta weights
     prefix = "base_model.model."
     layers = {name: m for name, m in model.named_modules() if hasattr(m, "lora_A")}

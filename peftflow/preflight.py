@@ -30,6 +30,7 @@ from peftflow.store import open_store
 @dataclass
 class Preflight:
     """What the checks found on the way: the models the run uses, its prepared data and their report."""
+
     cfg: RunConfig
     offline_store: bool = False  # --offline-store: the run store is not probed (a laptop without its credentials)
     models: RunModels | None = None
@@ -74,7 +75,16 @@ def _guard_data(p: Preflight) -> None:
         prepare_dataset(p.cfg.guard_config(), p.models.model.path)
 
 
-CHECKS = (_run_store, _registered_model_name, _models, _training_setup, _guard_names, _stage_inputs, _training_data, _guard_data)
+CHECKS = (
+    _run_store,
+    _registered_model_name,
+    _models,
+    _training_setup,
+    _guard_names,
+    _stage_inputs,
+    _training_data,
+    _guard_data,
+)
 
 
 def preflight(cfg: RunConfig, offline_store: bool = False) -> Preflight:
@@ -93,8 +103,10 @@ def check_training_setup(cfg: RunConfig, model_path: str) -> None:
     _check_serving_extras(cfg, model_path)
     skeleton = _skeleton(cfg, model_path)
     if cfg.gradient_checkpointing is True and not skeleton.supports_gradient_checkpointing:
-        raise UserError(f"gradient_checkpointing: true, but the model at {model_path} ({type(skeleton).__name__}) "
-                        "does not support it; set it to auto or false")
+        raise UserError(
+            f"gradient_checkpointing: true, but the model at {model_path} ({type(skeleton).__name__}) "
+            "does not support it; set it to auto or false"
+        )
     if get_method(cfg).traits.family in ("lora", "ia3"):  # the methods that name modules to adapt
         _check_modules("lora_target", cfg.lora_target, skeleton, model_path)
     _check_modules("additional_target", cfg.additional_target, skeleton, model_path)
@@ -106,7 +118,10 @@ def _check_schedule_and_optimizer(cfg: RunConfig) -> None:
 
     schedulers = [s.value for s in SchedulerType]
     if cfg.lr_scheduler_type not in schedulers:
-        raise UserError(f"lr_scheduler_type: unknown scheduler '{cfg.lr_scheduler_type}'{_nearest(cfg.lr_scheduler_type, schedulers)}")
+        raise UserError(
+            "lr_scheduler_type: unknown scheduler "
+            f"'{cfg.lr_scheduler_type}'{_nearest(cfg.lr_scheduler_type, schedulers)}"
+        )
     optimizers = [o.value for o in OptimizerNames]
     if cfg.optim not in optimizers:
         raise UserError(f"optim: unknown optimizer '{cfg.optim}'{_nearest(cfg.optim, optimizers)}")
@@ -129,8 +144,10 @@ def _check_serving_extras(cfg: RunConfig, model_path: str) -> None:
 
         gguf.check_converter("registry.gguf_outtype")
         if vision.is_vision_language(model_path):
-            raise UserError(f"registry.gguf_outtype: the model at {model_path} is vision-language; "
-                            "peftflow exports text models to GGUF only")
+            raise UserError(
+                f"registry.gguf_outtype: the model at {model_path} is vision-language; "
+                "peftflow exports text models to GGUF only"
+            )
 
 
 def _skeleton(cfg: RunConfig, model_path: str):
@@ -156,8 +173,10 @@ def _check_modules(key: str, targets, model, model_path: str) -> None:
     missing = [t for t in targets if t not in names and not any(p == t or p.endswith(f".{t}") for p in paths)]
     if missing:
         linear = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
-        raise UserError(f"{key}: the model at {model_path} has no module named {', '.join(missing)} "
-                        f"(its linear layers: {', '.join(linear)})")
+        raise UserError(
+            f"{key}: the model at {model_path} has no module named {', '.join(missing)} "
+            f"(its linear layers: {', '.join(linear)})"
+        )
 
 
 def _nearest(value: str, choices: list[str]) -> str:

@@ -53,8 +53,15 @@ def _ask_registry_server(name: str, key: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/registered-models/get", "GET",
-                                max_retries=0, timeout=SERVER_TIMEOUT_S, raise_on_status=False, params={"name": name})
+        response = http_request(
+            get_default_host_creds(uri),
+            "/api/2.0/mlflow/registered-models/get",
+            "GET",
+            max_retries=0,
+            timeout=SERVER_TIMEOUT_S,
+            raise_on_status=False,
+            params={"name": name},
+        )
     except (MlflowException, requests.exceptions.RequestException, OSError):  # MLflow wraps a refused connection
         return
     if response.status_code == 400:
@@ -63,8 +70,10 @@ def _ask_registry_server(name: str, key: str) -> None:
         except ValueError:
             return
         if answer.get("error_code") == "INVALID_PARAMETER_VALUE":
-            raise UserError(f"{key}: {name!r}: the MLflow registry at {uri} refuses this registered-model name: "
-                            f"{answer.get('message', '')}")
+            raise UserError(
+                f"{key}: {name!r}: the MLflow registry at {uri} refuses this registered-model name: "
+                f"{answer.get('message', '')}"
+            )
 
 
 def build_optimizer_and_schedule(cfg) -> None:
@@ -77,9 +86,16 @@ def build_optimizer_and_schedule(cfg) -> None:
     steps = cfg.max_steps if cfg.max_steps > 0 else 100
     with tempfile.TemporaryDirectory() as out:
         try:
-            args = TrainingArguments(output_dir=out, lr_scheduler_type=cfg.lr_scheduler_type, optim=cfg.optim,
-                                     learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                     warmup_steps=cfg.warmup_steps or cfg.warmup_ratio, use_cpu=True, report_to=[])
+            args = TrainingArguments(
+                output_dir=out,
+                lr_scheduler_type=cfg.lr_scheduler_type,
+                optim=cfg.optim,
+                learning_rate=cfg.learning_rate,
+                weight_decay=cfg.weight_decay,
+                warmup_steps=cfg.warmup_steps or cfg.warmup_ratio,
+                use_cpu=True,
+                report_to=[],
+            )
         except (ValueError, TypeError, ImportError) as e:
             raise UserError(_refusal(cfg, e)) from None
     dummy = torch.nn.Linear(1, 1, bias=False)
@@ -89,19 +105,28 @@ def build_optimizer_and_schedule(cfg) -> None:
     except (ValueError, TypeError, ImportError, RuntimeError) as e:
         raise UserError(f"optim: {cfg.optim} cannot be built here: {_first_line(e)}") from None
     try:
-        get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
-                      num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        get_scheduler(
+            cfg.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(steps),
+            num_training_steps=steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
     except (ValueError, TypeError) as e:
-        raise UserError(f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {_first_line(e)}; "
-                        "peftflow passes it no lr_scheduler_kwargs or eval strategy, choose another schedule") from None
+        raise UserError(
+            f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {_first_line(e)}; "
+            "peftflow passes it no lr_scheduler_kwargs or eval strategy, choose another schedule"
+        ) from None
 
 
 def _refusal(cfg, e: Exception) -> str:
     """TrainingArguments refuses a schedule or optimizer by name in its message."""
     text = _first_line(e)
     if "scheduler" in text or cfg.lr_scheduler_type in text:
-        return (f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {text}; peftflow passes it no "
-                "lr_scheduler_kwargs or eval strategy, choose another schedule")
+        return (
+            f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {text}; peftflow passes it no "
+            "lr_scheduler_kwargs or eval strategy, choose another schedule"
+        )
     return f"optim: {cfg.optim} cannot be built here: {text}"
 
 
@@ -144,16 +169,20 @@ def probe_run_store(configured: str | None, offline: bool = False) -> None:
         step = "remove"
         fs.rm_file(probe)
     except Exception as e:  # noqa: BLE001 - any failure of the store is named; the class says what to fix
-        raise UserError(f"{source}: {url}: {step} failed: {_store_failure(e)} (pass --offline-store or set "
-                        f"{OFFLINE_STORE_ENV}=1 to skip this check on a machine without the store's credentials)") from None
+        raise UserError(
+            f"{source}: {url}: {step} failed: {_store_failure(e)} (pass --offline-store or set "
+            f"{OFFLINE_STORE_ENV}=1 to skip this check on a machine without the store's credentials)"
+        ) from None
 
 
 def _quick_failure(url: str) -> dict:
     """A new filesystem, not fsspec's cached one, so the credentials and endpoint are today's; on S3
     one attempt (botocore retries a refused connection with back-off)."""
     if url.startswith(("s3://", "s3a://")):
-        return {"skip_instance_cache": True,
-                "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 10}}
+        return {
+            "skip_instance_cache": True,
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 5, "read_timeout": 10},
+        }
     return {"skip_instance_cache": True}
 
 
@@ -162,13 +191,32 @@ def _store_failure(e: BaseException) -> str:
     name, text = type(e).__name__, _first_line(e)
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
         return f"no credentials found ({text}); set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
-    if any(code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                                     "Access Key Id you provided", "signature we calculated")):
+    if any(
+        code in text
+        for code in (
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+            "Access Key Id you provided",
+            "signature we calculated",
+        )
+    ):
         return f"credentials refused ({text})"
     if "NoSuchBucket" in text or "bucket does not exist" in text:
         return f"bucket not found ({text})"
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionRefusedError",
-                "ConnectionError", "ReadTimeoutError", "gaierror") or "Could not connect" in text:
+    if (
+        name
+        in (
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ClientConnectorError",
+            "ConnectionRefusedError",
+            "ConnectionError",
+            "ReadTimeoutError",
+            "gaierror",
+        )
+        or "Could not connect" in text
+    ):
         return f"endpoint unreachable ({text})"
     if isinstance(e, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return f"permission denied ({text})"

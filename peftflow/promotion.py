@@ -16,21 +16,24 @@ from peftflow.mlflow_io.aliases import move_champion
 @dataclass(frozen=True)
 class GateDecision:
     promote: bool
-    reason: str            # one human line
+    reason: str  # one human line
     candidate: float
     incumbent: float | None
-    incumbent_label: str   # "champion v3" or "base model"
+    incumbent_label: str  # "champion v3" or "base model"
 
 
-def paired_bootstrap(candidate: list[float], incumbent: list[float], samples: int, confidence: float,
-                     seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    candidate: list[float], incumbent: list[float], samples: int, confidence: float, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean paired difference (candidate - incumbent) and its bootstrap confidence interval.
 
     `candidate[i]` and `incumbent[i]` score the same example. Resamples examples with replacement
     `samples` times; returns (mean, lower, upper) of the percentile interval at `confidence`.
     """
     if len(candidate) != len(incumbent) or not candidate:
-        raise ValueError(f"paired bootstrap needs two equal, non-empty score lists (got {len(candidate)} and {len(incumbent)})")
+        raise ValueError(
+            f"paired bootstrap needs two equal, non-empty score lists (got {len(candidate)} and {len(incumbent)})"
+        )
     diffs = np.asarray(candidate, dtype=float) - np.asarray(incumbent, dtype=float)
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(samples, len(diffs)))].mean(axis=1)
@@ -38,11 +41,21 @@ def paired_bootstrap(candidate: list[float], incumbent: list[float], samples: in
     return float(diffs.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
 
-def decide_promotion(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
-                     min_improvement: float, higher_is_better: bool = True, *,
-                     paired: tuple[list[float], list[float]] | None = None, bootstrap_samples: int = 0,
-                     confidence: float = 0.95, merge_passed: bool = True,
-                     guard: tuple[float, float] | None = None, guard_tolerance: float = 0.0) -> GateDecision:
+def decide_promotion(
+    metric: str,
+    candidate: float,
+    incumbent: float | None,
+    incumbent_label: str,
+    min_improvement: float,
+    higher_is_better: bool = True,
+    *,
+    paired: tuple[list[float], list[float]] | None = None,
+    bootstrap_samples: int = 0,
+    confidence: float = 0.95,
+    merge_passed: bool = True,
+    guard: tuple[float, float] | None = None,
+    guard_tolerance: float = 0.0,
+) -> GateDecision:
     """Promote when the candidate beats the incumbent by at least `min_improvement`.
 
     With a margin >= 0 a tie never promotes (the champion stays put). A NaN candidate never promotes; a missing or
@@ -56,6 +69,7 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
     - `guard` = (candidate, incumbent) loss on a guard set of general-ability rows (lower is
       better): a rise of more than `guard_tolerance` refuses.
     """
+
     def decision(ok: bool, why: str) -> GateDecision:
         return GateDecision(ok, why, candidate, incumbent, incumbent_label)
 
@@ -77,8 +91,11 @@ def decide_promotion(metric: str, candidate: float, incumbent: float | None, inc
         reason = f"{reason}; {ci}"
     if guard is not None:
         if guard_regressed(guard[0], guard[1], guard_tolerance):
-            return decision(False, f"{reason}, but the guard-set loss regressed from {guard[1]:.4f} to {guard[0]:.4f} "
-                                   f"(tolerance {guard_tolerance:.4f}); not promoted")
+            return decision(
+                False,
+                f"{reason}, but the guard-set loss regressed from {guard[1]:.4f} to {guard[0]:.4f} "
+                f"(tolerance {guard_tolerance:.4f}); not promoted",
+            )
         reason = f"{reason}; guard-set loss {guard[0]:.4f} vs {guard[1]:.4f}"
     return decision(True, reason)
 
@@ -97,8 +114,14 @@ def guard_verdict(loss: float, previous_loss: float | None, tolerance: float) ->
     return True, f"guard-set loss {loss:.4f} vs {previous_loss:.4f} (tolerance {tolerance:.4f})"
 
 
-def _point_decision(metric: str, candidate: float, incumbent: float | None, incumbent_label: str,
-                    min_improvement: float, higher_is_better: bool) -> GateDecision:
+def _point_decision(
+    metric: str,
+    candidate: float,
+    incumbent: float | None,
+    incumbent_label: str,
+    min_improvement: float,
+    higher_is_better: bool,
+) -> GateDecision:
     def decision(ok: bool, why: str) -> GateDecision:
         return GateDecision(ok, why, candidate, incumbent, incumbent_label)
 
@@ -120,11 +143,14 @@ def _point_decision(metric: str, candidate: float, incumbent: float | None, incu
         return decision(False, f"{metric} {candidate:.4f} ties {vs}; not promoted{lower}")
     if gain < 0:
         return decision(False, f"{metric} {candidate:.4f} is worse than {vs} by {-gain:.4f}; not promoted{lower}")
-    return decision(False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}")
+    return decision(
+        False, f"{metric} {candidate:.4f} beats {vs} by only {gain:.4f} < {min_improvement:.4f}; not promoted{lower}"
+    )
 
 
-def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
-         guard: tuple[float, float] | None = None) -> GateDecision:
+def gate(
+    config: RunConfig, evaluation: EvalReport, merge_passed: bool = True, guard: tuple[float, float] | None = None
+) -> GateDecision:
     """The promotion gate: the configured metric (or `promotion.harness_metric`, an lm-eval score),
     tuned vs champion (or base), plus the paired bootstrap over per-example scores (metric `score`,
     when enabled), the merge fidelity and the guard-set loss (when a guard set is configured)."""
@@ -138,11 +164,20 @@ def gate(config: RunConfig, evaluation: EvalReport, merge_passed: bool = True,
         value = lambda label: evaluation.models[label].harness.get(p.harness_metric, math.nan)  # noqa: E731
     elif metric == "score" and p.bootstrap_samples:
         paired = paired_scores(evaluation, "tuned", incumbent)
-    return decide_promotion(metric, value("tuned"), value(incumbent),
-                            "current champion" if incumbent == "champion" else "base model",
-                            p.min_improvement, higher_is_better=metric == "score" or bool(p.harness_metric),
-                            paired=paired, bootstrap_samples=p.bootstrap_samples, confidence=p.confidence,
-                            merge_passed=merge_passed, guard=guard, guard_tolerance=p.guard_tolerance)
+    return decide_promotion(
+        metric,
+        value("tuned"),
+        value(incumbent),
+        "current champion" if incumbent == "champion" else "base model",
+        p.min_improvement,
+        higher_is_better=metric == "score" or bool(p.harness_metric),
+        paired=paired,
+        bootstrap_samples=p.bootstrap_samples,
+        confidence=p.confidence,
+        merge_passed=merge_passed,
+        guard=guard,
+        guard_tolerance=p.guard_tolerance,
+    )
 
 
 def paired_scores(evaluation: EvalReport, a: str, b: str) -> tuple[list[float], list[float]]:
@@ -173,8 +208,11 @@ def with_sweep_verdict(decision: GateDecision, sweep_verdict: tuple[bool, str] |
     if sweep_verdict is None:
         return decision
     decided, why = sweep_verdict
-    return replace(decision, promote=decision.promote and decided,
-                   reason=f"{why}; {decision.reason}" + ("" if decided else "; not promoted"))
+    return replace(
+        decision,
+        promote=decision.promote and decided,
+        reason=f"{why}; {decision.reason}" + ("" if decided else "; not promoted"),
+    )
 
 
 def moves_champion_now(promotion: PromotionConfig, decision: GateDecision) -> bool:

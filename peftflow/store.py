@@ -101,7 +101,7 @@ class RunStore:
         manifest = {}
         for p in files:
             rel = p.relative_to(local).as_posix()
-            self.fs.makedirs(f"{dest}/{rel}".rsplit("/", 1)[0], exist_ok=True)   # a local or mounted store needs them
+            self.fs.makedirs(f"{dest}/{rel}".rsplit("/", 1)[0], exist_ok=True)  # a local or mounted store needs them
             self.fs.put_file(str(p), f"{dest}/{rel}")
             manifest[rel] = {"size": p.stat().st_size, "sha256": _sha256(p)}
         self.fs.makedirs(dest, exist_ok=True)
@@ -198,7 +198,7 @@ def restore_output(storage: str | None, registered_model: str, path: str | Path)
     files = store.manifest(key)
     if files is None:
         return False
-    if set(files) != {path.name}:   # a directory
+    if set(files) != {path.name}:  # a directory
         return store.get_dir(key, path)
     scratch = path.with_name(f".{path.name}.fetched")
     if not store.get_dir(key, scratch):
@@ -208,13 +208,14 @@ def restore_output(storage: str | None, registered_model: str, path: str | Path)
     return True
 
 
-def build_sealed(storage: str | None, key: str, target: Path, build: Callable[[Path], None],
-                 ready: Callable[[Path], bool]) -> Path:
+def build_sealed(
+    storage: str | None, key: str, target: Path, build: Callable[[Path], None], ready: Callable[[Path], bool]
+) -> Path:
     """build_once with the store in front, for a content-keyed cache entry (`cache/prepared/<fingerprint>`,
     `cache/models/<name>/<fingerprint>`): a sealed, matching copy under `key` is fetched instead of
     built; one built here is sealed in the store, replacing a copy that did not check out (the
     next machine fetches it instead of building it again). Without a store: build_once."""
-    if ready(target):   # the usual case: no store connection needed
+    if ready(target):  # the usual case: no store connection needed
         return target
     store = open_store(storage)
     if store is None:

@@ -33,7 +33,7 @@ TIMESTAMP_HEADER = "x-mlflow-timestamp"
 DELIVERY_HEADER = "x-mlflow-delivery-id"
 SIGNATURE_VERSION = "v1"
 ALIAS_CREATED = ("model_version_alias", "created")
-TOLERANCE_S = 300   # how old (or how far in the future) a signed timestamp may be
+TOLERANCE_S = 300  # how old (or how far in the future) a signed timestamp may be
 
 
 class Rejected(Exception):
@@ -52,12 +52,14 @@ def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None = None,
-           tolerance_s: int = TOLERANCE_S) -> str:
+def verify(
+    secret: str, headers: dict[str, str], body: bytes, now: float | None = None, tolerance_s: int = TOLERANCE_S
+) -> str:
     """Check signature and timestamp of one delivery; returns its delivery id. `headers` keys in
     lower case. Raises `Rejected(401, ...)`."""
-    delivery_id, timestamp, signature = (headers.get(h, "") for h in (DELIVERY_HEADER, TIMESTAMP_HEADER,
-                                                                       SIGNATURE_HEADER))
+    delivery_id, timestamp, signature = (
+        headers.get(h, "") for h in (DELIVERY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+    )
     if not signature:
         raise Rejected(401, "unsigned request (no X-MLflow-Signature)")
     if not delivery_id or not timestamp.isdigit():
@@ -84,7 +86,7 @@ class AliasMove:
     name: str
     version: str
     alias: str
-    moved_at: str       # ISO 8601, when MLflow sent it (right after the move)
+    moved_at: str  # ISO 8601, when MLflow sent it (right after the move)
     delivery_id: str
 
 
@@ -95,8 +97,11 @@ def parse(body: bytes, delivery_id: str) -> AliasMove | None:
         raw = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise Rejected(400, f"body is not JSON: {e}") from None
-    if (not isinstance(raw, dict) or not isinstance(raw.get("data"), dict)
-            or not all(isinstance(raw.get(k), str) for k in ("entity", "action"))):
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("data"), dict)
+        or not all(isinstance(raw.get(k), str) for k in ("entity", "action"))
+    ):
         raise Rejected(400, "body is not an MLflow webhook delivery (`entity`, `action`, `data`)")
     if (raw.get("entity"), raw.get("action")) != ALIAS_CREATED:
         return None

@@ -22,14 +22,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-
 MAX_HEIGHT = 16000
 
 
 def api(base: str, method: str, path: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{base.rstrip('/')}/api{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{base.rstrip('/')}/api{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read() or "null")
 
@@ -38,11 +38,17 @@ def prefect_pages(base: str, deployment: str) -> dict[str, str]:
     """name -> dashboard URL: the deployment, its Custom run form, its latest flow run."""
     flow_name, dep_name = deployment.split("/")
     dep = api(base, "GET", f"/deployments/name/{flow_name}/{dep_name}")
-    pages = {"prefect-deployment": f"{base}/deployments/deployment/{dep['id']}",
-             "prefect-custom-run-form": f"{base}/deployments/deployment/{dep['id']}/run"}
+    pages = {
+        "prefect-deployment": f"{base}/deployments/deployment/{dep['id']}",
+        "prefect-custom-run-form": f"{base}/deployments/deployment/{dep['id']}/run",
+    }
     # The latest run of the flow, from the deployment or from `peftflow run` against this server.
-    runs = api(base, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}},
-                                                   "sort": "EXPECTED_START_TIME_DESC", "limit": 1})
+    runs = api(
+        base,
+        "POST",
+        "/flow_runs/filter",
+        {"flows": {"name": {"any_": [flow_name]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1},
+    )
     if runs:
         pages["prefect-flow-run"] = f"{base}/runs/flow-run/{runs[0]['id']}"
     return pages
@@ -140,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         # the classic one keeps the plain paths; the forms render differently, so both. (Not the new
         # one's run page: its graph grows with the window, so a tall shot is all graph.)
         base = args.prefect.rstrip("/")
-        pages |= {name.replace("prefect-", "prefect-v2-"): url.replace(base, f"{base}/v2", 1)
-                  for name, url in pages.items() if name != "prefect-flow-run"}
+        pages |= {
+            name.replace("prefect-", "prefect-v2-"): url.replace(base, f"{base}/v2", 1)
+            for name, url in pages.items()
+            if name != "prefect-flow-run"
+        }
     except OSError as e:
         print(f"error: --prefect {args.prefect}: {e}", file=sys.stderr)
         return 2

@@ -25,8 +25,8 @@ from starlette.routing import Route
 from flows.events import alias_set_event
 from peftflow import webhook_signature as ws
 
-MAX_BODY = 64 * 1024      # MLflow's registry payloads are a few hundred bytes
-ACTOR = "mlflow"          # MLflow's payload does not say who moved the alias
+MAX_BODY = 64 * 1024  # MLflow's registry payloads are a few hundred bytes
+ACTOR = "mlflow"  # MLflow's payload does not say who moved the alias
 log = logging.getLogger("peftflow.relay")
 
 
@@ -42,7 +42,7 @@ def create_app(secret: str, models: frozenset[str] = frozenset(), tolerance_s: i
     async def lifespan(app: Starlette):
         from prefect.client.orchestration import get_client
 
-        async with get_client() as client:   # one HTTP client for every delivery
+        async with get_client() as client:  # one HTTP client for every delivery
             app.state.prefect = client
             yield
 
@@ -73,8 +73,10 @@ def create_app(secret: str, models: frozenset[str] = frozenset(), tolerance_s: i
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
-    app = Starlette(routes=[Route("/mlflow-webhook", receive, methods=["POST"]),
-                            Route("/health", health, methods=["GET"])], lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/mlflow-webhook", receive, methods=["POST"]), Route("/health", health, methods=["GET"])],
+        lifespan=lifespan,
+    )
     return app
 
 

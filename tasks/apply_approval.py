@@ -6,8 +6,9 @@ from peftflow.promotion import GateDecision, with_approval
 
 
 @task(name="apply-approval")
-def apply_approval(version: ModelVersionRef, decision: GateDecision, approved: bool, reason: str,
-                   approver: str) -> tuple[GateDecision, str | None]:
+def apply_approval(
+    version: ModelVersionRef, decision: GateDecision, approved: bool, reason: str, approver: str
+) -> tuple[GateDecision, str | None]:
     """After a person answered the approval form: promote, or record the refusal."""
     if approved:
         move_champion(version.name, version.version, f"{decision.reason}; approved: {reason}", actor=approver)

@@ -1,8 +1,8 @@
 from prefect import task
 
 from peftflow.config import RunConfig
-from peftflow.stages.workflow import RunModels
 from peftflow.preflight import check_training_setup as _check
+from peftflow.stages.workflow import RunModels
 
 
 @task(name="check-training-setup")

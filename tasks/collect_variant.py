@@ -17,8 +17,9 @@ from peftflow.training.run import TrainResult
 
 
 @task(name="collect-variant")
-def collect_variant(config: RunConfig, work: str, with_models: bool = False
-                    ) -> tuple[str, TrainResult, MergeResult | None, EvalReport]:
+def collect_variant(
+    config: RunConfig, work: str, with_models: bool = False
+) -> tuple[str, TrainResult, MergeResult | None, EvalReport]:
     """(MLflow run id, train result, merge result, tuned report); `with_models`: the adapter and
     merged model too (the winner, to publish)."""
     run = RunDir(Path(work))
@@ -37,5 +38,7 @@ def collect_variant(config: RunConfig, work: str, with_models: bool = False
 
 def _restore(config: RunConfig, path: Path) -> None:
     if not restore_output(config.storage, config.registry.name, path):
-        raise UserError(f"{path}: the sweep variant's output is neither here nor in a run store; a sweep whose "
-                        "variants train on other machines needs `storage:` (a run store every machine reaches)")
+        raise UserError(
+            f"{path}: the sweep variant's output is neither here nor in a run store; a sweep whose "
+            "variants train on other machines needs `storage:` (a run store every machine reaches)"
+        )

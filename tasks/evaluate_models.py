@@ -22,18 +22,26 @@ def _key(context, params) -> str:
     config = params["config"]
     tuned = portable(config.storage, config.registry.name, params["tuned_dir"])
     tuned_only = "" if params.get("score_base", True) else "-tuned-only"
-    return f"evaluate-{tuned}-{params['data'].fingerprint}-{rival}-{config.template}-{config.evaluation.model_dump_json()}{tuned_only}"
+    judged = f"{config.template}-{config.evaluation.model_dump_json()}"
+    return f"evaluate-{tuned}-{params['data'].fingerprint}-{rival}-{judged}{tuned_only}"
 
 
 @task(name="evaluate-models", cache_key_fn=_key, persist_result=True)
-def evaluate_models(config: RunConfig, models: RunModels, tuned_dir: str, champion: ModelVersionRef | None,
-                    data: PreparedData, run_id: str, score_base: bool = True) -> EvalReport:
+def evaluate_models(
+    config: RunConfig,
+    models: RunModels,
+    tuned_dir: str,
+    champion: ModelVersionRef | None,
+    data: PreparedData,
+    run_id: str,
+    score_base: bool = True,
+) -> EvalReport:
     """Base, fine-tune and the current champion, scored on the same held-out rows.
 
     `tuned_dir` is the merged model, or the adapter dir of a method that cannot be merged
     (scored as base + adapter). The stage may add models of its own (a distillation run scores
-    the teacher; `base` is then the student before training). `score_base=False` (a sweep variant: the sweep scores the base
-    once) scores the fine-tune alone, into `tuned_report.json`."""
+    the teacher; `base` is then the student before training). `score_base=False` (a sweep
+    variant: the sweep scores the base once) scores the fine-tune alone, into `tuned_report.json`."""
     model = models.model
     scored = get_workflow(config).evaluation_models(models)
     scored |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}

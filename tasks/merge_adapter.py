@@ -19,8 +19,14 @@ def _key(context, params) -> str:
 def merge_adapter(config: RunConfig, model: ResolvedModel, adapter: TrainResult, run_id: str) -> merge.MergeResult:
     """A plain transformers checkpoint with the adapter folded in; fails past the fidelity tolerance."""
     out = RunDir.holding(adapter.adapter_dir).merged
-    result = merge.merge(model.path, adapter.adapter_dir, out, config.merge_tolerance, train_cfg=config,
-                         trust_remote_code=config.trust_remote_code)
+    result = merge.merge(
+        model.path,
+        adapter.adapter_dir,
+        out,
+        config.merge_tolerance,
+        train_cfg=config,
+        trust_remote_code=config.trust_remote_code,
+    )
     metrics = {"merge.max_abs_logit_diff": result.max_abs_logit_diff}
     if result.max_abs_logit_diff_vs_quantized is not None:
         metrics["merge.max_abs_logit_diff_vs_quantized"] = result.max_abs_logit_diff_vs_quantized

@@ -15,7 +15,9 @@ def prepare_dataset(config: RunConfig, model: ResolvedModel) -> PreparedData:
     data = _prepare(config, model.path)
     create_markdown_artifact(
         key="prepared-dataset",
-        markdown=(f"**Dataset** `{config.dataset}` fingerprint `{data.fingerprint}`: {data.train_rows} train rows, "
-                  f"{data.eval_rows} held out, {data.dropped} dropped, {data.truncated} truncated."),
+        markdown=(
+            f"**Dataset** `{config.dataset}` fingerprint `{data.fingerprint}`: {data.train_rows} train rows, "
+            f"{data.eval_rows} held out, {data.dropped} dropped, {data.truncated} truncated."
+        ),
     )
     return data

@@ -8,10 +8,15 @@ from peftflow.promotion import GateDecision, gate, moves_champion_now, promote, 
 
 
 @task(name="promote-version")
-def promote_version(config: RunConfig, version: ModelVersionRef, evaluation: EvalReport,
-                    flow_run_id: str, merge_passed: bool = True,
-                    guard: tuple[float, float] | None = None,
-                    sweep_verdict: tuple[bool, str] | None = None) -> tuple[GateDecision, str | None]:
+def promote_version(
+    config: RunConfig,
+    version: ModelVersionRef,
+    evaluation: EvalReport,
+    flow_run_id: str,
+    merge_passed: bool = True,
+    guard: tuple[float, float] | None = None,
+    sweep_verdict: tuple[bool, str] | None = None,
+) -> tuple[GateDecision, str | None]:
     """Moves `champion` only when the gate passes; returns the decision and the champion version after.
 
     `sweep_verdict` = (decided, why) of a sweep's winner against its runner-up: the reason leads

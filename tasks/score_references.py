@@ -18,13 +18,16 @@ from peftflow.store import save_output
 def _key(context, params) -> str:
     champion, config = params["champion"], params["config"]
     rival = f"{champion.name}/{champion.version}" if champion else "none"
-    return (f"references-{params['model'].fingerprint}-{params['data'].fingerprint}-{rival}-{config.template}-"
-            f"{config.evaluation.model_dump_json()}")
+    return (
+        f"references-{params['model'].fingerprint}-{params['data'].fingerprint}-{rival}-{config.template}-"
+        f"{config.evaluation.model_dump_json()}"
+    )
 
 
 @task(name="score-references", cache_key_fn=_key, persist_result=True)
-def score_references(config: RunConfig, model: ResolvedModel, champion: ModelVersionRef | None,
-                     data: PreparedData, out: str) -> EvalReport:
+def score_references(
+    config: RunConfig, model: ResolvedModel, champion: ModelVersionRef | None, data: PreparedData, out: str
+) -> EvalReport:
     """`base` and, when there is one, `champion`, written to `out` (references.json)."""
     versions, bases = local_versions({"champion": champion} if champion else {})
     models = {"base": model.path} | versions

@@ -12,27 +12,42 @@ from peftflow.mlflow_io import tracking
 
 
 @task(name="start-tracking-run", retries=3, retry_delay_seconds=[5, 15, 45])
-def start_tracking_run(config: RunConfig, data: PreparedData, train_key: str, lineage: dict[str, str],
-                       parent_run_id: str | None = None) -> str:
+def start_tracking_run(
+    config: RunConfig, data: PreparedData, train_key: str, lineage: dict[str, str], parent_run_id: str | None = None
+) -> str:
     """One MLflow run per training key and registered model; a rerun finds and reuses it (and the
     run's Prefect link then names the latest flow run). `parent_run_id`: nested under that run
     (a sweep's variant under the sweep's run; the latest sweep that trained or reused it)."""
     run_id = tracking.start_run(config, tags=lineage, train_key=train_key)
     if parent_run_id:
         tracking.set_run_tags(run_id, {tracking.PARENT_RUN_TAG: parent_run_id})
-    tracking.log_metrics(run_id, {"data.train_rows": data.train_rows, "data.eval_rows": data.eval_rows,
-                                  "data.dropped_rows": data.dropped, "data.truncated_rows": data.truncated})
+    tracking.log_metrics(
+        run_id,
+        {
+            "data.train_rows": data.train_rows,
+            "data.eval_rows": data.eval_rows,
+            "data.dropped_rows": data.dropped,
+            "data.truncated_rows": data.truncated,
+        },
+    )
     flow_run = lineage.get("prefect_flow_run_id")
     # None without a Prefect UI URL (PREFECT_UI_URL, or derived from PREFECT_API_URL).
     if flow_run and (flow_url := url_for("flow-run", obj_id=flow_run)):
         tracking.set_run_tags(run_id, {tracking.PREFECT_URL_TAG: flow_url})
     if mlflow_url := tracking.run_url(run_id):
-        create_link_artifact(mlflow_url, link_text=f"MLflow run {run_id}", key="mlflow-run",
-                             description="The MLflow run of this training")
+        create_link_artifact(
+            mlflow_url,
+            link_text=f"MLflow run {run_id}",
+            key="mlflow-run",
+            description="The MLflow run of this training",
+        )
     else:  # a local sqlite store: no server page to link to
-        create_markdown_artifact(key="mlflow-run", description="The MLflow run of this training",
-                                 markdown=f"MLflow run `{run_id}` in `{tracking.configure_mlflow()}` "
-                                          f"(see it with `mlflow ui --backend-store-uri {tracking.configure_mlflow()}`)")
+        create_markdown_artifact(
+            key="mlflow-run",
+            description="The MLflow run of this training",
+            markdown=f"MLflow run `{run_id}` in `{tracking.configure_mlflow()}` "
+            f"(see it with `mlflow ui --backend-store-uri {tracking.configure_mlflow()}`)",
+        )
     return run_id
 
 

@@ -9,11 +9,20 @@ from peftflow.summary import summary_markdown
 
 
 @task(name="write-summary")
-def write_summary(version: ModelVersionRef, evaluation: EvalReport, decision: GateDecision,
-                  champion: str | None, notes: list[str]) -> str:
-    markdown = summary_markdown(version.name, version.version, evaluation.metric,
-                                {k: v.summary() for k, v in evaluation.models.items()},
-                                decision.reason, champion, notes)
-    create_markdown_artifact(key="finetune-summary", markdown=markdown, description="Base vs fine-tune, version, aliases")
+def write_summary(
+    version: ModelVersionRef, evaluation: EvalReport, decision: GateDecision, champion: str | None, notes: list[str]
+) -> str:
+    markdown = summary_markdown(
+        version.name,
+        version.version,
+        evaluation.metric,
+        {k: v.summary() for k, v in evaluation.models.items()},
+        decision.reason,
+        champion,
+        notes,
+    )
+    create_markdown_artifact(
+        key="finetune-summary", markdown=markdown, description="Base vs fine-tune, version, aliases"
+    )
     describe(version, markdown)  # the MLflow run's and the version's description too
     return markdown

@@ -77,8 +77,15 @@ def tiny_finetune(tiny_model, tmp_path_factory) -> tuple[str, str]:
     out = tmp_path_factory.mktemp("tiny-finetune")
     # 16 steps: by then every prompt's greedy answer starts as the task's JSON. After 8 the random
     # model is still between modes, and kernels of another CPU tipped a probe's answer into blanks.
-    cfg = RunConfig(model_name_or_path=tiny_model, max_steps=16, learning_rate=1e-2, logging_steps=4, save_steps=100,
-                    per_device_train_batch_size=4, bf16_autocast=False)
+    cfg = RunConfig(
+        model_name_or_path=tiny_model,
+        max_steps=16,
+        learning_rate=1e-2,
+        logging_steps=4,
+        save_steps=100,
+        per_device_train_batch_size=4,
+        bf16_autocast=False,
+    )
     result = train(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, out)
     merged = merge(tiny_model, result.adapter_dir, out / "merged", tolerance=1e-4)
     return result.adapter_dir, merged.merged_dir

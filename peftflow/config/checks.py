@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from peftflow.methods import METHODS, names_with
-from peftflow.stages import STAGES
 from peftflow.redact import is_secret_key
+from peftflow.stages import STAGES
 
 
 def given(cfg, key: str) -> bool:
@@ -28,9 +28,11 @@ def refuse_credentials(raw: Any, prefix: str = "") -> None:
     for k, v in raw.items():
         key = f"{prefix}{k}"
         if is_secret_key(str(k)):
-            raise ValueError(f"key '{key}' looks like a credential; the run config is shown in the Prefect UI and "
-                             "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
-                             "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config")
+            raise ValueError(
+                f"key '{key}' looks like a credential; the run config is shown in the Prefect UI and "
+                "logged to MLflow, so credentials come from environment variables (HF_TOKEN, AWS_*, "
+                "MLFLOW_TRACKING_*) or Prefect Secret blocks, never from the config"
+            )
         refuse_credentials(v, key + ".")
 
 
@@ -47,10 +49,15 @@ def check_run(cfg) -> None:
     if not cfg.dataset_names:
         raise ValueError("dataset names no dataset")
     if cfg.train_on_prompt and cfg.mask_history:
-        raise ValueError("train_on_prompt and mask_history are both true; mask_history masks answers that "
-                         "train_on_prompt would learn, choose one")
-    if cfg.freeze_multi_modal_projector is not None and given(cfg, "train_projector") \
-            and cfg.train_projector == cfg.freeze_multi_modal_projector:
+        raise ValueError(
+            "train_on_prompt and mask_history are both true; mask_history masks answers that "
+            "train_on_prompt would learn, choose one"
+        )
+    if (
+        cfg.freeze_multi_modal_projector is not None
+        and given(cfg, "train_projector")
+        and cfg.train_projector == cfg.freeze_multi_modal_projector
+    ):
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
     check_method(cfg)
     check_stage(cfg)
@@ -64,11 +71,15 @@ def check_method(cfg) -> None:
     if cfg.gradient_checkpointing is True and not method.traits.gradient_checkpointing:
         raise ValueError(f"gradient_checkpointing: true does not work with {name}; set it to false")
     if cfg.merge and not method.mergeable:
-        raise ValueError(f"merge: true but {name} cannot be merged into the base; drop merge "
-                         f"(the adapter is published with its base)")
+        raise ValueError(
+            f"merge: true but {name} cannot be merged into the base; drop merge "
+            f"(the adapter is published with its base)"
+        )
     if cfg.quantization_bit and not method.traits.supports_kbit:
-        raise ValueError(f"quantization_bit: {cfg.quantization_bit} needs a method that trains on a k-bit "
-                         f"base; {name} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})")
+        raise ValueError(
+            f"quantization_bit: {cfg.quantization_bit} needs a method that trains on a k-bit "
+            f"base; {name} does not (k-bit methods: {', '.join(names_with('supports_kbit'))})"
+        )
     for other in METHODS.values():
         foreign = [k for k in other.options if k not in method.options and given(cfg, k)]
         if foreign:
@@ -91,8 +102,10 @@ def check_serving(cfg) -> None:
     """The lm-eval gate names a task that runs; GGUF needs a merged model; a vLLM-ready adapter is plain LoRA."""
     harness_metric = cfg.promotion.harness_metric
     if harness_metric and harness_metric.partition("/")[0] not in cfg.evaluation.harness_tasks:
-        raise ValueError(f"promotion.harness_metric {harness_metric}: its task is not in evaluation.harness_tasks "
-                         f"({', '.join(cfg.evaluation.harness_tasks) or 'none'})")
+        raise ValueError(
+            f"promotion.harness_metric {harness_metric}: its task is not in evaluation.harness_tasks "
+            f"({', '.join(cfg.evaluation.harness_tasks) or 'none'})"
+        )
     if cfg.registry.gguf_outtype and not cfg.should_merge:
         raise ValueError("registry.gguf_outtype: GGUF export needs a merged model; this run publishes an adapter")
     if not cfg.registry.vllm_ready or cfg.should_merge:
@@ -101,4 +114,6 @@ def check_serving(cfg) -> None:
         what = "use_dora" if cfg.finetuning_type == "lora" else f"finetuning_type '{cfg.finetuning_type}'"
         raise ValueError(f"registry.vllm_ready: vLLM serves plain LoRA adapters only, not {what}")
     if cfg.additional_target:
-        raise ValueError("registry.vllm_ready: additional_target is saved as modules_to_save, which vLLM refuses; drop it")
+        raise ValueError(
+            "registry.vllm_ready: additional_target is saved as modules_to_save, which vLLM refuses; drop it"
+        )

@@ -23,29 +23,91 @@ FLAT = {"flat": True}
 
 # group key -> (title, description, keys); the order is the form's. Keys in no group stay at the top.
 GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "lora": ("LoRA", "Method lora (IA3 reads the target modules).",
-             ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "additional_target", "use_dora",
-              "use_rslora", "lora_init", "pissa_init")),
-    "training": ("Training", "Schedule, optimizer, precision, checkpoints, output folder, run store.",
-                 ("lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm", "optim",
-                  "seed", "logging_steps", "save_steps", "save_total_limit", "bf16", "fp16", "bf16_autocast",
-                  "gradient_checkpointing", "output_dir", "storage")),
-    "data": ("Data", "Which rows are read and which tokens are learned.",
-             ("max_samples", "train_dataset", "train_on_prompt", "mask_history", "enable_thinking",
-              "preserve_thinking", "tool_format", "default_system", "on_invalid_rows")),
-    "merging": ("Merge", "Whether the adapter is folded into its base, and the logit check.",
-                ("merge", "merge_tolerance", "quantized_merge_tolerance")),
-    "prompt_learning": ("Prompt methods", "Methods prefix, prompt and ptuning.",
-                        ("num_virtual_tokens", "prefix_projection", "prompt_tuning_init", "prompt_tuning_init_text",
-                         "encoder_reparameterization_type", "encoder_hidden_size")),
-    "quantization": ("Quantization", "A 4- or 8-bit base (QLoRA).",
-                     ("quantization_bit", "quantization_method", "quantization_type", "double_quantization",
-                      "compute_dtype")),
-    "vision": ("Vision-language", "LLaVA-style models; ignored for text-only ones.",
-               ("freeze_vision_tower", "train_projector", "freeze_multi_modal_projector")),
+    "lora": (
+        "LoRA",
+        "Method lora (IA3 reads the target modules).",
+        (
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target",
+            "additional_target",
+            "use_dora",
+            "use_rslora",
+            "lora_init",
+            "pissa_init",
+        ),
+    ),
+    "training": (
+        "Training",
+        "Schedule, optimizer, precision, checkpoints, output folder, run store.",
+        (
+            "lr_scheduler_type",
+            "warmup_ratio",
+            "warmup_steps",
+            "weight_decay",
+            "max_grad_norm",
+            "optim",
+            "seed",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+            "bf16",
+            "fp16",
+            "bf16_autocast",
+            "gradient_checkpointing",
+            "output_dir",
+            "storage",
+        ),
+    ),
+    "data": (
+        "Data",
+        "Which rows are read and which tokens are learned.",
+        (
+            "max_samples",
+            "train_dataset",
+            "train_on_prompt",
+            "mask_history",
+            "enable_thinking",
+            "preserve_thinking",
+            "tool_format",
+            "default_system",
+            "on_invalid_rows",
+        ),
+    ),
+    "merging": (
+        "Merge",
+        "Whether the adapter is folded into its base, and the logit check.",
+        ("merge", "merge_tolerance", "quantized_merge_tolerance"),
+    ),
+    "prompt_learning": (
+        "Prompt methods",
+        "Methods prefix, prompt and ptuning.",
+        (
+            "num_virtual_tokens",
+            "prefix_projection",
+            "prompt_tuning_init",
+            "prompt_tuning_init_text",
+            "encoder_reparameterization_type",
+            "encoder_hidden_size",
+        ),
+    ),
+    "quantization": (
+        "Quantization",
+        "A 4- or 8-bit base (QLoRA).",
+        ("quantization_bit", "quantization_method", "quantization_type", "double_quantization", "compute_dtype"),
+    ),
+    "vision": (
+        "Vision-language",
+        "LLaVA-style models; ignored for text-only ones.",
+        ("freeze_vision_tower", "train_projector", "freeze_multi_modal_projector"),
+    ),
     # each stage's own options (peftflow/stages/), as the stage declares them
-    **{s.form_group.key: (s.form_group.title, s.form_group.description, s.options)
-       for s in STAGES.values() if s.form_group},
+    **{
+        s.form_group.key: (s.form_group.title, s.form_group.description, s.options)
+        for s in STAGES.values()
+        if s.form_group
+    },
     "distributed": ("Distributed", "torchrun for the train step when either is > 1.", ("num_processes", "nnodes")),
     "trust": ("Model", "What the base model may run or load.", ("trust_remote_code", "allow_pickle_weights")),
 }
@@ -129,8 +191,11 @@ def grouped_schema(schema: dict[str, Any], resolve: Callable[[dict[str, Any]], d
     sections = [k for k, p in top.items() if "$ref" in p or "allOf" in p]
     out = {k: p for k, p in top.items() if k not in sections}
     for g, (title, description, keys) in GROUPS.items():
-        fields = {"type": "object", "additionalProperties": False,
-                  "properties": {k: _unprefixed(props[k], title) for k in keys}}
+        fields = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: _unprefixed(props[k], title) for k in keys},
+        }
         out[g] = _foldable(title, description, fields)
         if g == SECTIONS_AFTER:
             for k in sections:

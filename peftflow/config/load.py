@@ -21,19 +21,55 @@ log = logging.getLogger("peftflow.config")
 
 # LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
 # They are reported in one warning line, never silently dropped.
-ACCEPTED_UNUSED_KEYS = frozenset({
-    "do_train", "do_eval", "do_predict", "preprocessing_num_workers", "overwrite_cache",
-    "overwrite_output_dir", "plot_loss", "ddp_timeout", "flash_attn", "dataloader_num_workers",
-    "per_device_eval_batch_size", "eval_strategy", "eval_steps", "save_strategy",
-    "save_only_model", "resume_from_checkpoint", "include_num_input_tokens_seen",
-    "deepspeed", "enable_liger_kernel", "use_unsloth", "shift_attn", "rope_scaling",
-    "disable_gradient_checkpointing", "upcast_layernorm", "packing", "neat_packing",
-    "tokenized_path", "streaming", "buffer_size", "mix_strategy", "interleave_probs",
-    "image_max_pixels", "video_max_pixels", "export_dir", "export_size", "export_device",
-    "export_legacy_format", "infer_backend", "max_new_tokens", "run_name", "hub_model_id",
-    "push_to_hub", "logging_dir", "log_level", "report_to",
-})
-
+ACCEPTED_UNUSED_KEYS = frozenset(
+    {
+        "do_train",
+        "do_eval",
+        "do_predict",
+        "preprocessing_num_workers",
+        "overwrite_cache",
+        "overwrite_output_dir",
+        "plot_loss",
+        "ddp_timeout",
+        "flash_attn",
+        "dataloader_num_workers",
+        "per_device_eval_batch_size",
+        "eval_strategy",
+        "eval_steps",
+        "save_strategy",
+        "save_only_model",
+        "resume_from_checkpoint",
+        "include_num_input_tokens_seen",
+        "deepspeed",
+        "enable_liger_kernel",
+        "use_unsloth",
+        "shift_attn",
+        "rope_scaling",
+        "disable_gradient_checkpointing",
+        "upcast_layernorm",
+        "packing",
+        "neat_packing",
+        "tokenized_path",
+        "streaming",
+        "buffer_size",
+        "mix_strategy",
+        "interleave_probs",
+        "image_max_pixels",
+        "video_max_pixels",
+        "export_dir",
+        "export_size",
+        "export_device",
+        "export_legacy_format",
+        "infer_backend",
+        "max_new_tokens",
+        "run_name",
+        "hub_model_id",
+        "push_to_hub",
+        "logging_dir",
+        "log_level",
+        "report_to",
+    }
+)
 
 
 def _nearest(key: str, candidates: list[str]) -> str:
@@ -119,8 +155,14 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError:
         raise UserError(f"{p}: not UTF-8 text") from None
     for key, first, again in loader.duplicates:
-        log.warning("%s: key '%s' is given twice (lines %d and %d); the value on line %d is used, as LLaMA-Factory does",
-                    p, key, first, again, again)
+        log.warning(
+            "%s: key '%s' is given twice (lines %d and %d); the value on line %d is used, as LLaMA-Factory does",
+            p,
+            key,
+            first,
+            again,
+            again,
+        )
     return raw
 
 

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializationInfo, WithJsonSchema, field_validator, model_serializer, model_validator
 
-from peftflow.config.form import FLAT, flatten, group, grouped_schema
 from peftflow.config.checks import check_run, refuse_credentials
+from peftflow.config.form import FLAT, flatten, group, grouped_schema
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
@@ -349,15 +349,23 @@ class RunConfig(Strict):
 
     def guard_config(self) -> RunConfig:
         """The same run reading the guard set: every row scored, none held out, none dropped silently."""
-        return self.model_copy(update={"dataset": self.promotion.guard_dataset, "train_dataset": None, "val_size": 0.0,
-                                       "max_samples": self.promotion.guard_max_samples})
+        return self.model_copy(
+            update={
+                "dataset": self.promotion.guard_dataset,
+                "train_dataset": None,
+                "val_size": 0.0,
+                "max_samples": self.promotion.guard_max_samples,
+            }
+        )
 
     def fingerprint(self) -> str:
         """Hash of every field, for caching and for 'did anything change' checks; but the registered
         model's description and the run store, which change no result (and, added later, left the
         hashes as they were)."""
-        blob = json.dumps(self.model_dump(mode="json", context=FLAT, exclude={"registry": {"description"}, "storage": True}),
-                          sort_keys=True)
+        blob = json.dumps(
+            self.model_dump(mode="json", context=FLAT, exclude={"registry": {"description"}, "storage": True}),
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved_output_dir(self) -> Path:
@@ -379,7 +387,11 @@ def demo_config() -> RunConfig:
     """What `peftflow run` does with no config: a short LoRA run on the built-in order-extraction
     task (configs/demo.yaml holds the same values). About 3 minutes of training on 2 CPU cores."""
     return RunConfig(
-        registry=RegistryConfig(name="peftflow-demo"), max_steps=40, learning_rate=1e-3, logging_steps=5, save_steps=20,
+        registry=RegistryConfig(name="peftflow-demo"),
+        max_steps=40,
+        learning_rate=1e-3,
+        logging_steps=5,
+        save_steps=20,
         val_size=32,
         evaluation=EvaluationConfig(metric="json_fields", max_samples=32, max_new_tokens=48),
     )

@@ -19,31 +19,117 @@ from typing import Any
 
 from peftflow.errors import UserError
 
-V1_ONLY = frozenset({
-    "model", "model_class", "init_config", "peft_config", "kernel_config", "quant_config", "flash_attn",
-    "train_dataset", "eval_dataset", "micro_batch_size", "global_batch_size", "batching_strategy", "batching_workers",
-    "enable_activation_checkpointing", "dist_config", "optim_config", "lr_scheduler_config", "save_epochs",
-    "save_ckpt_as_hf", "full_determinism", "sample_backend",
-})
+V1_ONLY = frozenset(
+    {
+        "model",
+        "model_class",
+        "init_config",
+        "peft_config",
+        "kernel_config",
+        "quant_config",
+        "flash_attn",
+        "train_dataset",
+        "eval_dataset",
+        "micro_batch_size",
+        "global_batch_size",
+        "batching_strategy",
+        "batching_workers",
+        "enable_activation_checkpointing",
+        "dist_config",
+        "optim_config",
+        "lr_scheduler_config",
+        "save_epochs",
+        "save_ckpt_as_hf",
+        "full_determinism",
+        "sample_backend",
+    }
+)
 # v0 names of things v1 names differently: a v1 file writing one of these mixes the schemas.
-V0_ONLY = frozenset({
-    "model_name_or_path", "dataset", "dataset_dir", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout",
-    "lora_target", "additional_target", "use_dora", "use_rslora", "quantization_bit", "quantization_method",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "lr_scheduler_type", "optim",
-})
-SAME_NAME = ("template", "trust_remote_code", "output_dir", "cutoff_len", "learning_rate", "num_train_epochs",
-             "max_steps", "max_grad_norm", "bf16", "seed", "save_steps", "save_total_limit", "logging_steps")
-UNUSED = ("kernel_config", "dist_config", "init_config", "flash_attn", "batching_workers", "full_determinism",
-          "save_epochs", "save_ckpt_as_hf", "resume_from_checkpoint", "sample_backend", "optim_config")
-V1_DEFAULTS = {"template": "qwen3_nothink", "learning_rate": 1e-4, "cutoff_len": 2048, "num_train_epochs": 3,
-               "logging_steps": 1, "per_device_train_batch_size": 1}
-LORA_KEYS = {"r": ("lora_rank", 8), "lora_alpha": ("lora_alpha", 16), "lora_dropout": ("lora_dropout", 0.05),
-             "target_modules": ("lora_target", "all"), "use_rslora": ("use_rslora", False),
-             "use_dora": ("use_dora", False), "modules_to_save": ("additional_target", None)}
+V0_ONLY = frozenset(
+    {
+        "model_name_or_path",
+        "dataset",
+        "dataset_dir",
+        "finetuning_type",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target",
+        "additional_target",
+        "use_dora",
+        "use_rslora",
+        "quantization_bit",
+        "quantization_method",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "gradient_checkpointing",
+        "lr_scheduler_type",
+        "optim",
+    }
+)
+SAME_NAME = (
+    "template",
+    "trust_remote_code",
+    "output_dir",
+    "cutoff_len",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "max_grad_norm",
+    "bf16",
+    "seed",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+)
+UNUSED = (
+    "kernel_config",
+    "dist_config",
+    "init_config",
+    "flash_attn",
+    "batching_workers",
+    "full_determinism",
+    "save_epochs",
+    "save_ckpt_as_hf",
+    "resume_from_checkpoint",
+    "sample_backend",
+    "optim_config",
+)
+V1_DEFAULTS = {
+    "template": "qwen3_nothink",
+    "learning_rate": 1e-4,
+    "cutoff_len": 2048,
+    "num_train_epochs": 3,
+    "logging_steps": 1,
+    "per_device_train_batch_size": 1,
+}
+LORA_KEYS = {
+    "r": ("lora_rank", 8),
+    "lora_alpha": ("lora_alpha", 16),
+    "lora_dropout": ("lora_dropout", 0.05),
+    "target_modules": ("lora_target", "all"),
+    "use_rslora": ("use_rslora", False),
+    "use_dora": ("use_dora", False),
+    "modules_to_save": ("additional_target", None),
+}
 # peft_config keys written with their v0 / peft names: the v1 key to suggest
-PEFT_SYNONYMS = {"rank": "r", "lora_rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout",
-                 "target": "target_modules", "lora_target": "target_modules", "additional_target": "modules_to_save"}
-EXPORT_KEYS = ("adapter_name_or_path", "export_dir", "export_size", "export_hub_model_id", "infer_dtype", "export_legacy_format")
+PEFT_SYNONYMS = {
+    "rank": "r",
+    "lora_rank": "r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "target": "target_modules",
+    "lora_target": "target_modules",
+    "additional_target": "modules_to_save",
+}
+EXPORT_KEYS = (
+    "adapter_name_or_path",
+    "export_dir",
+    "export_size",
+    "export_hub_model_id",
+    "infer_dtype",
+    "export_legacy_format",
+)
 
 
 def is_v1(raw: dict[str, Any]) -> bool:
@@ -58,8 +144,10 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
     mixed = sorted(V0_ONLY & set(raw))
     if mixed:
         v1 = sorted(V1_ONLY & set(raw))[0]
-        raise UserError(f"{source}: mixes LLaMA-Factory v1 keys ({v1}) with v0 keys ({', '.join(mixed)}); "
-                        f"write one schema (v1 names: model, peft_config, quant_config, train_dataset, micro_batch_size)")
+        raise UserError(
+            f"{source}: mixes LLaMA-Factory v1 keys ({v1}) with v0 keys ({', '.join(mixed)}); "
+            f"write one schema (v1 names: model, peft_config, quant_config, train_dataset, micro_batch_size)"
+        )
     raw = dict(raw)
     out: dict[str, Any] = {}
     names: dict[str, str] = {}
@@ -89,8 +177,10 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
     if strategy != "normal":
         unused.append(f"batching_strategy: {strategy}")
     if raw.get("eval_dataset") is not None:
-        raise UserError(f"{source}: eval_dataset: peftflow holds out val_size rows of train_dataset for evaluation; "
-                        "drop eval_dataset and set val_size")
+        raise UserError(
+            f"{source}: eval_dataset: peftflow holds out val_size rows of train_dataset for evaluation; "
+            "drop eval_dataset and set val_size"
+        )
     raw.pop("eval_dataset", None)
     if "max_new_tokens" in raw:  # v1's sampling budget: peftflow's held-out generation
         evaluation = dict(raw.pop("evaluation", None) or {})
@@ -126,7 +216,9 @@ def _section(value: Any, key: str, source: str) -> dict[str, Any] | None:
 
 def _model_class(value: Any, source: str) -> None:
     if value != "llm":
-        raise UserError(f"{source}: model_class: {value}: peftflow fine-tunes causal language models (model_class: llm)")
+        raise UserError(
+            f"{source}: model_class: {value}: peftflow fine-tunes causal language models (model_class: llm)"
+        )
 
 
 def _batch(raw: dict, out: dict, put, source: str) -> None:
@@ -136,8 +228,10 @@ def _batch(raw: dict, out: dict, put, source: str) -> None:
     if total is not None:
         micro = out["per_device_train_batch_size"]
         if not isinstance(total, int) or not isinstance(micro, int) or micro <= 0 or total % micro:
-            raise UserError(f"{source}: global_batch_size {total!r} is not a multiple of micro_batch_size {micro!r} "
-                            "(one process: global = micro x gradient accumulation)")
+            raise UserError(
+                f"{source}: global_batch_size {total!r} is not a multiple of micro_batch_size {micro!r} "
+                "(one process: global = micro x gradient accumulation)"
+            )
         put("gradient_accumulation_steps", "global_batch_size", total // micro)
 
 
@@ -146,8 +240,10 @@ def _peft(peft: dict | None, out: dict, put, unused: list[str], source: str) -> 
         put("finetuning_type", "peft_config", "full")
         return
     if peft["name"] != "lora":
-        raise UserError(f"{source}: peft_config.name: {peft['name']}: peftflow trains LoRA (name: lora) or, without "
-                        "peft_config, the full model")
+        raise UserError(
+            f"{source}: peft_config.name: {peft['name']}: peftflow trains LoRA (name: lora) or, without "
+            "peft_config, the full model"
+        )
     put("finetuning_type", "peft_config.name", "lora")
     for key, value in peft.items():
         if key == "name":
@@ -157,8 +253,14 @@ def _peft(peft: dict | None, out: dict, put, unused: list[str], source: str) -> 
         elif key in LORA_KEYS:
             put(LORA_KEYS[key][0], f"peft_config.{key}", value)
         else:
-            match = [PEFT_SYNONYMS[key]] if key in PEFT_SYNONYMS else difflib.get_close_matches(key, [*LORA_KEYS, *EXPORT_KEYS], n=1)
-            raise UserError(f"{source}: unknown key 'peft_config.{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+            match = (
+                [PEFT_SYNONYMS[key]]
+                if key in PEFT_SYNONYMS
+                else difflib.get_close_matches(key, [*LORA_KEYS, *EXPORT_KEYS], n=1)
+            )
+            raise UserError(
+                f"{source}: unknown key 'peft_config.{key}'" + (f" (did you mean '{match[0]}'?)" if match else "")
+            )
     for key, (v0, default) in LORA_KEYS.items():
         if default is not None:
             out.setdefault(v0, default)
@@ -168,7 +270,9 @@ def _quant(quant: dict | None, put, source: str) -> None:
     if quant is None:
         return
     if quant["name"] not in ("bnb", "auto"):
-        raise UserError(f"{source}: quant_config.name: {quant['name']}: peftflow quantizes with bitsandbytes (bnb or auto)")
+        raise UserError(
+            f"{source}: quant_config.name: {quant['name']}: peftflow quantizes with bitsandbytes (bnb or auto)"
+        )
     unknown = sorted(set(quant) - {"name", "quantization_bit"})
     if unknown:
         raise UserError(f"{source}: unknown key 'quant_config.{unknown[0]}' (known: name, quantization_bit)")

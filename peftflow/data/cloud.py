@@ -52,8 +52,12 @@ def fetch(uri: str) -> list[tuple[Path, str]]:
         if not objects:  # a prefix: every object below it
             prefix = key if key.endswith("/") or not key else key + "/"
             pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            objects = sorted((o["Key"], o["ETag"]) for page in pages for o in page.get("Contents", [])
-                             if not o["Key"].endswith("/") and not Path(o["Key"]).name.startswith("."))
+            objects = sorted(
+                (o["Key"], o["ETag"])
+                for page in pages
+                for o in page.get("Contents", [])
+                if not o["Key"].endswith("/") and not Path(o["Key"]).name.startswith(".")
+            )
         if not objects:
             raise UserError(f"cloud_file_name {uri}: no such object or prefix")
         return [(_cached(s3, bucket, k, etag), f"s3://{bucket}/{k}") for k, etag in objects]

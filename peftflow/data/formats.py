@@ -21,23 +21,45 @@ Conversation = list[dict[str, Any]]
 PROMPT_ROLES, ANSWER_ROLES = ("user", "observation"), ("assistant", "function")
 
 COLUMNS = {
-    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None,
-               "images": None},
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "history": None,
+        "system": None,
+        "images": None,
+    },
     "sharegpt": {"messages": "conversations", "system": None, "tools": None, "images": None},
 }
 IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: one per image, in the order of the images column
 # LLaMA-Factory v1 dataset YAMLs: native message rows, or its alpaca / sharegpt converters.
 V1_COLUMNS = {
     "v1": {"messages": "messages", "tools": "tools", "system": None, "images": None},
-    "v1-alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": "system",
-                  "images": None},
+    "v1-alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "history": None,
+        "system": "system",
+        "images": None,
+    },
     "v1-sharegpt": {"messages": "conversations", "tools": "tools", "system": None, "images": None},
 }
-REQUIRED = {"alpaca": ("prompt", "response"), "sharegpt": ("messages",), "v1": ("messages",),
-            "v1-alpaca": ("prompt", "response"), "v1-sharegpt": ("messages",)}
+REQUIRED = {
+    "alpaca": ("prompt", "response"),
+    "sharegpt": ("messages",),
+    "v1": ("messages",),
+    "v1-alpaca": ("prompt", "response"),
+    "v1-sharegpt": ("messages",),
+}
 SHAREGPT_TAGS = {
-    "role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-    "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system",
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
 }
 
 
@@ -53,10 +75,10 @@ class InvalidRow(Exception):
 @dataclass(frozen=True)
 class RowFormat:
     formatting: str
-    columns: dict[str, str | None]   # our field -> the file's column name
+    columns: dict[str, str | None]  # our field -> the file's column name
     tags: dict[str, str]
-    mapped: tuple[str, ...]          # the fields dataset_info.json maps explicitly
-    prompts_only: bool = False       # rows are prompts: no answer needed, a final one dropped
+    mapped: tuple[str, ...]  # the fields dataset_info.json maps explicitly
+    prompts_only: bool = False  # rows are prompts: no answer needed, a final one dropped
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -66,12 +88,16 @@ class RowFormat:
         given = _mapping(entry, "columns", name, source)
         unknown = sorted(set(given) - set(COLUMNS[formatting]))
         if unknown:
-            raise UserError(f"{source}: '{name}' columns {', '.join(unknown)} are not supported for {formatting} "
-                            f"(supported: {', '.join(COLUMNS[formatting])})")
+            raise UserError(
+                f"{source}: '{name}' columns {', '.join(unknown)} are not supported for {formatting} "
+                f"(supported: {', '.join(COLUMNS[formatting])})"
+            )
         tags = _mapping(entry, "tags", name, source)
         unknown = sorted(set(tags) - set(SHAREGPT_TAGS))
         if unknown:
-            raise UserError(f"{source}: '{name}' tags {', '.join(unknown)} are unknown (known: {', '.join(SHAREGPT_TAGS)})")
+            raise UserError(
+                f"{source}: '{name}' tags {', '.join(unknown)} are unknown (known: {', '.join(SHAREGPT_TAGS)})"
+            )
         return cls(formatting, {**COLUMNS[formatting], **given}, {**SHAREGPT_TAGS, **tags}, tuple(given))
 
     @property
@@ -115,8 +141,10 @@ class RowFormat:
             raise InvalidRow(f"field '{column}' is not a list of image paths")
         placeholders = sum(turn["content"].count(IMAGE_PLACEHOLDER) for turn in conversation)
         if placeholders != len(images):
-            raise InvalidRow("image placeholders do not match images",
-                             f"{placeholders} {IMAGE_PLACEHOLDER} in the messages, {len(images)} in '{column}'")
+            raise InvalidRow(
+                "image placeholders do not match images",
+                f"{placeholders} {IMAGE_PLACEHOLDER} in the messages, {len(images)} in '{column}'",
+            )
         return list(images)
 
     def _alpaca(self, row: dict[str, Any]) -> Conversation:
@@ -147,16 +175,24 @@ class RowFormat:
                 raise InvalidRow(f"field '{column}' is missing", hint=self.mapping_hint(row))
             raise InvalidRow(f"field '{column}' is not a list")
         t = self.tags
-        roles = {t["user_tag"]: "user", t["assistant_tag"]: "assistant", t["system_tag"]: "system",
-                 t["function_tag"]: "function", t["observation_tag"]: "observation"}
+        roles = {
+            t["user_tag"]: "user",
+            t["assistant_tag"]: "assistant",
+            t["system_tag"]: "system",
+            t["function_tag"]: "function",
+            t["observation_tag"]: "observation",
+        }
         turns: Conversation = []
         for i, message in enumerate(messages, start=1):
             if not isinstance(message, dict):
                 raise InvalidRow("turn is not an object", f"turn {i}")
             tag, content = message.get(t["role_tag"]), message.get(t["content_tag"])
             if t["role_tag"] not in message:
-                raise InvalidRow(f"turn has no '{t['role_tag']}' key", f"turn {i} has {', '.join(map(str, message))}",
-                                 hint=self.mapping_hint(row))
+                raise InvalidRow(
+                    f"turn has no '{t['role_tag']}' key",
+                    f"turn {i} has {', '.join(map(str, message))}",
+                    hint=self.mapping_hint(row),
+                )
             if tag not in roles:
                 raise InvalidRow(f"unknown role {tag!r}", f"turn {i}")
             if not isinstance(content, str):
@@ -169,24 +205,26 @@ class RowFormat:
             turns.append({"role": roles[tag], "content": content})
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
         turns = self._ending(turns)
-        _check_order(turns[len(system):], len(system) + 1, self.prompts_only)
-        return [s for s in system if s["content"]] + turns[len(system):]
-
+        _check_order(turns[len(system) :], len(system) + 1, self.prompts_only)
+        return [s for s in system if s["content"]] + turns[len(system) :]
 
     def mapping_hint(self, row: dict[str, Any]) -> str:
         """For a sharegpt row of another shape: the column and turn keys looked for, and the
         dataset_info.json `columns` / `tags` that would read an OpenAI-style row (role / content)."""
         t, column = self.tags, self.columns["messages"]
-        looked = (f"sharegpt rows are read from column '{column}', each turn's role from key '{t['role_tag']}' "
-                  f"({', '.join(t[k] for k in ('user_tag', 'assistant_tag', 'system_tag'))}, ...) "
-                  f"and its text from key '{t['content_tag']}'")
+        looked = (
+            f"sharegpt rows are read from column '{column}', each turn's role from key '{t['role_tag']}' "
+            f"({', '.join(t[k] for k in ('user_tag', 'assistant_tag', 'system_tag'))}, ...) "
+            f"and its text from key '{t['content_tag']}'"
+        )
         lists = [k for k, v in row.items() if isinstance(v, list) and v and all(isinstance(m, dict) for m in v)]
         found = column if column in lists else (lists[0] if lists else None)
         if found is None or not all({"role", "content"} <= set(m) for m in row[found]):
             return looked
         mapping = ([f'"columns": {{"messages": "{found}"}}'] if found != column else []) + [
             '"tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", '
-            '"assistant_tag": "assistant", "system_tag": "system"}']
+            '"assistant_tag": "assistant", "system_tag": "system"}'
+        ]
         return f"{looked}; these rows are OpenAI-style, read them by adding {', '.join(mapping)} to the entry"
 
     def _v1(self, row: dict[str, Any]) -> Conversation:
@@ -196,9 +234,12 @@ class RowFormat:
             raise InvalidRow(e.reason, e.detail) from None
         system = turns[:1] if turns and turns[0]["role"] == "system" else []
         turns = self._ending(turns)
-        _check_order(turns[len(system):], len(system) + 1, self.prompts_only)
-        return (([{"role": "tools", "content": "", "tools": tools}] if tools else [])
-                + [s for s in system if s["content"]] + turns[len(system):])
+        _check_order(turns[len(system) :], len(system) + 1, self.prompts_only)
+        return (
+            ([{"role": "tools", "content": "", "tools": tools}] if tools else [])
+            + [s for s in system if s["content"]]
+            + turns[len(system) :]
+        )
 
     def _ending(self, turns: Conversation) -> Conversation:
         """Read as prompts, a conversation's final answer is dropped: the teacher writes its own."""
@@ -211,7 +252,9 @@ def _check_order(turns: Conversation, first_number: int, ends_with_prompt: bool 
     for i, turn in enumerate(turns):
         expected = PROMPT_ROLES if i % 2 == 0 else ANSWER_ROLES
         if turn["role"] not in expected:
-            raise InvalidRow("wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {' or '.join(expected)}")
+            raise InvalidRow(
+                "wrong turn order", f"turn {i + first_number} is {turn['role']}, expected {' or '.join(expected)}"
+            )
         if turn["role"] in ANSWER_ROLES and not turn["content"].strip():
             raise InvalidRow("empty response", f"turn {i + first_number}")
     if ends_with_prompt and turns[-1]["role"] not in PROMPT_ROLES:

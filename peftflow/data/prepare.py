@@ -18,14 +18,13 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from peftflow.store import build_sealed
 from peftflow.config import RunConfig
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import images_digest, read_images
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
-from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.slots import Options
+from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
 from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, get_template
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
 from peftflow.data.v1 import resample, v1_sources
@@ -33,14 +32,21 @@ from peftflow.errors import UserError
 from peftflow.models.vision import check_config_fits
 from peftflow.paths import cache_dir
 from peftflow.stages import get_stage
+from peftflow.store import build_sealed
 
 log = logging.getLogger("peftflow.data")
 
 PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
 STATS_FILE = "stats.json"
 REPORT_FILE = "report.json"  # the DataReport of what was prepared (`peftflow validate` prints it)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+)
 OPTIONS = ("cutoff_len", "max_samples", "val_size", "seed", "train_on_prompt", "mask_history", "on_invalid_rows")
 CUTOFF_DROP = "no supervised tokens within cutoff_len"
 IMAGE_CUT_DROP = "cutoff_len cuts through an image"
@@ -49,21 +55,21 @@ SHOWN_ROWS = 5  # invalid rows named in a message
 
 @dataclass(frozen=True)
 class PreparedData:
-    path: str          # directory holding train/ and eval/ (datasets.Dataset.save_to_disk) and stats.json
-    fingerprint: str   # content fingerprint of everything that shapes the output
+    path: str  # directory holding train/ and eval/ (datasets.Dataset.save_to_disk) and stats.json
+    fingerprint: str  # content fingerprint of everything that shapes the output
     train_rows: int
     eval_rows: int
-    dropped: int       # invalid rows dropped + rows with nothing supervised left after cutoff
-    truncated: int     # kept rows cut at cutoff_len
+    dropped: int  # invalid rows dropped + rows with nothing supervised left after cutoff
+    truncated: int  # kept rows cut at cutoff_len
 
 
 @dataclass
 class _Analysis:
-    rows: list[EncodedRow] = field(default_factory=list)   # kept, cut at cutoff_len
+    rows: list[EncodedRow] = field(default_factory=list)  # kept, cut at cutoff_len
     images: list[list[bytes]] = field(default_factory=list)  # each kept row's images (empty for text)
     rows_read: int = 0
     drops: list[tuple[str, str]] = field(default_factory=list)  # (reason, "<file> row N")
-    lengths: list[int] = field(default_factory=list)        # tokens per valid row, before cutoff
+    lengths: list[int] = field(default_factory=list)  # tokens per valid row, before cutoff
     truncated: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -71,7 +77,9 @@ class _Analysis:
 def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
     """The datasets a run reads (v1's train_dataset when set, else `dataset` in dataset_dir), read
     as rows of its stage's kind."""
-    sources = v1_sources(cfg.train_dataset) if cfg.train_dataset else resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    sources = (
+        v1_sources(cfg.train_dataset) if cfg.train_dataset else resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
+    )
     return read_as(get_stage(cfg).row_kind, sources)
 
 
@@ -84,12 +92,18 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
         log.info("reusing prepared data at %s", target)
     else:
         # With a run store, another machine may have tokenised the same inputs already: fetched, checked.
-        build_sealed(cfg.storage, f"cache/prepared/{fingerprint}", target,
-                     lambda out: _build(cfg, sources, model_path, out, fingerprint),
-                     ready=lambda t: (t / STATS_FILE).is_file())
+        build_sealed(
+            cfg.storage,
+            f"cache/prepared/{fingerprint}",
+            target,
+            lambda out: _build(cfg, sources, model_path, out, fingerprint),
+            ready=lambda t: (t / STATS_FILE).is_file(),
+        )
         log.info("prepared data at %s", target)
     stats = json.loads((target / STATS_FILE).read_text())
-    return PreparedData(str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"])
+    return PreparedData(
+        str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"]
+    )
 
 
 def prepared_report(cfg: RunConfig, model_path: str, data: PreparedData) -> DataReport:
@@ -120,11 +134,16 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
     for reason, where in a.drops:
         by_reason.setdefault(reason, []).append(where)
     return DataReport(
-        datasets=tuple(s.name for s in sources), rows_read=a.rows_read, rows_kept=len(a.rows),
+        datasets=tuple(s.name for s in sources),
+        rows_read=a.rows_read,
+        rows_kept=len(a.rows),
         dropped={r: len(w) for r, w in by_reason.items()},
         dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
-        token_lengths=percentiles(a.lengths), cutoff_len=cfg.cutoff_len, truncated=a.truncated,
-        problems=tuple(a.problems))
+        token_lengths=percentiles(a.lengths),
+        cutoff_len=cfg.cutoff_len,
+        truncated=a.truncated,
+        problems=tuple(a.problems),
+    )
 
 
 def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _Analysis:
@@ -148,18 +167,24 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
         else:
             a.drops.append((CUTOFF_DROP, where))
     if kept and not a.rows:
-        a.problems.append(f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
-                f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)")
+        a.problems.append(
+            f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
+            f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)"
+        )
     if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
-        a.problems.append(f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
-                "and leaves none to train on; lower val_size or add data")
+        a.problems.append(
+            f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
+            "and leaves none to train on; lower val_size or add data"
+        )
     cutoff_drops = sum(reason in (CUTOFF_DROP, IMAGE_CUT_DROP) for reason, _ in a.drops)
     if cutoff_drops and a.rows:
         log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
     return a
 
 
-def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem) -> list[tuple[Conversation, list[bytes], str]]:
+def _valid_rows(
+    cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem
+) -> list[tuple[Conversation, list[bytes], str]]:
     """Every source's valid rows as (conversation, images, "<file> row N"), invalid ones handled as
     on_invalid_rows says, v1 datasets resampled, at most max_samples per source."""
     kept = []
@@ -170,14 +195,21 @@ def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, prob
         if invalid and cfg.on_invalid_rows == "error":
             problem(_invalid_rows_message(invalid) + hint)
         elif invalid:
-            log.warning("dataset '%s': dropped %d invalid rows: %s", source.name, len(invalid), "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]))
+            log.warning(
+                "dataset '%s': dropped %d invalid rows: %s",
+                source.name,
+                len(invalid),
+                "; ".join(m for _, _, m in invalid[:SHOWN_ROWS]),
+            )
         if not valid:
             # the hint once: with on_invalid_rows: error the invalid-rows problem above carries it
-            problem(f"dataset '{source.name}': none of its {len(invalid)} rows is valid"
-                    + (hint if cfg.on_invalid_rows != "error" else ""))
+            problem(
+                f"dataset '{source.name}': none of its {len(invalid)} rows is valid"
+                + (hint if cfg.on_invalid_rows != "error" else "")
+            )
         if valid and source.format.formatting.startswith("v1"):
             valid = resample(valid, source.entry, cfg.seed)
-        kept += valid[:cfg.max_samples]
+        kept += valid[: cfg.max_samples]
     return kept
 
 
@@ -188,12 +220,15 @@ def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
 
 def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversation]:
     """Every valid prompt of `sources`, read as training rows are; text only."""
+
     def problem(message: str) -> None:
         raise UserError(message)
 
     kept = _valid_rows(cfg, sources, _Analysis(), problem)
     if any(images for _, images, _ in kept):
-        raise UserError(f"kd_unlabeled_dataset {cfg.kd_unlabeled_dataset}: prompts with images cannot be teacher-labelled")
+        raise UserError(
+            f"kd_unlabeled_dataset {cfg.kd_unlabeled_dataset}: prompts with images cannot be teacher-labelled"
+        )
     return [conversation for conversation, _, _ in kept]
 
 
@@ -204,7 +239,9 @@ def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: s
 
 def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:
     if has_images and encoder.image_token_id is None:
-        raise UserError(f"dataset {cfg.dataset} has images but the model at {model_path} is not a vision-language model")
+        raise UserError(
+            f"dataset {cfg.dataset} has images but the model at {model_path} is not a vision-language model"
+        )
 
 
 def _read_source(source: DatasetSource, a: _Analysis):
@@ -231,8 +268,10 @@ def _invalid_rows_message(invalid: list[tuple[str, str, str]]) -> str:
     in_file = [m for f, _, m in invalid if f == first_file]
     elsewhere = len(invalid) - len(in_file)
     more = f"; and {elsewhere} in other files" if elsewhere else ""
-    return (f"{first_file}: {len(in_file)} invalid rows: {'; '.join(in_file[:SHOWN_ROWS])}{more} "
-            "(set on_invalid_rows: drop to skip them)")
+    return (
+        f"{first_file}: {len(in_file)} invalid rows: {'; '.join(in_file[:SHOWN_ROWS])}{more} "
+        "(set on_invalid_rows: drop to skip them)"
+    )
 
 
 def _eval_count(n: int, val_size: float) -> int:
@@ -254,9 +293,16 @@ def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
 
     train_idx, eval_idx = split_rows(len(a.rows), cfg)
     ids = List(Value("int64"))
-    train_cols = {"input_ids": [a.rows[i].input_ids for i in train_idx], "labels": [a.rows[i].labels for i in train_idx]}
-    eval_cols = {"input_ids": [a.rows[i].input_ids for i in eval_idx], "labels": [a.rows[i].labels for i in eval_idx],
-                 "prompt_ids": [a.rows[i].prompt_ids for i in eval_idx], "reference": [a.rows[i].reference for i in eval_idx]}
+    train_cols = {
+        "input_ids": [a.rows[i].input_ids for i in train_idx],
+        "labels": [a.rows[i].labels for i in train_idx],
+    }
+    eval_cols = {
+        "input_ids": [a.rows[i].input_ids for i in eval_idx],
+        "labels": [a.rows[i].labels for i in eval_idx],
+        "prompt_ids": [a.rows[i].prompt_ids for i in eval_idx],
+        "reference": [a.rows[i].reference for i in eval_idx],
+    }
     train_features = {"input_ids": ids, "labels": ids}
     eval_features = {**train_features, "prompt_ids": ids, "reference": Value("string")}
     if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
@@ -265,14 +311,23 @@ def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
     train = Dataset.from_dict(train_cols, features=Features(train_features))
     evaluation = Dataset.from_dict(eval_cols, features=Features(eval_features))
     stats = {
-        "fingerprint": fingerprint, "datasets": cfg.dataset_names, "template": cfg.template, "cutoff_len": cfg.cutoff_len,
-        "rows_read": a.rows_read, "train_rows": len(train_idx), "eval_rows": len(eval_idx),
-        "dropped": len(a.drops), "dropped_by_reason": dict(Counter(reason for reason, _ in a.drops)),
-        "truncated": a.truncated, "token_lengths": percentiles(a.lengths),
+        "fingerprint": fingerprint,
+        "datasets": cfg.dataset_names,
+        "template": cfg.template,
+        "cutoff_len": cfg.cutoff_len,
+        "rows_read": a.rows_read,
+        "train_rows": len(train_idx),
+        "eval_rows": len(eval_idx),
+        "dropped": len(a.drops),
+        "dropped_by_reason": dict(Counter(reason for reason, _ in a.drops)),
+        "truncated": a.truncated,
+        "token_lengths": percentiles(a.lengths),
         "supervised_tokens": sum(supervised(r) for r in a.rows),
     }
     train.save_to_disk(str(out / "train"))
-    evaluation.save_to_disk(str(out / "eval"), num_shards=1)  # an empty split saves no shard otherwise, and cannot be loaded
+    evaluation.save_to_disk(
+        str(out / "eval"), num_shards=1
+    )  # an empty split saves no shard otherwise, and cannot be loaded
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
 
 
@@ -299,8 +354,14 @@ def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) 
 
 
 def encode_options(cfg: RunConfig) -> Options:
-    return Options(cfg.train_on_prompt, cfg.mask_history, cfg.enable_thinking, cfg.preserve_thinking,
-                   cfg.tool_format, cfg.default_system)
+    return Options(
+        cfg.train_on_prompt,
+        cfg.mask_history,
+        cfg.enable_thinking,
+        cfg.preserve_thinking,
+        cfg.tool_format,
+        cfg.default_system,
+    )
 
 
 def _template_identity(cfg: RunConfig) -> str:

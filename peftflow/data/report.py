@@ -19,18 +19,24 @@ class DataReport:
     datasets: tuple[str, ...]
     rows_read: int
     rows_kept: int
-    dropped: dict[str, int]                  # reason -> rows
+    dropped: dict[str, int]  # reason -> rows
     dropped_rows: dict[str, tuple[str, ...]]  # reason -> the first few, as "<file> row N"
-    token_lengths: dict[str, int]            # p50 / p90 / p99 / max tokens per row, before cutoff
+    token_lengths: dict[str, int]  # p50 / p90 / p99 / max tokens per row, before cutoff
     cutoff_len: int
     truncated: int
-    problems: tuple[str, ...]                # what would stop prepare_dataset
+    problems: tuple[str, ...]  # what would stop prepare_dataset
 
     @classmethod
     def from_json(cls, path: Path) -> DataReport:
         raw = json.loads(Path(path).read_text())
-        return cls(**raw | {"datasets": tuple(raw["datasets"]), "problems": tuple(raw["problems"]),
-                            "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()}})
+        return cls(
+            **raw
+            | {
+                "datasets": tuple(raw["datasets"]),
+                "problems": tuple(raw["problems"]),
+                "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()},
+            }
+        )
 
     @property
     def truncation_rate(self) -> float:
@@ -41,7 +47,10 @@ class DataReport:
         lines = [
             f"datasets: {', '.join(self.datasets)}",
             f"rows: {self.rows_read} read, {self.rows_kept} kept, {sum(self.dropped.values())} dropped",
-            *(f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})" for reason, n in self.dropped.items()),
+            *(
+                f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})"
+                for reason, n in self.dropped.items()
+            ),
             f"tokens per row: {lengths}",
             f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})",
             *(f"problem: {p}" for p in self.problems),

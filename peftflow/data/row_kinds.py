@@ -25,10 +25,13 @@ def _as_prompts(source: DatasetSource) -> DatasetSource:
     return replace(source, format=replace(source.format, prompts_only=True))
 
 
-ROW_KINDS: dict[str, RowKind] = {k.name: k for k in (
-    RowKind("conversations", "a conversation ending in the answer to learn", lambda source: source),
-    RowKind("prompts", "a conversation without its answer: none needed, a final one dropped", _as_prompts),
-)}
+ROW_KINDS: dict[str, RowKind] = {
+    k.name: k
+    for k in (
+        RowKind("conversations", "a conversation ending in the answer to learn", lambda source: source),
+        RowKind("prompts", "a conversation without its answer: none needed, a final one dropped", _as_prompts),
+    )
+}
 
 
 def read_as(kind: str, sources: list[DatasetSource]) -> list[DatasetSource]:

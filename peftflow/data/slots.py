@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from peftflow.data.tool_formats import function_text, tools_text
 from peftflow.data.template_table import BOS, EOS, TableTemplate
+from peftflow.data.tool_formats import function_text, tools_text
 from peftflow.errors import UserError
 
 IGNORE = -100
@@ -30,9 +30,10 @@ IGNORE = -100
 @dataclass(frozen=True)
 class Layout:
     """How an encoded row is built, for cutting it as LLaMA-Factory does."""
-    pairs: tuple[tuple[int, int], ...]   # (prompt tokens, answer tokens) per pair, in order
-    efficient_eos: bool                  # one eos appended at the end
-    last_first: bool                     # mask_history: the budget goes to the last pairs first
+
+    pairs: tuple[tuple[int, int], ...]  # (prompt tokens, answer tokens) per pair, in order
+    efficient_eos: bool  # one eos appended at the end
+    last_first: bool  # mask_history: the budget goes to the last pairs first
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Options:
     mask_history: bool = False
     enable_thinking: bool = True
     preserve_thinking: bool = False
-    tool_format: str | None = None      # overrides the template's
-    default_system: str | None = None   # overrides the template's
+    tool_format: str | None = None  # overrides the template's
+    default_system: str | None = None  # overrides the template's
 
 
 def stop_words_eos(template: TableTemplate, tokenizer) -> int:
@@ -69,7 +70,9 @@ def _has_thought(template: TableTemplate, content: str) -> bool:
 class SlotEncoder:
     def __init__(self, tokenizer, template: TableTemplate, options: Options):
         if template.efficient_eos and options.train_on_prompt:  # its eos is learned at a prompt position
-            raise UserError(f"template '{template.name}' does not support train_on_prompt (its answers end with efficient_eos)")
+            raise UserError(
+                f"template '{template.name}' does not support train_on_prompt (its answers end with efficient_eos)"
+            )
         self.tok, self.t, self.o = tokenizer, template, options
         self.eos = stop_words_eos(template, tokenizer)
         self.tool_format = options.tool_format or template.tool_format
@@ -107,7 +110,9 @@ class SlotEncoder:
             return pieces + _fill(t.function, function_text(self.tool_format, content, words))
         return pieces + _fill(t.assistant, content)
 
-    def encode(self, conversation: list[dict], expand=lambda ids: ids) -> tuple[list[int], list[int], list[int], Layout]:
+    def encode(
+        self, conversation: list[dict], expand=lambda ids: ids
+    ) -> tuple[list[int], list[int], list[int], Layout]:
         """(input_ids, labels, prompt_ids, layout) of one conversation; `expand` rewrites each
         message's ids (image placeholders). prompt_ids ends where the last answer starts."""
         system = next((m["content"] for m in conversation if m["role"] == "system"), "") or self.default_system
@@ -139,7 +144,9 @@ class SlotEncoder:
             return [len(messages) - 2]
         return list(range(0, len(messages), 2))
 
-    def _label(self, pairs: list[tuple[list[int], list[int]]], weights: list[tuple]) -> tuple[list[int], list[int], list[int], Layout]:
+    def _label(
+        self, pairs: list[tuple[list[int], list[int]]], weights: list[tuple]
+    ) -> tuple[list[int], list[int], list[int], Layout]:
         o, n = self.o, len(pairs)
         input_ids, labels = [], []
         for k, ((source, target), (source_weight, target_weight)) in enumerate(zip(pairs, weights)):
@@ -154,7 +161,7 @@ class SlotEncoder:
             target_label = [IGNORE] * len(target) if masked else target
             input_ids += source + target
             labels += source_label + target_label
-        prompt_ids = input_ids[:len(input_ids) - len(pairs[-1][1])]
+        prompt_ids = input_ids[: len(input_ids) - len(pairs[-1][1])]
         if self.t.efficient_eos:
             input_ids, labels = input_ids + [self.eos], labels + [self.eos]
         layout = Layout(tuple((len(s), len(t)) for s, t in pairs), self.t.efficient_eos, o.mask_history)
@@ -194,7 +201,7 @@ def truncate(input_ids: list[int], labels: list[int], layout: Layout, cutoff_len
     for k in sorted(kept):
         s0, (source, _), (new_source, new_target) = starts[k], layout.pairs[k], kept[k]
         for lo, n in ((s0, new_source), (s0 + source, new_target)):
-            ids, out = ids + input_ids[lo:lo + n], out + labels[lo:lo + n]
+            ids, out = ids + input_ids[lo : lo + n], out + labels[lo : lo + n]
     if layout.efficient_eos:
         ids, out = ids + input_ids[-1:], out + labels[-1:]
     return ids, out

@@ -20,24 +20,38 @@ INFO_FILE = "dataset_info.json"
 BUILTIN = "builtin"
 READERS = (".json", ".jsonl", ".csv", ".parquet")
 # Every key LLaMA-Factory documents for an entry; any other is a typo and gets a suggestion.
-ENTRY_KEYS = ("file_name", "formatting", "columns", "tags", "ranking", "split", "subset", "folder",
-              "num_samples", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
+ENTRY_KEYS = (
+    "file_name",
+    "formatting",
+    "columns",
+    "tags",
+    "ranking",
+    "split",
+    "subset",
+    "folder",
+    "num_samples",
+    "hf_hub_url",
+    "ms_hub_url",
+    "om_hub_url",
+    "script_url",
+    "cloud_file_name",
+)
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url")
 
 
 @dataclass(frozen=True)
 class DataFile:
-    path: Path   # resolved, inside dataset_dir
-    shown: str   # how messages name it: <dataset_dir>/<file_name>
+    path: Path  # resolved, inside dataset_dir
+    shown: str  # how messages name it: <dataset_dir>/<file_name>
 
 
 @dataclass(frozen=True)
 class DatasetSource:
     name: str
-    entry: dict[str, Any]   # the dataset_info.json entry as written
+    entry: dict[str, Any]  # the dataset_info.json entry as written
     format: RowFormat
     files: tuple[DataFile, ...]
-    root: Path | None = None   # dataset_dir, where relative image paths point; None for cloud files
+    root: Path | None = None  # dataset_dir, where relative image paths point; None for cloud files
     info_file: str = INFO_FILE  # the file holding `entry`, as messages name it
 
 
@@ -70,7 +84,9 @@ def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
         _check_entry(name, entry, info_path)
         fmt = RowFormat.from_entry(name, entry, str(info_path))
         cloud = bool(entry.get("cloud_file_name"))
-        files = _cloud_files(entry["cloud_file_name"]) if cloud else _data_files(root, entry["file_name"], name, info_path)
+        files = (
+            _cloud_files(entry["cloud_file_name"]) if cloud else _data_files(root, entry["file_name"], name, info_path)
+        )
         sources.append(DatasetSource(name, entry, fmt, files, None if cloud else root, str(info_path)))
     return sources
 
@@ -95,6 +111,7 @@ def read_rows(file: DataFile, required_columns: list[str]) -> list[dict[str, Any
 
 def _builtin_root() -> Path:
     """peftflow's generated datasets, written once; atomically, since parallel runs may race."""
+
     def complete(root: Path) -> bool:
         # Written by an older peftflow without every built-in dataset: write again (same bytes for the old ones).
         return (root / INFO_FILE).is_file() and set(BUILTIN_NAMES) <= set(json.loads((root / INFO_FILE).read_text()))
@@ -110,14 +127,21 @@ def _check_entry(name: str, entry: dict[str, Any], info_path: Path) -> None:
             raise UserError(f"{where} has unknown key '{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
     hub = [k for k in HUB_KEYS if entry.get(k)]
     if hub:
-        raise UserError(f"{where} is a hub dataset ({hub[0]}); hub datasets are not available offline: download it and set file_name to the local file")
+        raise UserError(
+            f"{where} is a hub dataset ({hub[0]}); hub datasets are not available offline: download it and set "
+            "file_name to the local file"
+        )
     if entry.get("script_url"):
         raise UserError(f"{where} uses script_url; dataset loading scripts are not supported, use file_name")
     if entry.get("cloud_file_name"):
         if not isinstance(entry["cloud_file_name"], str) or not entry["cloud_file_name"].startswith("s3://"):
-            raise UserError(f"{where}: cloud_file_name must be an s3://bucket/key URI (got {entry['cloud_file_name']!r})")
+            raise UserError(
+                f"{where}: cloud_file_name must be an s3://bucket/key URI (got {entry['cloud_file_name']!r})"
+            )
     if entry.get("ranking"):
-        raise UserError(f"{where} is a ranking (preference) dataset; peftflow trains sft only and does not support ranking datasets")
+        raise UserError(
+            f"{where} is a ranking (preference) dataset; peftflow trains sft only and does not support ranking datasets"
+        )
     if "num_samples" in entry:
         raise UserError(f"{where}: num_samples is not supported; set max_samples in the run config")
     if not entry.get("cloud_file_name") and (not isinstance(entry.get("file_name"), str) or not entry["file_name"]):
@@ -170,8 +194,10 @@ def _decode(file: DataFile) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UserError(f"{file.shown}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{file.shown}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from None
 
 
 def _load_json(path: Path) -> Any:
@@ -192,7 +218,7 @@ def _read_json(file: DataFile, lines: bool) -> list[dict[str, Any]]:
             # LLaMA-Factory reads .json through the `json` loader, which also takes JSON Lines.
             if e.msg != "Extra data":
                 raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
-            if "\n" in text[:e.pos].strip():  # a document over several lines, then more: not JSON Lines
+            if "\n" in text[: e.pos].strip():  # a document over several lines, then more: not JSON Lines
                 raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
             rows = _json_lines(file, text)  # its first line is a whole value: JSON Lines, named by the broken line
     if not isinstance(rows, list):

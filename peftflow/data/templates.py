@@ -45,11 +45,15 @@ def resolve_jinja(tokenizer, tokenizer_path: str) -> tuple[str, str]:
     """The tokenizer template: (Jinja source, end-of-turn token text)."""
     jinja = tokenizer.chat_template
     if not jinja:
-        raise UserError(f"template '{TOKENIZER}': the tokenizer at {tokenizer_path} has no chat template; "
-                        f"set template to one of {', '.join(TABLE)}")
+        raise UserError(
+            f"template '{TOKENIZER}': the tokenizer at {tokenizer_path} has no chat template; "
+            f"set template to one of {', '.join(TABLE)}"
+        )
     end_of_turn = _probe_end_of_turn(tokenizer, jinja)
     if not end_of_turn:
-        raise UserError(f"template '{TOKENIZER}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none")
+        raise UserError(
+            f"template '{TOKENIZER}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none"
+        )
     return jinja, end_of_turn
 
 
@@ -59,10 +63,14 @@ def check_table_template(tokenizer, template: TableTemplate, tokenizer_path: str
     if template.replace_eos and single_token_id(tokenizer, template.stop_words[0]) is None:
         missing.append(template.stop_words[0])
     if missing:
-        raise UserError(f"template '{template.name}' needs tokens {' '.join(dict.fromkeys(missing))} which the "
-                        f"tokenizer at {tokenizer_path} does not have")
+        raise UserError(
+            f"template '{template.name}' needs tokens {' '.join(dict.fromkeys(missing))} which the "
+            f"tokenizer at {tokenizer_path} does not have"
+        )
     if not template.replace_eos and tokenizer.eos_token_id is None:
-        raise UserError(f"template '{template.name}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none")
+        raise UserError(
+            f"template '{template.name}' ends answers with eos_token, but the tokenizer at {tokenizer_path} has none"
+        )
 
 
 def stop_token_ids(tokenizer, name: str) -> list[int]:
@@ -74,8 +82,11 @@ def stop_token_ids(tokenizer, name: str) -> list[int]:
     if template is None:
         return [single_token_id(tokenizer, resolve_jinja(tokenizer, path)[1])]
     check_table_template(tokenizer, template, path)
-    ids = [stop_words_eos(template, tokenizer), tokenizer.eos_token_id,
-           *(single_token_id(tokenizer, w) for w in template.stop_words)]
+    ids = [
+        stop_words_eos(template, tokenizer),
+        tokenizer.eos_token_id,
+        *(single_token_id(tokenizer, w) for w in template.stop_words),
+    ]
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
@@ -88,8 +99,9 @@ def _probe_end_of_turn(tokenizer, jinja: str) -> str | None:
     """For a tokenizer's own template: the special token written right after an answer's text."""
     probe = "PEFTFLOW-PROBE-ANSWER"
     text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], chat_template=jinja, tokenize=False)
-    after = text[text.rindex(probe) + len(probe):].lstrip()
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": probe}], chat_template=jinja, tokenize=False
+    )
+    after = text[text.rindex(probe) + len(probe) :].lstrip()
     specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
     matches = [t for t in specials if t and after.startswith(t)]
     return max(matches, key=len) if matches else tokenizer.eos_token
@@ -116,17 +128,25 @@ def chat_template_jinja(template: TableTemplate, tokenizer) -> str:
     jinja = "{{ " + expr(template.prefix) + " }}" if template.prefix else ""
     if template.default_system:
         jinja += "{% set system_message = " + _quoted(template.default_system) + " %}"
-    jinja += ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-              "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% endif %}")
+    jinja += (
+        "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+        "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% endif %}"
+    )
     if template.fuse_system:
-        jinja += ("{% for message in loop_messages %}{% if loop.index0 == 0 and system_message is defined %}"
-                  "{% set content = " + expr(template.system[:1], "system_message") + " + message['content'] %}"
-                  "{% else %}{% set content = message['content'] %}{% endif %}")
+        jinja += (
+            "{% for message in loop_messages %}{% if loop.index0 == 0 and system_message is defined %}"
+            "{% set content = " + expr(template.system[:1], "system_message") + " + message['content'] %}"
+            "{% else %}{% set content = message['content'] %}{% endif %}"
+        )
     else:
-        jinja += ("{% if system_message is defined %}{{ " + expr(template.system, "system_message") + " }}{% endif %}"
-                  "{% for message in loop_messages %}{% set content = message['content'] %}")
-    return jinja + ("{% if message['role'] == 'user' %}{{ " + expr(template.user) + " }}"
-                    "{% elif message['role'] == 'assistant' %}{{ " + expr(template.assistant) + " }}{% endif %}{% endfor %}")
+        jinja += (
+            "{% if system_message is defined %}{{ " + expr(template.system, "system_message") + " }}{% endif %}"
+            "{% for message in loop_messages %}{% set content = message['content'] %}"
+        )
+    return jinja + (
+        "{% if message['role'] == 'user' %}{{ " + expr(template.user) + " }}"
+        "{% elif message['role'] == 'assistant' %}{{ " + expr(template.assistant) + " }}{% endif %}{% endfor %}"
+    )
 
 
 def _quoted(text: str) -> str:

@@ -1,10 +1,11 @@
 """Render conversations with the chat template, tokenise, mask the prompt, cut at cutoff_len.
 
 A table template (LLaMA-Factory's names) is encoded by slots.py. This module renders the
-tokenizer's own Jinja template (`template: tokenizer`). Masking works on rendered prefixes: the text of messages[:i] with the generation prompt must be
-a prefix of the text of messages[:i + 1], so the difference is exactly the answer of turn i. Each
-piece is tokenised on its own (as LLaMA-Factory does), so a piece boundary is a token boundary
-and the prompt an evaluation feeds the model is token for token the one trained on.
+tokenizer's own Jinja template (`template: tokenizer`). Masking works on rendered prefixes: the
+text of messages[:i] with the generation prompt must be a prefix of the text of messages[:i + 1],
+so the difference is exactly the answer of turn i. Each piece is tokenised on its own (as
+LLaMA-Factory does), so a piece boundary is a token boundary and the prompt an evaluation feeds
+the model is token for token the one trained on.
 
 An answer piece is the answer text, the end-of-turn token, then any glue the template writes
 after it (ChatML's "\n"). The model learns the answer and the end-of-turn token; the glue is
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from peftflow.data.templates import check_table_template, get_template, resolve_jinja
-from peftflow.data.tool_formats import function_text, tools_text
 from peftflow.data.formats import Conversation
 from peftflow.data.slots import Layout, Options, SlotEncoder, truncate
+from peftflow.data.templates import check_table_template, get_template, resolve_jinja
+from peftflow.data.tool_formats import function_text, tools_text
 from peftflow.errors import UserError
 from peftflow.models import vision
 
@@ -30,14 +31,20 @@ PROMPT, ANSWER, GLUE = "prompt", "answer", "glue"
 class EncodedRow:
     input_ids: list[int]
     labels: list[int]
-    prompt_ids: list[int]   # the conversation up to its last answer, ending in the generation prompt
-    reference: str          # the last answer's text
+    prompt_ids: list[int]  # the conversation up to its last answer, ending in the generation prompt
+    reference: str  # the last answer's text
     layout: Layout | None = None  # table templates: how to cut it as LLaMA-Factory does
 
 
 class ChatEncoder:
-    def __init__(self, model_path: str, template: str, trust_remote_code: bool = False, options: Options = Options(),
-                 tokenizer=None):
+    def __init__(
+        self,
+        model_path: str,
+        template: str,
+        trust_remote_code: bool = False,
+        options: Options = Options(),
+        tokenizer=None,
+    ):
         """`tokenizer`: the one at model_path, when the caller has it loaded already."""
         from transformers import AutoTokenizer
 
@@ -73,8 +80,10 @@ class ChatEncoder:
             return [self._encode_slots(slots, c) for c in conversations]
         conversations = [_as_plain_chat(c) for c in conversations]
         if any(m.get("loss_weight") == 1 for c in conversations for m in c if m["role"] != "assistant"):
-            raise UserError(f"template '{self.template}' cannot learn a prompt turn (loss_weight 1 on a user or tool message); "
-                            "name a LLaMA-Factory template")
+            raise UserError(
+                f"template '{self.template}' cannot learn a prompt turn (loss_weight 1 on a user or tool message); "
+                "name a LLaMA-Factory template"
+            )
         pieces = [self._pieces(c) for c in conversations]
         ids = iter(self.tokenizer([text for row in pieces for text, _ in row], add_special_tokens=False)["input_ids"])
         rows = []
@@ -85,7 +94,9 @@ class ChatEncoder:
             input_ids, labels, prompt_ids = [], [], []
             for i, (_, kind) in enumerate(row):
                 piece = self._expand_images(next(ids))
-                learned = train_on_prompt or (kind == ANSWER and i not in masked and (not mask_history or i == last_answer))
+                learned = train_on_prompt or (
+                    kind == ANSWER and i not in masked and (not mask_history or i == last_answer)
+                )
                 input_ids += piece
                 # Image positions are features, not text: never a label.
                 labels += [IGNORE if not learned or t == self.image_token_id else t for t in piece]
@@ -102,7 +113,8 @@ class ChatEncoder:
 
     def _render(self, messages: Conversation, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt)
+            messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _pieces(self, conversation: Conversation) -> list[tuple[str, str]]:
         """The rendered conversation cut into (text, kind) pieces that concatenate to the whole."""
@@ -111,15 +123,21 @@ class ChatEncoder:
             if message["role"] != "assistant":
                 continue
             prompt = self._render(conversation[:i], add_generation_prompt=True)
-            full = self._render(conversation[:i + 1], add_generation_prompt=False)
+            full = self._render(conversation[: i + 1], add_generation_prompt=False)
             if not (prompt.startswith(done) and full.startswith(prompt)):
-                raise UserError(f"template '{self.template}' does not render conversations incrementally (turn {i + 1} changes the text before it), so prompt tokens cannot be masked; use another template")
-            answer = full[len(prompt):]
+                raise UserError(
+                    f"template '{self.template}' does not render conversations incrementally (turn {i + 1} changes the "
+                    "text before it), so prompt tokens cannot be masked; use another template"
+                )
+            answer = full[len(prompt) :]
             end = answer.rfind(self.end_of_turn)
             if end < 0:
-                raise UserError(f"template '{self.template}' does not close an assistant turn with its end-of-turn token {self.end_of_turn!r}; a model trained on it would never learn to stop")
+                raise UserError(
+                    f"template '{self.template}' does not close an assistant turn with its end-of-turn token "
+                    f"{self.end_of_turn!r}; a model trained on it would never learn to stop"
+                )
             end += len(self.end_of_turn)
-            pieces += [(prompt[len(done):], PROMPT), (answer[:end], ANSWER), (answer[end:], GLUE)]
+            pieces += [(prompt[len(done) :], PROMPT), (answer[:end], ANSWER), (answer[end:], GLUE)]
             done = full
         return pieces
 

@@ -31,7 +31,8 @@ _QWEN_PROMPT = (
     "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>{tool_text}"
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\n<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{{"name": <function-name>, "arguments": '
+    "<args-json-object>}}\n</tool_call>"
 )
 _QWEN35_PROMPT = (
     "\n\n# Tools\n\nYou have access to the following functions:\n\n<tools>{tool_text}"
@@ -105,20 +106,47 @@ def _one_or_list(objects: list[dict]) -> dict | list[dict]:
 
 # tool_format -> (tools -> system text, calls -> assistant text)
 FORMATS = {
-    "default": (_default_tools, lambda calls: "\n".join(f"Action: {c.name}\nAction Input: {c.arguments}" for c in calls)),
-    "qwen": (lambda tools: _QWEN_PROMPT.format(tool_text="".join("\n" + json.dumps(_wrapped(t), ensure_ascii=False) for t in tools)),
-             lambda calls: "\n".join(f"<tool_call>\n{json.dumps(o, ensure_ascii=False)}\n</tool_call>" for o in _as_objects(calls, "arguments"))),
-    "qwen3_5": (lambda tools: _QWEN35_PROMPT.format(tool_text="".join("\n" + json.dumps(_unwrap(t), ensure_ascii=False) for t in tools)),
-                lambda calls: "\n".join(map(_qwen35_call, calls))),
-    "llama3": (lambda tools: _LLAMA3_PROMPT.format(date=datetime.now().strftime("%d %b %Y"), tool_text="".join(
-                   json.dumps(_wrapped(t), indent=4, ensure_ascii=False) + "\n\n" for t in tools)),
-               lambda calls: json.dumps(_one_or_list(_as_objects(calls, "parameters")), ensure_ascii=False)),
-    "mistral": (lambda tools: "[AVAILABLE_TOOLS] " + json.dumps([_wrapped(t) for t in tools], ensure_ascii=False) + "[/AVAILABLE_TOOLS]",
-                lambda calls: json.dumps(_as_objects(calls, "arguments"), ensure_ascii=False)),
-    "glm4": (lambda tools: _GLM4_PROMPT.format(tool_text="".join(
-                 f"\n\n## {_unwrap(t)['name']}\n\n{json.dumps(_unwrap(t), indent=4, ensure_ascii=False)}\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
-                 for t in tools)),
-             _glm4_call),
+    "default": (
+        _default_tools,
+        lambda calls: "\n".join(f"Action: {c.name}\nAction Input: {c.arguments}" for c in calls),
+    ),
+    "qwen": (
+        lambda tools: _QWEN_PROMPT.format(
+            tool_text="".join("\n" + json.dumps(_wrapped(t), ensure_ascii=False) for t in tools)
+        ),
+        lambda calls: "\n".join(
+            f"<tool_call>\n{json.dumps(o, ensure_ascii=False)}\n</tool_call>" for o in _as_objects(calls, "arguments")
+        ),
+    ),
+    "qwen3_5": (
+        lambda tools: _QWEN35_PROMPT.format(
+            tool_text="".join("\n" + json.dumps(_unwrap(t), ensure_ascii=False) for t in tools)
+        ),
+        lambda calls: "\n".join(map(_qwen35_call, calls)),
+    ),
+    "llama3": (
+        lambda tools: _LLAMA3_PROMPT.format(
+            date=datetime.now().strftime("%d %b %Y"),
+            tool_text="".join(json.dumps(_wrapped(t), indent=4, ensure_ascii=False) + "\n\n" for t in tools),
+        ),
+        lambda calls: json.dumps(_one_or_list(_as_objects(calls, "parameters")), ensure_ascii=False),
+    ),
+    "mistral": (
+        lambda tools: (
+            "[AVAILABLE_TOOLS] " + json.dumps([_wrapped(t) for t in tools], ensure_ascii=False) + "[/AVAILABLE_TOOLS]"
+        ),
+        lambda calls: json.dumps(_as_objects(calls, "arguments"), ensure_ascii=False),
+    ),
+    "glm4": (
+        lambda tools: _GLM4_PROMPT.format(
+            tool_text="".join(
+                f"\n\n## {_unwrap(t)['name']}\n\n{json.dumps(_unwrap(t), indent=4, ensure_ascii=False)}"
+                "\n在调用上述函数时，请使用 Json 格式表示调用的参数。"
+                for t in tools
+            )
+        ),
+        _glm4_call,
+    ),
 }
 
 
@@ -152,7 +180,11 @@ def function_text(tool_format: str, content: str, thought_words: tuple[str, str]
     tagged = re.search(r"<tool_call>(.*?)</tool_call>", content, re.DOTALL) if thought_words else None
     if tagged:
         return content.replace(tagged.group(0), "") + FORMATS[tool_format][1](parse_calls(tagged.group(1)))
-    thought = re.search(f"{re.escape(thought_words[0])}(.*?){re.escape(thought_words[1])}", content, re.DOTALL) if thought_words else None
+    thought = (
+        re.search(f"{re.escape(thought_words[0])}(.*?){re.escape(thought_words[1])}", content, re.DOTALL)
+        if thought_words
+        else None
+    )
     calls = parse_calls(content.replace(thought.group(0), "") if thought else content)
     return (thought.group(0) if thought else "") + FORMATS[tool_format][1](calls)
 
@@ -181,8 +213,12 @@ def check_tools(value: Any) -> list[dict]:
 def extract_calls(text: str) -> list[FunctionCall]:
     """Calls read back from generated text in any of the formats above; [] when it holds none."""
     text = text.strip()
-    found = [(m.group(1), m.group(2)) for m in re.finditer(
-        r"<tool_call>\s*<function=\s*([^\s<>]+)\s*>(.*?)</function>\s*</tool_call>", text, re.DOTALL)]
+    found = [
+        (m.group(1), m.group(2))
+        for m in re.finditer(
+            r"<tool_call>\s*<function=\s*([^\s<>]+)\s*>(.*?)</function>\s*</tool_call>", text, re.DOTALL
+        )
+    ]
     if found:  # qwen3_5
         calls = []
         for name, block in found:
@@ -197,10 +233,14 @@ def extract_calls(text: str) -> list[FunctionCall]:
     candidates = re.findall(r"<tool_call>(.+?)</tool_call>", text, re.DOTALL)  # qwen
     actions = re.findall(r"Action:\s*([a-zA-Z0-9_]+)\s*Action Input:\s*(.+?)(?=\s*Action:|\s*$)", text, re.DOTALL)
     if actions:  # default
-        candidates = [json.dumps({"name": n, "arguments": _loads(a.strip().strip('"').strip("```"))}) for n, a in actions]
+        candidates = [
+            json.dumps({"name": n, "arguments": _loads(a.strip().strip('"').strip("```"))}) for n, a in actions
+        ]
     elif not candidates:
         first_line, _, rest = text.partition("\n")  # glm4: name, newline, arguments
-        candidates = [text] if text[:1] in "[{" else [json.dumps({"name": first_line.strip(), "arguments": _loads(rest)})]
+        candidates = (
+            [text] if text[:1] in "[{" else [json.dumps({"name": first_line.strip(), "arguments": _loads(rest)})]
+        )
     calls = []
     for candidate in candidates:
         value = _loads(candidate.strip())

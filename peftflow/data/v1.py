@@ -27,7 +27,9 @@ def v1_sources(train_dataset: str) -> list[DatasetSource]:
     p = Path(train_dataset).expanduser()
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise UserError(f"train_dataset: {train_dataset}: dataset YAML not found (hub dataset YAMLs are not available offline)")
+            raise UserError(
+                f"train_dataset: {train_dataset}: dataset YAML not found (hub dataset YAMLs are not available offline)"
+            )
         try:
             info = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
@@ -38,8 +40,10 @@ def v1_sources(train_dataset: str) -> list[DatasetSource]:
     elif p.exists():
         info, base, where = {"default": {"path": train_dataset, "source": "local"}}, Path.cwd(), "train_dataset"
     else:
-        raise UserError(f"train_dataset: {train_dataset}: not found; hub datasets are not available offline: "
-                        "download it and point train_dataset at the local file or a dataset YAML")
+        raise UserError(
+            f"train_dataset: {train_dataset}: not found; hub datasets are not available offline: "
+            "download it and point train_dataset at the local file or a dataset YAML"
+        )
     return [_source(name, entry, base, where) for name, entry in info.items()]
 
 
@@ -50,13 +54,17 @@ def _source(name: str, entry: dict[str, Any], base: Path, where: str) -> Dataset
             match = difflib.get_close_matches(key, ENTRY_KEYS, n=1)
             raise UserError(f"{at} has unknown key '{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
     if entry.get("source", "hf_hub") != "local":
-        raise UserError(f"{at}: source {entry.get('source', 'hf_hub')}{' (the default)' if 'source' not in entry else ''}: "
-                        "hub datasets are not available offline; download it and set source: local")
+        raise UserError(
+            f"{at}: source {entry.get('source', 'hf_hub')}{' (the default)' if 'source' not in entry else ''}: "
+            "hub datasets are not available offline; download it and set source: local"
+        )
     converter = entry.get("converter")
     if converter == "pair":
         raise UserError(f"{at}: converter pair is a preference (DPO) dataset; peftflow trains sft only")
     if converter is not None and converter not in CONVERTERS:
-        raise UserError(f"{at}: converter '{converter}' is not supported (use {', '.join(CONVERTERS)}, or none for v1 message rows)")
+        raise UserError(
+            f"{at}: converter '{converter}' is not supported (use {', '.join(CONVERTERS)}, or none for v1 message rows)"
+        )
     if entry.get("split", "train") != "train":
         raise UserError(f"{at}: split '{entry['split']}': local files have one split, train")
     for key, kind in (("size", int), ("weight", (int, float))):
@@ -76,8 +84,13 @@ def _source(name: str, entry: dict[str, Any], base: Path, where: str) -> Dataset
     for f in files:
         if f.suffix.lower() not in READERS:
             raise UserError(f"{f}: unsupported file type '{f.suffix}' (use {', '.join(READERS)})")
-    return DatasetSource(name, entry, RowFormat.v1(converter), tuple(DataFile(f.resolve(), str(f)) for f in files),
-                         path.parent if path.is_file() else path)
+    return DatasetSource(
+        name,
+        entry,
+        RowFormat.v1(converter),
+        tuple(DataFile(f.resolve(), str(f)) for f in files),
+        path.parent if path.is_file() else path,
+    )
 
 
 def resample(rows: list, entry: dict[str, Any], seed: int) -> list:

@@ -56,7 +56,9 @@ def _turn(message: Any, number: int) -> dict[str, Any]:
     types = {p.get("type") for p in parts}
     unknown = types - ({"text", "reasoning", "tool_call"} if role == "assistant" else {"text"})
     if unknown:
-        raise RowError(f"content type {sorted(map(str, unknown))[0]} is not supported in a {message['role']} message", where)
+        raise RowError(
+            f"content type {sorted(map(str, unknown))[0]} is not supported in a {message['role']} message", where
+        )
     thought = "".join(THINK_OPEN + p["value"] + THINK_CLOSE for p in parts if p["type"] == "reasoning")
     text = "".join(p["value"] for p in parts if p["type"] == "text")
     calls = [p["value"] for p in parts if p["type"] == "tool_call"]

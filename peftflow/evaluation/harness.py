@@ -40,8 +40,10 @@ def check_available(cfg) -> None:
     if include and not Path(include).is_dir():
         raise UserError(f"evaluation.harness_include {include}: directory not found")
     if [t for t in tasks if t != HELDOUT_TASK] and not include:
-        raise UserError(f"evaluation.harness_tasks {', '.join(tasks)}: local tasks need evaluation.harness_include "
-                        f"(offline, lm-eval's built-in tasks cannot download their data)")
+        raise UserError(
+            f"evaluation.harness_tasks {', '.join(tasks)}: local tasks need evaluation.harness_include "
+            f"(offline, lm-eval's built-in tasks cannot download their data)"
+        )
 
 
 def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | Path) -> Path:
@@ -61,7 +63,9 @@ def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | P
     with (out / "heldout.jsonl").open("w") as f:
         for i, (ids, ref) in enumerate(zip(rows["prompt_ids"], rows["reference"])):
             f.write(json.dumps({"index": i, "prompt": tokenizer.decode(ids), "reference": ref}) + "\n")
-    (out / "peftflow_metric.py").write_text(_METRIC_MODULE.format(metric_key=HELDOUT_METRIC, metric=cfg.evaluation.metric))
+    (out / "peftflow_metric.py").write_text(
+        _METRIC_MODULE.format(metric_key=HELDOUT_METRIC, metric=cfg.evaluation.metric)
+    )
     stop = tokenizer.convert_ids_to_tokens(end_of_turn_token_id(tokenizer, cfg.template))
     task = {
         "task": HELDOUT_TASK,
@@ -79,19 +83,21 @@ def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | P
     }
     text = yaml.safe_dump(task, sort_keys=False)
     # lm-eval resolves `!function module.attr` as a YAML tag; safe_dump would quote it as a string.
-    (out / f"{HELDOUT_TASK}.yaml").write_text(text.replace("'!function peftflow_metric.process_results'",
-                                                           "!function peftflow_metric.process_results"))
+    (out / f"{HELDOUT_TASK}.yaml").write_text(
+        text.replace("'!function peftflow_metric.process_results'", "!function peftflow_metric.process_results")
+    )
     return out
 
 
 @dataclass(frozen=True)
 class HarnessResult:
-    scores: dict[str, float]             # "TASK/METRIC" -> value
-    predictions: dict[str, list[str]]    # TASK -> generated text per row, in row order (generation tasks)
+    scores: dict[str, float]  # "TASK/METRIC" -> value
+    predictions: dict[str, list[str]]  # TASK -> generated text per row, in row order (generation tasks)
 
 
-def run(model_dir: str, tasks: list[str], include_paths: list[str], batch_size: int,
-        base_model_dir: str | None = None) -> HarnessResult:
+def run(
+    model_dir: str, tasks: list[str], include_paths: list[str], batch_size: int, base_model_dir: str | None = None
+) -> HarnessResult:
     """lm-eval's HF backend on one model. An adapter dir runs on its base (lm-eval's `peft=`)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -99,13 +105,22 @@ def run(model_dir: str, tasks: list[str], include_paths: list[str], batch_size: 
     from peftflow.evaluation.scoring import is_adapter_dir
 
     if is_adapter_dir(model_dir):
-        base = base_model_dir or json.loads((Path(model_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base = (
+            base_model_dir
+            or json.loads((Path(model_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        )
         model_args = {"pretrained": base, "peft": model_dir, "dtype": "float32"}
     else:
         model_args = {"pretrained": model_dir, "dtype": "float32"}
-    out = lm_eval.simple_evaluate(model=_hf_model(model_args, batch_size), tasks=list(tasks), batch_size=batch_size,
-                                  task_manager=TaskManager(include_path=list(include_paths), include_defaults=False),
-                                  log_samples=True, bootstrap_iters=0, device="cpu")
+    out = lm_eval.simple_evaluate(
+        model=_hf_model(model_args, batch_size),
+        tasks=list(tasks),
+        batch_size=batch_size,
+        task_manager=TaskManager(include_path=list(include_paths), include_defaults=False),
+        log_samples=True,
+        bootstrap_iters=0,
+        device="cpu",
+    )
     scores = {}
     for task, metrics in out["results"].items():
         for key, value in metrics.items():
@@ -113,9 +128,11 @@ def run(model_dir: str, tasks: list[str], include_paths: list[str], batch_size: 
             if name.endswith("_stderr") or name in ("alias", "sample_len") or not isinstance(value, (int, float)):
                 continue
             scores[f"{task}/{name}"] = round(float(value), 4) if not math.isnan(value) else math.nan
-    predictions = {task: [s["filtered_resps"][0] for s in sorted(samples, key=lambda s: s["doc_id"])]
-                   for task, samples in out.get("samples", {}).items()
-                   if samples and isinstance(samples[0]["filtered_resps"][0], str)}
+    predictions = {
+        task: [s["filtered_resps"][0] for s in sorted(samples, key=lambda s: s["doc_id"])]
+        for task, samples in out.get("samples", {}).items()
+        if samples and isinstance(samples[0]["filtered_resps"][0], str)
+    }
     return HarnessResult(scores, predictions)
 
 
@@ -142,8 +159,15 @@ def _hf_model(model_args: dict, batch_size: int):
     return QuietHFLM.create_from_arg_obj(model_args, {"batch_size": batch_size, "device": "cpu"})
 
 
-def score_models(report, models: dict[str, str], data_path: str, cfg, work_dir: str | Path,
-                 base_model_dir: str | None = None, bases: dict[str, str] | None = None):
+def score_models(
+    report,
+    models: dict[str, str],
+    data_path: str,
+    cfg,
+    work_dir: str | Path,
+    base_model_dir: str | None = None,
+    bases: dict[str, str] | None = None,
+):
     """Run `evaluation.harness_tasks` on each labelled model of `report` (an EvalReport) and put
     the scores into it (`ModelScores.harness`). `peftflow_heldout` is written from `data_path`.
     An adapter runs on its own base from `bases` (as in scoring.compare), else `base_model_dir`."""

@@ -42,8 +42,10 @@ def json_fields(pred: str, ref: str) -> float:
 
 def answer_accuracy(pred: str, ref: str) -> float:
     """Exact match up to case, spacing and trailing punctuation: a caption or short answer is right or not."""
+
     def norm(text: str) -> str:
         return " ".join(text.lower().split()).rstrip(".!")
+
     return float(norm(pred) == norm(ref))
 
 
@@ -56,10 +58,17 @@ def function_call(pred: str, ref: str) -> float:
     if not expected:
         return exact_match(pred, ref)
     got = extract_calls(pred)
-    points = sum(0.0 if g.name != e.name else 1.0 if json.loads(g.arguments) == json.loads(e.arguments) else 0.5
-                 for g, e in zip(got, expected))
+    points = sum(
+        0.0 if g.name != e.name else 1.0 if json.loads(g.arguments) == json.loads(e.arguments) else 0.5
+        for g, e in zip(got, expected)
+    )
     return points / max(len(got), len(expected))
 
 
-METRICS = {"exact_match": exact_match, "token_f1": token_f1, "json_fields": json_fields, "answer_accuracy": answer_accuracy,
-           "function_call": function_call}
+METRICS = {
+    "exact_match": exact_match,
+    "token_f1": token_f1,
+    "json_fields": json_fields,
+    "answer_accuracy": answer_accuracy,
+    "function_call": function_call,
+}

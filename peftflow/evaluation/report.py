@@ -27,7 +27,9 @@ class EvalReport:
     models: dict[str, ModelScores]
 
     def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps({"metric": self.metric, "models": {k: asdict(v) for k, v in self.models.items()}}, indent=1))
+        path.write_text(
+            json.dumps({"metric": self.metric, "models": {k: asdict(v) for k, v in self.models.items()}}, indent=1)
+        )
 
     @classmethod
     def from_json(cls, path: Path) -> "EvalReport":

@@ -33,16 +33,18 @@ def heldout_loss(model, eval_set, pad_id: int, batch_size: int, pixels=None) -> 
     `pixels(images of the rows) -> pixel_values` feeds a vision-language model its images."""
     total, count = 0.0, 0
     for start in range(0, len(eval_set), batch_size):
-        rows = eval_set[start:start + batch_size]
+        rows = eval_set[start : start + batch_size]
         width = max(map(len, rows["input_ids"]))
         ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows["input_ids"]])
         labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows["labels"]])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows["input_ids"]])
         logits = model(input_ids=ids, attention_mask=mask, **_image_inputs(pixels, rows)).logits
         # Prompt / P-tuning models return logits for their virtual tokens too, in front.
-        logits = logits[:, logits.shape[1] - ids.shape[1]:][:, :-1].float()
+        logits = logits[:, logits.shape[1] - ids.shape[1] :][:, :-1].float()
         target = labels[:, 1:]
-        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum"))
+        total += float(
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
+        )
         count += int((target != -100).sum())
     return total / max(count, 1)
 
@@ -64,32 +66,47 @@ def _generate_prompt_learning(model, ids, mask, **options) -> torch.Tensor:
     virtual = torch.ones(batch, config.num_virtual_tokens, dtype=mask.dtype, device=mask.device)
     if config.peft_type == "PREFIX_TUNING":  # the prefix is a KV cache in front: placeholder ids stand for it
         placeholders = torch.full_like(virtual, options["pad_token_id"], dtype=ids.dtype)
-        out = base.generate(input_ids=torch.cat([placeholders, ids], 1), attention_mask=torch.cat([virtual, mask], 1),
-                            past_key_values=model.get_prompt(batch_size=batch), **options)
-        return out[:, placeholders.shape[1] + ids.shape[1]:]
+        out = base.generate(
+            input_ids=torch.cat([placeholders, ids], 1),
+            attention_mask=torch.cat([virtual, mask], 1),
+            past_key_values=model.get_prompt(batch_size=batch),
+            **options,
+        )
+        return out[:, placeholders.shape[1] + ids.shape[1] :]
     embeds = torch.cat([model.get_prompt(batch_size=batch).to(base.dtype), base.get_input_embeddings()(ids)], 1)
     return base.generate(inputs_embeds=embeds, attention_mask=torch.cat([virtual, mask], 1), **options)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int,
-             stop_ids: list[int], images: list | None = None, pixels=None, temperature: float = 0.0) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    stop_ids: list[int],
+    images: list | None = None,
+    pixels=None,
+    temperature: float = 0.0,
+) -> list[str]:
     """Continuations of token-id prompts, left-padded so every row ends at its prompt: greedy, or
     sampled at `temperature` > 0. `images` (per prompt) and `pixels` as in heldout_loss, for a
     vision-language model."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
+    )
     options = dict(max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad, **sampling)
     outputs = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         width = max(map(len, chunk))
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
         if is_prompt_learning(model):
             new = _generate_prompt_learning(model, ids, mask, **options)
         else:
-            extra = _image_inputs(pixels, {"images": images[start:start + batch_size]} if images else {})
+            extra = _image_inputs(pixels, {"images": images[start : start + batch_size]} if images else {})
             new = model.generate(input_ids=ids, attention_mask=mask, **options, **extra)[:, width:]
         outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
         log.info("generated %d/%d rows", len(outputs), len(prompts))
@@ -104,12 +121,17 @@ def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_c
     """A plain model dir, or an adapter dir applied to its base (`base_model_dir`, else the base
     the adapter records). Prompt-family adapters cannot be merged, so they are scored this way."""
     if not is_adapter_dir(model_dir):
-        return vision.model_class(model_dir).from_pretrained(model_dir, dtype=torch.float32,
-                                                             trust_remote_code=trust_remote_code).eval()
+        return (
+            vision.model_class(model_dir)
+            .from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+            .eval()
+        )
     from peft import PeftConfig, PeftModel
 
     base_dir = base_model_dir or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
-    base = vision.model_class(base_dir).from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    base = vision.model_class(base_dir).from_pretrained(
+        base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
@@ -120,14 +142,17 @@ def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig):
     return tokenizer, load_model(model_dir, base_model_dir, cfg.trust_remote_code), pad
 
 
-def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
-                base_model_dir: str | None = None) -> ModelScores:
+def score_model(
+    label: str, model_dir: str, data_path: str, cfg: RunConfig, base_model_dir: str | None = None
+) -> ModelScores:
     ecfg = cfg.evaluation
     tokenizer, model, pad = _load_scored(model_dir, base_model_dir, cfg)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
     pixels = None
     if "images" in eval_set.column_names:  # held-out images go through the scored model's own image processor
-        image_processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code).image_processor
+        image_processor = AutoProcessor.from_pretrained(
+            model_dir, trust_remote_code=cfg.trust_remote_code
+        ).image_processor
         pixels = lambda images: vision.pixel_values(image_processor, images)  # noqa: E731
     log.info("scoring %s: loss on %d held-out rows", label, len(eval_set))
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size, pixels) if len(eval_set) else math.nan
@@ -135,33 +160,55 @@ def score_model(label: str, model_dir: str, data_path: str, cfg: RunConfig,
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     log.info("scoring %s: generating on %d rows (max_new_tokens %d)", label, len(scored), ecfg.max_new_tokens)
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
-    predictions = generate(model, tokenizer, scored["prompt_ids"], ecfg.max_new_tokens, ecfg.batch_size,
-                           stop_token_ids(tokenizer, cfg.template),
-                           scored["images"] if pixels else None, pixels)
+    predictions = generate(
+        model,
+        tokenizer,
+        scored["prompt_ids"],
+        ecfg.max_new_tokens,
+        ecfg.batch_size,
+        stop_token_ids(tokenizer, cfg.template),
+        scored["images"] if pixels else None,
+        pixels,
+    )
     metric = METRICS[ecfg.metric]
-    examples = [{"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
-                for i, (p, r) in enumerate(zip(predictions, scored["reference"]))]
+    examples = [
+        {"index": i, "prediction": p, "reference": r, "score": metric(p, r)}
+        for i, (p, r) in enumerate(zip(predictions, scored["reference"]))
+    ]
     score = sum(e["score"] for e in examples) / len(examples) if examples else math.nan
     log.info("scored %s: loss %.4f, %s %.4f", label, loss, ecfg.metric, score)
-    return ModelScores(label, round(loss, 5), round(math.exp(loss), 4) if not math.isnan(loss) else math.nan,
-                       round(score, 4), examples)
+    return ModelScores(
+        label, round(loss, 5), round(math.exp(loss), 4) if not math.isnan(loss) else math.nan, round(score, 4), examples
+    )
 
 
-def compare(models: dict[str, str], data_path: str, cfg: RunConfig, out_path: Path,
-            base_model_dir: str | None = None, bases: dict[str, str] | None = None) -> EvalReport:
+def compare(
+    models: dict[str, str],
+    data_path: str,
+    cfg: RunConfig,
+    out_path: Path,
+    base_model_dir: str | None = None,
+    bases: dict[str, str] | None = None,
+) -> EvalReport:
     """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows.
     An adapter dir is scored as base + adapter: its own base from `bases` (a champion published as
     an adapter on another base), else `base_model_dir`, else the base it records."""
     bases = bases or {}
-    report = EvalReport(cfg.evaluation.metric, {label: score_model(label, d, data_path, cfg,
-                                                                   bases.get(label, base_model_dir))
-                                                for label, d in models.items()})
+    report = EvalReport(
+        cfg.evaluation.metric,
+        {label: score_model(label, d, data_path, cfg, bases.get(label, base_model_dir)) for label, d in models.items()},
+    )
     report.to_json(out_path)
     return report
 
 
-def guard_losses(models: dict[str, str], data_path: str, cfg: RunConfig, base_model_dir: str | None = None,
-                 bases: dict[str, str] | None = None) -> dict[str, float]:
+def guard_losses(
+    models: dict[str, str],
+    data_path: str,
+    cfg: RunConfig,
+    base_model_dir: str | None = None,
+    bases: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Loss of each labelled model on a guard set: rows of general ability, none of them trained on,
     so both prepared splits count."""
     rows = concatenate_datasets([load_from_disk(str(Path(data_path) / split)) for split in ("train", "eval")])

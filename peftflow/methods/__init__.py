@@ -13,8 +13,9 @@ from peftflow.methods.base import Method, Traits
 
 _MODULES = ("full", "lora", "ia3", "prompt_learning")
 
-METHODS: dict[str, Method] = {m.name: m for module in _MODULES
-                              for m in import_module(f"peftflow.methods.{module}").METHODS}
+METHODS: dict[str, Method] = {
+    m.name: m for module in _MODULES for m in import_module(f"peftflow.methods.{module}").METHODS
+}
 TRAITS: dict[str, Traits] = {name: m.traits for name, m in METHODS.items()}
 
 __all__ = ["METHODS", "TRAITS", "Method", "Traits", "get_method", "names_with"]

@@ -12,11 +12,11 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class Traits:
-    family: str                  # module in peftflow/methods that defines it
-    mergeable: bool              # can merge_and_unload into the base: ship a plain checkpoint
-    supports_kbit: bool          # can train on a 4/8-bit quantised base (quantization_bit)
+    family: str  # module in peftflow/methods that defines it
+    mergeable: bool  # can merge_and_unload into the base: ship a plain checkpoint
+    supports_kbit: bool  # can train on a 4/8-bit quantised base (quantization_bit)
     gradient_checkpointing: bool  # trains correctly with gradient_checkpointing: true
-    distill_student: bool        # may be the student of a distillation run
+    distill_student: bool  # may be the student of a distillation run
     vision_language: bool = False  # can train a vision-language model (frozen tower, projector, LM adapters)
 
 
@@ -26,7 +26,7 @@ def _save_pretrained(model, adapter_dir, init_dir=None) -> None:
 
 @dataclass(frozen=True)
 class Method:
-    name: str                    # the `finetuning_type` value
+    name: str  # the `finetuning_type` value
     traits: Traits
     build: Callable[[Any, Any], Any]  # (base model, cfg) -> the model with only this method's parameters trainable
     # (peft model, output_dir) -> initial-adapter dir or None (PiSSA / OLoRA keep their init for the save)

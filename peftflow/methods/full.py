@@ -17,5 +17,12 @@ def check(cfg) -> None:
 
 
 # Every weight trains; the trained checkpoint is the shipped model (nothing to merge).
-METHODS = [Method("full", Traits("full", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
-                                 distill_student=True), build=build, check=check, frozen_base=lambda cfg: False)]
+METHODS = [
+    Method(
+        "full",
+        Traits("full", mergeable=True, supports_kbit=False, gradient_checkpointing=True, distill_student=True),
+        build=build,
+        check=check,
+        frozen_base=lambda cfg: False,
+    )
+]

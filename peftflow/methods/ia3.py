@@ -18,10 +18,16 @@ def ia3_config(cfg):
         targets = feedforward = None  # peft's defaults for the model type
     else:
         targets = cfg.lora_target
-        feedforward = [t for t in targets if t.rsplit(".", 1)[-1] in _FEEDFORWARD] if isinstance(targets, list) else None
+        feedforward = (
+            [t for t in targets if t.rsplit(".", 1)[-1] in _FEEDFORWARD] if isinstance(targets, list) else None
+        )
     extra = cfg.additional_target
-    return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=feedforward,
-                     modules_to_save=[extra] if isinstance(extra, str) else extra)
+    return IA3Config(
+        task_type=TaskType.CAUSAL_LM,
+        target_modules=targets,
+        feedforward_modules=feedforward,
+        modules_to_save=[extra] if isinstance(extra, str) else extra,
+    )
 
 
 def build(model, cfg):
@@ -30,5 +36,10 @@ def build(model, cfg):
     return get_peft_model(model, ia3_config(cfg))
 
 
-METHODS = [Method("ia3", Traits("ia3", mergeable=True, supports_kbit=False, gradient_checkpointing=True,
-                                distill_student=False), build=build)]
+METHODS = [
+    Method(
+        "ia3",
+        Traits("ia3", mergeable=True, supports_kbit=False, gradient_checkpointing=True, distill_student=False),
+        build=build,
+    )
+]

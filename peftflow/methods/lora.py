@@ -84,9 +84,23 @@ def check(cfg) -> None:
         raise ValueError(f"pissa_init: true and lora_init: {cfg.lora_init} disagree; keep one")
 
 
-METHODS = [Method("lora", Traits("lora", mergeable=True, supports_kbit=True, gradient_checkpointing=True,
-                                 distill_student=True, vision_language=True),
-                  build=build, before_train=before_train, save=save, check=check,
-                  options=("use_dora", "use_rslora", "pissa_init", "lora_init"),
-                  # PiSSA / OLoRA rewrite the base weights as residuals, which bf16 would round.
-                  frozen_base=lambda cfg: init_of(cfg) not in _CONVERTED_INITS)]
+METHODS = [
+    Method(
+        "lora",
+        Traits(
+            "lora",
+            mergeable=True,
+            supports_kbit=True,
+            gradient_checkpointing=True,
+            distill_student=True,
+            vision_language=True,
+        ),
+        build=build,
+        before_train=before_train,
+        save=save,
+        check=check,
+        options=("use_dora", "use_rslora", "pissa_init", "lora_init"),
+        # PiSSA / OLoRA rewrite the base weights as residuals, which bf16 would round.
+        frozen_base=lambda cfg: init_of(cfg) not in _CONVERTED_INITS,
+    )
+]

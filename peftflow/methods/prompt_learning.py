@@ -19,8 +19,12 @@ from peftflow.methods.base import Method, Traits
 def prefix_config(cfg):
     from peft import PrefixTuningConfig, TaskType
 
-    return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
-                              prefix_projection=cfg.prefix_projection, encoder_hidden_size=cfg.encoder_hidden_size)
+    return PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
+        prefix_projection=cfg.prefix_projection,
+        encoder_hidden_size=cfg.encoder_hidden_size,
+    )
 
 
 def prompt_config(cfg, tokenizer_path: str | None):
@@ -28,7 +32,8 @@ def prompt_config(cfg, tokenizer_path: str | None):
 
     text = cfg.prompt_tuning_init == "text"
     return PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
         prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
         prompt_tuning_init_text=cfg.prompt_tuning_init_text if text else None,
         tokenizer_name_or_path=tokenizer_path if text else None,
@@ -39,7 +44,8 @@ def ptuning_config(cfg):
     from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
 
     return PromptEncoderConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=cfg.num_virtual_tokens,
         encoder_reparameterization_type=PromptEncoderReparameterizationType(cfg.encoder_reparameterization_type),
         encoder_hidden_size=cfg.encoder_hidden_size,
     )
@@ -61,8 +67,9 @@ def _prefix_from_text(peft_model, cfg) -> None:
     from transformers import AutoTokenizer
 
     text = cfg.prompt_tuning_init_text
-    tokenizer = AutoTokenizer.from_pretrained(peft_model.get_base_model().name_or_path,
-                                              trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        peft_model.get_base_model().name_or_path, trust_remote_code=cfg.trust_remote_code
+    )
     repeats = -(-cfg.num_virtual_tokens // max(1, len(tokenizer(text, add_special_tokens=False)["input_ids"])))
     initialize_kv_prefix_from_text(peft_model, tokenizer, text=" ".join([text] * repeats), use_chat_template=False)
 
@@ -87,19 +94,36 @@ def check_prompt(cfg) -> None:
 def check_prefix(cfg) -> None:
     check_prompt(cfg)
     if cfg.prompt_tuning_init == "text" and cfg.prefix_projection:
-        raise ValueError("prompt_tuning_init: text initialises the prefix itself; it cannot with prefix_projection: true")
+        raise ValueError(
+            "prompt_tuning_init: text initialises the prefix itself; it cannot with prefix_projection: true"
+        )
 
 
 def _traits(gradient_checkpointing: bool) -> Traits:
     # Virtual tokens, not weight deltas: nothing to fold into the base.
-    return Traits("prompt_learning", mergeable=False, supports_kbit=False,
-                  gradient_checkpointing=gradient_checkpointing, distill_student=False)
+    return Traits(
+        "prompt_learning",
+        mergeable=False,
+        supports_kbit=False,
+        gradient_checkpointing=gradient_checkpointing,
+        distill_student=False,
+    )
 
 
 METHODS = [
-    Method("prefix", _traits(gradient_checkpointing=False), build=build_prefix, check=check_prefix,
-           options=("prompt_tuning_init",)),
-    Method("prompt", _traits(gradient_checkpointing=True), build=build_prompt, check=check_prompt,
-           options=("prompt_tuning_init",)),
+    Method(
+        "prefix",
+        _traits(gradient_checkpointing=False),
+        build=build_prefix,
+        check=check_prefix,
+        options=("prompt_tuning_init",),
+    ),
+    Method(
+        "prompt",
+        _traits(gradient_checkpointing=True),
+        build=build_prompt,
+        check=check_prompt,
+        options=("prompt_tuning_init",),
+    ),
     Method("ptuning", _traits(gradient_checkpointing=True), build=build_ptuning),
 ]

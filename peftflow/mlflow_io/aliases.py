@@ -27,7 +27,7 @@ from peftflow.mlflow_io.versions import get_version_by_alias
 from peftflow.paths import cache_dir
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
-HISTORY_KEEP = 20        # alias moves kept per version and alias (tag values are size-limited)
+HISTORY_KEEP = 20  # alias moves kept per version and alias (tag values are size-limited)
 REASON_MAX = 300
 
 
@@ -46,8 +46,9 @@ def set_alias(name: str, alias: str, version: str, reason: str, actor: str) -> N
     last = history[-1] if history else {}
     if alias in (mv.aliases or []) and (last.get("by"), last.get("reason")) == (actor, reason[:REASON_MAX]):
         return
-    history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor,
-                    "reason": reason[:REASON_MAX]})
+    history.append(
+        {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor, "reason": reason[:REASON_MAX]}
+    )
     client.set_model_version_tag(name, str(version), key, json.dumps(history[-HISTORY_KEEP:]))
 
 
@@ -58,8 +59,10 @@ def alias_history(name: str, version: str, alias: str) -> list[dict[str, str]]:
 
 def alias_versions(name: str) -> dict[str, str | None]:
     """The version each of `champion`, `previous` and `challenger` points at (None: nothing), in that order."""
-    return {alias: (ref.version if (ref := get_version_by_alias(name, alias)) else None)
-            for alias in (CHAMPION, PREVIOUS, CHALLENGER)}
+    return {
+        alias: (ref.version if (ref := get_version_by_alias(name, alias)) else None)
+        for alias in (CHAMPION, PREVIOUS, CHALLENGER)
+    }
 
 
 def alias_lock(name: str) -> AbstractContextManager:
@@ -69,8 +72,11 @@ def alias_lock(name: str) -> AbstractContextManager:
     Prefect server; without one, a file lock covers the processes of this machine only."""
     store = hashlib.sha256(f"{configure_mlflow()}\0{name}".encode()).hexdigest()[:16]
     lock = team_lock(name)
-    return lock if lock is not None else FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"),
-                                                  timeout=LOCK_TIMEOUT_S)
+    return (
+        lock
+        if lock is not None
+        else FileLock(str(cache_dir("locks") / f"aliases-{store}.lock"), timeout=LOCK_TIMEOUT_S)
+    )
 
 
 def move_champion(name: str, version: str, reason: str, actor: str) -> str:
@@ -101,9 +107,17 @@ def rollback(name: str, reason: str, actor: str) -> tuple[str, str]:
         if previous is None:
             raise UserError(f"{name}: champion v{champion.version} has no `previous` version to roll back to")
         if previous.version == champion.version:
-            raise UserError(f"{name}: `previous` and `champion` both point at v{champion.version}; nothing to roll back")
+            raise UserError(
+                f"{name}: `previous` and `champion` both point at v{champion.version}; nothing to roll back"
+            )
         set_alias(name, CHAMPION, previous.version, reason=f"rollback from v{champion.version}: {reason}", actor=actor)
         set_alias(name, PREVIOUS, champion.version, reason=f"rolled back to v{previous.version}: {reason}", actor=actor)
-        mlflow_client().set_model_version_tag(name, champion.version, "rolled_back", json.dumps(
-            {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor, "reason": reason[:REASON_MAX]}))
+        mlflow_client().set_model_version_tag(
+            name,
+            champion.version,
+            "rolled_back",
+            json.dumps(
+                {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": actor, "reason": reason[:REASON_MAX]}
+            ),
+        )
     return previous.version, champion.version

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from peftflow.atomic import build_once
-from peftflow.mlflow_io.tracking import configure_mlflow
 from peftflow.errors import UserError
+from peftflow.mlflow_io.tracking import configure_mlflow
 from peftflow.mlflow_io.versions import ModelVersionRef, get_version_by_alias
 from peftflow.paths import cache_dir
 
@@ -36,8 +36,10 @@ def local_version(ref: ModelVersionRef) -> tuple[str, str | None]:
     model_dir = download_model_dir(ref.uri)
     base = ref.tags.get("base_model_path") if ref.tags.get("peftflow.kind") == "adapter" else None
     if base is not None and not (Path(base) / "config.json").is_file():
-        raise UserError(f"{ref.name} v{ref.version} is an adapter on the base {base}, which is not on this machine; "
-                        "resolve that base here first (or publish merged versions)")
+        raise UserError(
+            f"{ref.name} v{ref.version} is an adapter on the base {base}, which is not on this machine; "
+            "resolve that base here first (or publish merged versions)"
+        )
     return model_dir, base
 
 

@@ -21,14 +21,14 @@ from peftflow.mlflow_io.tracking import mlflow_client
 from peftflow.mlflow_io.versions import get_version_by_alias
 
 OUTSIDE_REASON = "moved in MLflow"
-OWN_MOVE_WINDOW_S = 120   # how far apart peftflow's entry and MLflow's report may be (two clocks)
+OWN_MOVE_WINDOW_S = 120  # how far apart peftflow's entry and MLflow's report may be (two clocks)
 
 
 @dataclass(frozen=True)
 class ReportedMove:
     kind: Literal["duplicate", "own", "outside"]
-    previous: str | None   # outside moves of `champion`: the champion before the move, if known
-    why: str               # one line for the flow run's log and message
+    previous: str | None  # outside moves of `champion`: the champion before the move, if known
+    why: str  # one line for the flow run's log and message
 
 
 def _history_key(alias: str) -> str:
@@ -58,17 +58,30 @@ def take(name: str, version: str, alias: str, actor: str, moved_at: str, deliver
     if any(e.get("webhook") == delivery_id for e in history):
         return ReportedMove("duplicate", None, f"delivery {delivery_id} was handled already")
     moment = _when(moved_at)
-    own = [e for e in history if "webhook" not in e and "at" in e
-           and abs((_when(e["at"]) - moment).total_seconds()) <= OWN_MOVE_WINDOW_S]
+    own = [
+        e
+        for e in history
+        if "webhook" not in e and "at" in e and abs((_when(e["at"]) - moment).total_seconds()) <= OWN_MOVE_WINDOW_S
+    ]
     if own:
         entry = min(own, key=lambda e: abs((_when(e["at"]) - moment).total_seconds()))
         entry["webhook"] = delivery_id
         client.set_model_version_tag(name, version, _history_key(alias), json.dumps(history[-HISTORY_KEEP:]))
-        return ReportedMove("own", None, f"{alias} -> v{version} was moved by peftflow ({entry.get('by')}: "
-                                         f"{entry.get('reason')}); not processed again")
+        return ReportedMove(
+            "own",
+            None,
+            f"{alias} -> v{version} was moved by peftflow ({entry.get('by')}: "
+            f"{entry.get('reason')}); not processed again",
+        )
     previous = champion_before(name, version, moment) if alias == CHAMPION else None
-    history.append({"at": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "by": actor,
-                    "reason": OUTSIDE_REASON, "webhook": delivery_id})
+    history.append(
+        {
+            "at": moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "by": actor,
+            "reason": OUTSIDE_REASON,
+            "webhook": delivery_id,
+        }
+    )
     client.set_model_version_tag(name, version, _history_key(alias), json.dumps(history[-HISTORY_KEEP:]))
     return ReportedMove("outside", previous, f"{alias} -> v{version} {OUTSIDE_REASON} by {actor} at {moved_at}")
 
@@ -94,6 +107,7 @@ def record_previous(name: str, version: str, previous: str | None, actor: str) -
     with alias_lock(name):
         current = get_version_by_alias(name, CHAMPION)
         if current is not None and current.version == str(version) and previous:
-            set_alias(name, PREVIOUS, previous, reason=f"replaced as champion by v{version} ({OUTSIDE_REASON})",
-                      actor=actor)
+            set_alias(
+                name, PREVIOUS, previous, reason=f"replaced as champion by v{version} ({OUTSIDE_REASON})", actor=actor
+            )
     return current.version if current else None

@@ -38,15 +38,23 @@ VLLM_TAG = "peftflow.vllm_ready"  # set on adapter versions checked for vLLM (re
 VISION_CHAT_TASK = "image-text-to-text"
 
 
-def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, str],
-                  metrics: dict[str, float], trust_remote_code: bool = False,
-                  recipe: dict[str, str] | None = None, description: str | None = None) -> ModelVersionRef:
+def publish_model(
+    run_id: str,
+    name: str,
+    merged_dir: str,
+    lineage: dict[str, str],
+    metrics: dict[str, float],
+    trust_remote_code: bool = False,
+    recipe: dict[str, str] | None = None,
+    description: str | None = None,
+) -> ModelVersionRef:
     """Log a merged, plain transformers model dir to the run and register it as `challenger`.
 
     Idempotent: a version of `name` already made from `run_id` is returned, not made again.
     `recipe`: the config as flat params (the logged model's params, the card's recipe);
     `description`: the registered model's (registry.description), set when given.
     """
+
     def components() -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,16 +62,33 @@ def publish_model(run_id: str, name: str, merged_dir: str, lineage: dict[str, st
             return _vision_language_components(merged_dir)
         return chat.log_options(
             AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
-            AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code))
+            AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code),
+        )
 
-    return _publish(run_id, name, lineage, metrics, components, kind="merged",
-                    about=(recipe or {}, description), images=vision.is_vision_language(merged_dir))
+    return _publish(
+        run_id,
+        name,
+        lineage,
+        metrics,
+        components,
+        kind="merged",
+        about=(recipe or {}, description),
+        images=vision.is_vision_language(merged_dir),
+    )
 
 
-def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: str,
-                    lineage: dict[str, str], metrics: dict[str, float],
-                    trust_remote_code: bool = False, for_vllm: bool = False,
-                    recipe: dict[str, str] | None = None, description: str | None = None) -> ModelVersionRef:
+def publish_adapter(
+    run_id: str,
+    name: str,
+    adapter_dir: str,
+    base_model_dir: str,
+    lineage: dict[str, str],
+    metrics: dict[str, float],
+    trust_remote_code: bool = False,
+    for_vllm: bool = False,
+    recipe: dict[str, str] | None = None,
+    description: str | None = None,
+) -> ModelVersionRef:
     """Log a PEFT adapter that cannot be merged; the artifact refers to `base_model_dir`.
 
     Only the adapter and tokenizer are stored: the version loads where `base_model_dir` exists
@@ -87,19 +112,33 @@ def publish_adapter(run_id: str, name: str, adapter_dir: str, base_model_dir: st
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype="auto", trust_remote_code=trust_remote_code)
-        return chat.log_options(PeftModel.from_pretrained(base, adapter_dir),
-                                AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code))
+        return chat.log_options(
+            PeftModel.from_pretrained(base, adapter_dir),
+            AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code),
+        )
 
     lineage = {**lineage, "base_model_path": base_model_dir, **({VLLM_TAG: "true"} if for_vllm else {})}
-    return _publish(run_id, name, lineage, metrics, components, kind="adapter",
-                    about=(recipe or {}, description), base_model_path=base_model_dir)
+    return _publish(
+        run_id,
+        name,
+        lineage,
+        metrics,
+        components,
+        kind="adapter",
+        about=(recipe or {}, description),
+        base_model_path=base_model_dir,
+    )
 
 
 def _vision_language_components(model_dir: str) -> dict[str, Any]:
     """A vision-language version is a pyfunc (models from code, peftflow/serving/vision_chat_model.py)
     holding the merged dir: MLflow's transformers flavor cannot serve image-text-to-text as chat."""
-    return {"python_model": vision_chat_model.__file__, "artifacts": {vision_chat_model.MODEL_ARTIFACT: model_dir},
-            "signature": vision_chat_model.SIGNATURE, "task": VISION_CHAT_TASK}
+    return {
+        "python_model": vision_chat_model.__file__,
+        "artifacts": {vision_chat_model.MODEL_ARTIFACT: model_dir},
+        "signature": vision_chat_model.SIGNATURE,
+        "task": VISION_CHAT_TASK,
+    }
 
 
 def _publish(run_id, name, lineage, metrics, components, kind, about, base_model_path=None, images=False):
@@ -111,12 +150,16 @@ def _publish(run_id, name, lineage, metrics, components, kind, about, base_model
 
     recipe, description = about
     client = mlflow_client()
-    tags = {**{k: str(v) for k, v in lineage.items()},
-            **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()}, KIND_TAG: kind}
+    tags = {
+        **{k: str(v) for k, v in lineage.items()},
+        **{f"metric.{k}": f"{float(v):.6g}" for k, v in metrics.items()},
+        KIND_TAG: kind,
+    }
     existing = version_of_run(name, run_id, kind)
     if existing is None:
         model_id = _logged_model_of_run(client, run_id, kind) or _log_model(
-            client, run_id, name, lineage, metrics, recipe, components, base_model_path, kind)
+            client, run_id, name, lineage, metrics, recipe, components, base_model_path, kind
+        )
         _log_model_scores(client, run_id, model_id, metrics, recipe.get("dataset"), lineage.get("data_fingerprint"))
         # The link MLflow's own registration writes (see the module docstring); it also creates the
         # registered model when there is none. mlflow_client() above pointed MLflow's globals here.
@@ -140,7 +183,7 @@ def describe(ref: ModelVersionRef, summary: str) -> None:
     if ref.run_id:
         client.set_tag(ref.run_id, NOTE_TAG, summary)
     current = client.get_model_version(ref.name, ref.version).description or ""
-    card = current[current.find(CARD_HEADING):] if CARD_HEADING in current else current
+    card = current[current.find(CARD_HEADING) :] if CARD_HEADING in current else current
     client.update_model_version(ref.name, ref.version, description=version_description(summary, card))
 
 
@@ -168,7 +211,7 @@ def _retag(client, name: str, version: str, old: dict[str, str], new: dict[str, 
 def _logged_model_of_run(client, run_id: str, kind: str) -> str | None:
     """A model of this kind the run already logged completely (a retry after log_model, before register)."""
     outputs = client.get_run(run_id).outputs
-    for out in (outputs.model_outputs if outputs else []):
+    for out in outputs.model_outputs if outputs else []:
         lm = client.get_logged_model(out.model_id)
         if lm.name == MODEL_ARTIFACT and lm.status == "READY" and (lm.tags or {}).get(KIND_TAG) == kind:
             return lm.model_id
@@ -180,8 +223,13 @@ def _log_model(client, run_id, name, lineage, metrics, recipe, components, base_
 
     run = client.get_run(run_id)
     # Created here, in the run's experiment: log_model(run_id=...) alone would use the default one.
-    lm = client.create_logged_model(experiment_id=run.info.experiment_id, name=MODEL_ARTIFACT,
-                                    source_run_id=run_id, tags={KIND_TAG: kind}, params=recipe or None)
+    lm = client.create_logged_model(
+        experiment_id=run.info.experiment_id,
+        name=MODEL_ARTIFACT,
+        source_run_id=run_id,
+        tags={KIND_TAG: kind},
+        params=recipe or None,
+    )
     card = model_card(name, f"models:/{lm.model_id}", lineage, metrics, recipe, kind)
     try:
         model = components()  # transformers_model, task (llm/v1/chat for chat models), model_config
@@ -190,13 +238,23 @@ def _log_model(client, run_id, name, lineage, metrics, recipe, components, base_
             # pyfunc.log_model logs to the active run only; the run keeps the status it had.
             with warnings.catch_warnings(), mlflow.start_run(run_id=run_id):
                 warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": the signature is given
-                mlflow.pyfunc.log_model(**model, name=MODEL_ARTIFACT, model_id=lm.model_id,
-                                        pip_requirements=_pip_requirements(peft=False, images=True))
+                mlflow.pyfunc.log_model(
+                    **model,
+                    name=MODEL_ARTIFACT,
+                    model_id=lm.model_id,
+                    pip_requirements=_pip_requirements(peft=False, images=True),
+                )
             client.update_run(run_id, status=run.info.status)
         else:
             mlflow.transformers.log_model(
-                **model, name=MODEL_ARTIFACT, run_id=run_id, model_id=lm.model_id, model_card=_hf_card(card),
-                base_model_path=base_model_path, pip_requirements=_pip_requirements(peft=base_model_path is not None))
+                **model,
+                name=MODEL_ARTIFACT,
+                run_id=run_id,
+                model_id=lm.model_id,
+                model_card=_hf_card(card),
+                base_model_path=base_model_path,
+                pip_requirements=_pip_requirements(peft=base_model_path is not None),
+            )
         _replace_licence(client, lm.model_id, lineage.get("base_model", "the base model"))
     except BaseException:
         client.finalize_logged_model(lm.model_id, "FAILED")
@@ -229,14 +287,19 @@ def _replace_licence(client, model_id: str, base_model: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         licence = Path(tmp) / "LICENSE.txt"
-        licence.write_text(f"This model is a fine-tune of {base_model} and is under that model's licence; "
-                           "peftflow adds no terms of its own.\n")
+        licence.write_text(
+            f"This model is a fine-tune of {base_model} and is under that model's licence; "
+            "peftflow adds no terms of its own.\n"
+        )
         client.log_model_artifact(model_id, str(licence))
 
 
 def _pip_requirements(peft: bool, images: bool = False) -> list[str]:
-    pkgs = (["torch", "transformers", "accelerate", "safetensors"] + (["peft"] if peft else [])
-            + (["pillow", "mlflow"] if images else []))
+    pkgs = (
+        ["torch", "transformers", "accelerate", "safetensors"]
+        + (["peft"] if peft else [])
+        + (["pillow", "mlflow"] if images else [])
+    )
     reqs = []
     for p in pkgs:
         try:

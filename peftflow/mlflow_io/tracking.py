@@ -121,14 +121,21 @@ def start_run(cfg: RunConfig, tags: dict[str, str], train_key: str | None = None
     client = mlflow_client()
     experiment_id = ensure_experiment(cfg.registry.experiment)
     if train_key:
-        found = client.search_runs([experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-                                   filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{train_key}' and "
-                                                 f"tags.`peftflow.registered_model` = '{cfg.registry.name}'")
+        found = client.search_runs(
+            [experiment_id],
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`{TRAIN_KEY_TAG}` = '{train_key}' and "
+            f"tags.`peftflow.registered_model` = '{cfg.registry.name}'",
+        )
         if found:
             return found[0].info.run_id
         tags = {**tags, TRAIN_KEY_TAG: train_key, "peftflow.registered_model": cfg.registry.name}
-    run = client.create_run(experiment_id, tags={k: str(v) for k, v in tags.items()},
-                            run_name=f"{cfg.registry.name}-{train_key}" if train_key else None)
+    run = client.create_run(
+        experiment_id,
+        tags={k: str(v) for k, v in tags.items()},
+        run_name=f"{cfg.registry.name}-{train_key}" if train_key else None,
+    )
     params = [Param(k, v) for k, v in config_params(cfg).items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id

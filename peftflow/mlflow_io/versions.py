@@ -13,13 +13,18 @@ class ModelVersionRef:
     name: str
     version: str
     run_id: str | None
-    uri: str               # models:/NAME/VERSION
+    uri: str  # models:/NAME/VERSION
     tags: dict[str, str]
 
 
 def version_ref(mv: Any) -> ModelVersionRef:
-    return ModelVersionRef(name=mv.name, version=str(mv.version), run_id=mv.run_id,
-                           uri=f"models:/{mv.name}/{mv.version}", tags=dict(mv.tags or {}))
+    return ModelVersionRef(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        uri=f"models:/{mv.name}/{mv.version}",
+        tags=dict(mv.tags or {}),
+    )
 
 
 def get_version_by_alias(name: str, alias: str) -> ModelVersionRef | None:
@@ -37,8 +42,11 @@ def get_version_by_alias(name: str, alias: str) -> ModelVersionRef | None:
 def version_of_run(name: str, run_id: str, kind: str) -> Any | None:
     """The first version of `name` registered from `run_id` shipping `kind` (tag `peftflow.kind`:
     merged or adapter), as an MLflow ModelVersion, or None."""
-    versions = [v for v in mlflow_client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
-                if (v.tags or {}).get("peftflow.kind") == kind]
+    versions = [
+        v
+        for v in mlflow_client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        if (v.tags or {}).get("peftflow.kind") == kind
+    ]
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 

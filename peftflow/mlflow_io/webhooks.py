@@ -21,10 +21,10 @@ EVENTS = ["model_version_alias.created"]
 @dataclass(frozen=True)
 class WebhookSetup:
     webhook_id: str
-    created: bool          # False: the webhook of that name existed and was brought up to date
+    created: bool  # False: the webhook of that name existed and was brought up to date
     test_ok: bool
     test_status: int | None
-    test_detail: str       # the relay's answer, or MLflow's error
+    test_detail: str  # the relay's answer, or MLflow's error
 
 
 def ensure_webhook(url: str, secret: str, models: list[str], name: str = "peftflow-relay") -> WebhookSetup:
@@ -44,8 +44,9 @@ def ensure_webhook(url: str, secret: str, models: list[str], name: str = "peftfl
     existing = [w for w in _all_webhooks(client) if w.name == name]
     try:
         if existing:
-            hook = client.update_webhook(existing[0].webhook_id, url=url, events=EVENTS, secret=secret,
-                                         description=description, status="ACTIVE")
+            hook = client.update_webhook(
+                existing[0].webhook_id, url=url, events=EVENTS, secret=secret, description=description, status="ACTIVE"
+            )
         else:
             hook = client.create_webhook(name=name, url=url, events=EVENTS, secret=secret, description=description)
     except MlflowException as e:
@@ -53,8 +54,13 @@ def ensure_webhook(url: str, secret: str, models: list[str], name: str = "peftfl
             raise UserError(f"--url {url}: {e.message}") from e
         raise
     result = client.test_webhook(hook.webhook_id, event=EVENTS[0])
-    return WebhookSetup(hook.webhook_id, not existing, bool(result.success), result.response_status,
-                        result.error_message or result.response_body or "")
+    return WebhookSetup(
+        hook.webhook_id,
+        not existing,
+        bool(result.success),
+        result.response_status,
+        result.error_message or result.response_body or "",
+    )
 
 
 def _all_webhooks(client) -> list:

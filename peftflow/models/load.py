@@ -19,8 +19,9 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     `quantization_bit` is set."""
     dtype = dtype or compute_dtype(cfg)
     if vision.is_vision_language(model_path):  # never quantised: the config x model checks refuse quantization_bit
-        return vision.model_class(model_path).from_pretrained(model_path, dtype=dtype,
-                                                              trust_remote_code=cfg.trust_remote_code)
+        return vision.model_class(model_path).from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        )
     from transformers import AutoModelForCausalLM
 
     if not cfg.quantization_bit:
@@ -28,9 +29,17 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(
-        load_in_4bit=cfg.quantization_bit == 4, load_in_8bit=cfg.quantization_bit == 8,
-        bnb_4bit_quant_type=cfg.quantization_type, bnb_4bit_use_double_quant=cfg.double_quantization,
-        bnb_4bit_compute_dtype=dtype)
+        load_in_4bit=cfg.quantization_bit == 4,
+        load_in_8bit=cfg.quantization_bit == 8,
+        bnb_4bit_quant_type=cfg.quantization_type,
+        bnb_4bit_use_double_quant=cfg.double_quantization,
+        bnb_4bit_compute_dtype=dtype,
+    )
     device_map = None if torch.cuda.is_available() else {"": "cpu"}
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, quantization_config=quant,
-                                                device_map=device_map, trust_remote_code=cfg.trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(
+        model_path,
+        dtype=dtype,
+        quantization_config=quant,
+        device_map=device_map,
+        trust_remote_code=cfg.trust_remote_code,
+    )

@@ -26,13 +26,14 @@ from peftflow.store import build_sealed
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    ref: str          # what the config said
-    path: str         # local directory with config.json, safetensors, tokenizer
+    ref: str  # what the config said
+    path: str  # local directory with config.json, safetensors, tokenizer
     fingerprint: str  # content hash of config + weights + tokenizer
 
 
-def resolve_model(ref: str, allow_pickle_weights: bool = False, storage: str | None = None,
-                  key: str = "model_name_or_path") -> ResolvedModel:
+def resolve_model(
+    ref: str, allow_pickle_weights: bool = False, storage: str | None = None, key: str = "model_name_or_path"
+) -> ResolvedModel:
     """`storage`: the run store (else `PEFTFLOW_STORAGE`), where built-in models are kept once built.
     `key`: the config key `ref` came from (`teacher`, `model`, ...), the one an error names."""
     if ref.startswith("builtin:"):
@@ -49,7 +50,9 @@ def resolve_model(ref: str, allow_pickle_weights: bool = False, storage: str | N
     return ResolvedModel(ref=ref, path=str(path), fingerprint=fingerprint_dir(path))
 
 
-def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False, key: str = "model_name_or_path") -> None:
+def check_weights_are_safetensors(
+    path: Path, allow_pickle_weights: bool = False, key: str = "model_name_or_path"
+) -> None:
     """Pickle checkpoints can run code on load; peftflow reads safetensors unless the config sets
     `allow_pickle_weights: true` (transformers then loads them with torch's weights_only loader)."""
     if not (path / "config.json").is_file():
@@ -65,8 +68,14 @@ def check_weights_are_safetensors(path: Path, allow_pickle_weights: bool = False
 
 def fingerprint_dir(path: Path) -> str:
     """sha256 over the files that define the model, memoised by (name, size, mtime)."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model", ".bin", ".pt"})
-    stat_key = hashlib.sha256(json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()).hexdigest()
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model", ".bin", ".pt"}
+    )
+    stat_key = hashlib.sha256(
+        json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]).encode()
+    ).hexdigest()
     memo = cache_dir("fingerprints") / stat_key
     if memo.is_file():
         return memo.read_text()
@@ -85,11 +94,16 @@ def _builtin(name: str, storage: str | None = None, key: str = "model_name_or_pa
     """Built once per home; with a run store, fetched sealed from it when another machine built it
     (a GGUF conversion is slower than the download), and sealed there when built here."""
     if name not in BUILDERS:
-        raise UserError(f"{key}: unknown built-in model 'builtin:{name}' "
-                        f"(have: {', '.join('builtin:' + b for b in BUILDERS)})")
-    return build_sealed(storage, f"cache/models/{name}/{recipe_fingerprint(name)}", cache_dir("models") / name,
-                        lambda out: BUILDERS[name](out, lambda other: _builtin(other, storage)),
-                        ready=lambda target: (target / "config.json").is_file())
+        raise UserError(
+            f"{key}: unknown built-in model 'builtin:{name}' (have: {', '.join('builtin:' + b for b in BUILDERS)})"
+        )
+    return build_sealed(
+        storage,
+        f"cache/models/{name}/{recipe_fingerprint(name)}",
+        cache_dir("models") / name,
+        lambda out: BUILDERS[name](out, lambda other: _builtin(other, storage)),
+        ready=lambda target: (target / "config.json").is_file(),
+    )
 
 
 def _from_registry(uri: str, key: str) -> Path:
@@ -98,8 +112,9 @@ def _from_registry(uri: str, key: str) -> Path:
     except LookupError as e:
         raise UserError(f"{key}: model reference {uri}: {e}") from None
     if (path / "adapter_config.json").is_file():
-        raise UserError(f"{key}: model reference {uri} is an adapter version; use a merged version or its base plus "
-                        "teacher_adapter")
+        raise UserError(
+            f"{key}: model reference {uri} is an adapter version; use a merged version or its base plus teacher_adapter"
+        )
     return path
 
 
@@ -109,8 +124,20 @@ def _from_hub(repo_id: str, key: str) -> Path:
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
-        return Path(snapshot_download(repo_id, local_files_only=offline, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]))
+        return Path(
+            snapshot_download(
+                repo_id,
+                local_files_only=offline,
+                allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"],
+            )
+        )
     except LocalEntryNotFoundError:
-        raise UserError(f"{key}: '{repo_id}' is not in the local Hugging Face cache and the hub is not reachable (offline); download it first or use a local directory") from None
+        raise UserError(
+            f"{key}: '{repo_id}' is not in the local Hugging Face cache and the hub is not reachable (offline); "
+            "download it first or use a local directory"
+        ) from None
     except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"{key}: cannot fetch '{repo_id}' from the hub: {type(e).__name__}; offline runs need a local directory or builtin: model") from None
+        raise UserError(
+            f"{key}: cannot fetch '{repo_id}' from the hub: {type(e).__name__}; offline runs need a local directory or "
+            "builtin: model"
+        ) from None

@@ -20,8 +20,8 @@ IMAGE_TOKEN = "<image>"
 
 @dataclass(frozen=True)
 class Parts:
-    vision_tower: str   # module name (any depth) of the image encoder
-    projector: str      # module name of the image-to-text projector
+    vision_tower: str  # module name (any depth) of the image encoder
+    projector: str  # module name of the image-to-text projector
 
 
 # model_type -> its parts. A model type missing here is refused, not guessed at. A row fits a model
@@ -48,22 +48,29 @@ def is_vision_language(model_path: str | Path) -> bool:
 
 def parts_of(model_type: str) -> Parts:
     if model_type not in PARTS:
-        raise UserError(f"vision-language model type '{model_type}' is not supported yet (supported: {', '.join(PARTS)})")
+        raise UserError(
+            f"vision-language model type '{model_type}' is not supported yet (supported: {', '.join(PARTS)})"
+        )
     return PARTS[model_type]
 
 
 def check_config_fits(cfg, model_path: str) -> None:
-    """A config x model check: a vision-language model trains only with a method that can train one, merged, unquantised."""
+    """A config x model check: a vision-language model trains only with a method that can train one, merged, "
+    "unquantised."""
     if not is_vision_language(model_path):
         return
     parts_of(model_type(model_path))  # a model type peftflow knows the parts of
     if not TRAITS[cfg.finetuning_type].vision_language:
-        raise UserError(f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
-                        f"(methods that can: {', '.join(names_with('vision_language'))})")
+        raise UserError(
+            f"finetuning_type '{cfg.finetuning_type}' cannot train the vision-language model at {model_path} "
+            f"(methods that can: {', '.join(names_with('vision_language'))})"
+        )
     if cfg.merge is False:  # an adapter version reloads onto a causal-LM base; a VLM ships merged
         raise UserError(f"merge: false: the vision-language model at {model_path} is published merged; drop merge")
     if cfg.quantization_bit:
-        raise UserError(f"quantization_bit: the vision-language model at {model_path} trains unquantised; drop quantization_bit")
+        raise UserError(
+            f"quantization_bit: the vision-language model at {model_path} trains unquantised; drop quantization_bit"
+        )
 
 
 def model_class(model_path: str | Path):
@@ -78,8 +85,10 @@ def peft_scope(model, cfg) -> dict:
     `freeze_vision_tower: false`) and out of the projector, which trains in full instead."""
     parts = parts_of(model.config.model_type)
     excluded = [parts.projector] + ([parts.vision_tower] if cfg.freeze_vision_tower else [])
-    return {"exclude_modules": rf".*\b({'|'.join(excluded)})\b.*",
-            "modules_to_save": [parts.projector] if cfg.trains_projector else []}
+    return {
+        "exclude_modules": rf".*\b({'|'.join(excluded)})\b.*",
+        "modules_to_save": [parts.projector] if cfg.trains_projector else [],
+    }
 
 
 def trainable_by_part(model) -> dict[str, int]:
@@ -91,8 +100,15 @@ def trainable_by_part(model) -> dict[str, int]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = ("vision_tower" if f".{parts.vision_tower}." in name else "projector" if f".{parts.projector}." in name
-                else "lora" if "lora_" in name else "other")
+        part = (
+            "vision_tower"
+            if f".{parts.vision_tower}." in name
+            else "projector"
+            if f".{parts.projector}." in name
+            else "lora"
+            if "lora_" in name
+            else "other"
+        )
         counts[part] += p.numel()
     return counts
 

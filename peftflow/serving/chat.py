@@ -46,6 +46,8 @@ def log_options(model, tokenizer) -> dict[str, Any]:
         return {"transformers_model": {"model": model, "tokenizer": tokenizer}, "task": TEXT_TASK}
     from transformers import pipeline
 
-    return {"transformers_model": pipeline(TEXT_TASK, model=model, tokenizer=tokenizer),
-            "task": CHAT_TASK,
-            "model_config": {"do_sample": False, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS}}
+    return {
+        "transformers_model": pipeline(TEXT_TASK, model=model, tokenizer=tokenizer),
+        "task": CHAT_TASK,
+        "model_config": {"do_sample": False, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS},
+    }

@@ -25,7 +25,7 @@ VLLM_PEFT_TYPES = ("LORA",)
 @dataclass(frozen=True)
 class ServingReport:
     path: str
-    kind: str                                  # "adapter" or "merged"
+    kind: str  # "adapter" or "merged"
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
@@ -59,7 +59,9 @@ def _check_adapter(root: Path, tokenizer_root: Path | None = None) -> ServingRep
     if peft_type not in VLLM_PEFT_TYPES:
         problems.append(f"peft_type {peft_type}: vLLM serves LoRA adapters only")
     if config.get("modules_to_save"):
-        problems.append(f"modules_to_save {config['modules_to_save']}: vLLM refuses adapters with fully trained modules")
+        problems.append(
+            f"modules_to_save {config['modules_to_save']}: vLLM refuses adapters with fully trained modules"
+        )
     else:
         checked.append("no modules_to_save")
     if config.get("use_dora"):
@@ -118,7 +120,9 @@ def _eos_problems(root: Path, checked: list[str]) -> list[str]:
     tokenizer = AutoTokenizer.from_pretrained(root, trust_remote_code=False)  # a version peftflow published
     end = end_of_turn_token_id(tokenizer, "default")
     if end not in eos_ids:
-        return [f"generation_config eos_token_id {sorted(eos_ids)} lacks the chat template's end-of-turn token "
-                f"{tokenizer.convert_ids_to_tokens(end)!r} (id {end}): generation would not stop at the end of a turn"]
+        return [
+            f"generation_config eos_token_id {sorted(eos_ids)} lacks the chat template's end-of-turn token "
+            f"{tokenizer.convert_ids_to_tokens(end)!r} (id {end}): generation would not stop at the end of a turn"
+        ]
     checked.append(f"generation EOS includes the end-of-turn token {tokenizer.convert_ids_to_tokens(end)!r}")
     return []

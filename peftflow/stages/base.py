@@ -15,6 +15,7 @@ from typing import Any, Callable
 @dataclass(frozen=True)
 class FormGroup:
     """Where a stage's own keys sit in the dashboard's run form."""
+
     key: str
     title: str
     description: str
@@ -26,8 +27,8 @@ def _named_after_base(cfg) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Stage:
-    name: str                    # the `stage` value
-    description: str             # what it trains, for the config field's help
+    name: str  # the `stage` value
+    description: str  # what it trains, for the config field's help
     # Config keys only this stage reads: set (to a value other than the default) with another
     # stage, they are refused instead of silently ignored.
     options: tuple[str, ...] = ()
@@ -35,7 +36,7 @@ class Stage:
     # (cfg) -> None; raises ValueError naming the keys of a combination this stage cannot train
     check: Callable[[Any], None] = lambda cfg: None
     row_kind: str = "conversations"  # what its `dataset` rows are (peftflow/data/row_kinds.py)
-    sweepable: bool = True       # `peftflow sweep` may train variants of it
+    sweepable: bool = True  # `peftflow sweep` may train variants of it
     # Options that name models: the train key holds those models' content fingerprints instead.
     models_by_content: tuple[str, ...] = ()
     # (cfg) -> (model reference, suffix) the default registered-model name starts with

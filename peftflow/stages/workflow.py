@@ -23,6 +23,7 @@ TrainerFactory = Callable[..., tuple[type, dict, object]]
 @dataclass(frozen=True)
 class RunModels:
     """The models one run uses: the one it trains, and those its stage adds, by role (`teacher`)."""
+
     model: ResolvedModel
     extras: dict[str, ResolvedModel] = field(default_factory=dict)
 
@@ -67,4 +68,3 @@ class Workflow:
     def lineage_tags(self, cfg, models: RunModels) -> dict[str, str]:
         """Tags added to (or replacing) the shared lineage tags of a run and its version."""
         return {}
-

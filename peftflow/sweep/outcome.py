@@ -14,10 +14,12 @@ from peftflow.merge import MergeResult
 from peftflow.run_dir import RunDir
 from peftflow.training.run import TrainResult
 
+
 def write_outcome(work: Path, run_id: str, train: TrainResult, merged: MergeResult | None) -> Path:
     path = RunDir(Path(work)).variant_outcome
-    path.write_text(json.dumps({"run_id": run_id, "train": asdict(train), "merged": asdict(merged) if merged else None},
-                               indent=1))
+    path.write_text(
+        json.dumps({"run_id": run_id, "train": asdict(train), "merged": asdict(merged) if merged else None}, indent=1)
+    )
     return path
 
 

@@ -26,23 +26,47 @@ SECTION_KEYS = ("grid", "variants", "max_parallel")
 
 # What every variant must share, and why (the reason ends the refusal's line).
 _SHARED = {
-    **dict.fromkeys(("model_name_or_path", "dataset", "dataset_dir", "template", "train_dataset", "enable_thinking",
-                     "preserve_thinking", "tool_format", "default_system", *OPTIONS),
-                    "it shapes the prepared data, and every variant trains and is scored on the same rows"),
-    **dict.fromkeys(("registry", "promotion", "evaluation", "storage", "output_dir", "merge", "merge_tolerance",
-                     "quantized_merge_tolerance"),
-                    "the sweep has one registered model, one gate, one held-out scoring and one run store"),
-    **dict.fromkeys(("stage", *(k for s in STAGES.values() if not s.sweepable for k in s.options)),
-                    f"sweeps train {', '.join(s.name for s in STAGES.values() if s.sweepable)} variants; "
-                    f"stage {', '.join(s.name for s in STAGES.values() if not s.sweepable)} runs one at a time "
-                    "(`peftflow run`)"),
+    **dict.fromkeys(
+        (
+            "model_name_or_path",
+            "dataset",
+            "dataset_dir",
+            "template",
+            "train_dataset",
+            "enable_thinking",
+            "preserve_thinking",
+            "tool_format",
+            "default_system",
+            *OPTIONS,
+        ),
+        "it shapes the prepared data, and every variant trains and is scored on the same rows",
+    ),
+    **dict.fromkeys(
+        (
+            "registry",
+            "promotion",
+            "evaluation",
+            "storage",
+            "output_dir",
+            "merge",
+            "merge_tolerance",
+            "quantized_merge_tolerance",
+        ),
+        "the sweep has one registered model, one gate, one held-out scoring and one run store",
+    ),
+    **dict.fromkeys(
+        ("stage", *(k for s in STAGES.values() if not s.sweepable for k in s.options)),
+        f"sweeps train {', '.join(s.name for s in STAGES.values() if s.sweepable)} variants; "
+        f"stage {', '.join(s.name for s in STAGES.values() if not s.sweepable)} runs one at a time "
+        "(`peftflow run`)",
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    overrides: dict[str, Any]   # the keys this variant sets over the base config
+    overrides: dict[str, Any]  # the keys this variant sets over the base config
     config: RunConfig
 
 
@@ -90,7 +114,9 @@ def read_section(section: Any, source: str) -> tuple[dict[str, list[Any]], list[
     for key in section:
         if key not in SECTION_KEYS:
             match = difflib.get_close_matches(str(key), SECTION_KEYS, n=1)
-            raise UserError(f"{source}: unknown key 'sweep.{key}'" + (f" (did you mean 'sweep.{match[0]}'?)" if match else ""))
+            raise UserError(
+                f"{source}: unknown key 'sweep.{key}'" + (f" (did you mean 'sweep.{match[0]}'?)" if match else "")
+            )
     grid = section.get("grid") or {}
     if not isinstance(grid, dict):
         raise UserError(f"{source}: key 'sweep.grid': expected a mapping of keys to lists of values")
@@ -101,12 +127,19 @@ def read_section(section: Any, source: str) -> tuple[dict[str, list[Any]], list[
     return grid, variants, section.get("max_parallel")
 
 
-def plan_sweep(base: RunConfig, grid: dict[str, list[Any]] | None = None, variants: list[dict[str, Any]] | None = None,
-               max_parallel: int = 1, source: str = "sweep") -> SweepPlan:
+def plan_sweep(
+    base: RunConfig,
+    grid: dict[str, list[Any]] | None = None,
+    variants: list[dict[str, Any]] | None = None,
+    max_parallel: int = 1,
+    source: str = "sweep",
+) -> SweepPlan:
     """Every variant's config, validated; the first problem is one UserError line."""
     grid, variants = dict(grid or {}), [dict(v) for v in variants or []]
     if not grid and not variants:
-        raise UserError(f"{source}: nothing to sweep: give --grid KEY=V1,V2 or a `sweep:` section with grid or variants")
+        raise UserError(
+            f"{source}: nothing to sweep: give --grid KEY=V1,V2 or a `sweep:` section with grid or variants"
+        )
     if not isinstance(max_parallel, int) or isinstance(max_parallel, bool) or max_parallel < 1:
         raise UserError(f"{source}: max_parallel must be a whole number >= 1 (got {max_parallel!r})")
     if not get_stage(base).sweepable:
@@ -133,8 +166,11 @@ def plan_sweep(base: RunConfig, grid: dict[str, list[Any]] | None = None, varian
         planned.append(Variant(name, overrides, config))
     if len(planned) < 2:
         raise UserError(f"{source}: a sweep compares at least two variants (this one has {len(planned)})")
-    swept = tuple(k for k in dict.fromkeys(k for v in planned for k in v.overrides)
-                  if len({repr(getattr(v.config, k)) for v in planned}) > 1)
+    swept = tuple(
+        k
+        for k in dict.fromkeys(k for v in planned for k in v.overrides)
+        if len({repr(getattr(v.config, k)) for v in planned}) > 1
+    )
     return SweepPlan(base, tuple(planned), max_parallel, swept)
 
 
@@ -147,12 +183,15 @@ def _check_key(key: str, variant: str, source: str) -> None:
         raise UserError(f"{source} variant '{variant}': key '{key}' cannot vary in a sweep: {_SHARED[key]}")
     if key not in RunConfig.model_fields:
         match = difflib.get_close_matches(key, list(RunConfig.model_fields), n=1)
-        raise UserError(f"{source} variant '{variant}': unknown key '{key}'" + (f" (did you mean '{match[0]}'?)" if match else ""))
+        raise UserError(
+            f"{source} variant '{variant}': unknown key '{key}'" + (f" (did you mean '{match[0]}'?)" if match else "")
+        )
 
 
 @dataclass(frozen=True)
 class SweepRequest:
     """A sweep as the `sweep` flow takes it: the base config and what varies."""
+
     base: RunConfig
     grid: dict[str, list[Any]]
     variants: list[dict[str, Any]]
@@ -160,7 +199,9 @@ class SweepRequest:
     unused: list[str]  # keys of the base config accepted but not used
 
 
-def read_sweep_file(path: str, grid_options: list[str], max_parallel: int | None = None) -> tuple[SweepRequest, SweepPlan]:
+def read_sweep_file(
+    path: str, grid_options: list[str], max_parallel: int | None = None
+) -> tuple[SweepRequest, SweepPlan]:
     """A run config YAML with an optional `sweep:` section, plus `--grid` options (a key given both
     ways takes the command line's values) and `--max-parallel`; every variant validated."""
     raw = read_yaml(path)

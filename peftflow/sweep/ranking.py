@@ -16,12 +16,12 @@ from peftflow.training.run import TrainResult
 @dataclass(frozen=True)
 class VariantResult:
     name: str
-    swept: dict          # the value of each swept key in this variant
+    swept: dict  # the value of each swept key in this variant
     train_key: str
     run_id: str
     train: TrainResult | None = None
-    tuned: ModelScores | None = None   # the fine-tune on the sweep's held-out rows
-    failed: str = ""                   # why the variant failed or cannot win ("" when it did not)
+    tuned: ModelScores | None = None  # the fine-tune on the sweep's held-out rows
+    failed: str = ""  # why the variant failed or cannot win ("" when it did not)
 
     @property
     def seconds_per_step(self) -> float:
@@ -34,8 +34,8 @@ class VariantResult:
 @dataclass(frozen=True)
 class Ranking:
     order: tuple[VariantResult, ...]  # the winner first, then by metric
-    verdict: str                      # why the winner won, against the runner-up
-    decided: bool                     # False: the winner ties the runner-up at equal cost
+    verdict: str  # why the winner won, against the runner-up
+    decided: bool  # False: the winner ties the runner-up at equal cost
 
 
 def metric_value(result: VariantResult, metric: str) -> float:
@@ -65,10 +65,17 @@ def rank(results: list[VariantResult], promotion: PromotionConfig) -> Ranking:
     if beats:
         return Ranking(order, f"`{winner.name}` beats runner-up `{runner_up.name}`: {how}", True)
     if winner.cost() < runner_up.cost():
-        return Ranking(order, f"`{winner.name}` ties runner-up `{runner_up.name}` ({how}) and costs less: "
-                              f"{_cost(winner)} vs {_cost(runner_up)}", True)
-    return Ranking(order, f"`{winner.name}` and runner-up `{runner_up.name}` tie ({how}) at equal cost: "
-                          "the sweep cannot tell them apart", False)
+        return Ranking(
+            order,
+            f"`{winner.name}` ties runner-up `{runner_up.name}` ({how}) and costs less: "
+            f"{_cost(winner)} vs {_cost(runner_up)}",
+            True,
+        )
+    return Ranking(
+        order,
+        f"`{winner.name}` and runner-up `{runner_up.name}` tie ({how}) at equal cost: the sweep cannot tell them apart",
+        False,
+    )
 
 
 def _better(a: VariantResult, b: VariantResult, promotion: PromotionConfig) -> tuple[bool, str]:
@@ -86,7 +93,8 @@ def _better(a: VariantResult, b: VariantResult, promotion: PromotionConfig) -> t
         ca, cb = paired_examples(a.tuned, b.tuned)
         if ca:
             _, lower, upper = paired_bootstrap(ca, cb, promotion.bootstrap_samples, promotion.confidence)
-            how += f", {promotion.confidence:.0%} paired bootstrap interval [{lower:+.4f}, {upper:+.4f}] over {len(ca)} rows"
+            interval = f"[{lower:+.4f}, {upper:+.4f}]"
+            how += f", {promotion.confidence:.0%} paired bootstrap interval {interval} over {len(ca)} rows"
             return lower > 0, how
     return gain > 0, how
 

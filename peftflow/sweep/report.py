@@ -15,31 +15,58 @@ def table_rows(ranking: Ranking, failed: list[VariantResult], metric: str, swept
     rows = []
     for place, r in enumerate(ranking.order, start=1):
         t = r.train
-        rows.append({"rank": place, "variant": r.name, **{k: r.swept.get(k, "") for k in swept},
-                     **({} if metric == "score" else {metric: round(metric_value(r, metric), 4)}),
-                     "score": round(r.tuned.score, 4),
-                     "held-out loss": float(f"{r.tuned.loss:.4g}"), "peak memory MB": round(t.peak_memory_mb),
-                     "trainable params": t.trainable_params, "s/step": round(r.seconds_per_step, 3),
-                     "tokens/s": round(t.tokens_per_second, 1), "train key": r.train_key})
-    rows += [{"rank": "-", "variant": r.name, **{k: r.swept.get(k, "") for k in swept}, "failed": r.failed}
-             for r in failed]
+        rows.append(
+            {
+                "rank": place,
+                "variant": r.name,
+                **{k: r.swept.get(k, "") for k in swept},
+                **({} if metric == "score" else {metric: round(metric_value(r, metric), 4)}),
+                "score": round(r.tuned.score, 4),
+                "held-out loss": float(f"{r.tuned.loss:.4g}"),
+                "peak memory MB": round(t.peak_memory_mb),
+                "trainable params": t.trainable_params,
+                "s/step": round(r.seconds_per_step, 3),
+                "tokens/s": round(t.tokens_per_second, 1),
+                "train key": r.train_key,
+            }
+        )
+    rows += [
+        {"rank": "-", "variant": r.name, **{k: r.swept.get(k, "") for k in swept}, "failed": r.failed} for r in failed
+    ]
     return rows
 
 
-def report_markdown(name: str, rows: list[dict], ranking: Ranking, references: dict[str, ModelScores],
-                    metric: str, decision: str, version: str | None, champion: str | None) -> str:
+def report_markdown(
+    name: str,
+    rows: list[dict],
+    ranking: Ranking,
+    references: dict[str, ModelScores],
+    metric: str,
+    decision: str,
+    version: str | None,
+    champion: str | None,
+) -> str:
     keys = list(dict.fromkeys(k for row in rows for k in row))
     extra = "" if metric == "score" else f" {metric} |"
-    lines = [f"# Sweep of `{name}`: {len(rows)} variants", "",
-             f"**Winner:** {ranking.verdict}.", "",
-             f"**Promotion gate:** {decision.removeprefix(ranking.verdict + '; ')}", "",
-             (f"**Registered:** `models:/{name}/{version}` as `challenger`" if version else "**Registered:** nothing")
-             + (f"; `champion` -> v{champion}" if champion else "; no champion"), "",
-             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = [
+        f"# Sweep of `{name}`: {len(rows)} variants",
+        "",
+        f"**Winner:** {ranking.verdict}.",
+        "",
+        f"**Promotion gate:** {decision.removeprefix(ranking.verdict + '; ')}",
+        "",
+        (f"**Registered:** `models:/{name}/{version}` as `challenger`" if version else "**Registered:** nothing")
+        + (f"; `champion` -> v{champion}" if champion else "; no champion"),
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+    ]
     lines += ["| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |" for row in rows]
     lines += ["", f"| reference |{extra} score | held-out loss |", "|---|" + "---|" * (3 if extra else 2)]
-    lines += [f"| {label} |" + (f" {getattr(s, metric):.4f} |" if extra else "") + f" {s.score:.4f} | {s.loss:.4g} |"
-              for label, s in references.items()]
+    lines += [
+        f"| {label} |" + (f" {getattr(s, metric):.4f} |" if extra else "") + f" {s.score:.4f} | {s.loss:.4g} |"
+        for label, s in references.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -79,8 +79,9 @@ def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set, method_suppo
     longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
     tokens = cfg.per_device_train_batch_size * (-(-longest // 8) * 8)  # the collator pads to a multiple of 8
     half = cfg.bf16 or cfg.fp16 or bf16_autocast(cfg)
-    on, why = memory.choose_gradient_checkpointing(cfg.gradient_checkpointing, method_supports,
-                                                   base.config, tokens, 2 if half else 4)
+    on, why = memory.choose_gradient_checkpointing(
+        cfg.gradient_checkpointing, method_supports, base.config, tokens, 2 if half else 4
+    )
     log.info("gradient checkpointing %s (%s)", "on" if on else "off", why)
     return cfg.model_copy(update={"gradient_checkpointing": on}), f"{'on' if on else 'off'} ({why})"
 

@@ -32,18 +32,32 @@ def is_distributed(cfg: RunConfig) -> bool:
 
 
 def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.num_processes}",
-           f"--nnodes={cfg.nnodes}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={cfg.num_processes}",
+        f"--nnodes={cfg.nnodes}",
+    ]
     if cfg.nnodes > 1:
-        cmd += [f"--node_rank={node_rank(cfg)}",
-                f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+        cmd += [
+            f"--node_rank={node_rank(cfg)}",
+            f"--master_addr={os.environ['MASTER_ADDR']}",
+            f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+        ]
     else:
         cmd += ["--standalone"]
     return cmd + ["-m", "peftflow.training.distributed", str(job_file)]
 
 
-def train(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-          callbacks: tuple[TrainerCallback, ...] = (), trainer_factory=None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    model_path: str,
+    data_path: str,
+    output_dir: str | Path,
+    callbacks: tuple[TrainerCallback, ...] = (),
+    trainer_factory=None,
+) -> TrainResult:
     """The train step: in this process, or through torchrun when the config asks for several
     processes or nodes (per-step callbacks then see nothing; the result carries the loss history).
     A stage with its own trainer (`trainer_factory`) trains in one process: its config check says so."""
@@ -67,12 +81,23 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
     if (store := open_store(cfg.storage)) is not None:  # once per node, before its ranks start
         fetch_checkpoint(store, run_key(cfg.registry.name, output_dir), RunDir(output_dir).checkpoints)
     job = output_dir / "launch.json"
-    job.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "model_path": model_path,
-                               "data_path": data_path, "output_dir": str(output_dir)}))
+    job.write_text(
+        json.dumps(
+            {
+                "config": cfg.model_dump(mode="json"),
+                "model_path": model_path,
+                "data_path": data_path,
+                "output_dir": str(output_dir),
+            }
+        )
+    )
     result_file = RunDir(output_dir).train_result
     result_file.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     proc = subprocess.run(launch_command(cfg, job), env=env, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"torchrun exited {proc.returncode}:\n{proc.stderr[-4000:]}")

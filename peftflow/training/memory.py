@@ -42,8 +42,9 @@ def available_bytes() -> int:
     return psutil.virtual_memory().available
 
 
-def choose_gradient_checkpointing(setting: bool | str, supported: bool, model_config, tokens: int,
-                                  bytes_per_value: int) -> tuple[bool, str]:
+def choose_gradient_checkpointing(
+    setting: bool | str, supported: bool, model_config, tokens: int, bytes_per_value: int
+) -> tuple[bool, str]:
     """(on, why). `setting` is the config value: true, false or "auto" (decide by memory need)."""
     if setting != "auto":
         return bool(setting), "set in the config"
@@ -51,8 +52,10 @@ def choose_gradient_checkpointing(setting: bool | str, supported: bool, model_co
         return False, "auto: this method does not support it"
     need, free = activation_bytes(model_config, tokens, bytes_per_value), available_bytes()
     on = need > ACTIVATION_SHARE * free
-    why = (f"auto: activations of the longest batch ~{need / 2**20:,.0f} MB "
-           f"{'>' if on else '<='} {ACTIVATION_SHARE:.0%} of {free / 2**20:,.0f} MB free")
+    why = (
+        f"auto: activations of the longest batch ~{need / 2**20:,.0f} MB "
+        f"{'>' if on else '<='} {ACTIVATION_SHARE:.0%} of {free / 2**20:,.0f} MB free"
+    )
     return on, why
 
 

@@ -27,8 +27,10 @@ from peftflow.training import distributed
 def join(cfg: RunConfig) -> Path:
     """Train on this node as one of `cfg.nnodes`; the run dir it trained in."""
     if cfg.nnodes < 2 or distributed.node_rank(cfg) < 1:
-        raise UserError(f"peftflow.training.node runs nodes 1..{cfg.nnodes - 1} of a multi-node run "
-                        "(nnodes > 1, PEFTFLOW_NODE_RANK >= 1); node 0 runs the flow")
+        raise UserError(
+            f"peftflow.training.node runs nodes 1..{cfg.nnodes - 1} of a multi-node run "
+            "(nnodes > 1, PEFTFLOW_NODE_RANK >= 1); node 0 runs the flow"
+        )
     models = get_workflow(cfg).resolve(cfg)
     data = prepare_dataset(cfg, models.model.path)
     work = RunDir.of(cfg, train_key(cfg, models.model.fingerprint, data.fingerprint, models.extras_fingerprint)).path

@@ -43,8 +43,11 @@ def last_complete_checkpoint(checkpoints_dir: Path, set_aside: bool = True) -> s
     renamed out of the way; under torchrun only rank 0 renames, the other ranks skip over it."""
     if not checkpoints_dir.is_dir():
         return None
-    candidates = sorted((p for p in checkpoints_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    candidates = sorted(
+        (p for p in checkpoints_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
     for checkpoint in candidates:
         if _complete(checkpoint):
             return str(checkpoint)
@@ -82,8 +85,12 @@ class ResumeError(RuntimeError):
     """A resumed run that did not continue where the checkpoint left off."""
 
 
-def check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ...],
-                  first_loss: float | None = None, first_new_step: int | None = None) -> None:
+def check_resume(
+    before: tuple[int, float],
+    history: tuple[tuple[int, float], ...],
+    first_loss: float | None = None,
+    first_new_step: int | None = None,
+) -> None:
     """Fail loudly when a resume looks like a restart from scratch.
 
     `before` is (step, last loss logged) of the checkpoint, `history` the (step, loss) log after
@@ -93,18 +100,23 @@ def check_resume(before: tuple[int, float], history: tuple[tuple[int, float], ..
     back most of the progress made between the first logged loss and the checkpoint."""
     step, loss = before
     if first_new_step is not None and first_new_step != step + 1:
-        raise ResumeError(f"resume from step {step} restarted the step counter: the first step trained "
-                          f"after resuming was {first_new_step}, not {step + 1}")
-    after = [(s, l) for s, l in history if s > step]
+        raise ResumeError(
+            f"resume from step {step} restarted the step counter: the first step trained "
+            f"after resuming was {first_new_step}, not {step + 1}"
+        )
+    after = [(s, logged) for s, logged in history if s > step]
     if not after or math.isnan(loss):
         return
     first = after[0][1]
     if first > loss + RESUME_LOSS_TOLERANCE * max(loss, 1.0):
-        raise ResumeError(f"resume from step {step} looks like a restart from scratch: "
-                          f"loss {loss:.3f} before, {first:.3f} after")
+        raise ResumeError(
+            f"resume from step {step} looks like a restart from scratch: loss {loss:.3f} before, {first:.3f} after"
+        )
     if first_loss is not None and not math.isnan(first_loss):
         progress = first_loss - loss
         if progress > 0.1 * max(first_loss, 1.0) and first > first_loss - RESUME_PROGRESS_KEPT * progress:
-            raise ResumeError(f"resume from step {step} looks like a restart from scratch: loss {first:.3f} after "
-                              f"resuming is back near the untrained {first_loss:.3f} (was {loss:.3f})")
+            raise ResumeError(
+                f"resume from step {step} looks like a restart from scratch: loss {first:.3f} after "
+                f"resuming is back near the untrained {first_loss:.3f} (was {loss:.3f})"
+            )
     log.info("resumed at step %d: loss %.3f before, %.3f after", step, loss, first)

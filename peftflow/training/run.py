@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 from peft.helpers import disable_input_dtype_casting
-from transformers import AutoProcessor, AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, TrainerCallback, set_seed
+from transformers import (
+    AutoProcessor,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PrinterCallback,
+    TrainerCallback,
+    set_seed,
+)
 
 from peftflow.config import RunConfig
 from peftflow.methods import get_method
@@ -44,25 +51,38 @@ class TrainResult:
     resumed_from_step: int | None
     loss_history: tuple[tuple[int, float], ...]
     method: str = "lora"
-    optimizer_used: str = ""     # what actually ran: e.g. paged optimizers run unpaged on CPU
+    optimizer_used: str = ""  # what actually ran: e.g. paged optimizers run unpaged on CPU
     # Vision-language models: trainable parameters per part (vision_tower, projector, lora, other).
     trainable_by_part: dict[str, int] = field(default_factory=dict)
-    compute: str = ""            # compute_label: the base's dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
+    compute: str = ""  # compute_label: the base's dtype, plus "+ bf16 autocast" where the matmuls ran in bf16
     gradient_checkpointing: str = ""  # "on (why)" / "off (why)"
-    footprint_mb: float = 0.0    # the base model's weights as loaded for training (4-bit for QLoRA)
+    footprint_mb: float = 0.0  # the base model's weights as loaded for training (4-bit for QLoRA)
     peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
 
     def metrics(self) -> dict[str, float]:
         # `final_loss`, not `train_loss`: that name is the Trainer's mean over the run, logged at the last step.
-        return {"final_loss": self.final_loss, "train_steps": self.steps, "train_seconds": self.train_seconds,
-                "supervised_tokens_per_s": self.tokens_per_second, "trainable_params": self.trainable_params,
-                "total_params": self.total_params, "seconds_per_step": round(self.train_seconds / max(self.steps, 1), 3),
-                "model_footprint_mb": self.footprint_mb, "peak_memory_mb": self.peak_memory_mb,
-                **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()}}
+        return {
+            "final_loss": self.final_loss,
+            "train_steps": self.steps,
+            "train_seconds": self.train_seconds,
+            "supervised_tokens_per_s": self.tokens_per_second,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "seconds_per_step": round(self.train_seconds / max(self.steps, 1), 3),
+            "model_footprint_mb": self.footprint_mb,
+            "peak_memory_mb": self.peak_memory_mb,
+            **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()},
+        }
 
 
-def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
-        callbacks: tuple[TrainerCallback, ...] = (), trainer_factory=None) -> TrainResult:
+def run(
+    cfg: RunConfig,
+    model_path: str,
+    data_path: str,
+    output_dir: str | Path,
+    callbacks: tuple[TrainerCallback, ...] = (),
+    trainer_factory=None,
+) -> TrainResult:
     """Train `cfg`'s method on the prepared data; resume from the last checkpoint in output_dir.
     `trainer_factory` is the stage's (peftflow.stages.workflow.TrainerFactory); None: the stock
     SupervisedTokenTrainer."""
@@ -81,22 +101,31 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path,
     if dtype != compute_dtype(cfg):  # a frozen base held in bf16: what trains keeps fp32 master weights
         fp32_trainable(model)
     init_dir = method.before_train(model, output_dir)
-    processor = (AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
-                 if vision.is_vision_language(model_path) else None)
-    trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks,
-                       trainer_factory)
+    processor = (
+        AutoProcessor.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        if vision.is_vision_language(model_path)
+        else None
+    )
+    trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, trainer_factory)
     start = time.perf_counter()
     history, resumed_from, mean_loss = _train(trainer)
     seconds = time.perf_counter() - start
     out = TrainResult(
-        adapter_dir=str(RunDir(output_dir).adapter), final_loss=history[-1][1] if history else mean_loss,
-        steps=trainer.state.global_step, train_seconds=round(seconds, 2), supervised_tokens=trainer.supervised_tokens,
+        adapter_dir=str(RunDir(output_dir).adapter),
+        final_loss=history[-1][1] if history else mean_loss,
+        steps=trainer.state.global_step,
+        train_seconds=round(seconds, 2),
+        supervised_tokens=trainer.supervised_tokens,
         tokens_per_second=round(trainer.supervised_tokens / seconds, 1) if seconds else 0.0,
         **dict(zip(("trainable_params", "total_params"), _parameter_counts(model))),
-        resumed_from_step=resumed_from, loss_history=history,
-        method=method.name, optimizer_used=optimizer_used(cfg, trainer.optimizer),
+        resumed_from_step=resumed_from,
+        loss_history=history,
+        method=method.name,
+        optimizer_used=optimizer_used(cfg, trainer.optimizer),
         trainable_by_part=vision.trainable_by_part(model) if processor else {},
-        compute=compute_label(cfg, dtype), gradient_checkpointing=checkpointing, footprint_mb=footprint_mb,
+        compute=compute_label(cfg, dtype),
+        gradient_checkpointing=checkpointing,
+        footprint_mb=footprint_mb,
         peak_memory_mb=round(memory.peak_mb(), 1),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
@@ -131,8 +160,14 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
         trainer_cls, extra, train_set = trainer_factory(cfg, data_path, train_set)
     if not any(isinstance(c, TrainingProgress) for c in callbacks):
         callbacks = (*callbacks, TrainingProgress())
-    trainer = trainer_cls(model=model, args=training_arguments(cfg, output_dir), train_dataset=train_set,
-                          data_collator=collator, callbacks=[LogLastStep(), *callbacks, FirstStep()], **extra)
+    trainer = trainer_cls(
+        model=model,
+        args=training_arguments(cfg, output_dir),
+        train_dataset=train_set,
+        data_collator=collator,
+        callbacks=[LogLastStep(), *callbacks, FirstStep()],
+        **extra,
+    )
     # disable_tqdm makes the Trainer print each log as a dict of strings; TrainingProgress logs a line instead.
     trainer.remove_callback(PrinterCallback)
     return trainer

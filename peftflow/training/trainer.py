@@ -128,8 +128,15 @@ class TrainingProgress(TrainerCallback):
         t0, step0 = self._start or (time.perf_counter(), state.global_step)
         done, left = state.global_step - step0, state.max_steps - state.global_step
         eta = (time.perf_counter() - t0) / done * left if done > 0 else None
-        self.report(StepProgress(state.global_step, state.max_steps, float(logs["loss"]),
-                                 float(logs["learning_rate"]) if "learning_rate" in logs else None, eta))
+        self.report(
+            StepProgress(
+                state.global_step,
+                state.max_steps,
+                float(logs["loss"]),
+                float(logs["learning_rate"]) if "learning_rate" in logs else None,
+                eta,
+            )
+        )
 
     def on_train_end(self, args, state, control, **kwargs):
         log.info("training done: %d steps", state.global_step)

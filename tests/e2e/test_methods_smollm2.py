@@ -45,8 +45,16 @@ WELL_BELOW = {"lora-dora": 0.4, "qlora": 0.4, "ia3": 0.4, "prefix": 0.5, "prompt
 PUBLISHED = {"prefix"}
 
 
-TINY_TASK = dict(max_steps=6, logging_steps=1, save_steps=100, cutoff_len=96, per_device_train_batch_size=4,
-                 lr_scheduler_type="constant", max_samples=48, val_size=8)
+TINY_TASK = dict(
+    max_steps=6,
+    logging_steps=1,
+    save_steps=100,
+    cutoff_len=96,
+    per_device_train_batch_size=4,
+    lr_scheduler_type="constant",
+    max_samples=48,
+    val_size=8,
+)
 
 
 # P-tuning's first Adam steps at lr 1e-2 jolt its encoder: at a constant lr, 6 steps left the held-out
@@ -96,6 +104,5 @@ def test_method_on_smollm2_learns_reloads_and_serves(case, smollm2, store, tmp_p
         return
     run_id = start_run(cfg, tags={"method": case}, train_key=case)
     version = publish_adapter(run_id, cfg.registry.name, result.adapter_dir, model_path, {"method": case}, {})
-    reply = generate_reply(f"models:/{cfg.registry.name}/{version.version}", "Ship two mugs to Oslo.",
-                                    max_new_tokens=8)
+    reply = generate_reply(f"models:/{cfg.registry.name}/{version.version}", "Ship two mugs to Oslo.", max_new_tokens=8)
     assert isinstance(reply, str) and reply.strip()

@@ -50,9 +50,9 @@ evaluation:
 def _env(tmp: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(
-        PEFTFLOW_HOME=str(home),                                   # reuses the session's model cache
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",          # a fresh registry
-        PREFECT_HOME=str(tmp / "prefect-home"),                    # no PREFECT_API_URL: a temporary local server
+        PEFTFLOW_HOME=str(home),  # reuses the session's model cache
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",  # a fresh registry
+        PREFECT_HOME=str(tmp / "prefect-home"),  # no PREFECT_API_URL: a temporary local server
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "prefect-results"),  # nothing cached from elsewhere
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         HF_HUB_OFFLINE="1",
@@ -70,8 +70,14 @@ def trained(tmp_path_factory, peftflow_home):
     config.write_text(CONFIG + f"output_dir: {out_dir}\n")
     env = _env(tmp, peftflow_home)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(config)],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     elapsed = time.monotonic() - start
     print(f"peftflow run took {elapsed:.0f} s")
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -125,17 +131,33 @@ def test_registered_champion_loads_and_extracts(trained):
     import mlflow
 
     pipe = mlflow.transformers.load_model(f"models:/{NAME}@champion")
-    prompt = pipe.tokenizer.apply_chat_template([{"role": "user", "content": f"{INSTRUCTION}\n{MESSAGE}"}],
-                                                tokenize=False, add_generation_prompt=True)
+    prompt = pipe.tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{INSTRUCTION}\n{MESSAGE}"}], tokenize=False, add_generation_prompt=True
+    )
     out = pipe(prompt, max_new_tokens=48, do_sample=False, return_full_text=False)
     _check_fields(_parse_json(out[0]["generated_text"]))
 
 
 def test_generate_command_answers_with_json(trained):
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "generate", "--model", f"models:/{NAME}@champion",
-         "--prompt", f"{INSTRUCTION}\n{MESSAGE}", "--max-new-tokens", "48"],
-        cwd=trained["tmp"], env=trained["env"], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "generate",
+            "--model",
+            f"models:/{NAME}@champion",
+            "--prompt",
+            f"{INSTRUCTION}\n{MESSAGE}",
+            "--max-new-tokens",
+            "48",
+        ],
+        cwd=trained["tmp"],
+        env=trained["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines, proc.stdout
@@ -154,8 +176,9 @@ def test_merged_and_adapter_dirs_load_with_plain_transformers_and_peft(trained):
     assert (stage / "merged").is_dir() and (stage / "adapter").is_dir(), list(trained["out_dir"].rglob("*"))[:50]
 
     tok = AutoTokenizer.from_pretrained(stage / "merged")
-    text = tok.apply_chat_template([{"role": "user", "content": f"{INSTRUCTION}\n{MESSAGE}"}],
-                                   tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": f"{INSTRUCTION}\n{MESSAGE}"}], tokenize=False, add_generation_prompt=True
+    )
     batch = tok(text, return_tensors="pt")
 
     merged = AutoModelForCausalLM.from_pretrained(stage / "merged").eval()
@@ -167,5 +190,5 @@ def test_merged_and_adapter_dirs_load_with_plain_transformers_and_peft(trained):
 
     with torch.no_grad():
         ids = merged.generate(**batch, max_new_tokens=48, do_sample=False)
-    answer = tok.decode(ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    answer = tok.decode(ids[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     _check_fields(_parse_json(answer))

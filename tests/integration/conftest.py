@@ -31,8 +31,12 @@ def s3_server(tmp_path_factory):
     from tests.integration.stack import Proc, free_port, wait_http
 
     port = free_port()
-    proc = Proc("moto", [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                None, tmp_path_factory.mktemp("moto"))
+    proc = Proc(
+        "moto",
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        None,
+        tmp_path_factory.mktemp("moto"),
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, timeout=60)
         yield f"http://127.0.0.1:{port}"
@@ -43,8 +47,12 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """The standard AWS environment pointing at moto (boto3 and s3fs read the same variables)."""
-    for k, v in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return s3_server
@@ -58,8 +66,12 @@ def _team_stack(tmp_path_factory, peftflow_home):
 
     from tests.integration.stack import start_worker, team_stack
 
-    webhooks = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-                "MLFLOW_WEBHOOK_CACHE_TTL": "1", "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    webhooks = {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+    }
     with team_stack(tmp_path_factory.mktemp("team-stack"), peftflow_home, mlflow_env=webhooks) as s:
         start_worker(s)
         yield s
@@ -83,10 +95,17 @@ def env(tmp_path, monkeypatch, peftflow_home):
 def tiny_config(tiny_model, tmp_path, **overrides) -> RunConfig:
     """A few steps on the tiny model and the demo data: seconds, not minutes."""
     fields = dict(
-        model_name_or_path=tiny_model, output_dir=str(tmp_path / "runs"), max_steps=6, learning_rate=5e-3,
-        logging_steps=2, save_steps=3, per_device_train_batch_size=4,
-        registry={"name": "tiny-itest"}, promotion={"metric": "perplexity"},
-        evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+        model_name_or_path=tiny_model,
+        output_dir=str(tmp_path / "runs"),
+        max_steps=6,
+        learning_rate=5e-3,
+        logging_steps=2,
+        save_steps=3,
+        per_device_train_batch_size=4,
+        registry={"name": "tiny-itest"},
+        promotion={"metric": "perplexity"},
+        evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4},
+    )
     if overrides.get("student_layers"):  # the student is the pruned teacher, not model_name_or_path
         fields.pop("model_name_or_path")
     return RunConfig(**{**fields, **overrides})

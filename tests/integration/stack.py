@@ -19,8 +19,11 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PG = dict(host=os.environ.get("PEFTFLOW_TEST_PGHOST", "127.0.0.1"), port=int(os.environ.get("PEFTFLOW_TEST_PGPORT", "5432")),
-          user=os.environ.get("PEFTFLOW_TEST_PGUSER", "postgres"))
+PG = dict(
+    host=os.environ.get("PEFTFLOW_TEST_PGHOST", "127.0.0.1"),
+    port=int(os.environ.get("PEFTFLOW_TEST_PGPORT", "5432")),
+    user=os.environ.get("PEFTFLOW_TEST_PGUSER", "postgres"),
+)
 
 
 def free_port() -> int:
@@ -63,8 +66,9 @@ def database(prefix: str):
 class Proc:
     def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path, cwd: Path = ROOT):
         self.name, self.log = name, logdir / f"{name}.log"
-        self.p = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(
+            args, env=env, cwd=cwd, stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
@@ -125,16 +129,24 @@ class Stack:
 
 def base_env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
-    env.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1",
-               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               TOKENIZERS_PARALLELISM="false", COLUMNS="200")
+    env.update(
+        PREFECT_HOME=str(tmp / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        HF_HUB_OFFLINE="1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        TOKENIZERS_PARALLELISM="false",
+        COLUMNS="200",
+    )
     return env
 
 
 @contextmanager
-def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts",
-               mlflow_env: dict[str, str] | None = None):
+def team_stack(
+    tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts", mlflow_env: dict[str, str] | None = None
+):
     """moto S3 + MLflow server + Prefect server (PostgreSQL) + a `local` process worker, and the
     deployments of deployments/prefect.yaml on that pool. Yields the Stack. `mlflow_env`: extra
     environment of the MLflow server (e.g. its webhook settings)."""
@@ -144,28 +156,57 @@ def team_stack(tmp: Path, peftflow_home: Path, bucket: str = "peftflow-artifacts
         try:
             s3_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
             s3 = f"http://127.0.0.1:{s3_port}"
-            stack.start("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env,
-                        url=f"{s3}/moto-api/")
+            stack.start(
+                "moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env, url=f"{s3}/moto-api/"
+            )
             import boto3
 
-            boto3.client("s3", endpoint_url=s3, aws_access_key_id="testing", aws_secret_access_key="testing",
-                         region_name="us-east-1").create_bucket(Bucket=bucket)
+            boto3.client(
+                "s3",
+                endpoint_url=s3,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                region_name="us-east-1",
+            ).create_bucket(Bucket=bucket)
             pg = f"{PG['user']}@{PG['host']}:{PG['port']}"
             mlflow_env = {**env, "MLFLOW_S3_ENDPOINT_URL": s3, **(mlflow_env or {})}
             # Both servers migrate their databases at start-up: start them together, then wait.
-            mlflow = stack.start("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                                            str(mlflow_port), "--workers", "1",
-                                            "--backend-store-uri", f"postgresql+psycopg2://{pg}/{mlflow_db}",
-                                            "--artifacts-destination", f"s3://{bucket}/mlflow"], mlflow_env)
+            mlflow = stack.start(
+                "mlflow",
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"postgresql+psycopg2://{pg}/{mlflow_db}",
+                    "--artifacts-destination",
+                    f"s3://{bucket}/mlflow",
+                ],
+                mlflow_env,
+            )
             prefect_env = {**env, "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{pg}/{prefect_db}"}
-            server = stack.start("prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                                    "--port", str(prefect_port)], prefect_env)
+            server = stack.start(
+                "prefect-server",
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                prefect_env,
+            )
             wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow)
             wait_http(f"http://127.0.0.1:{prefect_port}/api/health", server)
             api = f"http://127.0.0.1:{prefect_port}/api"
-            stack.env = {**env, "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                         "PEFTFLOW_HOME": str(peftflow_home), "S3_ENDPOINT": s3, "MLFLOW_DB": mlflow_db,
-                         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / "prefect-results")}
+            stack.env = {
+                **env,
+                "PREFECT_API_URL": api,
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                "PEFTFLOW_HOME": str(peftflow_home),
+                "S3_ENDPOINT": s3,
+                "MLFLOW_DB": mlflow_db,
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(tmp / "prefect-results"),
+            }
             stack.prefect("work-pool", "create", "local", "--type", "process")
             stack.prefect("global-concurrency-limit", "create", "gpu", "--limit", "1")
             yield stack
@@ -222,5 +263,9 @@ def wait_flow_run(stack: Stack, flow_run_id: str, timeout: float = 600) -> dict:
 def flow_runs_of(stack: Stack, deployment: str) -> list[dict]:
     flow_name, dep_name = deployment.split("/")
     dep = api(stack, "GET", f"/deployments/name/{flow_name}/{dep_name}")
-    return api(stack, "POST", "/flow_runs/filter",
-               json={"deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_DESC"})
+    return api(
+        stack,
+        "POST",
+        "/flow_runs/filter",
+        json={"deployments": {"id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_DESC"},
+    )

@@ -38,8 +38,12 @@ def _run_and_answer(cfg, answer: dict):
 
 
 def test_promotion_waits_for_a_person(harness, env, tiny_model):
-    cfg = tiny_config(tiny_model, env, registry={"name": "tiny-approval"},
-                      promotion={"metric": "perplexity", "require_approval": True, "approval_timeout_s": 600})
+    cfg = tiny_config(
+        tiny_model,
+        env,
+        registry={"name": "tiny-approval"},
+        promotion={"metric": "perplexity", "require_approval": True, "approval_timeout_s": 600},
+    )
 
     paused, rejected = _run_and_answer(cfg, {"approve": False, "reason": "wrong tone", "approver": "bob"})
     assert paused.state.name == "Paused"

@@ -43,14 +43,25 @@ from tests.integration.stack import (
     wait_flow_run,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("matrix"),
-              pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("matrix"),
+    pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432"),
+]
 
 # What a user writes for a two-step run on the tiny model; every case adds its own keys.
 BASE = {
-    "model_name_or_path": "builtin:tiny-random", "dataset": "demo_orders", "dataset_dir": "builtin",
-    "max_samples": 24, "val_size": 4, "max_steps": 2, "learning_rate": 5e-3, "logging_steps": 1, "save_steps": 2,
-    "per_device_train_batch_size": 4, "promotion": {"metric": "perplexity"},
+    "model_name_or_path": "builtin:tiny-random",
+    "dataset": "demo_orders",
+    "dataset_dir": "builtin",
+    "max_samples": 24,
+    "val_size": 4,
+    "max_steps": 2,
+    "learning_rate": 5e-3,
+    "logging_steps": 1,
+    "save_steps": 2,
+    "per_device_train_batch_size": 4,
+    "promotion": {"metric": "perplexity"},
     "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 2},
 }
 # case -> (keys over BASE, the peftflow.kind of the version it publishes)
@@ -62,19 +73,37 @@ CASES = {
     "prefix": ({"finetuning_type": "prefix", "num_virtual_tokens": 4}, "adapter"),
     "prompt": ({"finetuning_type": "prompt", "num_virtual_tokens": 4}, "adapter"),
     "ptuning": ({"finetuning_type": "ptuning", "num_virtual_tokens": 4}, "adapter"),
-    "distill": ({"stage": "distill", "teacher": "builtin:tiny-random", "student_layers": 1, "teacher_topk": 8,
-                 "model_name_or_path": None}, "merged"),
-    "vlm": ({"model_name_or_path": "builtin:tiny-llava", "dataset": "demo_shapes", "max_samples": 12,
-             "evaluation": {"metric": "answer_accuracy", "max_samples": 2, "max_new_tokens": 4, "batch_size": 2}},
-            "merged"),
+    "distill": (
+        {
+            "stage": "distill",
+            "teacher": "builtin:tiny-random",
+            "student_layers": 1,
+            "teacher_topk": 8,
+            "model_name_or_path": None,
+        },
+        "merged",
+    ),
+    "vlm": (
+        {
+            "model_name_or_path": "builtin:tiny-llava",
+            "dataset": "demo_shapes",
+            "max_samples": 12,
+            "evaluation": {"metric": "answer_accuracy", "max_samples": 2, "max_new_tokens": 4, "batch_size": 2},
+        },
+        "merged",
+    ),
 }
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
 
 
 def user_keys(stack, case: str, entry: str) -> dict:
     """The keys of the case's YAML, as a user writes them; None drops a key of BASE."""
-    keys = {**BASE, **CASES[case][0], "output_dir": str(stack.tmp / "runs" / case),
-            "registry": {"name": f"mx-{case}-{entry}", "experiment": "matrix"}}
+    keys = {
+        **BASE,
+        **CASES[case][0],
+        "output_dir": str(stack.tmp / "runs" / case),
+        "registry": {"name": f"mx-{case}-{entry}", "experiment": "matrix"},
+    }
     return {k: v for k, v in keys.items() if v is not None}
 
 
@@ -107,10 +136,12 @@ def submitted(stack) -> dict[str, str]:
 @pytest.fixture
 def deployment_run(stack, submitted):
     """deployment_run(case) -> flow run id: submitted now unless its CLI test already did."""
+
     def submit(case: str) -> str:
         if case not in submitted:
             submitted[case] = create_flow_run(stack, "finetune/finetune", dashboard_params(stack, case))
         return submitted[case]
+
     return submit
 
 
@@ -130,8 +161,14 @@ def only_version(stack, name: str):
 def test_cli_run_registers_a_version(stack, deployment_run, case):
     path = stack.tmp / f"{case}.yaml"
     path.write_text(yaml.safe_dump(user_keys(stack, case, "cli"), sort_keys=False))
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(path)], env=stack.env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(path)],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.splitlines()[-1].startswith(f"mx-{case}-cli v1: ")
     version = only_version(stack, f"mx-{case}-cli")
@@ -185,8 +222,9 @@ def test_retrain_skips_when_nothing_changed(stack, deployment_run, monkeypatch, 
     assert wait_flow_run(stack, deployment_run(case))["state"]["type"] == "COMPLETED"
     make_champion(stack, monkeypatch, name, "1")
     run = retrain(stack, dashboard_params(stack, case))
-    assert run["state"]["message"].startswith("Skipped: data, base model and config fingerprints match champion"), \
-        run["state"]["message"]
+    assert run["state"]["message"].startswith("Skipped: data, base model and config fingerprints match champion"), run[
+        "state"
+    ]["message"]
 
 
 # lora: tests/integration/test_team_stack.py retrains it on a dataset event
@@ -195,8 +233,9 @@ def test_retrain_trains_when_the_data_changed(stack, deployment_run, monkeypatch
     name = f"mx-{case}-dep"
     assert wait_flow_run(stack, deployment_run(case))["state"]["type"] == "COMPLETED"
     make_champion(stack, monkeypatch, name, "1")
-    run = retrain(stack, {**dashboard_params(stack, case), "dataset": "orders",
-                          "dataset_dir": changed_orders(stack, case)})
+    run = retrain(
+        stack, {**dashboard_params(stack, case), "dataset": "orders", "dataset_dir": changed_orders(stack, case)}
+    )
     assert "retrained by finetune/finetune" in run["state"]["message"], run["state"]["message"]
     client = mlflow_client(stack)
     new = client.get_model_version_by_alias(name, "challenger")
@@ -209,8 +248,14 @@ def test_evaluate_model_scores_the_published_version(stack, case):
     name = f"mx-{case}-cli"
     kind = only_version(stack, name).tags["peftflow.kind"]
     assert kind == CASES[case][1]
-    run = wait_flow_run(stack, create_flow_run(stack, "evaluate-model/evaluate-model", {
-        "name": name, "version": "challenger", **dashboard_params(stack, case)}))
+    run = wait_flow_run(
+        stack,
+        create_flow_run(
+            stack,
+            "evaluate-model/evaluate-model",
+            {"name": name, "version": "challenger", **dashboard_params(stack, case)},
+        ),
+    )
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     scores = json.loads(mlflow_client(stack).get_model_version(name, "1").tags["eval.demo_orders"])
     assert scores["version"] == "1" and scores["metric"] == "json_fields" and scores["perplexity"] > 1

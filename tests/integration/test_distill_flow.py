@@ -14,9 +14,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 
 def test_pruned_student_distils_and_is_registered(harness, env, tiny_model):
     # With teacher-labelled prompts: the random teacher's greedy answers are blank lines, sampled ones text.
-    cfg = tiny_config(tiny_model, env, stage="distill", teacher=tiny_model, student_layers=1, teacher_topk=32,
-                      kd_ratio=0.8, registry={"name": "tiny-student"}, kd_unlabeled_dataset="demo_order_prompts",
-                      kd_label_temperature=1.0, kd_label_max_new_tokens=4)
+    cfg = tiny_config(
+        tiny_model,
+        env,
+        stage="distill",
+        teacher=tiny_model,
+        student_layers=1,
+        teacher_topk=32,
+        kd_ratio=0.8,
+        registry={"name": "tiny-student"},
+        kd_unlabeled_dataset="demo_order_prompts",
+        kd_label_temperature=1.0,
+        kd_label_max_new_tokens=4,
+    )
 
     state = finetune(cfg, return_state=True)
     result = state.result()

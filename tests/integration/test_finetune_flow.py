@@ -34,9 +34,15 @@ def assert_logs_tell_the_story(flow_run_id) -> None:
     assert [log.message for log in logs if log.level >= 30] == []
     steps = [m for m in messages if m.startswith("step ")]
     assert [m.split()[1] for m in steps] == ["2/6", "4/6", "6/6"]
-    assert all(re.fullmatch(r"step \d+/6 loss \d+\.\d{4} lr \d\.\de[-+]\d\d eta \d+:\d\d:\d\d", m) for m in steps), steps
-    for line in ("training 6 steps", "training done: 6 steps", "scoring tuned: generating on 4 rows (max_new_tokens 8)",
-                 "generated 4/4 rows"):
+    assert all(re.fullmatch(r"step \d+/6 loss \d+\.\d{4} lr \d\.\de[-+]\d\d eta \d+:\d\d:\d\d", m) for m in steps), (
+        steps
+    )
+    for line in (
+        "training 6 steps",
+        "training done: 6 steps",
+        "scoring tuned: generating on 4 rows (max_new_tokens 8)",
+        "generated 4/4 rows",
+    ):
         assert line in messages, (line, messages)
     for start in ("scoring base: loss on ", "scored base: loss ", "scored tuned: loss "):
         assert any(m.startswith(start) for m in messages), (start, messages)
@@ -56,7 +62,14 @@ def test_finetune_registers_promotes_and_reloads(harness, env, tiny_model):
     version = client.get_model_version_by_alias("tiny-itest", "champion")
     assert str(version.version) == "1"
     assert str(client.get_model_version_by_alias("tiny-itest", "challenger").version) == "1"
-    for tag in ("base_model", "base_model_fingerprint", "data_fingerprint", "method", "prefect_flow_run_id", "code_version"):
+    for tag in (
+        "base_model",
+        "base_model_fingerprint",
+        "data_fingerprint",
+        "method",
+        "prefect_flow_run_id",
+        "code_version",
+    ):
         assert version.tags[tag], tag
     assert version.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
 
@@ -109,9 +122,14 @@ def test_a_worse_challenger_does_not_take_champion(harness, env, tiny_model):
 
 def test_guard_set_loss_gates_promotion(harness, env, tiny_model):
     def run(tolerance: float):
-        return finetune(tiny_config(tiny_model, env, registry={"name": "tiny-guard"},
-                                    promotion={"metric": "perplexity", "guard_dataset": "demo_general",
-                                               "guard_tolerance": tolerance}))
+        return finetune(
+            tiny_config(
+                tiny_model,
+                env,
+                registry={"name": "tiny-guard"},
+                promotion={"metric": "perplexity", "guard_dataset": "demo_general", "guard_tolerance": tolerance},
+            )
+        )
 
     # A tolerance of -1e6 asks the guard loss to fall by a million nats: the real losses refuse it.
     refused = run(-1e6)

@@ -15,8 +15,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 
 
 def test_prefix_tuning_skips_merge_and_publishes_an_adapter(harness, env, tiny_model):
-    cfg = tiny_config(tiny_model, env, finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2,
-                      registry={"name": "tiny-prefix"})
+    cfg = tiny_config(
+        tiny_model,
+        env,
+        finetuning_type="prefix",
+        num_virtual_tokens=8,
+        learning_rate=3e-2,
+        registry={"name": "tiny-prefix"},
+    )
     state = finetune(cfg, return_state=True)
     result = state.result()
     assert result.version == "1"
@@ -29,11 +35,14 @@ def test_prefix_tuning_skips_merge_and_publishes_an_adapter(harness, env, tiny_m
     assert version.tags["base_model_path"]
     run = MlflowClient().get_run(result.run_id).data
     assert {"peftflow.optimizer_used", "peftflow.compute", "peftflow.gradient_checkpointing"} <= set(run.tags)
-    assert {"trainable_params", "total_params", "model_footprint_mb", "peak_memory_mb", "seconds_per_step"} <= set(run.metrics)
+    assert {"trainable_params", "total_params", "model_footprint_mb", "peak_memory_mb", "seconds_per_step"} <= set(
+        run.metrics
+    )
 
     adapter = download_model_dir("models:/tiny-prefix/1")
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(version.tags["base_model_path"]),
-                                      adapter).eval()
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(version.tags["base_model_path"]), adapter
+    ).eval()
     tok = AutoTokenizer.from_pretrained(adapter)
     ids = tok("Hello", return_tensors="pt")
     with torch.no_grad():

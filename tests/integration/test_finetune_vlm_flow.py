@@ -19,9 +19,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 def test_vlm_trains_projector_and_lora_and_publishes_a_merged_model(harness, env, peftflow_home):
     root = env / "shapes"
     (root / "dataset_info.json").write_text(json.dumps(write_shapes_dataset(root, n=16)))
-    cfg = tiny_config(resolve_model("builtin:tiny-llava").path, env, dataset="demo_shapes", dataset_dir=str(root),
-                      val_size=4, max_steps=2, registry={"name": "tiny-vlm"},
-                      evaluation={"metric": "answer_accuracy", "max_samples": 2, "max_new_tokens": 4, "batch_size": 2})
+    cfg = tiny_config(
+        resolve_model("builtin:tiny-llava").path,
+        env,
+        dataset="demo_shapes",
+        dataset_dir=str(root),
+        val_size=4,
+        max_steps=2,
+        registry={"name": "tiny-vlm"},
+        evaluation={"metric": "answer_accuracy", "max_samples": 2, "max_new_tokens": 4, "batch_size": 2},
+    )
     result = finetune(cfg)
     assert "trainable parameters: vision tower 0, projector " in result.summary
     assert {"base", "tuned"} <= set(result.scores)

@@ -12,22 +12,26 @@ from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
 from peftflow.lineage import train_key
-from peftflow.run_dir import RunDir
 from peftflow.mlflow_io import publishing
 from peftflow.mlflow_io.aliases import set_alias
 from peftflow.mlflow_io.publishing import publish_model
 from peftflow.mlflow_io.versions import get_version_by_alias
 from peftflow.models.resolve import resolve_model
+from peftflow.run_dir import RunDir
 from tasks.publish_version import publish_version
 from tests.integration.conftest import tiny_config as shared_tiny_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("prefect")]
 
 
-
 def tiny_config(tiny_model, tmp_path, **overrides) -> RunConfig:
-    fields = dict(max_steps=4, save_steps=2, val_size=8, registry={"name": "tiny-faults"},
-                  evaluation={"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4})
+    fields = dict(
+        max_steps=4,
+        save_steps=2,
+        val_size=8,
+        registry={"name": "tiny-faults"},
+        evaluation={"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
+    )
     return shared_tiny_config(tiny_model, tmp_path, **{**fields, **overrides})
 
 
@@ -40,12 +44,16 @@ def registered(tmp_path) -> tuple[int, int]:
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
         if "registered_models" not in tables:
             return 0, 0
-        return (conn.execute("select count(*) from registered_models").fetchone()[0],
-                conn.execute("select count(*) from model_versions").fetchone()[0])
+        return (
+            conn.execute("select count(*) from registered_models").fetchone()[0],
+            conn.execute("select count(*) from model_versions").fetchone()[0],
+        )
 
 
 def test_bad_dataset_fails_the_flow_with_the_one_line_message(harness, env, tiny_model, write_dataset):
-    root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": '[{"instruction": "q", "output": "a"},\n{"instr'})
+    root = write_dataset(
+        {"qa": {"file_name": "qa.json"}}, {"qa.json": '[{"instruction": "q", "output": "a"},\n{"instr'}
+    )
     cfg = tiny_config(tiny_model, env, dataset="qa", dataset_dir=str(root))
     with pytest.raises(UserError) as direct:
         prepare_dataset(cfg, tiny_model)

@@ -26,10 +26,30 @@ def _served(model_uri: str, db: str, tmp_path):
     """`mlflow models serve` on `model_uri`; yields its /invocations URL."""
     port = free_port()
     # MLflow starts uvicorn by name: the venv's bin dir must be on PATH.
-    env = {**base_env(tmp_path), "MLFLOW_TRACKING_URI": db, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    server = Proc("mlflow-serve", [str(BIN / "mlflow"), "models", "serve", "-m", model_uri,
-                                   "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)], env, tmp_path)
+    env = {
+        **base_env(tmp_path),
+        "MLFLOW_TRACKING_URI": db,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    server = Proc(
+        "mlflow-serve",
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env,
+        tmp_path,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", server, timeout=240)
         yield f"http://127.0.0.1:{port}/invocations"
@@ -83,8 +103,12 @@ def test_mlflow_models_serve_answers_chat_requests_with_images(peftflow_home, tm
     image = tmp_path / "shapes" / "demo_shapes" / "0001.png"
     url_of = "data:image/png;base64," + base64.b64encode(image.read_bytes()).decode()
     question = "What is in the picture?"
-    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url_of}},
-                                             {"type": "text", "text": question}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": url_of}}, {"type": "text", "text": question}],
+        }
+    ]
 
     with _served(ref.uri, db, tmp_path) as url:
         reply = httpx.post(url, json={"messages": messages, "max_tokens": 5, "temperature": 0.0}, timeout=120)
@@ -96,13 +120,26 @@ def test_mlflow_models_serve_answers_chat_requests_with_images(peftflow_home, tm
         # the answer `peftflow generate --image` gives, and the prompt holds the image's 16 tokens
         assert choice["message"]["content"] == generate_image_reply(llava, question, str(image), max_new_tokens=5)
         processor = AutoProcessor.from_pretrained(llava)
-        text = processor.tokenizer.apply_chat_template([{"role": "user", "content": f"<image>{question}"}],
-                                                       tokenize=False, add_generation_prompt=True)
-        assert completion["usage"]["prompt_tokens"] == len(processor(text=[text], images=[_open(image)])["input_ids"][0])
+        text = processor.tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"<image>{question}"}], tokenize=False, add_generation_prompt=True
+        )
+        assert completion["usage"]["prompt_tokens"] == len(
+            processor(text=[text], images=[_open(image)])["input_ids"][0]
+        )
         assert completion["usage"]["completion_tokens"] <= 5
 
-        remote = httpx.post(url, json={"messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}, timeout=60)
+        remote = httpx.post(
+            url,
+            json={
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}],
+                    }
+                ]
+            },
+            timeout=60,
+        )
         assert remote.status_code >= 400 and "no network download" in remote.text
 
 

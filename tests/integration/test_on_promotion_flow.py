@@ -47,13 +47,21 @@ def test_promote_flow_moves_champion_by_hand_and_rolls_back(harness, env):
 
 
 def test_guard_failure_after_a_move_by_hand_rolls_champion_back(harness, env, tiny_model, tmp_path):
-    cfg = RunConfig(model_name_or_path=tiny_model, max_samples=40, val_size=8,
-                    registry={"name": NAME, "experiment": "manual"},
-                    evaluation={"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
-                    # a tolerance of -1 demands 1 nat less guard loss than the previous champion: v2 (the same
-                    # weights) fails, as a version that forgot general ability would
-                    promotion={"guard_dataset": "demo_general", "guard_max_samples": 8, "guard_tolerance": -1.0,
-                               "guard_on_manual": "rollback"})
+    cfg = RunConfig(
+        model_name_or_path=tiny_model,
+        max_samples=40,
+        val_size=8,
+        registry={"name": NAME, "experiment": "manual"},
+        evaluation={"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
+        # a tolerance of -1 demands 1 nat less guard loss than the previous champion: v2 (the same
+        # weights) fails, as a version that forgot general ability would
+        promotion={
+            "guard_dataset": "demo_general",
+            "guard_max_samples": 8,
+            "guard_tolerance": -1.0,
+            "guard_on_manual": "rollback",
+        },
+    )
     run_id = start_run(cfg, {})
     publish_model(run_id, NAME, tiny_model, {"base_model": tiny_model}, {})
     finish_run(run_id)

@@ -33,8 +33,11 @@ from peftflow.mlflow_io.tracking import finish_run, start_run
 from peftflow.webhook_signature import sign
 from tests.integration.stack import ROOT, api, deploy, flow_runs_of, free_port, postgres_available, wait_http
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),
-              pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("stack"),
+    pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432"),
+]
 
 NAME = "relay-tiny"
 ON_PROMOTION = "on-promotion/on-promotion"
@@ -43,16 +46,23 @@ ON_PROMOTION = "on-promotion/on-promotion"
 @pytest.fixture(scope="module")
 def stack(shared_stack, tiny_model):
     s, secret = shared_stack, uuid.uuid4().hex
-    config = {"model_name_or_path": tiny_model, "max_samples": 40, "val_size": 8,
-              "registry": {"name": NAME, "experiment": "relay"},
-              "promotion": {"guard_dataset": "demo_general", "guard_max_samples": 8},
-              "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4}}
+    config = {
+        "model_name_or_path": tiny_model,
+        "max_samples": 40,
+        "val_size": 8,
+        "registry": {"name": NAME, "experiment": "relay"},
+        "promotion": {"guard_dataset": "demo_general", "guard_max_samples": 8},
+        "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
+    }
     with pytest.MonkeyPatch.context() as mp:
         port = free_port()
         s.relay, s.secret, s.config = f"http://127.0.0.1:{port}", secret, config
         # relays this module's model only: other modules' alias moves on the same MLflow are dropped
-        relay = s.start("relay", [sys.executable, "-m", "flows.cli", "relay", "--host", "127.0.0.1",
-                                  "--port", str(port), "--model", NAME], {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret})
+        relay = s.start(
+            "relay",
+            [sys.executable, "-m", "flows.cli", "relay", "--host", "127.0.0.1", "--port", str(port), "--model", NAME],
+            {**s.env, "PEFTFLOW_WEBHOOK_SECRET": secret},
+        )
         spec = local_deployments(pool="local")
         spec["deployments"] = [d for d in spec["deployments"] if d["name"] in ("on-promotion", "export-champion")]
         spec["deployments"][0]["parameters"] = {"config": RunConfig.model_validate(config).model_dump(mode="json")}
@@ -71,7 +81,7 @@ def publish_two_versions(model_dir: str) -> None:
     run_id = start_run(cfg, {})
     v1 = publish_model(run_id, NAME, model_dir, {"base_model": model_dir}, {})
     finish_run(run_id)
-    source = mlflow_client().get_model_version(NAME, v1.version).source    # models:/<logged model id>
+    source = mlflow_client().get_model_version(NAME, v1.version).source  # models:/<logged model id>
     mlflow_client().create_model_version(NAME, source=source, run_id=run_id, model_id=source.split("/")[-1])
 
 
@@ -83,8 +93,9 @@ def mlflow_client():
 
 def cli(stack, *args) -> subprocess.CompletedProcess:
     env = {**stack.env, "PEFTFLOW_WEBHOOK_SECRET": stack.secret}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def wait_runs(stack, count: int, timeout: float = 240) -> list[dict]:
@@ -101,16 +112,17 @@ def wait_runs(stack, count: int, timeout: float = 240) -> list[dict]:
 def test_webhook_registration_is_idempotent_and_tested(stack):
     url = f"{stack.relay}/mlflow-webhook"
     first = cli(stack, "webhooks", "create", "--url", url, "--model", NAME)
-    assert first.returncode == 0 and " created -> " in first.stdout and "test delivery: 200" in first.stdout, \
+    assert first.returncode == 0 and " created -> " in first.stdout and "test delivery: 200" in first.stdout, (
         first.stdout + first.stderr
+    )
     again = cli(stack, "webhooks", "create", "--url", url, "--model", NAME)
     assert again.returncode == 0 and " updated -> " in again.stdout, again.stdout + again.stderr
     assert [w.name for w in mlflow_client().list_webhooks()] == ["peftflow-relay"]
 
 
 def test_own_move_is_recognised_and_a_plain_mlflow_client_move_is_recorded_scored_and_guarded(stack):
-    move_champion(NAME, "1", "first release", "test:alice")     # peftflow's own move
-    mlflow_client().set_registered_model_alias(NAME, "champion", "2")    # a person's, by hand
+    move_champion(NAME, "1", "first release", "test:alice")  # peftflow's own move
+    mlflow_client().set_registered_model_alias(NAME, "champion", "2")  # a person's, by hand
     runs = {r["parameters"]["version"]: r for r in wait_runs(stack, 2)}
     assert {r["state"]["type"] for r in runs.values()} == {"COMPLETED"}, stack.logs()
     own, outside = runs["1"], runs["2"]
@@ -130,22 +142,45 @@ def test_own_move_is_recognised_and_a_plain_mlflow_client_move_is_recorded_score
     print("\n" + json.dumps({"history v2": moves, "eval.demo_orders": scores, "guard.demo_general": guard}, indent=1))
 
 
-def delivery(alias: str, version: str, delivery_id: str, secret: str, ts: int | None = None,
-             body: bytes | None = None) -> tuple[dict, bytes]:
-    body = body if body is not None else json.dumps({
-        "entity": "model_version_alias", "action": "created", "timestamp": datetime.now(timezone.utc).isoformat(),
-        "data": {"name": NAME, "alias": alias, "version": version}}).encode()
+def delivery(
+    alias: str, version: str, delivery_id: str, secret: str, ts: int | None = None, body: bytes | None = None
+) -> tuple[dict, bytes]:
+    body = (
+        body
+        if body is not None
+        else json.dumps(
+            {
+                "entity": "model_version_alias",
+                "action": "created",
+                "timestamp": datetime.now(timezone.utc).isoformat(),
+                "data": {"name": NAME, "alias": alias, "version": version},
+            }
+        ).encode()
+    )
     ts = str(int(time.time()) if ts is None else ts)
-    return {"X-MLflow-Delivery-Id": delivery_id, "X-MLflow-Timestamp": ts,
-            "X-MLflow-Signature": sign(secret, delivery_id, ts, body), "Content-Type": "application/json"}, body
+    return {
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": ts,
+        "X-MLflow-Signature": sign(secret, delivery_id, ts, body),
+        "Content-Type": "application/json",
+    }, body
 
 
 def relayed_events(stack, since: datetime) -> list[dict]:
     """Every `peftflow.model.alias-set` event the Prefect server stored since `since`."""
     until = datetime.now(timezone.utc) + timedelta(minutes=5)
-    page = api(stack, "POST", "/events/filter", json={"limit": 50, "filter": {
-        "event": {"name": ["peftflow.model.alias-set"]},
-        "occurred": {"since": since.isoformat(), "until": until.isoformat()}}})
+    page = api(
+        stack,
+        "POST",
+        "/events/filter",
+        json={
+            "limit": 50,
+            "filter": {
+                "event": {"name": ["peftflow.model.alias-set"]},
+                "occurred": {"since": since.isoformat(), "until": until.isoformat()},
+            },
+        },
+    )
     events = page["events"]
     while page.get("next_page"):
         r = httpx.get(page["next_page"], timeout=30)
@@ -168,7 +203,7 @@ def test_bad_deliveries_are_refused_and_a_burst_is_relayed_once_each(stack):
     for i, garbage in enumerate([b"\x00\xff garbage", b"{", b"[]", b'{"data": {}}']):
         assert post(*delivery("champion", "1", f"garbage-{i}", stack.secret, body=garbage)).status_code == 400
         assert post({"Content-Type": "application/json"}, garbage).status_code == 401
-    assert post({}, b"x" * 200_000).status_code == 400     # over the size limit: not even read to the end
+    assert post({}, b"x" * 200_000).status_code == 400  # over the size limit: not even read to the end
     assert httpx.get(f"{stack.relay}/health", timeout=10).json() == {"ok": True}
 
     burst = [delivery("canary", "1", f"burst-{i}-{uuid.uuid4()}", stack.secret) for i in range(100)]
@@ -181,7 +216,7 @@ def test_bad_deliveries_are_refused_and_a_burst_is_relayed_once_each(stack):
     deadline = time.time() + 60
     while len(events := relayed_events(stack, since)) < 100 and time.time() < deadline:
         time.sleep(1)
-    time.sleep(2)   # anything stored late would show now
+    time.sleep(2)  # anything stored late would show now
     events = relayed_events(stack, since)
     delivered = [e["payload"]["delivery_id"] for e in events]
     assert sorted(delivered) == sorted(sent), f"{len(delivered)} events for {len(sent)} deliveries"
@@ -189,4 +224,4 @@ def test_bad_deliveries_are_refused_and_a_burst_is_relayed_once_each(stack):
     # two runs in all: the refused deliveries, the burst (alias `canary`) and the flow's own move of
     # `previous` (it fires the webhook too) started none; the trigger acts on `champion` only
     assert len(flow_runs_of(stack, ON_PROMOTION)) == 2
-    assert flow_runs_of(stack, "export-model/export-champion") == []   # the example's trigger ships disabled
+    assert flow_runs_of(stack, "export-model/export-champion") == []  # the example's trigger ships disabled

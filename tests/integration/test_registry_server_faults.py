@@ -51,9 +51,20 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> None:
-        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-               "--artifacts-destination", (self.root / "artifacts").as_uri()]
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root}/server.db",
+            "--artifacts-destination",
+            (self.root / "artifacts").as_uri(),
+        ]
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -83,7 +94,6 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-
 @pytest.fixture
 def tracking(server, monkeypatch, peftflow_home):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
@@ -100,8 +110,9 @@ def _inputs(tiny_model: str, tmp_path: Path):
     (adapter / "adapter_config.json").write_text("{}")
     train = TrainResult(str(adapter), 1.5, 2, 1.0, 10, 10.0, 1, 2, None, ((1, 2.0), (2, 1.5)))
     merged = MergeResult(tiny_model, 0.0, 1e-3, True)
-    evaluation = EvalReport("json_fields", {"base": ModelScores("base", 2.0, 7.39, 0.1),
-                                            "tuned": ModelScores("tuned", 1.0, 2.72, 0.5)})
+    evaluation = EvalReport(
+        "json_fields", {"base": ModelScores("base", 2.0, 7.39, 0.1), "tuned": ModelScores("tuned", 1.0, 2.72, 0.5)}
+    )
     return train, merged, evaluation
 
 
@@ -127,7 +138,9 @@ def test_publish_survives_an_mlflow_outage_and_registers_once(harness, tracking,
     assert version.version == "1"
 
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     assert [r.run_count for r in runs if r.name.startswith("publish-version")][0] > 1  # it did fail and retry
 
     mlflow = MlflowClient()
@@ -157,11 +170,22 @@ def test_two_publishers_at_once_leave_consistent_aliases(tracking, tiny_model, t
     script = tmp_path / "publisher.py"
     script.write_text(PUBLISHER)
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    procs = [subprocess.Popen([sys.executable, str(script), run_id, tiny_model, json.dumps(LINEAGE)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for run_id in run_ids]
+    env = {
+        **os.environ,
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+        "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), run_id, tiny_model, json.dumps(LINEAGE)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run_id in run_ids
+    ]
     for p in procs:
         assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
     for p in procs:  # release both at once

@@ -49,8 +49,9 @@ def test_rerun_with_new_publishing_evaluation_and_promotion_settings(harness, en
 
 def test_registered_name_comes_from_the_run_not_the_demo(harness, env, tiny_model):
     cfg = tiny_config(tiny_model, env)
-    cfg = cfg.model_validate({**cfg.model_dump(mode="json", context=FLAT), "registry": {"experiment": "peftflow"},
-                              "output_dir": None})
+    cfg = cfg.model_validate(
+        {**cfg.model_dump(mode="json", context=FLAT), "registry": {"experiment": "peftflow"}, "output_dir": None}
+    )
     assert cfg.registry.name == "tiny-random-demo_orders-lora"
     result = finetune(cfg)
     assert result.name == "tiny-random-demo_orders-lora" and "models:/tiny-random-demo_orders-lora/1" in result.summary

@@ -20,7 +20,7 @@ from peftflow.store import MANIFEST, RunStore, run_key
 from peftflow.training.run import run as train_run
 from peftflow.training.trainer import MetricsCallback
 from tests.integration.stack import ROOT
-from tests.unit.test_resume_after_kill import CHILD, kill_when   # CHILD trains slowly enough to be killed
+from tests.unit.test_resume_after_kill import CHILD, kill_when  # CHILD trains slowly enough to be killed
 
 pytestmark = pytest.mark.integration
 MAX_STEPS = 10
@@ -36,9 +36,19 @@ def store_url(s3_env) -> str:
 
 
 def _cfg(tiny_model: str, storage: str | None) -> RunConfig:
-    return RunConfig(model_name_or_path=tiny_model, max_steps=MAX_STEPS, learning_rate=5e-3, logging_steps=1,
-                     save_steps=2, save_total_limit=2, lr_scheduler_type="linear", per_device_train_batch_size=4,
-                     val_size=4, registry={"name": "store-resume"}, storage=storage)
+    return RunConfig(
+        model_name_or_path=tiny_model,
+        max_steps=MAX_STEPS,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_steps=2,
+        save_total_limit=2,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=4,
+        val_size=4,
+        registry={"name": "store-resume"},
+        storage=storage,
+    )
 
 
 def _kill_once_stored(cfg: RunConfig, tiny_model: str, data_path: str, home: Path, store: RunStore, key: str) -> int:
@@ -46,8 +56,13 @@ def _kill_once_stored(cfg: RunConfig, tiny_model: str, data_path: str, home: Pat
     returns the newest sealed step."""
     env = {**os.environ, "PEFTFLOW_HOME": str(home), "PYTHONPATH": str(ROOT)}
     out = home / "runs" / "store-resume" / "stage"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, cfg.model_dump_json(), tiny_model, data_path, str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, cfg.model_dump_json(), tiny_model, data_path, str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     kill_when(proc, lambda: max(_sealed(store, key), default=0) >= 4, "a stored checkpoint-4", timeout=180)
     assert not (out / "adapter").exists()
     return max(_sealed(store, key))
@@ -55,7 +70,9 @@ def _kill_once_stored(cfg: RunConfig, tiny_model: str, data_path: str, home: Pat
 
 def _sealed(store: RunStore, key: str) -> list[int]:
     """Steps of the checkpoints sealed in the store."""
-    return [int(n.split("-")[1]) for n in store.children(f"{key}/checkpoints") if store.manifest(f"{key}/checkpoints/{n}")]
+    return [
+        int(n.split("-")[1]) for n in store.children(f"{key}/checkpoints") if store.manifest(f"{key}/checkpoints/{n}")
+    ]
 
 
 def _plant_broken_checkpoints(store: RunStore, key: str, n: int, scratch: Path) -> None:
@@ -76,18 +93,25 @@ def test_killed_on_one_home_resumes_on_another_from_the_store(tiny_model, store_
     assert 4 <= n < MAX_STEPS
     _plant_broken_checkpoints(store, key, n, tmp_path / "scratch")
 
-    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home-b"))   # machine B: an empty disk
+    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home-b"))  # machine B: an empty disk
     out = tmp_path / "home-b" / "runs" / "store-resume" / "stage"
     data = prepare_dataset(cfg, tiny_model)
     logged: list[tuple[int, dict]] = []
-    resumed = train_run(cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),))
+    resumed = train_run(
+        cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),)
+    )
     assert resumed.resumed_from_step == n and resumed.steps == MAX_STEPS
-    assert [s for s, m in logged if "loss" in m] == list(range(n + 1, MAX_STEPS + 1))   # the counter continues
+    assert [s for s, m in logged if "loss" in m] == list(range(n + 1, MAX_STEPS + 1))  # the counter continues
 
     # Scheduler and optimizer restored: LR and loss are those of one uninterrupted run.
     ref_logged: list[tuple[int, dict]] = []
-    reference = train_run(cfg.model_copy(update={"storage": None}), tiny_model, data.path, tmp_path / "reference",
-                          callbacks=(MetricsCallback(lambda s, m: ref_logged.append((s, m))),))
+    reference = train_run(
+        cfg.model_copy(update={"storage": None}),
+        tiny_model,
+        data.path,
+        tmp_path / "reference",
+        callbacks=(MetricsCallback(lambda s, m: ref_logged.append((s, m))),),
+    )
     ref = dict(reference.loss_history)
     for step, loss in resumed.loss_history:
         assert loss == pytest.approx(ref[step], rel=2e-3), (step, loss, ref[step])

@@ -51,18 +51,21 @@ def test_s3_dataset_is_fetched_cached_by_etag_and_fingerprinted(s3, write_datase
     first = prepare_dataset(_config(root, tiny_model), tiny_model)
     assert first.train_rows + first.eval_rows == 20 and len(gets) == 1
     again = prepare_dataset(_config(root, tiny_model), tiny_model)
-    assert again.fingerprint == first.fingerprint and len(gets) == 1        # unchanged ETag: no download
+    assert again.fingerprint == first.fingerprint and len(gets) == 1  # unchanged ETag: no download
 
     s3.put_object(Bucket="teamdata", Key="sft/orders.json", Body=json.dumps(make_rows(24, seed=4)).encode())
     changed = prepare_dataset(_config(root, tiny_model), tiny_model)
-    assert changed.fingerprint != first.fingerprint and len(gets) == 2      # new ETag: downloaded again
+    assert changed.fingerprint != first.fingerprint and len(gets) == 2  # new ETag: downloaded again
     assert changed.train_rows + changed.eval_rows == 24
 
 
 def test_s3_prefix_and_errors(s3, write_dataset, tiny_model):
     for i in range(2):
-        s3.put_object(Bucket="teamdata", Key=f"parts/p{i}.jsonl",
-                      Body="\n".join(json.dumps(r) for r in make_rows(8, seed=10 + i)).encode())
+        s3.put_object(
+            Bucket="teamdata",
+            Key=f"parts/p{i}.jsonl",
+            Body="\n".join(json.dumps(r) for r in make_rows(8, seed=10 + i)).encode(),
+        )
     root = write_dataset({"orders": {"cloud_file_name": "s3://teamdata/parts/", **ALPACA}}, {})
     data = prepare_dataset(_config(root, tiny_model), tiny_model)
     assert data.train_rows + data.eval_rows == 16

@@ -34,8 +34,9 @@ def _run_on(home, monkeypatch, cfg):
     return state.result(), {s: states[s] for s in STAGES}
 
 
-def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(harness, env, tiny_model, store_url,
-                                                                          monkeypatch):
+def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(
+    harness, env, tiny_model, store_url, monkeypatch
+):
     cfg = tiny_config(tiny_model, env, registry={"name": "tiny-store"}, storage=store_url)
     first, states = _run_on(env / "home-a", monkeypatch, cfg)
     assert states == dict.fromkeys(STAGES, "Completed")
@@ -43,8 +44,8 @@ def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(harness,
     [key] = store.children("runs/tiny-store")
     stage = f"runs/tiny-store/{key}"
     assert {"adapter", "merged", "eval_report.json"} <= set(store.children(stage))
-    assert "checkpoints" not in store.children(stage)        # scratch space gone once published
-    [prepared] = store.children("cache/prepared")             # the tokenised data, by fingerprint
+    assert "checkpoints" not in store.children(stage)  # scratch space gone once published
+    [prepared] = store.children("cache/prepared")  # the tokenised data, by fingerprint
     assert "stats.json" in store.manifest(f"cache/prepared/{prepared}")
 
     again, states = _run_on(env / "home-c", monkeypatch, cfg)
@@ -61,4 +62,4 @@ def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(harness,
     third, states = _run_on(env / "home-d", monkeypatch, cfg)
     assert states == {"train-adapter": "Cached", "merge-adapter": "Completed", "evaluate-models": "Completed"}
     assert third.version == first.version
-    assert store.manifest(f"{stage}/eval_report.json") and store.manifest(f"{stage}/merged")   # sealed again
+    assert store.manifest(f"{stage}/eval_report.json") and store.manifest(f"{stage}/merged")  # sealed again

@@ -45,7 +45,9 @@ def test_sweep_runs_variants_one_at_a_time_registers_the_winner_alone_and_reuses
     client = MlflowClient()
     (version,) = client.search_model_versions("name = 'tiny-sweep'")
     assert (result.version, result.champion, result.promoted) == (str(version.version), "1", True)
-    assert result.winner in ("learning_rate=0.005", "learning_rate=0.002") and result.rows[0]["variant"] == result.winner
+    assert (
+        result.winner in ("learning_rate=0.005", "learning_rate=0.002") and result.rows[0]["variant"] == result.winner
+    )
     assert [r["rank"] for r in result.rows] == [1, 2, 3] and result.rows[-1]["variant"] == "learning_rate=1e-07"
     for key in ("perplexity", "score", "held-out loss", "peak memory MB", "trainable params", "s/step", "tokens/s"):
         assert all(key in row for row in result.rows), key

@@ -44,14 +44,26 @@ def _promote_at_once(tmp_path, name: str, batches: list[list[str]]) -> None:
     assert api, "the harness sets PREFECT_API_URL"
     go, procs = tmp_path / "go", []
     for i, versions in enumerate(batches):
-        env = {**os.environ, "PEFTFLOW_HOME": str(tmp_path / f"home-{i}"), "PREFECT_API_URL": api,
-               "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-c", PROMOTER, name, str(go), *versions], env=env,
-                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "PEFTFLOW_HOME": str(tmp_path / f"home-{i}"),
+            "PREFECT_API_URL": api,
+            "PYTHONPATH": str(ROOT),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PROMOTER, name, str(go), *versions],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     deadline = time.time() + 120
     while not all(go.with_name(f"go.{b[0]}").exists() for b in batches) and time.time() < deadline:
         time.sleep(0.05)
-    go.touch()   # both start their moves now
+    go.touch()  # both start their moves now
     for p in procs:
         out, _ = p.communicate(timeout=180)
         assert p.returncode == 0, out[-3000:]
@@ -80,9 +92,9 @@ def test_two_homes_promoting_at_once_leave_champion_and_previous_consistent(harn
 
     replaced = _replaced(name, [str(v) for v in range(1, 10)])
     promoted = sorted(v for b in batches for v in b)
-    assert sorted(replaced) == promoted                      # every move replaced a champion ...
-    assert len(set(replaced.values())) == len(promoted)      # ... each a different one: no lost move
-    chain, v = ["1"], "1"                                    # one line of champions, v1 to the last
+    assert sorted(replaced) == promoted  # every move replaced a champion ...
+    assert len(set(replaced.values())) == len(promoted)  # ... each a different one: no lost move
+    chain, v = ["1"], "1"  # one line of champions, v1 to the last
     successor = {old: new for new, old in replaced.items()}
     while v in successor:
         v = successor[v]
@@ -94,6 +106,6 @@ def test_two_homes_promoting_at_once_leave_champion_and_previous_consistent(harn
 
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as prefect:   # the server-side lock: one slot, free again
+    with get_client(sync_client=True) as prefect:  # the server-side lock: one slot, free again
         limit = prefect.read_global_concurrency_limit_by_name(f"peftflow-aliases-{name}")
     assert (limit.limit, limit.active_slots) == (1, 0)

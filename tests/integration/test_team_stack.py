@@ -29,8 +29,11 @@ from tests.integration.stack import (
     wait_flow_run,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("stack"),
-              pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.xdist_group("stack"),
+    pytest.mark.skipif(not postgres_available(), reason="needs PostgreSQL on 127.0.0.1:5432"),
+]
 
 NAME = "stack-tiny"
 ALPACA = {"formatting": "alpaca", "columns": {"prompt": "instruction", "query": "input", "response": "output"}}
@@ -48,19 +51,28 @@ def stack(shared_stack, tiny_model):
     s = shared_stack
     tmp = s.tmp
     config = {
-        "model_name_or_path": tiny_model, "dataset": "orders", "dataset_dir": dataset_dir(tmp / "data-v1", 1),
-        "output_dir": str(tmp / "runs"), "max_steps": 4, "learning_rate": 5e-3, "logging_steps": 2, "save_steps": 4,
-        "per_device_train_batch_size": 4, "val_size": 8, "registry": {"name": NAME, "experiment": "stack"},
+        "model_name_or_path": tiny_model,
+        "dataset": "orders",
+        "dataset_dir": dataset_dir(tmp / "data-v1", 1),
+        "output_dir": str(tmp / "runs"),
+        "max_steps": 4,
+        "learning_rate": 5e-3,
+        "logging_steps": 2,
+        "save_steps": 4,
+        "per_device_train_batch_size": 4,
+        "val_size": 8,
+        "registry": {"name": NAME, "experiment": "stack"},
         "promotion": {"metric": "perplexity"},
         "evaluation": {"metric": "json_fields", "max_samples": 2, "max_new_tokens": 4, "batch_size": 4},
-        "storage": "s3://peftflow-artifacts/store"}   # the run store on the stack's S3, beside MLflow's artifacts
+        "storage": "s3://peftflow-artifacts/store",
+    }  # the run store on the stack's S3, beside MLflow's artifacts
     # The flow-run processes reach that S3 (moto) through the standard AWS variables.
     # Flow parameters travel as the grouped JSON a deployment stores (the server checks them against the form's schema).
     config = RunConfig.model_validate(config).model_dump(mode="json")
     spec = local_deployments(pool="local", env={"AWS_ENDPOINT_URL": s.env["S3_ENDPOINT"]})
     for d in spec["deployments"]:
         if d["name"].startswith("retrain"):
-            d["parameters"] = {"config": config}   # the schedule and the event use the tiny run
+            d["parameters"] = {"config": config}  # the schedule and the event use the tiny run
         if d["name"] == "sweep-variant":  # another machine: its own disk; results come back through the store
             d["work_pool"]["job_variables"]["env"]["PEFTFLOW_HOME"] = str(tmp / "variant-machine")
     deploy(s, spec, tmp / "prefect.local.yaml")
@@ -94,16 +106,23 @@ def test_finetune_deployment_registers_a_champion(stack):
     version = mlflow_client(stack).get_model_version(NAME, "1")
     assert version.tags["prefect_flow_run_id"] == run_id
     # The worker's flow-run process sends the core's lines too, and no bytecode listings.
-    logs = [log["message"] for log in api(stack, "POST", "/logs/filter",
-                                          json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})]
+    logs = [
+        log["message"]
+        for log in api(stack, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    ]
     assert [m for m in logs if "LOAD_GLOBAL" in m] == []
     assert [m.split()[1] for m in logs if m.startswith("step ")] == ["2/4", "4/4"]
     assert any(m.startswith("scored tuned: loss ") for m in logs), logs
     # artifacts went through the MLflow server into S3 (moto)
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=stack.env["S3_ENDPOINT"], aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=stack.env["S3_ENDPOINT"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="peftflow-artifacts", Prefix="mlflow/").get("Contents", [])]
     assert any(k.endswith("model.safetensors") for k in keys) and any(k.endswith("eval_report.json") for k in keys)
     # the run store: the step outputs sealed beside them, the step cache too, no checkpoints left
@@ -131,8 +150,14 @@ def test_retrain_skips_when_nothing_changed(stack):
 
 def test_dataset_event_retrains_with_the_templated_dataset(stack):
     changed = dataset_dir(stack.tmp / "data-v2", 2)
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "emit-dataset-updated", "--dataset", "orders",
-                        "--dataset-dir", changed], env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "emit-dataset-updated", "--dataset", "orders", "--dataset-dir", changed],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "emitted peftflow.dataset.updated" in r.stdout, r.stderr
     deadline = time.time() + 60
     while not (runs := flow_runs_of(stack, "retrain/retrain-on-data")) and time.time() < deadline:
@@ -143,16 +168,24 @@ def test_dataset_event_retrains_with_the_templated_dataset(stack):
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     assert "retrained by finetune/finetune" in run["state"]["message"]
     assert alias(stack, "challenger") == "2"
-    assert mlflow_client(stack).get_model_version(NAME, "2").tags["data_fingerprint"] != \
-        mlflow_client(stack).get_model_version(NAME, "1").tags["data_fingerprint"]
+    assert (
+        mlflow_client(stack).get_model_version(NAME, "2").tags["data_fingerprint"]
+        != mlflow_client(stack).get_model_version(NAME, "1").tags["data_fingerprint"]
+    )
 
 
 def test_promote_deployment_moves_champion_with_a_reason(stack):
     # the gate may or may not have promoted v2: promote by hand whichever is not champion
     before = alias(stack, "champion")
     target = "1" if before == "2" else "2"
-    run = wait_flow_run(stack, run_deployment(stack, "promote/promote", {
-        "name": NAME, "version": target, "reason": f"ship v{target}", "actor": "dashboard:test"}))
+    run = wait_flow_run(
+        stack,
+        run_deployment(
+            stack,
+            "promote/promote",
+            {"name": NAME, "version": target, "reason": f"ship v{target}", "actor": "dashboard:test"},
+        ),
+    )
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     assert alias(stack, "champion") == target and alias(stack, "previous") == before
     last = json.loads(mlflow_client(stack).get_model_version(NAME, target).tags["alias.champion.history"])[-1]
@@ -160,8 +193,12 @@ def test_promote_deployment_moves_champion_with_a_reason(stack):
 
 
 def test_evaluate_model_deployment_scores_a_version(stack):
-    run = wait_flow_run(stack, run_deployment(stack, "evaluate-model/evaluate-model", {
-        "name": NAME, "version": "previous", "config": stack.config}))
+    run = wait_flow_run(
+        stack,
+        run_deployment(
+            stack, "evaluate-model/evaluate-model", {"name": NAME, "version": "previous", "config": stack.config}
+        ),
+    )
     assert run["state"]["type"] == "COMPLETED", stack.logs()
     previous = alias(stack, "previous")
     scores = json.loads(mlflow_client(stack).get_model_version(NAME, previous).tags["eval.orders"])
@@ -175,18 +212,25 @@ def test_sweep_deployment_trains_each_variant_on_the_pool_and_registers_the_winn
     from peftflow.config.form import FLAT
 
     flat = RunConfig.model_validate(stack.config).model_dump(mode="json", context=FLAT)
-    config = RunConfig.model_validate({**flat, "registry": {**flat["registry"], "name": "stack-sweep"},
-                                       "output_dir": None}).model_dump(mode="json")  # under each PEFTFLOW_HOME
-    run_id = run_deployment(stack, "sweep/sweep", {"config": config, "grid": {"learning_rate": [5e-3, 1e-7]},
-                                                   "max_parallel": 2})
+    config = RunConfig.model_validate(
+        {**flat, "registry": {**flat["registry"], "name": "stack-sweep"}, "output_dir": None}
+    ).model_dump(mode="json")  # under each PEFTFLOW_HOME
+    run_id = run_deployment(
+        stack, "sweep/sweep", {"config": config, "grid": {"learning_rate": [5e-3, 1e-7]}, "max_parallel": 2}
+    )
     run = wait_flow_run(stack, run_id)
     assert run["state"]["type"] == "COMPLETED", stack.logs()
-    variants = [r for r in flow_runs_of(stack, "sweep-variant/sweep-variant")
-                if r["parent_task_run_id"] and r["name"].startswith("learning_rate=")]
+    variants = [
+        r
+        for r in flow_runs_of(stack, "sweep-variant/sweep-variant")
+        if r["parent_task_run_id"] and r["name"].startswith("learning_rate=")
+    ]
     assert sorted(r["name"] for r in variants) == ["learning_rate=0.005", "learning_rate=1e-07"]
     assert all(r["state"]["type"] == "COMPLETED" for r in variants)
     (version,) = mlflow_client(stack).search_model_versions("name = 'stack-sweep'")
-    assert str(version.version) == str(mlflow_client(stack).get_model_version_by_alias("stack-sweep", "champion").version)
+    assert str(version.version) == str(
+        mlflow_client(stack).get_model_version_by_alias("stack-sweep", "champion").version
+    )
     assert mlflow_client(stack).get_run(version.run_id).data.tags["peftflow.sweep.variant"] == "learning_rate=0.005"
     # Trained under the variants' home; the sweep's home has what it fetched: both results, the winner's model.
     from pathlib import Path

@@ -35,8 +35,14 @@ def cli(tmp_path, peftflow_home):
     )
 
     def run(*args: str, timeout: float = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env={**env, **(extra_env or {})},
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=tmp_path,
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     return run
 
@@ -57,8 +63,13 @@ def good_dataset(write_dataset, n: int = 24, extra_rows: list | None = None) -> 
 
 
 def config_text(model: str, dataset_dir: Path | str, **extra) -> str:
-    lines = [f"model_name_or_path: {model}", f"dataset_dir: {dataset_dir}", "dataset: orders", "cutoff_len: 256",
-             "val_size: 4"]
+    lines = [
+        f"model_name_or_path: {model}",
+        f"dataset_dir: {dataset_dir}",
+        "dataset: orders",
+        "cutoff_len: 256",
+        "val_size: 4",
+    ]
     lines += [f"{k}: {v}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 
@@ -89,13 +100,17 @@ def assert_nothing_registered(tmp_path: Path) -> None:
 
 # --- help -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, words", [
-    ((), ["run", "sweep", "validate", "generate", "--debug", "--verbose"]),
-    (("run",), ["Run the finetune flow", "CONFIG", "--offline-store"]),
-    (("validate",), ["Check the config", "CONFIG", "--offline-store"]),
-    (("sweep",), ["--grid", "--offline-store"]),
-    (("generate",), ["Generate a chat reply", "--model", "--prompt", "--max-new-tokens"]),
-])
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ((), ["run", "sweep", "validate", "generate", "--debug", "--verbose"]),
+        (("run",), ["Run the finetune flow", "CONFIG", "--offline-store"]),
+        (("validate",), ["Check the config", "CONFIG", "--offline-store"]),
+        (("sweep",), ["--grid", "--offline-store"]),
+        (("generate",), ["Generate a chat reply", "--model", "--prompt", "--max-new-tokens"]),
+    ],
+)
 def test_help(cli, args, words):
     proc = cli(*args, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -106,10 +121,15 @@ def test_help(cli, args, words):
 
 # --- user errors: one line, exit 2, for validate and for run ----------------------------------
 
+
 def _case(name, tmp_path, write_config, write_dataset, tiny_model):
     """(config path, words the error line must contain) for one kind of user mistake."""
     if name == "unknown_key":
-        return write_config(f"model_name_or_path: {tiny_model}\nlora_rnk: 4\n"), ["run.yaml", "lora_rnk", "did you mean 'lora_rank'"]
+        return write_config(f"model_name_or_path: {tiny_model}\nlora_rnk: 4\n"), [
+            "run.yaml",
+            "lora_rnk",
+            "did you mean 'lora_rank'",
+        ]
     if name == "unknown_nested_key":
         return write_config("evaluation:\n  max_sample: 4\n"), ["run.yaml", "evaluation.max_sample", "max_samples"]
     if name == "bad_value":
@@ -120,17 +140,28 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
         return write_config("lora_rank: 8\ndataset: [a, b\n"), ["run.yaml", "invalid YAML", "line"]
     if name == "unknown_dataset":
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root).replace("dataset: orders", "dataset: ordrs")), \
-            ["dataset_info.json", "ordrs", "did you mean 'orders'"]
+        return write_config(config_text(tiny_model, root).replace("dataset: orders", "dataset: ordrs")), [
+            "dataset_info.json",
+            "ordrs",
+            "did you mean 'orders'",
+        ]
     if name == "unknown_guard_dataset":
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + "promotion:\n  guard_dataset: orderz\n"), \
-            ["dataset_info.json", "orderz", "did you mean 'orders'"]
+        return write_config(config_text(tiny_model, root) + "promotion:\n  guard_dataset: orderz\n"), [
+            "dataset_info.json",
+            "orderz",
+            "did you mean 'orders'",
+        ]
     if name == "malformed_json":
-        root = write_dataset({"orders": {"file_name": "orders.json", **ALPACA}}, {"orders.json": '[{"instruction": "x",'})
+        root = write_dataset(
+            {"orders": {"file_name": "orders.json", **ALPACA}}, {"orders.json": '[{"instruction": "x",'}
+        )
         return write_config(config_text(tiny_model, root)), ["orders.json"]
     if name == "unknown_builtin":
-        return write_config("model_name_or_path: builtin:nosuch-model\n"), ["builtin:nosuch-model", "builtin:smollm2-135m-instruct"]
+        return write_config("model_name_or_path: builtin:nosuch-model\n"), [
+            "builtin:nosuch-model",
+            "builtin:smollm2-135m-instruct",
+        ]
     if name == "missing_model_dir":
         return write_config(f"model_name_or_path: {tmp_path}/no-such-model\n"), ["model_name_or_path", "no-such-model"]
     if name == "invalid_rows":
@@ -138,33 +169,64 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
         return write_config(config_text(tiny_model, root)), ["orders.json", "row 25", "on_invalid_rows"]
     if name == "unknown_lora_target":  # known only from the model: checked before training, not hours into it
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + "lora_target: q_proj,v_projj\n"), \
-            ["lora_target", "v_projj", "v_proj"]
+        return write_config(config_text(tiny_model, root) + "lora_target: q_proj,v_projj\n"), [
+            "lora_target",
+            "v_projj",
+            "v_proj",
+        ]
     if name == "unknown_scheduler":
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosin\n"), \
-            ["lr_scheduler_type", "cosin", "did you mean 'cosine'"]
+        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosin\n"), [
+            "lr_scheduler_type",
+            "cosin",
+            "did you mean 'cosine'",
+        ]
     # known before training, found only after it (registration), when it starts, or inside the flow until issue 38
     if name == "registered_name_mlflow_refuses":
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + "registry:\n  name: team/orders\n"), \
-            ["registry.name", "team/orders", "MLflow refuses", "cannot contain '/'"]
+        return write_config(config_text(tiny_model, root) + "registry:\n  name: team/orders\n"), [
+            "registry.name",
+            "team/orders",
+            "MLflow refuses",
+            "cannot contain '/'",
+        ]
     if name == "scheduler_needs_arguments":
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosine_with_min_lr\n"), \
-            ["lr_scheduler_type", "cosine_with_min_lr", "min_lr"]
+        return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosine_with_min_lr\n"), [
+            "lr_scheduler_type",
+            "cosine_with_min_lr",
+            "min_lr",
+        ]
     if name == "unusable_store":
         (tmp_path / "a-file").write_text("")
         root = good_dataset(write_dataset)
-        return write_config(config_text(tiny_model, root) + f"storage: file://{tmp_path}/a-file/store\n"), \
-            ["storage", f"{tmp_path}/a-file/store", "failed", "--offline-store"]
+        return write_config(config_text(tiny_model, root) + f"storage: file://{tmp_path}/a-file/store\n"), [
+            "storage",
+            f"{tmp_path}/a-file/store",
+            "failed",
+            "--offline-store",
+        ]
     raise AssertionError(name)
 
 
-CASES = ["unknown_key", "unknown_nested_key", "bad_value", "missing_file", "invalid_yaml", "unknown_dataset",
-         "unknown_guard_dataset",
-         "malformed_json", "unknown_builtin", "missing_model_dir", "invalid_rows", "unknown_lora_target",
-         "unknown_scheduler", "registered_name_mlflow_refuses", "scheduler_needs_arguments", "unusable_store"]
+CASES = [
+    "unknown_key",
+    "unknown_nested_key",
+    "bad_value",
+    "missing_file",
+    "invalid_yaml",
+    "unknown_dataset",
+    "unknown_guard_dataset",
+    "malformed_json",
+    "unknown_builtin",
+    "missing_model_dir",
+    "invalid_rows",
+    "unknown_lora_target",
+    "unknown_scheduler",
+    "registered_name_mlflow_refuses",
+    "scheduler_needs_arguments",
+    "unusable_store",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -194,6 +256,7 @@ def test_debug_shows_the_traceback(cli, write_config, command):
 
 # --- validate on good data ----------------------------------------------------------------------
 
+
 def test_validate_prints_the_data_report(cli, write_config, write_dataset, tiny_model):
     root = good_dataset(write_dataset)
     path = write_config(config_text(tiny_model, root))
@@ -213,18 +276,23 @@ def test_validate_prints_the_data_report(cli, write_config, write_dataset, tiny_
     verbose = cli("--verbose", "validate", str(path), extra_env=imports)
     assert verbose.returncode == 0 and verbose.stdout == out
     assert _imported(verbose.stderr, "peft") and not _imported(verbose.stderr, "bitsandbytes.nn")
-    eight_bit = cli("validate", str(write_config(config_text(tiny_model, root, optim="adamw_8bit"), "8bit.yaml")),
-                    extra_env=imports)
+    eight_bit = cli(
+        "validate", str(write_config(config_text(tiny_model, root, optim="adamw_8bit"), "8bit.yaml")), extra_env=imports
+    )
     assert eight_bit.returncode == 0 and _imported(eight_bit.stderr, "bitsandbytes.nn"), eight_bit.stderr[-2000:]
 
 
 def _imported(import_log: str, module: str) -> bool:
-    return any(line.rsplit("|", 1)[-1].strip() == module for line in import_log.splitlines() if line.startswith("import time:"))
+    return any(
+        line.rsplit("|", 1)[-1].strip() == module for line in import_log.splitlines() if line.startswith("import time:")
+    )
 
 
 def test_validate_reports_dropped_rows_with_reasons(cli, write_config, write_dataset, tiny_model):
-    bad = [{"instruction": "", "input": "", "output": "x"},            # row 25: empty prompt
-           {"instruction": "Extract", "input": "m", "output": ""}]     # row 26: empty answer
+    bad = [
+        {"instruction": "", "input": "", "output": "x"},  # row 25: empty prompt
+        {"instruction": "Extract", "input": "m", "output": ""},
+    ]  # row 26: empty answer
     root = good_dataset(write_dataset, extra_rows=bad)
     path = write_config(config_text(tiny_model, root, on_invalid_rows="drop", cutoff_len=96))
     proc = cli("validate", str(path))
@@ -242,7 +310,10 @@ def test_validate_reports_dropped_rows_with_reasons(cli, write_config, write_dat
 
 
 def test_llamafactory_keys_warn_once_and_validate(cli, write_config, write_dataset, tiny_model):
-    text = config_text(tiny_model, good_dataset(write_dataset)) + "do_train: true\nplot_loss: true\noverwrite_cache: true\n"
+    text = (
+        config_text(tiny_model, good_dataset(write_dataset))
+        + "do_train: true\nplot_loss: true\noverwrite_cache: true\n"
+    )
     proc = cli("validate", str(write_config(text)))
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -253,14 +324,18 @@ def test_llamafactory_keys_warn_once_and_validate(cli, write_config, write_datas
     assert "rows: 24 read, 24 kept" in proc.stdout
 
 
-@pytest.mark.parametrize("model, needles", [
-    ("models:/no-such-model@champion", ["--model models:/no-such-model@champion", "not found"]),
-    ("./no-such-dir", ["--model ./no-such-dir", "directory not found"]),
-])
+@pytest.mark.parametrize(
+    "model, needles",
+    [
+        ("models:/no-such-model@champion", ["--model models:/no-such-model@champion", "not found"]),
+        ("./no-such-dir", ["--model ./no-such-dir", "directory not found"]),
+    ],
+)
 def test_generate_unknown_model_is_one_line(cli, tmp_path, model, needles):
     # MLflow logs two INFO lines when it creates a fresh sqlite store; everything else is one line.
-    assert_one_error_line(cli("generate", "--model", model, "--prompt", "hi"), *needles,
-                          ignore="INFO mlflow.store.db.utils")
+    assert_one_error_line(
+        cli("generate", "--model", model, "--prompt", "hi"), *needles, ignore="INFO mlflow.store.db.utils"
+    )
 
 
 def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finetune):
@@ -268,7 +343,17 @@ def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finet
     import shutil
 
     adapter, merged = tiny_finetune
-    done = cli("export", "--format", "gguf", "--model", merged, "--out", str(tmp_path / "out" / "tiny.gguf"), "--outtype", "f32")
+    done = cli(
+        "export",
+        "--format",
+        "gguf",
+        "--model",
+        merged,
+        "--out",
+        str(tmp_path / "out" / "tiny.gguf"),
+        "--outtype",
+        "f32",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "tiny.gguf: f32" in done.stdout
     assert "round trip: greedy agreement 100% on 2 probes, max |logit diff| 0.00e+00" in done.stdout
@@ -278,7 +363,10 @@ def test_export_format_gguf_and_check_serving_commands(cli, tmp_path, tiny_finet
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0
     assert "is a PEFT adapter; GGUF export needs a merged model" in refused.stderr
     no_out = cli("export", "--format", "gguf", "--model", merged)
-    assert no_out.returncode == 2 and no_out.stderr == "error: export: give an export YAML, or --format gguf with --model and --out\n"
+    assert (
+        no_out.returncode == 2
+        and no_out.stderr == "error: export: give an export YAML, or --format gguf with --model and --out\n"
+    )
 
     bad = tmp_path / "adapter"
     shutil.copytree(adapter, bad)

@@ -64,8 +64,15 @@ def test_llama_factory_yaml_loads_unchanged(tmp_path):
     assert cfg.learning_rate == 1e-4 and cfg.gradient_accumulation_steps == 8 and cfg.bf16
     assert cfg.trust_remote_code is True
     # Known to LLaMA-Factory, unused by peftflow: reported, never silently dropped.
-    assert {"do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "ddp_timeout",
-            "report_to", "resume_from_checkpoint"} <= set(unused)
+    assert {
+        "do_train",
+        "overwrite_cache",
+        "preprocessing_num_workers",
+        "plot_loss",
+        "ddp_timeout",
+        "report_to",
+        "resume_from_checkpoint",
+    } <= set(unused)
 
 
 def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):
@@ -75,26 +82,36 @@ def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):
 
 
 def test_peftflow_sections_in_the_same_file(tmp_path):
-    text = "dataset: demo_orders\nregistry:\n  name: my-model\npromotion:\n  min_improvement: 0.05\nevaluation:\n  metric: json_fields\n"
+    text = (
+        "dataset: demo_orders\nregistry:\n  name: my-model\npromotion:\n  min_improvement: 0.05\n"
+        "evaluation:\n  metric: json_fields\n"
+    )
     cfg, unused = load_config(write(tmp_path, text))
-    assert (cfg.registry.name, cfg.promotion.min_improvement, cfg.evaluation.metric) == ("my-model", 0.05, "json_fields")
+    assert (cfg.registry.name, cfg.promotion.min_improvement, cfg.evaluation.metric) == (
+        "my-model",
+        0.05,
+        "json_fields",
+    )
     assert unused == []
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("lora_rnak: 8\n", "unknown key 'lora_rnak' (did you mean 'lora_rank'?)"),
-    ("registry:\n  nmae: x\n", "unknown key 'registry.nmae' (did you mean 'name'?)"),
-    ("learning_rate: 0\n", "key 'learning_rate'"),
-    ("lora_rank: -4\n", "key 'lora_rank'"),
-    ("per_device_train_batch_size: 0\n", "key 'per_device_train_batch_size'"),
-    ("finetuning_type: banana\n", "key 'finetuning_type'"),
-    ("bf16: true\nfp16: true\n", "bf16 and fp16"),
-    ("warmup_ratio: 0.1\nwarmup_steps: 10\n", "warmup_ratio and warmup_steps"),
-    ("lora_rank: [8\n", "invalid YAML"),
-    ("storage: my-bucket/peftflow\n", "key 'storage': 'my-bucket/peftflow' is not a storage URL"),
-    ("storage: s4://bucket/peftflow\n", "key 'storage': unknown storage protocol 's4'"),
-    ("- a\n- b\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("lora_rnak: 8\n", "unknown key 'lora_rnak' (did you mean 'lora_rank'?)"),
+        ("registry:\n  nmae: x\n", "unknown key 'registry.nmae' (did you mean 'name'?)"),
+        ("learning_rate: 0\n", "key 'learning_rate'"),
+        ("lora_rank: -4\n", "key 'lora_rank'"),
+        ("per_device_train_batch_size: 0\n", "key 'per_device_train_batch_size'"),
+        ("finetuning_type: banana\n", "key 'finetuning_type'"),
+        ("bf16: true\nfp16: true\n", "bf16 and fp16"),
+        ("warmup_ratio: 0.1\nwarmup_steps: 10\n", "warmup_ratio and warmup_steps"),
+        ("lora_rank: [8\n", "invalid YAML"),
+        ("storage: my-bucket/peftflow\n", "key 'storage': 'my-bucket/peftflow' is not a storage URL"),
+        ("storage: s4://bucket/peftflow\n", "key 'storage': unknown storage protocol 's4'"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     path = write(tmp_path, text)
     with pytest.raises(UserError) as e:
@@ -157,16 +174,21 @@ def test_run_store_from_the_environment_and_unset(monkeypatch, tmp_path):
 
 def test_a_key_given_twice_warns_in_one_line_naming_both_lines_and_keeps_the_last(tmp_path, caplog):
     path = tmp_path / "run.yaml"
-    path.write_text("model_name_or_path: builtin:tiny-random\nlora_rank: 8\ndataset: demo_orders\nlora_rank: 16\n"
-                    "registry:\n  name: first\n  name: second\ndefaults: &d {cutoff_len: 64}\n")
+    path.write_text(
+        "model_name_or_path: builtin:tiny-random\nlora_rank: 8\ndataset: demo_orders\nlora_rank: 16\n"
+        "registry:\n  name: first\n  name: second\ndefaults: &d {cutoff_len: 64}\n"
+    )
     with caplog.at_level("WARNING", logger="peftflow.config"):
         raw = read_yaml(path)
     assert raw["lora_rank"] == 16 and raw["registry"]["name"] == "second"
     assert [r.getMessage() for r in caplog.records] == [
         f"{path}: key 'lora_rank' is given twice (lines 2 and 4); the value on line 4 is used, as LLaMA-Factory does",
-        f"{path}: key 'name' is given twice (lines 6 and 7); the value on line 7 is used, as LLaMA-Factory does"]
+        f"{path}: key 'name' is given twice (lines 6 and 7); the value on line 7 is used, as LLaMA-Factory does",
+    ]
     caplog.clear()
-    path.write_text("base: &b {lora_rank: 8, cutoff_len: 64}\nrun:\n  <<: *b\n  lora_rank: 16\n")  # a merge key's override
+    path.write_text(
+        "base: &b {lora_rank: 8, cutoff_len: 64}\nrun:\n  <<: *b\n  lora_rank: 16\n"
+    )  # a merge key's override
     with caplog.at_level("WARNING", logger="peftflow.config"):
         assert read_yaml(path)["run"] == {"lora_rank": 16, "cutoff_len": 64}
     assert not caplog.records

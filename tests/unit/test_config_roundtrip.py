@@ -13,7 +13,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 
 def test_the_walk_finds_the_configs():
-    assert len(CONFIGS) >= 10 and {"demo.yaml", "distill-smollm2-half.yaml", "vlm-shapes.yaml"} <= {p.name for p in CONFIGS}
+    assert len(CONFIGS) >= 10 and {"demo.yaml", "distill-smollm2-half.yaml", "vlm-shapes.yaml"} <= {
+        p.name for p in CONFIGS
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

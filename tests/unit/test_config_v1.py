@@ -27,15 +27,25 @@ def v1(tmp_path: Path, **keys) -> dict:
 
 
 def chat(user: str, answer: str, **weights) -> dict:
-    return {"messages": [{"role": "user", "content": [{"type": "text", "value": user}], **weights.get("user", {})},
-                         {"role": "assistant", "content": [{"type": "text", "value": answer}], **weights.get("answer", {})}]}
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "value": user}], **weights.get("user", {})},
+            {"role": "assistant", "content": [{"type": "text", "value": answer}], **weights.get("answer", {})},
+        ]
+    }
 
 
 def test_v1_example_maps_onto_runconfig():
     cfg, unused, schema = read_config(FIXTURES / "v1" / "train_lora_sft.yaml")
     assert schema == SCHEMA_V1
-    assert (cfg.model_name_or_path, cfg.finetuning_type, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target) == (
-        "builtin:tiny-random", "lora", 16, 32, 0.05, "all")
+    assert (
+        cfg.model_name_or_path,
+        cfg.finetuning_type,
+        cfg.lora_rank,
+        cfg.lora_alpha,
+        cfg.lora_dropout,
+        cfg.lora_target,
+    ) == ("builtin:tiny-random", "lora", 16, 32, 0.05, "all")
     assert (cfg.per_device_train_batch_size, cfg.cutoff_len, cfg.learning_rate, cfg.max_steps) == (1, 2048, 1e-4, 10)
     assert cfg.template == "qwen3_nothink"  # v1's ModelArguments.template default
     assert cfg.evaluation.max_new_tokens == 128 and cfg.quantization_bit is None
@@ -49,24 +59,39 @@ def test_v1_example_maps_onto_runconfig():
 def test_v1_defaults_and_full_finetuning(tmp_path):
     cfg, _ = parse_config(v1(tmp_path, peft_config={"name": "lora"}, global_batch_size=8, micro_batch_size=2))
     # v1's defaults where they differ from peftflow's: LoRA 8 / 16 / 0.05, lr 1e-4, cutoff 2048
-    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.learning_rate, cfg.cutoff_len) == (8, 16, 0.05, 1e-4, 2048)
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.learning_rate, cfg.cutoff_len) == (
+        8,
+        16,
+        0.05,
+        1e-4,
+        2048,
+    )
     assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps) == (2, 4)
     assert parse_config(v1(tmp_path))[0].finetuning_type == "full"  # no peft_config: every weight trains
 
 
-@pytest.mark.parametrize("keys, message", [
-    ({"peft_config": {"name": "lora", "r": 0}}, "key 'peft_config.r': Input should be greater than 0"),
-    ({"micro_batch_size": 0}, "key 'micro_batch_size': Input should be greater than 0"),
-    ({"peft_config": {"name": "lora", "rank": 8}}, "unknown key 'peft_config.rank' (did you mean 'r'?)"),
-    ({"peft_config": {"name": "freeze"}}, "peft_config.name: freeze: peftflow trains LoRA"),
-    ({"quant_config": {"name": "bnb", "quantization_bit": 3}}, "key 'quant_config.quantization_bit': Input should be 4 or 8"),
-    ({"quant_config": {"name": "hqq"}}, "quant_config.name: hqq"),
-    ({"model_class": "cls"}, "model_class: cls: peftflow fine-tunes causal language models"),
-    ({"eval_dataset": "x.yaml"}, "eval_dataset: peftflow holds out val_size rows"),
-    ({"global_batch_size": 3, "micro_batch_size": 2}, "global_batch_size 3 is not a multiple of micro_batch_size 2"),
-    ({"lora_rank": 8}, "mixes LLaMA-Factory v1 keys (model) with v0 keys (lora_rank)"),
-    ({"peft_config": "lora"}, "peft_config must be a mapping with a 'name'"),
-])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"peft_config": {"name": "lora", "r": 0}}, "key 'peft_config.r': Input should be greater than 0"),
+        ({"micro_batch_size": 0}, "key 'micro_batch_size': Input should be greater than 0"),
+        ({"peft_config": {"name": "lora", "rank": 8}}, "unknown key 'peft_config.rank' (did you mean 'r'?)"),
+        ({"peft_config": {"name": "freeze"}}, "peft_config.name: freeze: peftflow trains LoRA"),
+        (
+            {"quant_config": {"name": "bnb", "quantization_bit": 3}},
+            "key 'quant_config.quantization_bit': Input should be 4 or 8",
+        ),
+        ({"quant_config": {"name": "hqq"}}, "quant_config.name: hqq"),
+        ({"model_class": "cls"}, "model_class: cls: peftflow fine-tunes causal language models"),
+        ({"eval_dataset": "x.yaml"}, "eval_dataset: peftflow holds out val_size rows"),
+        (
+            {"global_batch_size": 3, "micro_batch_size": 2},
+            "global_batch_size 3 is not a multiple of micro_batch_size 2",
+        ),
+        ({"lora_rank": 8}, "mixes LLaMA-Factory v1 keys (model) with v0 keys (lora_rank)"),
+        ({"peft_config": "lora"}, "peft_config must be a mapping with a 'name'"),
+    ],
+)
 def test_v1_errors_name_v1_keys(tmp_path, keys, message):
     with pytest.raises(UserError) as e:
         parse_config(v1(tmp_path, **keys), source="v1.yaml")
@@ -83,8 +108,12 @@ def test_dataset_yaml_errors(tmp_path):
 
     assert "'d': source hf_hub (the default): hub datasets are not available offline" in report({"d": {"path": "a/b"}})
     assert "'d' has unknown key 'pth' (did you mean 'path'?)" in report({"d": {"pth": "x", "source": "local"}})
-    assert "converter pair is a preference (DPO) dataset" in report({"d": {"path": "rows.jsonl", "source": "local", "converter": "pair"}})
-    assert "missing.jsonl: data file not found (dataset 'd' in" in report({"d": {"path": "missing.jsonl", "source": "local"}})
+    assert "converter pair is a preference (DPO) dataset" in report(
+        {"d": {"path": "rows.jsonl", "source": "local", "converter": "pair"}}
+    )
+    assert "missing.jsonl: data file not found (dataset 'd' in" in report(
+        {"d": {"path": "missing.jsonl", "source": "local"}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +132,20 @@ def learned(tokenizer, row) -> str:
 
 
 def test_loss_weight_per_turn_is_honoured(tmp_path, tiny_model, tokenizer):
-    rows = [{"messages": [
-        {"role": "user", "content": [{"type": "text", "value": "A"}], "loss_weight": 1.0},      # a prompt learned
-        {"role": "assistant", "content": [{"type": "text", "value": "B"}], "loss_weight": 0.0},  # an answer masked
-        {"role": "user", "content": [{"type": "text", "value": "C"}]},                          # default 0
-        {"role": "assistant", "content": [{"type": "text", "value": "D"}]}]}]                   # default 1
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "value": "A"}], "loss_weight": 1.0},  # a prompt learned
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "value": "B"}],
+                    "loss_weight": 0.0,
+                },  # an answer masked
+                {"role": "user", "content": [{"type": "text", "value": "C"}]},  # default 0
+                {"role": "assistant", "content": [{"type": "text", "value": "D"}]},
+            ]
+        }
+    ]  # default 1
     [row] = prepared_rows(tmp_path, tiny_model, rows)
     assert learned(tokenizer, row) == "<|im_start|>user\nA<|im_end|>\n<|im_start|>assistant\nD<|im_end|>\n"
 
@@ -115,28 +153,48 @@ def test_loss_weight_per_turn_is_honoured(tmp_path, tiny_model, tokenizer):
 def test_typed_parts_become_thoughts_and_tool_calls(tmp_path, tiny_model, tokenizer):
     call = {"name": "get_weather", "arguments": {"city": "Oslo"}}
     tool = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
-    rows = [{"messages": [
-        {"role": "user", "content": [{"type": "text", "value": "Weather?"}]},
-        {"role": "assistant", "content": [{"type": "tool_call", "value": json.dumps(call)}]},
-        {"role": "tool", "content": [{"type": "text", "value": "3C"}]},
-        {"role": "assistant", "content": [{"type": "reasoning", "value": "cold"}, {"type": "text", "value": "It is 3C."}]}],
-        "tools": json.dumps([tool])}]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "value": "Weather?"}]},
+                {"role": "assistant", "content": [{"type": "tool_call", "value": json.dumps(call)}]},
+                {"role": "tool", "content": [{"type": "text", "value": "3C"}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "reasoning", "value": "cold"}, {"type": "text", "value": "It is 3C."}],
+                },
+            ],
+            "tools": json.dumps([tool]),
+        }
+    ]
     [row] = prepared_rows(tmp_path, tiny_model, rows, template="qwen3_nothink")
     text = tokenizer.decode(row["input_ids"])
     assert "<tools>\n" + json.dumps({"type": "function", "function": tool}) in text
-    assert learned(tokenizer, row) == ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
-                                       "<think>\ncold\n</think>\n\nIt is 3C.<|im_end|>\n")
+    assert learned(tokenizer, row) == (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
+        "<think>\ncold\n</think>\n\nIt is 3C.<|im_end|>\n"
+    )
     assert "<|im_start|>user\n<tool_response>\n3C\n</tool_response><|im_end|>" in text  # the tool turn, masked
 
 
-@pytest.mark.parametrize("message, reason", [
-    ({"role": "assistant", "content": [{"type": "text", "value": "x"}], "loss_weight": 0.5},
-     "loss_weight 0.5 is neither 0 nor 1 (peftflow learns a turn or masks it) (message 2)"),
-    ({"role": "assistant", "content": [{"type": "image_url", "value": "a.png"}]},
-     "content type image_url is not supported in a assistant message (message 2)"),
-    ({"role": "assistant", "content": "plain text"}, "field 'content' is not a list of {type, value} parts (message 2)"),
-    ({"role": "bot", "content": []}, "unknown role 'bot' (message 2)"),
-])
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (
+            {"role": "assistant", "content": [{"type": "text", "value": "x"}], "loss_weight": 0.5},
+            "loss_weight 0.5 is neither 0 nor 1 (peftflow learns a turn or masks it) (message 2)",
+        ),
+        (
+            {"role": "assistant", "content": [{"type": "image_url", "value": "a.png"}]},
+            "content type image_url is not supported in a assistant message (message 2)",
+        ),
+        (
+            {"role": "assistant", "content": "plain text"},
+            "field 'content' is not a list of {type, value} parts (message 2)",
+        ),
+        ({"role": "bot", "content": []}, "unknown role 'bot' (message 2)"),
+    ],
+)
 def test_invalid_v1_rows_are_named(tmp_path, tiny_model, message, reason):
     bad = {"messages": [{"role": "user", "content": [{"type": "text", "value": "q"}]}, message]}
     cfg, _ = parse_config(v1(tmp_path, rows=[chat("q", "a"), bad]))
@@ -154,7 +212,9 @@ def test_dataset_yaml_reads_every_entry_with_its_converter(tiny_model, tokenizer
     assert (report.rows_read, report.rows_kept) == (12, 8 + 6)  # orders: size 6, drawn from its 4 rows
     prepared = prepare_dataset(cfg.model_copy(update={"val_size": 0.0}), tiny_model)
     texts = [tokenizer.decode(r["input_ids"]) for r in load_from_disk(f"{prepared.path}/train")]
-    assert sum("<|im_start|>user\nRepeat: order" in t for t in texts) == 6  # v1's alpaca: instruction + input, no newline
+    assert (
+        sum("<|im_start|>user\nRepeat: order" in t for t in texts) == 6
+    )  # v1's alpaca: instruction + input, no newline
     assert sum("<think>\nthink of a contrast\n</think>\n\n" in t for t in texts) == 8
 
 

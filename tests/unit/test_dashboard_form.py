@@ -19,9 +19,21 @@ from peftflow.errors import UserError
 from peftflow.lineage import train_key
 from tests.conftest import shipped_run_configs
 
-BASICS = ["model_name_or_path", "dataset", "dataset_dir", "finetuning_type", "stage", "template", "learning_rate",
-          "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-          "cutoff_len", "val_size"]
+BASICS = [
+    "model_name_or_path",
+    "dataset",
+    "dataset_dir",
+    "finetuning_type",
+    "stage",
+    "template",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "cutoff_len",
+    "val_size",
+]
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
@@ -70,7 +82,7 @@ def test_nothing_the_form_would_eat_or_lock_or_switch_to_none(schema):
 
 def test_the_recipe_comes_first_and_every_other_key_is_in_a_folding_group(schema):
     props = run_config(schema)["properties"]
-    assert list(props)[:len(BASICS)] == BASICS
+    assert list(props)[: len(BASICS)] == BASICS
     rest = {k: p for k, p in props.items() if k not in BASICS}
     assert set(rest) == set(GROUPS) | {"registry", "evaluation", "promotion"}
     for name, prop in rest.items():
@@ -103,16 +115,21 @@ def test_each_recipe_is_the_same_run_after_the_forms_round_trip(schema, path):
 
 def test_a_custom_group_as_the_form_submits_it():
     # Custom tab opened: every key of the group filled with its default, one changed
-    submitted = {**demo_config().model_dump(mode="json"),
-                 "lora": {"lora_rank": 16, "lora_dropout": 0, "use_dora": False, "lora_target": "all"}}
+    submitted = {
+        **demo_config().model_dump(mode="json"),
+        "lora": {"lora_rank": 16, "lora_dropout": 0, "use_dora": False, "lora_target": "all"},
+    }
     assert RunConfig.model_validate(submitted) == demo_config().model_copy(update={"lora_rank": 16})
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"lora": {"lora_rnk": 16}}, "unknown key 'lora.lora_rnk' (did you mean 'lora.lora_rank'?)"),
-    ({"lora": {"seed": 1}}, "unknown key 'lora.seed'"),
-    ({"lora_rank": 8, "lora": {"lora_rank": 16}}, "key 'lora_rank' given twice: at the top and in 'lora'"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"lora": {"lora_rnk": 16}}, "unknown key 'lora.lora_rnk' (did you mean 'lora.lora_rank'?)"),
+        ({"lora": {"seed": 1}}, "unknown key 'lora.seed'"),
+        ({"lora_rank": 8, "lora": {"lora_rank": 16}}, "key 'lora_rank' given twice: at the top and in 'lora'"),
+    ],
+)
 def test_a_key_in_the_wrong_group_is_one_line(raw, message):
     with pytest.raises(UserError) as e:
         parse_config(raw, source="form")

@@ -50,7 +50,10 @@ def test_builtin_demo_prepares_then_reuses_the_cache(tiny_model, monkeypatch, tm
     assert (first.train_rows, first.eval_rows, first.dropped, first.truncated) == (576, 64, 0, 0)
     assert second == first
     assert Path(first.path) == tmp_path / "cache" / "prepared" / first.fingerprint
-    assert (Path(first.path, "stats.json").stat().st_ino, Path(first.path, "stats.json").stat().st_mtime_ns) == (stats.st_ino, stats.st_mtime_ns)
+    assert (Path(first.path, "stats.json").stat().st_ino, Path(first.path, "stats.json").stat().st_mtime_ns) == (
+        stats.st_ino,
+        stats.st_mtime_ns,
+    )
     messages = [r.getMessage() for r in caplog.records]
     assert [m.split(" at ")[0] for m in messages] == ["prepared data", "reusing prepared data"]
     assert {p.name for p in Path(first.path).iterdir()} == {"train", "eval", "stats.json", "report.json"}
@@ -85,15 +88,25 @@ def test_demo_stats(demo):
 
 
 SHAREGPT = {"qa": {"file_name": "chat.json", "formatting": "sharegpt"}}
-TWO_TURNS = [{"conversations": [
-    {"from": "human", "value": "first question"}, {"from": "gpt", "value": "first answer"},
-    {"from": "human", "value": "second question"}, {"from": "gpt", "value": "second answer"}]}] * 2
+TWO_TURNS = [
+    {
+        "conversations": [
+            {"from": "human", "value": "first question"},
+            {"from": "gpt", "value": "first answer"},
+            {"from": "human", "value": "second question"},
+            {"from": "gpt", "value": "second answer"},
+        ]
+    }
+] * 2
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({}, "first answer<|im_end|>second answer<|im_end|>"),
-    ({"mask_history": True}, "second answer<|im_end|>"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, "first answer<|im_end|>second answer<|im_end|>"),
+        ({"mask_history": True}, "second answer<|im_end|>"),
+    ],
+)
 def test_multi_turn_masking(write_dataset, tiny_model, tokenizer, options, expected):
     root = write_dataset(SHAREGPT, {"chat.json": TWO_TURNS})
     prepared = prepare_dataset(config(root, val_size=0, **options), tiny_model)
@@ -117,8 +130,10 @@ def test_eval_rows_hold_the_last_turn_as_reference(write_dataset, tiny_model, to
 
 
 def test_cutoff_truncates_and_drops_rows_with_nothing_left_to_learn(write_dataset, tiny_model, caplog):
-    rows = qa_rows(3) + [{"instruction": "long answer", "output": "word " * 200},
-                         {"instruction": "long question " * 100, "output": "short"}]
+    rows = qa_rows(3) + [
+        {"instruction": "long answer", "output": "word " * 200},
+        {"instruction": "long question " * 100, "output": "short"},
+    ]
     root = write_dataset({"qa": {"file_name": "qa.json"}}, {"qa.json": rows})
     with caplog.at_level(logging.WARNING, logger="peftflow.data"):
         prepared = prepare_dataset(config(root, cutoff_len=64, val_size=0), tiny_model)
@@ -168,7 +183,10 @@ def test_drop_mode_drops_and_counts_invalid_rows(write_dataset, tiny_model, capl
     with caplog.at_level(logging.WARNING, logger="peftflow.data"):
         prepared = prepare_dataset(config(root, on_invalid_rows="drop", val_size=0), tiny_model)
     assert (prepared.train_rows, prepared.dropped) == (6, 2)
-    assert "dropped 2 invalid rows: row 3: empty response; row 6: field 'instruction' is not a string (got int)" in caplog.text
+    assert (
+        "dropped 2 invalid rows: row 3: empty response; row 6: field 'instruction' is not a string (got int)"
+        in caplog.text
+    )
 
 
 def test_fingerprint_follows_data_template_and_options_only(write_dataset, tiny_model, tmp_path):
@@ -190,7 +208,13 @@ def test_data_report_lists_drops_lengths_and_problems(write_dataset, tiny_model)
     assert report.dropped_rows["empty response"] == (f"{root}/qa.json row 7",)
     assert set(report.token_lengths) == {"p50", "p90", "p99", "max"}
     assert report.truncated == 0 and report.truncation_rate == 0.0
-    assert report.problems == (f"{root}/qa.json: 2 invalid rows: row 7: empty response; row 8: field 'output' is missing "
-                               "(set on_invalid_rows: drop to skip them)",)
+    assert report.problems == (
+        f"{root}/qa.json: 2 invalid rows: row 7: empty response; row 8: field 'output' is missing "
+        "(set on_invalid_rows: drop to skip them)",
+    )
     text = report.to_text()
-    assert "rows: 8 read, 6 kept, 2 dropped" in text and "problem:" in text and "truncated at cutoff_len 40: 0 rows" in text
+    assert (
+        "rows: 8 read, 6 kept, 2 dropped" in text
+        and "problem:" in text
+        and "truncated at cutoff_len 40: 0 rows" in text
+    )

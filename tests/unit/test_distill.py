@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from peftflow.losses import KDSettings, TeacherTopK, final_hidden, kd_loss, supervised
 from peftflow.stages.distill.cache import pad_batch, teacher_topk
 from peftflow.stages.distill.teacher import prune_layers, pruned_layer_indices
 from peftflow.stages.distill.trainer import distill_trainer
-from peftflow.losses import KDSettings, TeacherTopK, final_hidden, kd_loss, supervised
 from peftflow.training.run import run as train_run
 from peftflow.training.trainer import MetricsCallback
 
@@ -42,8 +42,9 @@ def test_loss_matches_the_formula():
     st = KDSettings(temperature=2.0, kd_ratio=0.3)
     got = kd_loss(s_hidden, s_weight, targets, st, lambda a, b: t_logits[a:b])["loss"]
     s_logits = s_hidden @ s_weight.T
-    kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / 2, -1), torch.log_softmax(t_logits / 2, -1),
-                                    log_target=True, reduction="batchmean")
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(s_logits / 2, -1), torch.log_softmax(t_logits / 2, -1), log_target=True, reduction="batchmean"
+    )
     ce = torch.nn.functional.cross_entropy(s_logits, targets)
     assert torch.allclose(got, 0.3 * 4 * kl + 0.7 * ce, atol=1e-5)
 
@@ -52,13 +53,21 @@ def test_topk_cache_with_k_equal_vocab_is_exact():
     s_hidden, s_weight, t_logits, targets = random_problem()
     live = kd_loss(s_hidden, s_weight, targets, KDSettings(), lambda a, b: t_logits[a:b])["loss"]
     top = t_logits.topk(V, dim=-1)
-    cached = kd_loss(s_hidden, s_weight, targets, KDSettings(), teacher_topk=TeacherTopK(top.values, top.indices))["loss"]
+    cached = kd_loss(s_hidden, s_weight, targets, KDSettings(), teacher_topk=TeacherTopK(top.values, top.indices))[
+        "loss"
+    ]
     assert torch.allclose(live, cached, atol=1e-5)
     small = t_logits.topk(5, dim=-1)
     approx = kd_loss(s_hidden, s_weight, targets, KDSettings(), teacher_topk=TeacherTopK(small.values, small.indices))
     assert not torch.allclose(live, approx["loss"], atol=1e-3)  # an approximation, as documented
     with pytest.raises(ValueError, match="reverse KL"):
-        kd_loss(s_hidden, s_weight, targets, KDSettings(direction="reverse"), teacher_topk=TeacherTopK(small.values, small.indices))
+        kd_loss(
+            s_hidden,
+            s_weight,
+            targets,
+            KDSettings(direction="reverse"),
+            teacher_topk=TeacherTopK(small.values, small.indices),
+        )
 
 
 def test_pruned_layer_indices_are_evenly_spaced():
@@ -94,8 +103,9 @@ def test_kl_decreases_on_a_tiny_teacher_student_pair(tiny_model, tmp_path):
     kls = []
     for _ in range(8):
         s_hidden, targets = supervised(final_hidden(student, ids, mask), labels)
-        out = kd_loss(s_hidden, student.get_output_embeddings().weight, targets, settings,
-                      lambda a, b: t_hidden[a:b] @ t_head.T)
+        out = kd_loss(
+            s_hidden, student.get_output_embeddings().weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_head.T
+        )
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -106,15 +116,21 @@ def test_kl_decreases_on_a_tiny_teacher_student_pair(tiny_model, tmp_path):
     assert cache.values.shape[0] == t_hidden.shape[0]
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ({"stage": "distill"}, "stage: distill needs a teacher"),
-    ({"teacher": "builtin:tiny-random"}, "only apply to stage: distill"),
-    ({"stage": "distill", "teacher": "x", "student_layers": 2, "model_name_or_path": "y"}, "student_layers and model_name_or_path"),
-    ({"stage": "distill", "teacher": "x", "kd_direction": "reverse", "teacher_topk": 8}, "kd_direction: reverse"),
-    ({"stage": "distill", "teacher": "x", "finetuning_type": "prefix"}, "cannot be a distillation student"),
-    ({"finetuning_type": "full", "merge": False}, "ships as trained"),
-    ({"stage": "distill", "teacher": "x", "num_processes": 2}, "num_processes: 1 and nnodes: 1"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ({"stage": "distill"}, "stage: distill needs a teacher"),
+        ({"teacher": "builtin:tiny-random"}, "only apply to stage: distill"),
+        (
+            {"stage": "distill", "teacher": "x", "student_layers": 2, "model_name_or_path": "y"},
+            "student_layers and model_name_or_path",
+        ),
+        ({"stage": "distill", "teacher": "x", "kd_direction": "reverse", "teacher_topk": 8}, "kd_direction: reverse"),
+        ({"stage": "distill", "teacher": "x", "finetuning_type": "prefix"}, "cannot be a distillation student"),
+        ({"finetuning_type": "full", "merge": False}, "ships as trained"),
+        ({"stage": "distill", "teacher": "x", "num_processes": 2}, "num_processes: 1 and nnodes: 1"),
+    ],
+)
 def test_distill_config_errors(raw, expected):
     from peftflow.config import parse_config
     from peftflow.errors import UserError
@@ -127,8 +143,8 @@ def test_missing_teacher_and_tokenizer_mismatch_are_clear_errors(tiny_model, tmp
     from transformers import AutoTokenizer
 
     from peftflow.config import RunConfig
-    from peftflow.stages.distill.teacher import resolve_student, resolve_teacher
     from peftflow.errors import UserError
+    from peftflow.stages.distill.teacher import resolve_student, resolve_teacher
 
     with pytest.raises(UserError, match="directory not found"):
         resolve_teacher(RunConfig(stage="distill", teacher=str(tmp_path / "no-teacher")))
@@ -147,12 +163,27 @@ def test_full_student_trains_with_a_live_teacher_and_ships_as_is(tiny_model, tmp
     from peftflow.config import RunConfig
     from peftflow.data import prepare_dataset
 
-    cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=tiny_model, finetuning_type="full",
-                    max_steps=3, logging_steps=1, per_device_train_batch_size=2, learning_rate=1e-3, kd_chunk_size=8)
+    cfg = RunConfig(
+        stage="distill",
+        teacher=tiny_model,
+        model_name_or_path=tiny_model,
+        finetuning_type="full",
+        max_steps=3,
+        logging_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        kd_chunk_size=8,
+    )
     data = prepare_dataset(cfg, tiny_model)
     logged = []
-    result = train_run(cfg, tiny_model, data.path, tmp_path, trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
-                       callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
+    result = train_run(
+        cfg,
+        tiny_model,
+        data.path,
+        tmp_path,
+        trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
+        callbacks=(MetricsCallback(lambda s, m: logged.append(m)),),
+    )
     assert result.trainable_params == result.total_params
     assert all("kd_kl" in m for m in logged if "loss" in m)
     shipped = merge.merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-3)
@@ -165,8 +196,17 @@ def test_split_batch_losses_add_up_to_the_whole_batch_loss_with_num_items():
     is the loss of the whole batch (what the stock loss does with num_items_in_batch)."""
     s_hidden, s_weight, t_logits, targets = random_problem(40)
     whole = kd_loss(s_hidden, s_weight, targets, KDSettings(), lambda a, b: t_logits[a:b])["loss"]
-    halves = [kd_loss(s_hidden[i:i + 20], s_weight, targets[i:i + 20], KDSettings(),
-                      lambda a, b, i=i: t_logits[i + a:i + b], num_items_in_batch=40)["loss"] for i in (0, 20)]
+    halves = [
+        kd_loss(
+            s_hidden[i : i + 20],
+            s_weight,
+            targets[i : i + 20],
+            KDSettings(),
+            lambda a, b, i=i: t_logits[i + a : i + b],
+            num_items_in_batch=40,
+        )["loss"]
+        for i in (0, 20)
+    ]
     assert torch.allclose(sum(halves), whole, atol=1e-5)
 
 
@@ -176,16 +216,31 @@ def test_gradient_accumulation_logs_the_same_kd_loss_as_one_big_batch(tiny_model
     from peftflow.data import prepare_dataset
 
     def first_loss(batch: int, accumulation: int, out) -> float:
-        cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=tiny_model, max_steps=1,
-                        logging_steps=1, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                        learning_rate=1e-3, max_samples=16, val_size=4, seed=3)
+        cfg = RunConfig(
+            stage="distill",
+            teacher=tiny_model,
+            model_name_or_path=tiny_model,
+            max_steps=1,
+            logging_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            learning_rate=1e-3,
+            max_samples=16,
+            val_size=4,
+            seed=3,
+        )
         data = prepare_dataset(cfg, tiny_model)
         logged = []
-        train_run(cfg, tiny_model, data.path, out, trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
-                  callbacks=(MetricsCallback(lambda s, m: logged.append(m)),))
+        train_run(
+            cfg,
+            tiny_model,
+            data.path,
+            out,
+            trainer_factory=partial(distill_trainer, teacher_path=tiny_model),
+            callbacks=(MetricsCallback(lambda s, m: logged.append(m)),),
+        )
         return next(m["loss"] for m in logged if "loss" in m)
 
     one = first_loss(4, 1, tmp_path / "one")
     accumulated = first_loss(2, 2, tmp_path / "accumulated")
     assert accumulated == pytest.approx(one, rel=0.02)
-

@@ -47,8 +47,17 @@ def one_process(tiny_model, tmp_path_factory):
     (tmp / "data").mkdir()
     (tmp / "data" / "dataset_info.json").write_text(json.dumps({"orders": {"file_name": "orders.json", **ALPACA}}))
     (tmp / "data" / "orders.json").write_text(json.dumps(make_rows(12, seed=5)))
-    common = dict(model_name_or_path=tiny_model, dataset="orders", dataset_dir=str(tmp / "data"), val_size=4,
-                  max_steps=4, learning_rate=2e-2, logging_steps=1, save_steps=100, cutoff_len=128)
+    common = dict(
+        model_name_or_path=tiny_model,
+        dataset="orders",
+        dataset_dir=str(tmp / "data"),
+        val_size=4,
+        max_steps=4,
+        learning_rate=2e-2,
+        logging_steps=1,
+        save_steps=100,
+        cutoff_len=128,
+    )
     single = RunConfig(**common, per_device_train_batch_size=8)
     data = prepare_dataset(single, tiny_model)
     return common, data, train_run(single, tiny_model, data.path, tmp / "one")
@@ -59,13 +68,14 @@ def _matches(one, two) -> None:
     for (_, a), (_, b) in zip(one.loss_history, two.loss_history):
         # within 0.2%: the same examples and global batch; not bit-equal (reduction order, per-rank padding)
         assert b == pytest.approx(a, rel=2e-3), (one.loss_history, two.loss_history)
-    assert one.loss_history[-1][1] < one.loss_history[0][1] - 0.05      # it trained
+    assert one.loss_history[-1][1] < one.loss_history[0][1] - 0.05  # it trained
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, one_process, tiny_model):
     common, data, one = one_process
-    two = distributed.run(RunConfig(**common, per_device_train_batch_size=4, num_processes=2), tiny_model,
-                          data.path, tmp_path / "two")
+    two = distributed.run(
+        RunConfig(**common, per_device_train_batch_size=4, num_processes=2), tiny_model, data.path, tmp_path / "two"
+    )
     _matches(one, two)
     assert (tmp_path / "two" / "adapter" / "adapter_model.safetensors").is_file()
 
@@ -81,10 +91,19 @@ def test_two_nodes_on_loopback_match_one_process(tmp_path, one_process, tiny_mod
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    node1 = subprocess.Popen([sys.executable, "-c", NODE, cfg.model_dump_json()],
-                             env={**os.environ, **rendezvous, "PEFTFLOW_NODE_RANK": "1", "PYTHONPATH": str(ROOT),
-                                  "PEFTFLOW_HOME": str(tmp_path / "node1")},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node1 = subprocess.Popen(
+        [sys.executable, "-c", NODE, cfg.model_dump_json()],
+        env={
+            **os.environ,
+            **rendezvous,
+            "PEFTFLOW_NODE_RANK": "1",
+            "PYTHONPATH": str(ROOT),
+            "PEFTFLOW_HOME": str(tmp_path / "node1"),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for k, v in {**rendezvous, "PEFTFLOW_NODE_RANK": "0"}.items():
         monkeypatch.setenv(k, v)
     try:

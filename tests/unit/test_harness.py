@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from peftflow.evaluation import harness
-from peftflow.summary import harness_lines
-from peftflow.evaluation.report import EvalReport
-from peftflow.evaluation.scoring import compare, score_model
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.errors import UserError
+from peftflow.evaluation import harness
+from peftflow.evaluation.report import EvalReport
+from peftflow.evaluation.scoring import compare, score_model
+from peftflow.summary import harness_lines
 
 LOCAL_TASK = """task: tiny_capitals
 dataset_path: json
@@ -35,14 +35,22 @@ metadata:
 
 @pytest.fixture(scope="module")
 def heldout(tiny_model, tmp_path_factory):
-    cfg = RunConfig(model_name_or_path=tiny_model, evaluation={"metric": "token_f1", "max_samples": 3,
-                                                               "max_new_tokens": 6, "batch_size": 3,
-                                                               "harness_tasks": [harness.HELDOUT_TASK]})
+    cfg = RunConfig(
+        model_name_or_path=tiny_model,
+        evaluation={
+            "metric": "token_f1",
+            "max_samples": 3,
+            "max_new_tokens": 6,
+            "batch_size": 3,
+            "harness_tasks": [harness.HELDOUT_TASK],
+        },
+    )
     return cfg, prepare_dataset(cfg, tiny_model)
 
 
-def test_heldout_task_agrees_with_peftflows_evaluation_row_by_row(heldout, tiny_finetune, tiny_model, tmp_path,
-                                                                  monkeypatch, capfd):
+def test_heldout_task_agrees_with_peftflows_evaluation_row_by_row(
+    heldout, tiny_finetune, tiny_model, tmp_path, monkeypatch, capfd
+):
     cfg, data = heldout
     _, merged = tiny_finetune
     ours = score_model("tuned", merged, data.path, cfg)
@@ -65,12 +73,19 @@ def test_score_models_puts_harness_scores_into_the_report(heldout, tiny_finetune
     adapter, _ = tiny_finetune
     local = tmp_path / "local-tasks"
     local.mkdir()
-    rows = [{"question": f"Capital of {c}?", "choices": ["Oslo", "Lyon", "Graz"], "answer": i}
-            for i, c in enumerate(["Norway", "France", "Austria"])]
+    rows = [
+        {"question": f"Capital of {c}?", "choices": ["Oslo", "Lyon", "Graz"], "answer": i}
+        for i, c in enumerate(["Norway", "France", "Austria"])
+    ]
     (local / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (local / "tiny_capitals.yaml").write_text(LOCAL_TASK.format(rows=local / "rows.jsonl"))
-    cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={
-        "harness_tasks": [harness.HELDOUT_TASK, "tiny_capitals"], "harness_include": str(local)})})
+    cfg = cfg.model_copy(
+        update={
+            "evaluation": cfg.evaluation.model_copy(
+                update={"harness_tasks": [harness.HELDOUT_TASK, "tiny_capitals"], "harness_include": str(local)}
+            )
+        }
+    )
     harness.check_available(cfg)
 
     models = {"base": tiny_model, "tuned": adapter}  # the adapter runs on its base (lm-eval's peft=)
@@ -80,14 +95,17 @@ def test_score_models_puts_harness_scores_into_the_report(heldout, tiny_finetune
         scores = report.models[label].harness
         assert set(scores) == {f"{harness.HELDOUT_TASK}/{harness.HELDOUT_METRIC}", "tiny_capitals/acc"}
         assert 0.0 <= scores["tiny_capitals/acc"] <= 1.0 and not math.isnan(scores["tiny_capitals/acc"])
-        assert scores[f"{harness.HELDOUT_TASK}/{harness.HELDOUT_METRIC}"] == pytest.approx(report.models[label].score,
-                                                                                          abs=1e-4)
+        assert scores[f"{harness.HELDOUT_TASK}/{harness.HELDOUT_METRIC}"] == pytest.approx(
+            report.models[label].score, abs=1e-4
+        )
     flat = report.flat_metrics()
     assert flat["harness.tuned.tiny_capitals/acc"] == report.models["tuned"].harness["tiny_capitals/acc"]
     # the flow's summary: one line per task metric, every model's value
     capitals = {label: report.models[label].harness["tiny_capitals/acc"] for label in models}
-    assert harness_lines({label: m.harness for label, m in report.models.items()})[1] == \
-        f"lm-eval `tiny_capitals/acc`: base {capitals['base']:.4f}, tuned {capitals['tuned']:.4f}"
+    assert (
+        harness_lines({label: m.harness for label, m in report.models.items()})[1]
+        == f"lm-eval `tiny_capitals/acc`: base {capitals['base']:.4f}, tuned {capitals['tuned']:.4f}"
+    )
     report.to_json(tmp_path / "again.json")
     assert EvalReport.from_json(tmp_path / "again.json").models["base"].harness == report.models["base"].harness
 

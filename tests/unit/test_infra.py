@@ -27,6 +27,7 @@ def render(template_file: str, job_variables: dict[str, Any]) -> dict[str, Any]:
 def placeholders(obj) -> set[str]:
     text = json.dumps(obj)
     import re
+
     return set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", text))
 
 
@@ -41,10 +42,20 @@ def test_every_variable_is_referenced_in_the_job_configuration(name):
 
 def test_kubernetes_template_puts_gpu_selector_tolerations_and_shm_in_the_manifest():
     tolerations = [{"key": "gpu-pool", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
-    config = render("k8s-gpu-pool.json", {
-        "gpu_count": 4, "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
-        "tolerations": tolerations, "shm_size": "32Gi", "image": "reg/peftflow:1.2", "cpu": "16",
-        "memory": "120Gi", "name": "finetune-abc", "env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}})
+    config = render(
+        "k8s-gpu-pool.json",
+        {
+            "gpu_count": 4,
+            "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+            "tolerations": tolerations,
+            "shm_size": "32Gi",
+            "image": "reg/peftflow:1.2",
+            "cpu": "16",
+            "memory": "120Gi",
+            "name": "finetune-abc",
+            "env": {"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+        },
+    )
     manifest = config["job_manifest"]
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -88,10 +99,16 @@ def test_kubernetes_template_puts_peftflow_home_on_a_claim_when_one_is_given():
     assert home == {"name": "peftflow-home"}
     (container,) = pod["containers"]
     assert {"name": "peftflow-home", "mountPath": "/data/peftflow"} in container["volumeMounts"]
-    assert container["env"] == [{"name": "PEFTFLOW_HOME", "value": "/data/peftflow"}]   # the image's default
+    assert container["env"] == [{"name": "PEFTFLOW_HOME", "value": "/data/peftflow"}]  # the image's default
 
-    config = render("k8s-gpu-pool.json", {"home_volume_claim": {"claimName": "team-home"}, "home_path": "/home/pf",
-                                          "env": {"PEFTFLOW_STORAGE": "s3://b/p"}})
+    config = render(
+        "k8s-gpu-pool.json",
+        {
+            "home_volume_claim": {"claimName": "team-home"},
+            "home_path": "/home/pf",
+            "env": {"PEFTFLOW_STORAGE": "s3://b/p"},
+        },
+    )
     pod = config["job_manifest"]["spec"]["template"]["spec"]
     check_pod(pod)
     (home,) = [v for v in pod["volumes"] if v["name"] == "peftflow-home"]
@@ -99,7 +116,7 @@ def test_kubernetes_template_puts_peftflow_home_on_a_claim_when_one_is_given():
     (container,) = pod["containers"]
     assert {"name": "peftflow-home", "mountPath": "/home/pf"} in container["volumeMounts"]
     assert {"name": "PEFTFLOW_HOME", "value": "/home/pf"} in container["env"]
-    assert config["env"] == {"PEFTFLOW_STORAGE": "s3://b/p"}   # the worker prepends these to the container's list
+    assert config["env"] == {"PEFTFLOW_STORAGE": "s3://b/p"}  # the worker prepends these to the container's list
 
 
 def test_multinode_job_wires_node_rank_and_master_addr_consistently():
@@ -127,7 +144,9 @@ def test_multinode_job_wires_node_rank_and_master_addr_consistently():
     assert "peftflow run /config/run.yaml" in script and "python -m peftflow.training.node /config/run.yaml" in script
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     (config_volume,) = [v for v in pod["volumes"] if "configMap" in v]
-    assert config_volume["configMap"]["name"] == config["metadata"]["name"] and mounts[config_volume["name"]] == "/config"
+    assert (
+        config_volume["configMap"]["name"] == config["metadata"]["name"] and mounts[config_volume["name"]] == "/config"
+    )
     assert mounts["peftflow-home"] == env["PEFTFLOW_HOME"]
 
 
@@ -141,8 +160,17 @@ def test_docker_template_requests_gpus_through_device_requests():
 def test_deployments_file_declares_the_deployments():
     spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"finetune", "retrain-nightly", "retrain-on-data", "promote", "evaluate-model",
-                                "on-promotion", "export-champion", "sweep", "sweep-variant"}
+    assert set(deployments) == {
+        "finetune",
+        "retrain-nightly",
+        "retrain-on-data",
+        "promote",
+        "evaluate-model",
+        "on-promotion",
+        "export-champion",
+        "sweep",
+        "sweep-variant",
+    }
     for d in deployments.values():
         module, func = d["entrypoint"].split(":")
         assert (ROOT / module).is_file() and f"def {func}(" in (ROOT / module).read_text()
@@ -160,7 +188,7 @@ def test_deployments_file_declares_the_deployments():
     (trigger,) = deployments["retrain-on-data"]["triggers"]
     assert trigger["expect"] == ["peftflow.dataset.updated"]
     assert trigger["parameters"]["dataset"] == "{{ event.payload.dataset }}"
-    for name in ("on-promotion", "export-champion"):   # started by the relay's event, for `champion` only
+    for name in ("on-promotion", "export-champion"):  # started by the relay's event, for `champion` only
         (trigger,) = deployments[name]["triggers"]
         assert trigger["expect"] == ["peftflow.model.alias-set"]
         assert trigger["match"] == {"prefect.resource.id": "peftflow.model.*", "peftflow.alias": "champion"}
@@ -208,7 +236,9 @@ def test_finetune_deployment_form_has_defaults_and_descriptions():
     fields = schema["definitions"]["RunConfig"]["properties"]
     assert fields["dataset"]["default"] == "demo_orders" and fields["dataset"]["description"]
     promotion = fields["promotion"]["anyOf"][1]["properties"]  # the group's Custom tab
-    assert promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
+    assert (
+        promotion["bootstrap_samples"]["default"] == 0 and "bootstrap" in promotion["bootstrap_samples"]["description"]
+    )
 
 
 def test_crashed_run_automations_are_valid_prefect_automations():

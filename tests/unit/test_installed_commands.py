@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PEFTFLOW = Path(sys.executable).parent / "peftflow"  # the console script pip installed next to this python
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # A command in a doc: a code line or an inline code span that starts with `peftflow` (options before the verb allowed).
-COMMAND = re.compile(r"(?:^|&&|;|\$)[ \t]*peftflow((?:[ \t]+--?[a-z-]+)*)[ \t]+([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?", re.M)
+COMMAND = re.compile(
+    r"(?:^|&&|;|\$)[ \t]*peftflow((?:[ \t]+--?[a-z-]+)*)[ \t]+([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?", re.M
+)
 GROUPS = ("webhooks",)  # verbs with subcommands
 
 
@@ -58,16 +60,32 @@ def user_env(tmp_path):
     """A user's shell: no PYTHONPATH into the checkout, no Prefect or MLflow settings of this session."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "PEFTFLOW_"))}
     env.pop("PYTHONPATH", None)
-    env.update(PEFTFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="200",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1")
+    env.update(
+        PEFTFLOW_HOME=str(tmp_path / "home"),
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        COLUMNS="200",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        HF_HUB_OFFLINE="1",
+    )
     return env
 
 
 def _help_of_each(commands: list[list[str]], env: dict, cwd: Path) -> dict[str, subprocess.CompletedProcess]:
     """`peftflow WORDS --help` for each, at once (each is a fresh process, mostly waiting on imports)."""
-    procs = {" ".join(words): subprocess.Popen([str(PEFTFLOW), *words, "--help"], cwd=cwd, env=env, text=True,
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for words in commands}
-    return {name: subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for name, p in procs.items()}
+    procs = {
+        " ".join(words): subprocess.Popen(
+            [str(PEFTFLOW), *words, "--help"],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for words in commands
+    }
+    return {
+        name: subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for name, p in procs.items()
+    }
 
 
 def test_the_docs_show_commands_and_the_compose_file_runs_them():
@@ -83,8 +101,11 @@ def test_every_documented_and_compose_command_answers_help_from_the_installed_sc
     # the compose command's verb words, up to its first option: `peftflow webhooks create --url ...`
     compose_verbs = {name: [w for w in words[1:3] if not w.startswith("-")] for name, words in compose.items()}
     results = _help_of_each([v.split() for v in verbs] + list(compose_verbs.values()) + [[]], user_env, tmp_path)
-    failed = {name: (r.returncode, (r.stderr or r.stdout)[-400:]) for name, r in results.items()
-              if r.returncode != 0 or "Usage" not in r.stdout}
+    failed = {
+        name: (r.returncode, (r.stderr or r.stdout)[-400:])
+        for name, r in results.items()
+        if r.returncode != 0 or "Usage" not in r.stdout
+    }
     assert not failed, failed
     shown = {f"{a} {b}" if a in GROUPS else a for a, b in re.findall(r"│ ([a-z][a-z-]*)\s+(\S+)?", results[""].stdout)}
     assert set(v.split()[0] for v in verbs) <= {s.split()[0] for s in shown}, (sorted(verbs), results[""].stdout)
@@ -104,7 +125,9 @@ def test_the_relay_starts_from_the_installed_script_and_answers(user_env, tmp_pa
     command = [str(PEFTFLOW), *words[1:]]
     command[command.index("--host") + 1], command[command.index("--port") + 1] = "127.0.0.1", str(port)
     env = {**user_env, "PEFTFLOW_WEBHOOK_SECRET": "s3cret", "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api"}
-    relay = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    relay = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline, health = time.monotonic() + 90, None
         while health is None:

@@ -23,8 +23,9 @@ from peftflow.training.run import run as train_run
 
 def _lora_model(tiny_model, **lora):
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
-                           LoraConfig(r=4, target_modules="all-linear", **lora))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules="all-linear", **lora)
+    )
     for name, param in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; a non-zero adapter makes the comparison bite
             torch.nn.init.normal_(param, std=0.05)
@@ -93,8 +94,14 @@ def test_only_a_frozen_base_is_held_in_bf16_under_autocast():
 
 def test_bf16_autocast_trains_on_a_machine_without_a_gpu(tiny_model, tmp_path, keep_model):
     # transformers refuses bf16 without a GPU unless the run is marked as a CPU run
-    cfg = RunConfig(model_name_or_path=tiny_model, bf16_autocast=True, max_steps=2, save_steps=100, logging_steps=1,
-                    additional_target="lm_head")
+    cfg = RunConfig(
+        model_name_or_path=tiny_model,
+        bf16_autocast=True,
+        max_steps=2,
+        save_steps=100,
+        logging_steps=1,
+        additional_target="lm_head",
+    )
     result = train_run(cfg, tiny_model, prepare_dataset(cfg, tiny_model).path, tmp_path, callbacks=(keep_model,))
     assert result.steps == 2 and all(math.isfinite(loss) for _, loss in result.loss_history)
     # The frozen base in bf16 (autocast casts no weight), everything that trains in fp32 (the
@@ -130,7 +137,10 @@ def test_gradient_checkpointing_auto_follows_memory_need(tiny_model):
     assert memory.choose_gradient_checkpointing("auto", True, config, 10**9, 4)[0]  # terabytes: never fits
     off, why = memory.choose_gradient_checkpointing("auto", True, config, 64, 4)
     assert not off and why.startswith("auto: activations of the longest batch")
-    assert memory.choose_gradient_checkpointing("auto", False, config, 10**9, 4) == (False, "auto: this method does not support it")
+    assert memory.choose_gradient_checkpointing("auto", False, config, 10**9, 4) == (
+        False,
+        "auto: this method does not support it",
+    )
     assert memory.choose_gradient_checkpointing(True, True, config, 64, 4) == (True, "set in the config")
 
 
@@ -164,8 +174,13 @@ def test_stream_merge_equals_merge_and_unload(sharded_base, tmp_path):
     _lora_model(sharded_base).save_pretrained(tmp_path / "adapter")
     assert merge.stream_merge(sharded_base, str(tmp_path / "adapter"), tmp_path / "streamed")
 
-    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sharded_base, dtype=torch.float32),
-                                         tmp_path / "adapter").merge_and_unload().state_dict()
+    expected = (
+        PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(sharded_base, dtype=torch.float32), tmp_path / "adapter"
+        )
+        .merge_and_unload()
+        .state_dict()
+    )
     index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
     streamed = {}
     for shard in set(index["weight_map"].values()):

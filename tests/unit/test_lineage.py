@@ -34,8 +34,16 @@ def test_the_demo_keeps_its_prepared_data_fingerprint(demo, tiny_model):
     assert prepare_dataset(demo, tiny_model).fingerprint == "f25be22315186629"
 
 
-@pytest.mark.parametrize("update", [{"enable_thinking": False}, {"preserve_thinking": True}, {"tool_format": "qwen"},
-                                    {"default_system": "Answer in JSON."}, {"train_dataset": "data.yaml"}])
+@pytest.mark.parametrize(
+    "update",
+    [
+        {"enable_thinking": False},
+        {"preserve_thinking": True},
+        {"tool_format": "qwen"},
+        {"default_system": "Answer in JSON."},
+        {"train_dataset": "data.yaml"},
+    ],
+)
 def test_a_field_added_since_counts_once_it_leaves_its_default(demo, update):
     assert not set(update) & KEYED_AT_DEFINITION
     assert train_key(demo.model_copy(update=update), MODEL_FP, DATA_FP) != train_key(demo, MODEL_FP, DATA_FP)

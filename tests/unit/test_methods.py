@@ -25,10 +25,20 @@ METHOD_CASES = {
     "lora-regex-pissa": dict(finetuning_type="lora", lora_target=r".*\.(q|v)_proj", pissa_init=True),
     "qlora": dict(finetuning_type="lora", quantization_bit=4, optim="paged_adamw_8bit", lora_target="all"),
     "ia3": dict(finetuning_type="ia3", learning_rate=5e-2),
-    "prefix": dict(finetuning_type="prefix", num_virtual_tokens=8, learning_rate=3e-2, prompt_tuning_init="text",
-                   prompt_tuning_init_text="Extract the order as JSON"),
-    "prompt": dict(finetuning_type="prompt", num_virtual_tokens=8, learning_rate=3e-2,
-                   prompt_tuning_init="text", prompt_tuning_init_text="Extract the order as JSON"),
+    "prefix": dict(
+        finetuning_type="prefix",
+        num_virtual_tokens=8,
+        learning_rate=3e-2,
+        prompt_tuning_init="text",
+        prompt_tuning_init_text="Extract the order as JSON",
+    ),
+    "prompt": dict(
+        finetuning_type="prompt",
+        num_virtual_tokens=8,
+        learning_rate=3e-2,
+        prompt_tuning_init="text",
+        prompt_tuning_init_text="Extract the order as JSON",
+    ),
     "ptuning": dict(finetuning_type="ptuning", num_virtual_tokens=8, learning_rate=1e-2, encoder_hidden_size=32),
 }
 
@@ -39,8 +49,15 @@ def data(tiny_model):
 
 
 def _cfg(tiny_model, **overrides) -> RunConfig:
-    fields = dict(model_name_or_path=tiny_model, max_steps=8, learning_rate=5e-3, logging_steps=1, save_steps=100,
-                  per_device_train_batch_size=4, lr_scheduler_type="constant")
+    fields = dict(
+        model_name_or_path=tiny_model,
+        max_steps=8,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_steps=100,
+        per_device_train_batch_size=4,
+        lr_scheduler_type="constant",
+    )
     return RunConfig(**{**fields, **overrides})
 
 
@@ -54,8 +71,10 @@ def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
         if p.requires_grad:
             torch.nn.init.normal_(p, std=1.0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    prompts = [tok(text, add_special_tokens=False)["input_ids"]
-               for text in ("Extract the order as JSON: two mugs to Oslo", "Order: one lamp")]
+    prompts = [
+        tok(text, add_special_tokens=False)["input_ids"]
+        for text in ("Extract the order as JSON: two mugs to Oslo", "Order: one lamp")
+    ]
     got = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, stop_ids=[tok.eos_token_id])
     for prompt, answer in zip(prompts, got):
         ids = torch.tensor([prompt])
@@ -65,7 +84,7 @@ def test_prompt_family_generation_equals_step_by_step_greedy(case, tiny_model):
                 ids = torch.cat([ids, nxt.view(1, 1)], 1)
                 if nxt == tok.eos_token_id:
                     break
-        assert answer == tok.decode(ids[0, len(prompt):], skip_special_tokens=True)
+        assert answer == tok.decode(ids[0, len(prompt) :], skip_special_tokens=True)
 
 
 def test_prefix_from_text_starts_at_the_base_models_loss(tiny_model, data):
@@ -109,8 +128,11 @@ def test_method_trains_and_adapter_reloads_with_plain_peft(case, tiny_model, dat
 
     if not METHODS[cfg.finetuning_type].mergeable:
         # Scored as base + adapter: held-out loss over the real tokens only, and generation.
-        small = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
-            update={"max_samples": 2, "max_new_tokens": 4, "batch_size": 2})})
+        small = cfg.model_copy(
+            update={
+                "evaluation": cfg.evaluation.model_copy(update={"max_samples": 2, "max_new_tokens": 4, "batch_size": 2})
+            }
+        )
         report = compare({"tuned": result.adapter_dir}, data.path, small, tmp_path / "r.json", tiny_model)
         tuned = report.models["tuned"]
         assert len(tuned.examples) == 2 and tuned.loss == tuned.loss  # not NaN
@@ -137,20 +159,30 @@ def test_table_rows_match_traits():
     assert METHODS["lora"].traits.supports_kbit and METHODS["ia3"].mergeable
 
 
-@pytest.mark.parametrize("raw, keys", [
-    ({"finetuning_type": "prefix", "gradient_checkpointing": True}, ["gradient_checkpointing", "prefix"]),
-    ({"finetuning_type": "prompt", "merge": True}, ["merge", "prompt"]),
-    ({"finetuning_type": "ptuning", "merge": True}, ["merge", "ptuning"]),
-    ({"finetuning_type": "prefix", "quantization_bit": 4}, ["quantization_bit", "prefix"]),
-    ({"finetuning_type": "ia3", "quantization_bit": 8}, ["quantization_bit", "ia3"]),
-    ({"finetuning_type": "prompt", "use_dora": True}, ["use_dora", "prompt"]),
-    ({"finetuning_type": "lora", "pissa_init": True, "lora_init": "olora"}, ["pissa_init", "lora_init"]),
-    ({"finetuning_type": "prompt", "prompt_tuning_init": "text"}, ["prompt_tuning_init_text"]),
-    ({"finetuning_type": "prefix", "prompt_tuning_init": "text", "prompt_tuning_init_text": "x",
-      "prefix_projection": True}, ["prompt_tuning_init", "prefix_projection"]),
-    ({"quantization_bit": 4, "quantization_method": "gptq"}, ["quantization_method"]),
-    ({"lora_target": "(q_proj"}, ["lora_target"]),
-])
+@pytest.mark.parametrize(
+    "raw, keys",
+    [
+        ({"finetuning_type": "prefix", "gradient_checkpointing": True}, ["gradient_checkpointing", "prefix"]),
+        ({"finetuning_type": "prompt", "merge": True}, ["merge", "prompt"]),
+        ({"finetuning_type": "ptuning", "merge": True}, ["merge", "ptuning"]),
+        ({"finetuning_type": "prefix", "quantization_bit": 4}, ["quantization_bit", "prefix"]),
+        ({"finetuning_type": "ia3", "quantization_bit": 8}, ["quantization_bit", "ia3"]),
+        ({"finetuning_type": "prompt", "use_dora": True}, ["use_dora", "prompt"]),
+        ({"finetuning_type": "lora", "pissa_init": True, "lora_init": "olora"}, ["pissa_init", "lora_init"]),
+        ({"finetuning_type": "prompt", "prompt_tuning_init": "text"}, ["prompt_tuning_init_text"]),
+        (
+            {
+                "finetuning_type": "prefix",
+                "prompt_tuning_init": "text",
+                "prompt_tuning_init_text": "x",
+                "prefix_projection": True,
+            },
+            ["prompt_tuning_init", "prefix_projection"],
+        ),
+        ({"quantization_bit": 4, "quantization_method": "gptq"}, ["quantization_method"]),
+        ({"lora_target": "(q_proj"}, ["lora_target"]),
+    ],
+)
 def test_rejected_combinations_name_the_keys(raw, keys):
     with pytest.raises(UserError) as e:
         parse_config(raw)
@@ -158,10 +190,16 @@ def test_rejected_combinations_name_the_keys(raw, keys):
     assert "\n" not in msg and all(k in msg for k in keys), msg
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("all", "all"), ("q_proj,v_proj", ["q_proj", "v_proj"]), ("q_proj", ["q_proj"]),
-    (r".*\.(q|v)_proj", r".*\.(q|v)_proj"), (["q_proj"], ["q_proj"]),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("all", "all"),
+        ("q_proj,v_proj", ["q_proj", "v_proj"]),
+        ("q_proj", ["q_proj"]),
+        (r".*\.(q|v)_proj", r".*\.(q|v)_proj"),
+        (["q_proj"], ["q_proj"]),
+    ],
+)
 def test_lora_target_list_or_regex(value, expected):
     assert parse_config({"lora_target": value})[0].lora_target == expected
 
@@ -172,14 +210,22 @@ def test_merge_defaults_follow_the_method():
     assert not parse_config({"merge": False})[0].should_merge
 
 
-@pytest.mark.parametrize("name, method, merges", [
-    ("lora-dora", "lora", True), ("qlora", "lora", True), ("prefix", "prefix", False),
-    ("prompt", "prompt", False), ("ptuning", "ptuning", False), ("ia3", "ia3", True),
-])
+@pytest.mark.parametrize(
+    "name, method, merges",
+    [
+        ("lora-dora", "lora", True),
+        ("qlora", "lora", True),
+        ("prefix", "prefix", False),
+        ("prompt", "prompt", False),
+        ("ptuning", "ptuning", False),
+        ("ia3", "ia3", True),
+    ],
+)
 def test_example_configs_load(name, method, merges):
     from pathlib import Path
 
     from peftflow.config import load_config
+
     cfg, unused = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert (cfg.finetuning_type, cfg.should_merge, unused) == (method, merges, [])
 
@@ -187,5 +233,6 @@ def test_example_configs_load(name, method, merges):
 def test_reading_a_config_does_not_import_torch():
     import subprocess
     import sys
+
     code = "import sys, peftflow.config; sys.exit(int('torch' in sys.modules or 'peft' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -28,10 +28,13 @@ def test_local_dir_and_fingerprint_follows_content(tiny_model, tmp_path):
     assert a.fingerprint != b.fingerprint
 
 
-@pytest.mark.parametrize("ref, message", [
-    ("builtin:nope", "unknown built-in model 'builtin:nope'"),
-    ("/does/not/exist", "directory not found"),
-])
+@pytest.mark.parametrize(
+    "ref, message",
+    [
+        ("builtin:nope", "unknown built-in model 'builtin:nope'"),
+        ("/does/not/exist", "directory not found"),
+    ],
+)
 def test_bad_references(ref, message):
     with pytest.raises(UserError, match=message):
         resolve_model(ref)
@@ -54,8 +57,10 @@ def test_pickle_weights_are_refused(tiny_model, tmp_path):
 
 def test_core_never_imports_prefect():
     """The layering rule: peftflow/ is usable from a notebook with no orchestrator."""
-    code = ("import pkgutil, importlib, sys, peftflow\n"
-            "for m in pkgutil.walk_packages(peftflow.__path__, 'peftflow.'): importlib.import_module(m.name)\n"
-            "print('prefect' in sys.modules)")
+    code = (
+        "import pkgutil, importlib, sys, peftflow\n"
+        "for m in pkgutil.walk_packages(peftflow.__path__, 'peftflow.'): importlib.import_module(m.name)\n"
+        "print('prefect' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"

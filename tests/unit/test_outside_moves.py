@@ -59,13 +59,17 @@ def test_outside_move_is_entered_with_the_champion_it_replaced(three_versions):
     m = three_versions
     move_champion(m, "1", "first release", "alice")
     outside_moves.take(m, "1", "champion", "mlflow", iso(datetime.now(timezone.utc)), "d-1")
-    MlflowClient().set_registered_model_alias(m, "champion", "2")   # by hand: no history
+    MlflowClient().set_registered_model_alias(m, "champion", "2")  # by hand: no history
     now = datetime.now(timezone.utc)
     move = outside_moves.take(m, "2", "champion", "mlflow", iso(now), "d-2")
     assert (move.kind, move.previous) == ("outside", "1")
     (entry,) = alias_history(m, "2", "champion")
-    assert entry == {"at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "by": "mlflow", "reason": "moved in MLflow",
-                     "webhook": "d-2"}
+    assert entry == {
+        "at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "by": "mlflow",
+        "reason": "moved in MLflow",
+        "webhook": "d-2",
+    }
     # back onto v1 by hand an hour later: v1's only peftflow entry is claimed (and old), so it is outside too,
     # and the champion it replaced is v2, whose entry is the latest before it
     later = outside_moves.take(m, "1", "champion", "mlflow", iso(now + timedelta(hours=1)), "d-3")
@@ -88,7 +92,7 @@ def test_guard_verdict_follows_the_gate_rule():
     ok, line = guard_verdict(1.80, 1.70, 0.05)
     assert not ok and "rose from 1.7000 to 1.8000" in line
     assert not guard_verdict(math.nan, 1.70, 0.05)[0]
-    assert not guard_verdict(1.70, 1.70, -0.1)[0]   # a negative tolerance demands a gain
+    assert not guard_verdict(1.70, 1.70, -0.1)[0]  # a negative tolerance demands a gain
 
 
 def test_webhook_registration_checks_its_input_before_touching_the_server(three_versions):

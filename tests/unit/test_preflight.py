@@ -17,8 +17,10 @@ def config_file(tmp_path, tiny_model, peftflow_home, monkeypatch):
     monkeypatch.setenv("PEFTFLOW_HOME", str(peftflow_home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     path = tmp_path / "run.yaml"
-    path.write_text(f"model_name_or_path: {tiny_model}\ndataset: demo_orders\nmax_samples: 48\nval_size: 8\n"
-                    "max_steps: 1\npromotion:\n  guard_dataset: demo_orders\n  guard_max_samples: 8\n")
+    path.write_text(
+        f"model_name_or_path: {tiny_model}\ndataset: demo_orders\nmax_samples: 48\nval_size: 8\n"
+        "max_steps: 1\npromotion:\n  guard_dataset: demo_orders\n  guard_max_samples: 8\n"
+    )
     return path
 
 
@@ -29,6 +31,7 @@ def test_validate_and_run_walk_every_preflight_check(config_file, monkeypatch):
         def walk(found):
             walked.append(check.__name__)
             check(found)
+
         return walk
 
     every = [c.__name__ for c in preflight.CHECKS]

@@ -21,12 +21,18 @@ def test_a_registered_model_name_mlflow_refuses_is_named_before_training(name, t
     check_registered_model_name("orders-summarizer_v2.1")
 
 
-@pytest.mark.parametrize("update, expected", [
-    ({"lr_scheduler_type": "cosine_with_min_lr"}, "lr_scheduler_type: cosine_with_min_lr cannot be built: One of min_lr"),
-    ({"lr_scheduler_type": "warmup_stable_decay"}, "lr_scheduler_type: warmup_stable_decay cannot be built: "),
-    ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "requires an eval strategy"),
-    ({"optim": "galore_adamw"}, "optim: galore_adamw cannot be built here: "),
-])
+@pytest.mark.parametrize(
+    "update, expected",
+    [
+        (
+            {"lr_scheduler_type": "cosine_with_min_lr"},
+            "lr_scheduler_type: cosine_with_min_lr cannot be built: One of min_lr",
+        ),
+        ({"lr_scheduler_type": "warmup_stable_decay"}, "lr_scheduler_type: warmup_stable_decay cannot be built: "),
+        ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "requires an eval strategy"),
+        ({"optim": "galore_adamw"}, "optim: galore_adamw cannot be built here: "),
+    ],
+)
 def test_a_schedule_or_optimizer_that_cannot_be_built_is_named(update, expected):
     with pytest.raises(UserError) as caught:
         build_optimizer_and_schedule(RunConfig(**update))
@@ -34,8 +40,12 @@ def test_a_schedule_or_optimizer_that_cannot_be_built_is_named(update, expected)
 
 
 def test_the_schedules_and_optimizers_peftflow_runs_build():
-    for update in ({}, {"lr_scheduler_type": "linear", "warmup_ratio": 0.1}, {"optim": "sgd", "max_steps": 5},
-                   {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 2, "optim": "adafactor"}):
+    for update in (
+        {},
+        {"lr_scheduler_type": "linear", "warmup_ratio": 0.1},
+        {"optim": "sgd", "max_steps": 5},
+        {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 2, "optim": "adafactor"},
+    ):
         build_optimizer_and_schedule(RunConfig(**update))
 
 
@@ -56,9 +66,15 @@ def moto_s3():
 @pytest.fixture
 def aws(moto_s3, monkeypatch, tmp_path):
     """The standard AWS variables pointing at moto; no profile, config file or instance metadata."""
-    for k, v in {"AWS_ENDPOINT_URL": moto_s3, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-                 "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+    for k, v in {
+        "AWS_ENDPOINT_URL": moto_s3,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -73,7 +89,9 @@ def aws(moto_s3, monkeypatch, tmp_path):
 def _listing(bucket: str, moto_s3: str) -> list[str]:
     import boto3
 
-    return [o["Key"] for o in boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket=bucket).get("Contents", [])]
+    return [
+        o["Key"] for o in boto3.client("s3", endpoint_url=moto_s3).list_objects_v2(Bucket=bucket).get("Contents", [])
+    ]
 
 
 def test_a_reachable_store_is_probed_and_left_clean(aws, moto_s3):
@@ -81,12 +99,15 @@ def test_a_reachable_store_is_probed_and_left_clean(aws, moto_s3):
     assert _listing(aws, moto_s3) == []  # the probe object was written, read back and removed
 
 
-@pytest.mark.parametrize("mistake, expected", [
-    ("bucket", "write failed: bucket not found"),
-    ("no credentials", "list failed: no credentials found"),
-    ("wrong credentials", "credentials refused"),
-    ("endpoint", "endpoint unreachable"),
-])
+@pytest.mark.parametrize(
+    "mistake, expected",
+    [
+        ("bucket", "write failed: bucket not found"),
+        ("no credentials", "list failed: no credentials found"),
+        ("wrong credentials", "credentials refused"),
+        ("endpoint", "endpoint unreachable"),
+    ],
+)
 def test_a_store_that_cannot_be_used_is_one_line_naming_url_and_cause(aws, moto_s3, monkeypatch, mistake, expected):
     url = f"s3://{aws}/peftflow"
     if mistake == "bucket":

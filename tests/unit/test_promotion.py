@@ -17,8 +17,15 @@ from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.mlflow_io.aliases import alias_history, alias_versions, move_champion, rollback
 from peftflow.mlflow_io.tracking import configure_mlflow
 from peftflow.mlflow_io.versions import get_version_by_alias, version_number
-from peftflow.promotion import (GateDecision, decide_promotion, moves_champion_now, needs_approval, paired_bootstrap,
-                                with_approval, with_sweep_verdict)
+from peftflow.promotion import (
+    GateDecision,
+    decide_promotion,
+    moves_champion_now,
+    needs_approval,
+    paired_bootstrap,
+    with_approval,
+    with_sweep_verdict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,19 +57,22 @@ def _alias(name, alias):
 
 # --- the gate -------------------------------------------------------------------------------
 
+
 def test_paired_bootstrap_interval():
     mean, lo, hi = paired_bootstrap([1.0] * 20, [0.0] * 20, 500, 0.95)
     assert (mean, lo, hi) == (1.0, 1.0, 1.0)
     # one lucky example out of 20: a positive mean, but the interval reaches 0
     mean, lo, hi = paired_bootstrap([1.0] + [0.5] * 19, [0.5] * 20, 2000, 0.95)
     assert mean > 0 and lo == 0.0 and hi > mean
-    assert paired_bootstrap([0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1) == paired_bootstrap([0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1)
+    assert paired_bootstrap([0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1) == paired_bootstrap(
+        [0.3, 0.9], [0.1, 0.2], 200, 0.9, seed=1
+    )
     with pytest.raises(ValueError, match="equal"):
         paired_bootstrap([1.0], [1.0, 2.0], 10, 0.95)
 
 
 def test_gate_needs_the_lower_bound_to_clear_the_margin():
-    lucky = ([1.0] + [0.5] * 19, [0.5] * 20)          # mean gain 0.025, CI lower bound 0
+    lucky = ([1.0] + [0.5] * 19, [0.5] * 20)  # mean gain 0.025, CI lower bound 0
     point = decide_promotion("score", 0.525, 0.5, "base model", 0.0)
     assert point.promote
     d = decide_promotion("score", 0.525, 0.5, "base model", 0.0, paired=lucky, bootstrap_samples=1000)
@@ -71,7 +81,7 @@ def test_gate_needs_the_lower_bound_to_clear_the_margin():
     d = decide_promotion("score", 0.85, 0.5, "base model", 0.1, paired=solid, bootstrap_samples=1000)
     assert d.promote and "95% paired bootstrap CI" in d.reason
     d = decide_promotion("score", 0.85, 0.5, "base model", 0.4, paired=solid, bootstrap_samples=1000)
-    assert not d.promote and "by only" in d.reason            # the point gate refuses first
+    assert not d.promote and "by only" in d.reason  # the point gate refuses first
     assert decide_promotion("score", 0.525, 0.5, "base", 0.0, paired=lucky, bootstrap_samples=0).promote
 
 
@@ -88,8 +98,14 @@ def test_gate_refuses_failed_merge_and_guard_regression():
 
 def _report(tuned: list[float], base: list[float]) -> EvalReport:
     def scores(label, xs):
-        return ModelScores(label, 1.0, 2.7, sum(xs) / len(xs),
-                           [{"index": i, "prediction": "", "reference": "", "score": x} for i, x in enumerate(xs)])
+        return ModelScores(
+            label,
+            1.0,
+            2.7,
+            sum(xs) / len(xs),
+            [{"index": i, "prediction": "", "reference": "", "score": x} for i, x in enumerate(xs)],
+        )
+
     return EvalReport("json_fields", {"base": scores("base", base), "tuned": scores("tuned", tuned)})
 
 
@@ -110,8 +126,9 @@ def test_flow_gate_on_a_harness_score():
     report = _report([0.9] * 4, [0.5] * 4)  # peftflow's own score favours the fine-tune
     report.models["base"].harness = {"my_task/acc": 0.6}
     report.models["tuned"].harness = {"my_task/acc": 0.4}
-    cfg = RunConfig(evaluation={"harness_tasks": ["my_task"], "harness_include": "."},
-                    promotion={"harness_metric": "my_task/acc"})
+    cfg = RunConfig(
+        evaluation={"harness_tasks": ["my_task"], "harness_include": "."}, promotion={"harness_metric": "my_task/acc"}
+    )
     decision = gate(cfg, report)
     assert not decision.promote and decision.reason.startswith("harness my_task/acc 0.4000 is worse than base model")
     report.models["tuned"].harness = {"my_task/acc": 0.7}
@@ -133,16 +150,20 @@ def test_a_sweep_verdict_leads_the_reason_and_an_undecided_winner_is_not_promote
     assert not with_sweep_verdict(refused, (True, "a beats b")).promote
 
 
-@pytest.mark.parametrize("gate_passed, auto_promote, require_approval, moves, asks", [
-    (True, True, False, True, False),
-    (True, True, True, False, True),
-    (True, False, False, False, False),   # auto_promote off: nothing moves, nobody is asked
-    (True, False, True, False, False),
-    (False, True, False, False, False),
-    (False, True, True, False, False),    # a refused gate is never put to a person
-])
-def test_after_the_gate_champion_moves_now_or_waits_for_approval(gate_passed, auto_promote, require_approval,
-                                                                 moves, asks):
+@pytest.mark.parametrize(
+    "gate_passed, auto_promote, require_approval, moves, asks",
+    [
+        (True, True, False, True, False),
+        (True, True, True, False, True),
+        (True, False, False, False, False),  # auto_promote off: nothing moves, nobody is asked
+        (True, False, True, False, False),
+        (False, True, False, False, False),
+        (False, True, True, False, False),  # a refused gate is never put to a person
+    ],
+)
+def test_after_the_gate_champion_moves_now_or_waits_for_approval(
+    gate_passed, auto_promote, require_approval, moves, asks
+):
     promotion = RunConfig(promotion={"auto_promote": auto_promote, "require_approval": require_approval}).promotion
     decision = GateDecision(gate_passed, "why", 0.9, 0.5, "base model")
     assert (moves_champion_now(promotion, decision), needs_approval(promotion, decision)) == (moves, asks)
@@ -150,12 +171,14 @@ def test_after_the_gate_champion_moves_now_or_waits_for_approval(gate_passed, au
 
 def test_an_approval_answer_decides_and_joins_the_reason():
     assert with_approval(PASSED, True, "looks right", "ui:ann") == GateDecision(
-        True, "score 0.9000 beats base model; approved by ui:ann: looks right", 0.9, 0.5, "base model")
+        True, "score 0.9000 beats base model; approved by ui:ann: looks right", 0.9, 0.5, "base model"
+    )
     rejected = with_approval(PASSED, False, "wrong tone", "ui:bob")
     assert not rejected.promote and rejected.reason == "score 0.9000 beats base model; rejected by ui:bob: wrong tone"
 
 
 # --- alias moves ------------------------------------------------------------------------------
+
 
 def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
     from mlflow.exceptions import MlflowException
@@ -177,9 +200,10 @@ def test_manual_promote_and_rollback_record_every_move(mlflow_db, tmp_path):
     assert last["by"] == "carol" and "rollback from v3: v3 hallucinates" == last["reason"]
     assert "rolled back to v1" in alias_history("m", "3", "previous")[-1]["reason"]
     from mlflow import MlflowClient
+
     assert json.loads(MlflowClient().get_model_version("m", "3").tags["rolled_back"])["by"] == "carol"
 
-    assert rollback("m", "undo", "carol") == ("3", "1")     # a second rollback undoes the first
+    assert rollback("m", "undo", "carol") == ("3", "1")  # a second rollback undoes the first
     assert (_alias("m", "champion"), _alias("m", "previous")) == ("3", "1")
     with pytest.raises(MlflowException):
         move_champion("m", "9", "no such version", "bob")
@@ -213,7 +237,7 @@ def test_alias_versions_and_version_numbers(mlflow_db, tmp_path):
     move_champion("n", "2", "second", "alice")
     assert list(alias_versions("n").items()) == [("champion", "2"), ("previous", "1"), ("challenger", None)]
     assert version_number("n", "previous") == "1"
-    assert version_number("n", "7") == "7"      # a number is taken as given, as `models:/n/7` would be
+    assert version_number("n", "7") == "7"  # a number is taken as given, as `models:/n/7` would be
     with pytest.raises(ValueError, match="^n: no alias 'challenger'$"):
         version_number("n", "challenger")
 
@@ -224,8 +248,14 @@ def test_cli_promote_rollback_history(mlflow_db, tmp_path):
     env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), COLUMNS="200")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     r = cli("promote", "c", "--version", "1", "--reason", "first", "--actor", "ops:eve")
     assert r.returncode == 0, r.stderr
@@ -235,7 +265,11 @@ def test_cli_promote_rollback_history(mlflow_db, tmp_path):
     assert r.returncode == 0 and "champion -> v1, previous -> v2" in r.stdout, r.stderr
     r = cli("history", "c", "--version", "1")
     moves = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [(m["alias"], m["by"].split(":")[0]) for m in moves] == [("champion", "ops"), ("previous", "cli"), ("champion", "cli")]
+    assert [(m["alias"], m["by"].split(":")[0]) for m in moves] == [
+        ("champion", "ops"),
+        ("previous", "cli"),
+        ("champion", "cli"),
+    ]
     assert moves[-1]["reason"] == "rollback from v2: regression in prod"
     r = cli("promote", "c", "--version", "7", "--reason", "typo")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: c v7"), r.stderr

@@ -38,8 +38,15 @@ def tiny_dir(tmp_path_factory) -> str:
         return resolve_model("builtin:tiny-random").path
 
 
-LINEAGE = {"base_model": "builtin:tiny-random", "base_model_fingerprint": "abc", "data_fingerprint": "def",
-           "method": "lora", "prefect_flow_run_id": "flow-1", "code_version": "0.1.0", "config_fingerprint": "123"}
+LINEAGE = {
+    "base_model": "builtin:tiny-random",
+    "base_model_fingerprint": "abc",
+    "data_fingerprint": "def",
+    "method": "lora",
+    "prefect_flow_run_id": "flow-1",
+    "code_version": "0.1.0",
+    "config_fingerprint": "123",
+}
 
 
 def _cfg(**kw) -> RunConfig:
@@ -47,6 +54,7 @@ def _cfg(**kw) -> RunConfig:
 
 
 # --- tracking -------------------------------------------------------------------------------
+
 
 def test_configure_mlflow_defaults_to_sqlite_in_home_and_honours_env(mlflow_home, monkeypatch, tmp_path):
     import mlflow
@@ -91,17 +99,18 @@ def test_start_run_logs_flat_params_with_secrets_masked(mlflow_home):
         aws_secret_access_key: str = "AKIA..."
         api_key: str | None = None
 
-    cfg = WithSecrets(registry={"name": "tiny", "experiment": "exp"}, lora_target="q_proj,v_proj",
-                      promotion={"min_improvement": 0.05})
+    cfg = WithSecrets(
+        registry={"name": "tiny", "experiment": "exp"}, lora_target="q_proj,v_proj", promotion={"min_improvement": 0.05}
+    )
     run_id = start_run(cfg, {"peftflow.flow_run_id": "flow-1"})
     run = MlflowClient().get_run(run_id)
     params = run.data.params
     assert params["promotion.min_improvement"] == "0.05"
     assert params["registry.experiment"] == "exp"
     assert params["lora_target"] == "q_proj,v_proj"
-    assert params["evaluation.max_new_tokens"] == "64"      # "tokens" is not a secret
+    assert params["evaluation.max_new_tokens"] == "64"  # "tokens" is not a secret
     assert params["hub_token"] == params["aws_secret_access_key"] == "***"
-    assert params["api_key"] == "None"                      # nothing to hide
+    assert params["api_key"] == "None"  # nothing to hide
     assert "hf_verysecret" not in json.dumps(params)
     assert run.data.tags["peftflow.flow_run_id"] == "flow-1"
     assert run.info.status == "RUNNING"
@@ -141,6 +150,7 @@ def test_log_metrics_artifacts_and_finish(mlflow_home, tmp_path):
 
 # --- publishing -----------------------------------------------------------------------------
 
+
 def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home, tiny_dir, tmp_path):
     import mlflow
     from mlflow import MlflowClient
@@ -174,11 +184,14 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     mv = client.get_model_version("tiny", "1")
     (logged,) = client.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id])
     assert mv.source == f"models:/{logged.model_id}" and mv.model_id in (None, logged.model_id)  # sqlite: None
-    assert json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"]) == \
-        [{"name": "tiny", "version": 1}]  # as MLflow writes it
+    assert json.loads(client.get_logged_model(logged.model_id).tags["mlflow.modelVersions"]) == [
+        {"name": "tiny", "version": 1}
+    ]  # as MLflow writes it
     assert logged.params["finetuning_type"] == "lora" and logged.params["dataset"] == "demo_orders"
-    assert {(m.key, m.dataset_name, m.dataset_digest) for m in logged.metrics} == \
-        {("eval.score", "demo_orders", "def"), ("eval.perplexity", "demo_orders", "def")}
+    assert {(m.key, m.dataset_name, m.dataset_digest) for m in logged.metrics} == {
+        ("eval.score", "demo_orders", "def"),
+        ("eval.perplexity", "demo_orders", "def"),
+    }
     # descriptions: the registered model's from the config, the version's its model card
     assert client.get_registered_model("tiny").description == "The tiny test model."
     card = mv.description
@@ -229,8 +242,10 @@ def test_publish_model_registers_challenger_loads_and_is_idempotent(mlflow_home,
     assert download_model_dir("models:/tiny/latest") == latest != local
     assert AutoModelForCausalLM.from_pretrained(latest).state_dict().keys() == reloaded.keys()
     leftovers = [p.name for p in cache_dir("registry").iterdir() if p.is_dir() and p.name.startswith(".")]
-    assert not leftovers and len([p for p in cache_dir("registry").iterdir() if p.name.startswith("unpinned-")
-                                  and p.is_dir()]) == 1
+    assert (
+        not leftovers
+        and len([p for p in cache_dir("registry").iterdir() if p.name.startswith("unpinned-") and p.is_dir()]) == 1
+    )
 
 
 def test_publish_retry_after_logging_reuses_the_logged_model(mlflow_home, tiny_dir, monkeypatch):
@@ -287,6 +302,7 @@ def test_publish_adapter_reloads_with_the_real_base_weights(mlflow_home, tiny_di
 
 # --- aliases and the gate -------------------------------------------------------------------
 
+
 def _versions(name: str, n: int, tmp_path) -> list[str]:
     """Registered versions without real models: aliases and promotion only need version rows."""
     from mlflow import MlflowClient
@@ -318,10 +334,10 @@ def test_promote_moves_champion_and_keeps_previous(mlflow_home, tmp_path):
 
     assert promote("m", "1", yes, actor="flow") == "1"
     assert get_version_by_alias("m", "previous") is None
-    assert promote("m", "1", yes, actor="flow") == "1"      # already champion: no change
+    assert promote("m", "1", yes, actor="flow") == "1"  # already champion: no change
     assert get_version_by_alias("m", "previous") is None
 
-    assert promote("m", "2", no, actor="flow") is None      # gate refused: nothing moves
+    assert promote("m", "2", no, actor="flow") is None  # gate refused: nothing moves
     assert get_version_by_alias("m", "champion").version == "1"
 
     assert promote("m", "3", yes, actor="flow") == "3"
@@ -335,12 +351,12 @@ def test_promote_moves_champion_and_keeps_previous(mlflow_home, tmp_path):
     "candidate, incumbent, margin, higher, promote, words",
     [
         (0.82, 0.61, 0.0, True, True, "beats champion v3 (0.6100) by 0.2100 >= 0.0000"),
-        (0.61, 0.61, 0.0, True, False, "ties"),                      # a tie keeps the champion
+        (0.61, 0.61, 0.0, True, False, "ties"),  # a tie keeps the champion
         (0.61, 0.61, -0.01, True, True, "within the allowed 0.0100"),  # negative margin tolerates
         (0.65, 0.61, 0.05, True, False, "by only 0.0400 < 0.0500"),
-        (0.71, 0.50, 0.21, True, True, "by 0.2100 >= 0.2100"),       # float noise forgiven
+        (0.71, 0.50, 0.21, True, True, "by 0.2100 >= 0.2100"),  # float noise forgiven
         (0.50, 0.61, 0.0, True, False, "worse than"),
-        (9.0, 12.0, 1.0, False, True, "lower is better"),             # perplexity
+        (9.0, 12.0, 1.0, False, True, "lower is better"),  # perplexity
         (12.5, 12.0, 0.0, False, False, "worse than"),
         (float("nan"), 0.5, 0.0, True, False, "not a number"),
         (0.3, None, 0.0, True, True, "no score to beat"),

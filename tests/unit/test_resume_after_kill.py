@@ -45,9 +45,17 @@ print("finished", flush=True)
 
 
 def _cfg(tiny_model: str) -> RunConfig:
-    return RunConfig(model_name_or_path=tiny_model, max_steps=MAX_STEPS, learning_rate=5e-3, logging_steps=1,
-                     save_steps=2, save_total_limit=2, lr_scheduler_type="linear", per_device_train_batch_size=4,
-                     val_size=4)
+    return RunConfig(
+        model_name_or_path=tiny_model,
+        max_steps=MAX_STEPS,
+        learning_rate=5e-3,
+        logging_steps=1,
+        save_steps=2,
+        save_total_limit=2,
+        lr_scheduler_type="linear",
+        per_device_train_batch_size=4,
+        val_size=4,
+    )
 
 
 def _complete(checkpoint: Path) -> bool:
@@ -79,8 +87,13 @@ def _kill_after_checkpoint(cfg, tiny_model, data_path, out: Path, tmp_path: Path
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, str(script), cfg.model_dump_json(), tiny_model, data_path, str(out)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), cfg.model_dump_json(), tiny_model, data_path, str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     kill_when(proc, lambda: _complete(out / "checkpoints" / "checkpoint-4"), "checkpoint-4")
     assert not (out / "adapter").exists()  # it really died before finishing
 
@@ -96,7 +109,9 @@ def test_sigkill_after_checkpoint_then_rerun_resumes_exactly(tiny_model, data, t
     _kill_after_checkpoint(cfg, tiny_model, data.path, out, tmp_path)
 
     checkpoints = out / "checkpoints"
-    complete = sorted((p for p in checkpoints.glob("checkpoint-*") if _complete(p)), key=lambda p: int(p.name.split("-")[1]))
+    complete = sorted(
+        (p for p in checkpoints.glob("checkpoint-*") if _complete(p)), key=lambda p: int(p.name.split("-")[1])
+    )
     n = int(complete[-1].name.split("-")[1])
     assert 4 <= n < MAX_STEPS
     before = json.loads((complete[-1] / "trainer_state.json").read_text())["log_history"]
@@ -106,8 +121,9 @@ def test_sigkill_after_checkpoint_then_rerun_resumes_exactly(tiny_model, data, t
     (half / "adapter_model.safetensors").write_bytes(b"partial")
 
     logged: list[tuple[int, dict]] = []
-    resumed = train_run(cfg, tiny_model, data.path, out,
-                        callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),))
+    resumed = train_run(
+        cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),)
+    )
     assert resumed.resumed_from_step == n
     assert resumed.steps == MAX_STEPS
     assert [s for s, _ in logged if "loss" in _] == list(range(n + 1, MAX_STEPS + 1))  # counter continues
@@ -161,14 +177,17 @@ def test_an_older_complete_checkpoint_is_resumed_past_an_incomplete_one(tmp_path
     assert (checkpoints / "checkpoint-4").is_dir()
 
 
-@pytest.mark.parametrize("history, first_step, words", [
-    # The counter restarted: the first step after resuming at 6 was 1.
-    (((2, 10.8), (4, 8.0), (6, 6.0), (8, 5.8)), 1, "restarted the step counter"),
-    # The weights were not restored: the loss jumped back to the untrained value.
-    (((2, 10.8), (4, 8.0), (6, 6.0), (8, 10.7)), 7, "loss 6.000 before, 10.700 after"),
-    # More than half the progress given back, though within 50% of the last loss.
-    (((2, 10.8), (4, 8.0), (6, 6.0), (8, 8.7)), 7, "back near the untrained 10.800"),
-])
+@pytest.mark.parametrize(
+    "history, first_step, words",
+    [
+        # The counter restarted: the first step after resuming at 6 was 1.
+        (((2, 10.8), (4, 8.0), (6, 6.0), (8, 5.8)), 1, "restarted the step counter"),
+        # The weights were not restored: the loss jumped back to the untrained value.
+        (((2, 10.8), (4, 8.0), (6, 6.0), (8, 10.7)), 7, "loss 6.000 before, 10.700 after"),
+        # More than half the progress given back, though within 50% of the last loss.
+        (((2, 10.8), (4, 8.0), (6, 6.0), (8, 8.7)), 7, "back near the untrained 10.800"),
+    ],
+)
 def test_check_resume_refuses_a_restart_from_scratch(history, first_step, words):
     """A fed history: (step, loss) pairs; the checkpoint is at step 6, the first loss 10.8."""
     with pytest.raises(ResumeError, match=words):

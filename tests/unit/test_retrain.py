@@ -8,7 +8,7 @@ def test_event_parameters_override_the_config_and_blanks_do_not():
 
     cfg = RunConfig(dataset="a", dataset_dir="/d")
     assert with_overrides(cfg, "b,c", None).dataset_names == ["b", "c"]
-    assert with_overrides(cfg, "", "  ") is cfg                   # a missing payload key renders as ""
+    assert with_overrides(cfg, "", "  ") is cfg  # a missing payload key renders as ""
     assert with_overrides(cfg, None, "/e").dataset_dir == "/e"
     assert with_overrides(cfg, "b", None).fingerprint() != cfg.fingerprint()
 

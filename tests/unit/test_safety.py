@@ -21,13 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hf_s3cr3tvalue0123456789"
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"hf_hub_token": SECRET}, "hf_hub_token"),             # LLaMA-Factory's own key
-    ({"ms_hub_token": SECRET}, "ms_hub_token"),
-    ({"registry": {"name": "x", "api_key": SECRET}}, "registry.api_key"),
-    ({"mlflow_password": SECRET}, "mlflow_password"),
-    ({"aws_secret_access_key": SECRET}, "aws_secret_access_key"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"hf_hub_token": SECRET}, "hf_hub_token"),  # LLaMA-Factory's own key
+        ({"ms_hub_token": SECRET}, "ms_hub_token"),
+        ({"registry": {"name": "x", "api_key": SECRET}}, "registry.api_key"),
+        ({"mlflow_password": SECRET}, "mlflow_password"),
+        ({"aws_secret_access_key": SECRET}, "aws_secret_access_key"),
+    ],
+)
 def test_credentials_in_the_config_are_refused_without_echoing_them(raw, key):
     with pytest.raises(UserError) as e:
         parse_config(raw, source="run.yaml")
@@ -45,8 +48,15 @@ def test_no_config_field_can_hold_a_secret():
 
 
 def test_config_params_masks_any_secret_like_key():
-    params = config_params({"lora_rank": 8, "hub_token": SECRET, "s3": {"secret_access_key": SECRET},
-                                     "db": {"password": SECRET, "user": "ann"}, "api_key": None})
+    params = config_params(
+        {
+            "lora_rank": 8,
+            "hub_token": SECRET,
+            "s3": {"secret_access_key": SECRET},
+            "db": {"password": SECRET, "user": "ann"},
+            "api_key": None,
+        }
+    )
     assert params["hub_token"] == params["s3.secret_access_key"] == params["db.password"] == MASK
     assert params["db.user"] == "ann" and params["lora_rank"] == "8" and params["api_key"] == "None"
     assert SECRET not in json.dumps(params)
@@ -57,7 +67,9 @@ def test_redact_masks_credential_env_values_and_url_passwords(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pa55word!")
     monkeypatch.setenv("SOME_FLAG", "true")
     text = f"token {SECRET} uri https://ann:pa55word!@mlflow.example:5000/ and http://bob:hunter2@h/x flag true"
-    assert redact(text) == f"token {MASK} uri https://ann:{MASK}@mlflow.example:5000/ and http://bob:{MASK}@h/x flag true"
+    assert (
+        redact(text) == f"token {MASK} uri https://ann:{MASK}@mlflow.example:5000/ and http://bob:{MASK}@h/x flag true"
+    )
 
 
 def test_trust_remote_code_is_off_by_default_and_passed_to_every_load():
@@ -72,10 +84,14 @@ def test_trust_remote_code_is_off_by_default_and_passed_to_every_load():
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or (path.name, fn.name) in exempt:
                 continue
             for call in ast.walk(fn):
-                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-                        and call.func.attr == "from_pretrained" and isinstance(call.func.value, ast.Name)
-                        and call.func.value.id.startswith("Auto")
-                        and "trust_remote_code" not in {k.arg for k in call.keywords}):
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr == "from_pretrained"
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id.startswith("Auto")
+                    and "trust_remote_code" not in {k.arg for k in call.keywords}
+                ):
                     missing.append(f"{path.relative_to(ROOT)}:{call.lineno}")
     assert not missing, missing
 

@@ -30,6 +30,7 @@ def _run_id() -> str:
 
 # --- GGUF -----------------------------------------------------------------------------------
 
+
 def test_gguf_export_loads_back_with_the_merged_models_answers(tiny_finetune, tmp_path):
     """f32 here (exact); f16 and llama.cpp's own runtime: benchmarks/gguf_roundtrip.py."""
     from gguf import GGUFReader
@@ -81,11 +82,14 @@ def test_gguf_file_attached_to_the_registered_version(mlflow_home, tiny_finetune
     # a rerun of the same training (same version) with another outtype replaces the file and the tag
     f16 = gguf_export.attach_to_version(ref, merged, "f16", str(tmp_path / "work16"))
     assert (f16.version, f16.tags[gguf_export.GGUF_TAG].split()[1]) == (ref.version, "outtype=f16")
-    again = mlflow.artifacts.download_artifacts(artifact_uri="models:/tiny/1/model.gguf", dst_path=str(tmp_path / "dl16"))
+    again = mlflow.artifacts.download_artifacts(
+        artifact_uri="models:/tiny/1/model.gguf", dst_path=str(tmp_path / "dl16")
+    )
     assert Path(again).read_bytes() == (tmp_path / "work16" / "model.gguf").read_bytes() != Path(local).read_bytes()
 
 
 # --- vLLM-ready adapters, merged versions with template and EOS ---------------------------
+
 
 def test_check_serving_passes_the_fine_tunes_merged_and_adapter_dirs(tiny_finetune):
     adapter, merged = tiny_finetune
@@ -180,4 +184,4 @@ def _greedy_chat_reply(model_dir: str, messages: list[dict], max_new_tokens: int
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     batch = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    return tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()

@@ -42,6 +42,8 @@ def test_a_teachers_name_stays_out_of_the_train_key_its_content_is_in():
 
 
 def test_the_default_registered_name_follows_the_stage():
-    assert RunConfig(stage="distill", teacher="builtin:tiny-random").registry.name == \
-        "tiny-random-student-demo_orders-lora"
+    assert (
+        RunConfig(stage="distill", teacher="builtin:tiny-random").registry.name
+        == "tiny-random-student-demo_orders-lora"
+    )
     assert RunConfig(model_name_or_path="org/base-7b").registry.name == "base-7b-demo_orders-lora"

@@ -39,17 +39,38 @@ def test_step_cache_keys_are_the_ones_written_before_the_rename(storage):
     assert merge._key(None, {"config": cfg, "adapter": adapter}) == f"merge-{where}/adapter-0.001-None"
     params = {"config": cfg, "models": RunModels(base), "champion": None, "tuned_dir": f"{RUN}/merged", "data": data}
     assert evaluate._key(None, params) == f"evaluate-{where}/merged-datafp-none-tokenizer-{judged}"
-    assert evaluate._key(None, params | {"score_base": False}) == \
-        f"evaluate-{where}/merged-datafp-none-tokenizer-{judged}-tuned-only"
+    assert (
+        evaluate._key(None, params | {"score_base": False})
+        == f"evaluate-{where}/merged-datafp-none-tokenizer-{judged}-tuned-only"
+    )
     teacher = RunModels(base, {"teacher": ResolvedModel("t", "/t", "teacherfp")})
-    assert evaluate._key(None, params | {"config": distill, "models": teacher}) == \
-        f"evaluate-{where}/merged-datafp-none-teacher-teacherfp-tokenizer-{judged}"
+    assert (
+        evaluate._key(None, params | {"config": distill, "models": teacher})
+        == f"evaluate-{where}/merged-datafp-none-teacher-teacherfp-tokenizer-{judged}"
+    )
 
 
 def test_the_run_dir_keeps_its_file_names():
     run = RunDir.of(RunConfig(output_dir="/srv/runs/orders"), "k1")
     assert run.path == Path(RUN)
-    names = {p.name for p in (run.checkpoints, run.adapter, run.train_result, run.merged, run.eval_report,
-                              run.tuned_report, run.variant_outcome)}
-    assert names == {"checkpoints", "adapter", "train_result.json", "merged", "eval_report.json",
-                     "tuned_report.json", "sweep_variant.json"}
+    names = {
+        p.name
+        for p in (
+            run.checkpoints,
+            run.adapter,
+            run.train_result,
+            run.merged,
+            run.eval_report,
+            run.tuned_report,
+            run.variant_outcome,
+        )
+    }
+    assert names == {
+        "checkpoints",
+        "adapter",
+        "train_result.json",
+        "merged",
+        "eval_report.json",
+        "tuned_report.json",
+        "sweep_variant.json",
+    }

@@ -19,15 +19,17 @@ def test_only_sealed_matching_directories_are_fetched(tmp_path):
     store = RunStore((tmp_path / "store").as_uri())
     store.put_dir(src, "runs/m/k/adapter")
     assert set(store.manifest("runs/m/k/adapter")) == {"a.bin", "sub/b.json"}
-    assert store.get_dir("runs/m/k/adapter", tmp_path / "out") and (tmp_path / "out" / "a.bin").read_bytes() == b"x" * 1000
+    assert (
+        store.get_dir("runs/m/k/adapter", tmp_path / "out") and (tmp_path / "out" / "a.bin").read_bytes() == b"x" * 1000
+    )
 
-    store.fs.pipe_file(f"{store.root}/runs/m/k/adapter/a.bin", b"x" * 500)        # half-written
+    store.fs.pipe_file(f"{store.root}/runs/m/k/adapter/a.bin", b"x" * 500)  # half-written
     (tmp_path / "kept").mkdir()
     assert not store.get_dir("runs/m/k/adapter", tmp_path / "kept") and (tmp_path / "kept").is_dir()
     store.put_dir(src, "runs/m/k/adapter")
-    store.fs.rm_file(f"{store.root}/runs/m/k/adapter/{MANIFEST}")                  # upload cut short
+    store.fs.rm_file(f"{store.root}/runs/m/k/adapter/{MANIFEST}")  # upload cut short
     assert store.manifest("runs/m/k/adapter") is None and not store.get_dir("runs/m/k/adapter", tmp_path / "x")
-    assert not list(tmp_path.glob(".*fetch-*"))                                   # no scratch left behind
+    assert not list(tmp_path.glob(".*fetch-*"))  # no scratch left behind
 
 
 def test_prepared_data_is_fetched_on_a_second_home(tiny_model, tmp_path, monkeypatch, caplog):
@@ -39,11 +41,12 @@ def test_prepared_data_is_fetched_on_a_second_home(tiny_model, tmp_path, monkeyp
         second = prepare_dataset(cfg, tiny_model)
     assert second.path.startswith(str(tmp_path / "home-b")) and second.fingerprint == first.fingerprint
     assert (second.train_rows, second.eval_rows) == (first.train_rows, first.eval_rows)
-    assert any(r.getMessage().startswith("fetched ") for r in caplog.records)       # not tokenised again
+    assert any(r.getMessage().startswith("fetched ") for r in caplog.records)  # not tokenised again
 
 
-def test_builtin_models_are_fetched_on_a_second_home_and_a_damaged_copy_rebuilt(tiny_model, tmp_path, monkeypatch,
-                                                                                caplog):
+def test_builtin_models_are_fetched_on_a_second_home_and_a_damaged_copy_rebuilt(
+    tiny_model, tmp_path, monkeypatch, caplog
+):
     """builtin:tiny-random sealed in the store by its recipe fingerprint: a second home fetches it
     (its builder and the SmolLM2 conversion it needs never run); a damaged stored copy is rebuilt."""
     import shutil
@@ -52,8 +55,11 @@ def test_builtin_models_are_fetched_on_a_second_home_and_a_damaged_copy_rebuilt(
     from peftflow.models.resolve import resolve_model
 
     # The GGUF conversion (30 s) stands in as a copy of the session's model: SmolLM2's tokenizer, all tiny-random reads.
-    monkeypatch.setitem(models.BUILDERS, "smollm2-135m-instruct", lambda out, built: shutil.copytree(
-        tiny_model, out, dirs_exist_ok=True))
+    monkeypatch.setitem(
+        models.BUILDERS,
+        "smollm2-135m-instruct",
+        lambda out, built: shutil.copytree(tiny_model, out, dirs_exist_ok=True),
+    )
     storage = (tmp_path / "store").as_uri()
     monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home-a"))
     first = resolve_model("builtin:tiny-random", storage=storage)
@@ -63,6 +69,7 @@ def test_builtin_models_are_fetched_on_a_second_home_and_a_damaged_copy_rebuilt(
 
     def refuse(out, built):
         raise AssertionError("built again instead of fetched")
+
     for name in models.BUILDERS:
         monkeypatch.setitem(models.BUILDERS, name, refuse)
     monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home-b"))
@@ -70,12 +77,12 @@ def test_builtin_models_are_fetched_on_a_second_home_and_a_damaged_copy_rebuilt(
     assert second.path.startswith(str(tmp_path / "home-b")) and second.fingerprint == first.fingerprint
     assert not (tmp_path / "home-b" / "cache" / "models" / "smollm2-135m-instruct").exists()
 
-    store.fs.pipe_file(f"{store.root}/{key}/model.safetensors", b"half")          # damaged in the store
+    store.fs.pipe_file(f"{store.root}/{key}/model.safetensors", b"half")  # damaged in the store
     monkeypatch.undo()
-    monkeypatch.setitem(models.BUILDERS, "smollm2-135m-instruct", refuse)          # sealed by home-a: fetched
+    monkeypatch.setitem(models.BUILDERS, "smollm2-135m-instruct", refuse)  # sealed by home-a: fetched
     monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home-c"))
     with caplog.at_level(logging.WARNING, logger="peftflow"):
         third = resolve_model("builtin:tiny-random", storage=storage)
     assert any("does not match its manifest" in r.getMessage() for r in caplog.records)
-    assert third.fingerprint == first.fingerprint                                  # rebuilt, same seed
-    assert store.get_dir(key, tmp_path / "resealed")                               # and sealed again
+    assert third.fingerprint == first.fingerprint  # rebuilt, same seed
+    assert store.get_dir(key, tmp_path / "resealed")  # and sealed again

@@ -75,8 +75,12 @@ def test_imports_point_down_the_layers():
 
 
 def test_the_core_never_imports_prefect():
-    offenders = sorted(name for name, path in MODULES.items() if name.startswith("peftflow")
-                       and any(t == "prefect" or t.startswith("prefect.") for t in imports_of(name, path)))
+    offenders = sorted(
+        name
+        for name, path in MODULES.items()
+        if name.startswith("peftflow")
+        and any(t == "prefect" or t.startswith("prefect.") for t in imports_of(name, path))
+    )
     assert not offenders, offenders
 
 
@@ -97,35 +101,46 @@ def test_modules_and_functions_are_short_enough_to_read_at_once():
 def test_the_walk_sees_function_local_imports():
     """The walk is only as good as what it reads: a function-local import is an edge too."""
     assert "peftflow.data.prepare" in GRAPH["peftflow.stages.distill.workflow"]  # imported inside check_inputs
-    assert "services.relay" in GRAPH["flows.cli"]            # imported inside the `relay` command
+    assert "services.relay" in GRAPH["flows.cli"]  # imported inside the `relay` command
 
 
 def _stage_tests(tree: ast.AST) -> list[int]:
     """Lines that compare something's `.stage` (`cfg.stage == "distill"`, `!=`, `in`)."""
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
-            and any(isinstance(side, ast.Attribute) and side.attr == "stage" for side in (node.left, *node.comparators))]
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        and any(isinstance(side, ast.Attribute) and side.attr == "stage" for side in (node.left, *node.comparators))
+    ]
 
 
 def test_only_the_stages_package_tells_stages_apart():
     """What differs between stages lives in peftflow/stages/ (its Stage and Workflow); everything
     else asks the stage, never tests its name, so adding a stage is one package and one line."""
-    offenders = [f"{name}:{line}" for name, path in MODULES.items() if not name.startswith("peftflow.stages")
-                 for line in _stage_tests(ast.parse(path.read_text()))]
+    offenders = [
+        f"{name}:{line}"
+        for name, path in MODULES.items()
+        if not name.startswith("peftflow.stages")
+        for line in _stage_tests(ast.parse(path.read_text()))
+    ]
     assert not offenders, offenders
     assert _stage_tests(ast.parse('if cfg.stage == "distill": pass')) == [1]  # what the walk catches
     assert _stage_tests(ast.parse('if "dpo" != config.stage: pass')) == [1]
 
 
-
 def _defines_a_flow(source: str) -> bool:
     """A function of the module is decorated with Prefect's `@flow` (`@flow(...)`, `@prefect.flow`)."""
+
     def is_flow(decorator: ast.expr) -> bool:
         target = decorator.func if isinstance(decorator, ast.Call) else decorator
-        return (isinstance(target, ast.Name) and target.id == "flow") or \
-            (isinstance(target, ast.Attribute) and target.attr == "flow")
+        return (isinstance(target, ast.Name) and target.id == "flow") or (
+            isinstance(target, ast.Attribute) and target.attr == "flow"
+        )
 
-    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(is_flow, node.decorator_list))
-               for node in ast.walk(ast.parse(source)))
+    return any(
+        isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(map(is_flow, node.decorator_list))
+        for node in ast.walk(ast.parse(source))
+    )
 
 
 REGISTRY_CORE = "peftflow.mlflow_io"
@@ -155,9 +170,12 @@ def registry_imports(source: str) -> list[str]:
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if _within(a.name, "mlflow") or _within(a.name, REGISTRY_CORE)]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found += [f"{node.module}.{a.name}" for a in node.names
-                      if _within(node.module, "mlflow") or (_within(f"{node.module}.{a.name}", REGISTRY_CORE)
-                                                           and _reaches_the_registry(node.module, a.name))]
+            found += [
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if _within(node.module, "mlflow")
+                or (_within(f"{node.module}.{a.name}", REGISTRY_CORE) and _reaches_the_registry(node.module, a.name))
+            ]
     return found
 
 
@@ -192,8 +210,14 @@ def promote():
     from peftflow.mlflow_io import outside_moves
 """
     assert registry_imports(source) == [
-        "mlflow.MlflowClient", "peftflow.mlflow_io.aliases.move_champion", "peftflow.mlflow_io.aliases.rollback",
-        "peftflow.mlflow_io.versions.get_version_by_alias", "mlflow.exceptions", "peftflow.mlflow_io.aliases",
-        "peftflow.mlflow_io", "peftflow.mlflow_io.outside_moves"]
+        "mlflow.MlflowClient",
+        "peftflow.mlflow_io.aliases.move_champion",
+        "peftflow.mlflow_io.aliases.rollback",
+        "peftflow.mlflow_io.versions.get_version_by_alias",
+        "mlflow.exceptions",
+        "peftflow.mlflow_io.aliases",
+        "peftflow.mlflow_io",
+        "peftflow.mlflow_io.outside_moves",
+    ]
     assert _defines_a_flow("from prefect import flow\n\n@flow(name='x')\ndef x(): ...\n")
     assert not _defines_a_flow("from prefect import task\n\n@task\ndef x(): ...\n")

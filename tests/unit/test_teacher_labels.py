@@ -11,21 +11,30 @@ from peftflow.builtin.datasets import make_rows
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
 from peftflow.data.tokenize import ChatEncoder
+from peftflow.errors import UserError
 from peftflow.stages.distill.labelling import teacher_answers, teacher_labelled
 from peftflow.stages.distill.teacher import resolve_teacher
-from peftflow.errors import UserError
 
 COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
-INFO = {"orders": {"file_name": "orders.json", "columns": COLUMNS},
-        "prompts": {"file_name": "prompts.json", "columns": COLUMNS},
-        "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt"}}
+INFO = {
+    "orders": {"file_name": "orders.json", "columns": COLUMNS},
+    "prompts": {"file_name": "prompts.json", "columns": COLUMNS},
+    "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt"},
+}
 
 
 def _config(root, **overrides) -> RunConfig:
-    fields = dict(stage="distill", dataset="orders", dataset_dir=str(root), val_size=4,
-                  kd_unlabeled_dataset="prompts,chats", kd_label_max_new_tokens=6)
-    return RunConfig(**{**fields, "teacher": overrides.pop("teacher"), "model_name_or_path": overrides.pop("student"),
-                        **overrides})
+    fields = dict(
+        stage="distill",
+        dataset="orders",
+        dataset_dir=str(root),
+        val_size=4,
+        kd_unlabeled_dataset="prompts,chats",
+        kd_label_max_new_tokens=6,
+    )
+    return RunConfig(
+        **{**fields, "teacher": overrides.pop("teacher"), "model_name_or_path": overrides.pop("student"), **overrides}
+    )
 
 
 @pytest.fixture
@@ -45,7 +54,7 @@ def test_teacher_answers_join_the_train_split_and_are_cached(datasets, tiny_mode
     assert labelled.fingerprint != data.fingerprint
 
     train = load_from_disk(f"{labelled.path}/train")
-    assert train[:data.train_rows] == load_from_disk(f"{data.path}/train")[:]
+    assert train[: data.train_rows] == load_from_disk(f"{data.path}/train")[:]
     assert load_from_disk(f"{labelled.path}/eval")[:] == load_from_disk(f"{data.path}/eval")[:]
     # An added row is the prompt, then the teacher's greedy answer as the supervised tokens.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
@@ -54,7 +63,9 @@ def test_teacher_answers_join_the_train_split_and_are_cached(datasets, tiny_mode
     prompt = make_rows(6, seed=7)[0]
     assert f"{prompt['instruction']}\n{prompt['input']}" in tokenizer.decode(added["input_ids"])
     encoder = ChatEncoder(tiny_model, cfg.template)
-    greedy = teacher_answers(cfg, teacher.path, encoder, [[{"role": "user", "content": f"{prompt['instruction']}\n{prompt['input']}"}]])
+    greedy = teacher_answers(
+        cfg, teacher.path, encoder, [[{"role": "user", "content": f"{prompt['instruction']}\n{prompt['input']}"}]]
+    )
     assert answer.strip() == greedy[0].strip() and answer.strip()
 
     # Unchanged inputs: the cached dir, not a second generation; sampling is another dataset.
@@ -72,8 +83,10 @@ def test_bad_prompt_rows_and_misplaced_keys_are_one_line_errors(datasets, tiny_m
 
     with pytest.raises(UserError, match="only apply to stage: distill"):
         parse_config({"kd_unlabeled_dataset": "prompts"})
-    bad = write_dataset({**INFO, "broken": {"file_name": "broken.json", "columns": COLUMNS}},
-                        {"broken.json": [{"instruction": "fine"}, {"input": "no instruction"}]})
+    bad = write_dataset(
+        {**INFO, "broken": {"file_name": "broken.json", "columns": COLUMNS}},
+        {"broken.json": [{"instruction": "fine"}, {"input": "no instruction"}]},
+    )
     cfg = _config(bad, teacher=tiny_model, student=tiny_model, kd_unlabeled_dataset="broken")
     with pytest.raises(UserError, match=r"broken.json: 1 invalid rows: row 2: field 'instruction' is missing"):
         preflight(cfg)

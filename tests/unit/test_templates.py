@@ -23,16 +23,22 @@ from peftflow.data.tokenize import ChatEncoder
 from peftflow.errors import UserError
 
 B, E = object(), object()
-ROW = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-       {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Later"}]
+ROW = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+    {"role": "user", "content": "Bye"},
+    {"role": "assistant", "content": "Later"},
+]
 THINK = "<think>\n\n</think>\n\n"
 IM_USER = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 IM_ANSWER = "{}<|im_end|>\n"
-INTERN = ("You are an AI assistant whose name is InternLM (书生·浦语).\n"
-          "- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI Laboratory "
-          "(上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
-          "- InternLM (书生·浦语) can understand and communicate fluently in the language "
-          "chosen by the user such as English and 中文.")
+INTERN = (
+    "You are an AI assistant whose name is InternLM (书生·浦语).\n"
+    "- InternLM (书生·浦语) is a conversational language model that is developed by Shanghai AI Laboratory "
+    "(上海人工智能实验室). It is designed to be helpful, honest, and harmless.\n"
+    "- InternLM (书生·浦语) can understand and communicate fluently in the language "
+    "chosen by the user such as English and 中文."
+)
 GEMMA_USER = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 OSS_THINK = "<|channel|>analysis<|message|><|end|><|start|>assistant<|channel|>final<|message|>"
 
@@ -49,30 +55,60 @@ def im(system: str | None = None, answer: tuple = (IM_ANSWER,), prefix: tuple = 
 
 
 EXPECTED: dict[str, list[tuple]] = {
-    "alpaca": chat(("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n",),
-                   "### Instruction:\n{}\n\n### Response:\n", ("{}", E, "\n\n")),
+    "alpaca": chat(
+        (
+            "Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n",
+        ),
+        "### Instruction:\n{}\n\n### Response:\n",
+        ("{}", E, "\n\n"),
+    ),
     "chatml": im(),
-    "cohere": chat((B,), "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{}<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", ("{}", E)),
+    "cohere": chat(
+        (B,),
+        "<|START_OF_TURN_TOKEN|><|USER_TOKEN|>{}<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+        ("{}", E),
+    ),
     "deepseek": chat((B,), "User: {}\n\nAssistant:", ("{}", E)),
     "deepseek3": chat((B,), "<｜User｜>{}<｜Assistant｜>", ("{}", E)),
     "deepseekr1": chat((B,), "<｜User｜>{}<｜Assistant｜>", (THINK, "{}", E)),
-    "default": [("Human: Hi", E, "\nAssistant:"), ("Hello", E, "\n"), ("Human: Bye", E, "\nAssistant:"), ("Later", E, "\n")],
+    "default": [
+        ("Human: Hi", E, "\nAssistant:"),
+        ("Hello", E, "\n"),
+        ("Human: Bye", E, "\nAssistant:"),
+        ("Later", E, "\n"),
+    ],
     "empty": chat((), "{}", ("{}",)),
     "falcon": chat((), "User: {}\nFalcon:", ("{}\n",)),
     "gemma": chat((B,), GEMMA_USER, ("{}<end_of_turn>\n",)),
     "gemma2": chat((B,), GEMMA_USER, ("{}<end_of_turn>\n",)),
     "gemma3": chat((B,), GEMMA_USER, ("{}<end_of_turn>\n",)),
     "glm4": chat(("[gMASK]<sop>",), "<|user|>\n{}<|assistant|>", ("\n{}",)),
-    "gpt_oss": chat(("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.<|end|>",),
-                    "<|start|>user<|message|>{}<|end|><|start|>assistant", (OSS_THINK, "{}")),
-    "granite4": chat(("<|start_of_role|>system<|end_of_role|>You are Granite, developed by IBM. You are a helpful AI assistant.<|end_of_text|>\n",),
-                     "<|start_of_role|>user<|end_of_role|>{}<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>",
-                     ("{}<|end_of_text|>\n",)),
+    "gpt_oss": chat(
+        ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.<|end|>",),
+        "<|start|>user<|message|>{}<|end|><|start|>assistant",
+        (OSS_THINK, "{}"),
+    ),
+    "granite4": chat(
+        (
+            "<|start_of_role|>system<|end_of_role|>You are Granite, developed by IBM. You are a helpful AI "
+            "assistant.<|end_of_text|>\n",
+        ),
+        "<|start_of_role|>user<|end_of_role|>{}<|end_of_text|>\n<|start_of_role|>assistant<|end_of_role|>",
+        ("{}<|end_of_text|>\n",),
+    ),
     "intern2": im(INTERN, prefix=(B,)),
     "llama2": [(B, "[INST] Hi [/INST]"), ("Hello", E), (B, "[INST] Bye [/INST]"), ("Later", E)],
-    "llama3": chat((B,), "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-                   ("{}<|eot_id|>",)),
-    "llama4": chat((B,), "<|header_start|>user<|header_end|>\n\n{}<|eot|><|header_start|>assistant<|header_end|>\n\n", ("{}<|eot|>",)),
+    "llama3": chat(
+        (B,),
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+        ("{}<|eot_id|>",),
+    ),
+    "llama4": chat(
+        (B,),
+        "<|header_start|>user<|header_end|>\n\n{}<|eot|><|header_start|>assistant<|header_end|>\n\n",
+        ("{}<|eot|>",),
+    ),
     "ministral": chat((B,), "[INST]{}[/INST]", ("{}", E)),
     "mistral": chat((B,), "[INST] {}[/INST]", (" {}", E)),
     "olmo": chat((E,), "<|user|>\n{}<|assistant|>\n", ("{}", E)),
@@ -85,25 +121,71 @@ EXPECTED: dict[str, list[tuple]] = {
     "qwen3_5_nothink": im(),
     "smollm": im(),
     "smollm2": im("You are a helpful AI assistant named SmolLM, trained by Hugging Face."),
-    "vicuna": chat(("A chat between a curious user and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the user's questions.",),
-                   "USER: {} ASSISTANT:", ("{}", E)),
+    "vicuna": chat(
+        (
+            "A chat between a curious user and an artificial intelligence assistant. "
+            "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+        ),
+        "USER: {} ASSISTANT:",
+        ("{}", E),
+    ),
     "yi": im(),
-    "zephyr": [("<|system|>\nYou are Zephyr, a helpful assistant.", E, "<|user|>\nHi", E, "<|assistant|>\n"), ("Hello", E),
-               ("<|user|>\nBye", E, "<|assistant|>\n"), ("Later", E)],
+    "zephyr": [
+        ("<|system|>\nYou are Zephyr, a helpful assistant.", E, "<|user|>\nHi", E, "<|assistant|>\n"),
+        ("Hello", E),
+        ("<|user|>\nBye", E, "<|assistant|>\n"),
+        ("Later", E),
+    ],
 }
 # efficient_eos: no eos after an answer; the eos is learned at the next prompt's first position and appended at the end.
 EFFICIENT_EOS = {"falcon", "gemma2", "glm4", "gpt_oss"}
 # The end-of-answer token (first stop id) where the template replaces eos with its first stop word.
-REPLACED_EOS = {"chatml": "<|im_end|>", "gemma": "<end_of_turn>", "gemma3": "<end_of_turn>", "llama3": "<|eot_id|>",
-                "llama4": "<|eot|>", "phi": "<|end|>", "phi4": "<|im_end|>", **{q: "<|im_end|>" for q in (
-                    "qwen", "qwen3", "qwen3_nothink", "qwen3_5", "qwen3_5_nothink")}}
-SPECIAL = sorted({
-    "<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>",
-    "<｜User｜>", "<｜Assistant｜>", "<start_of_turn>", "<end_of_turn>", "<eos>", "[gMASK]", "<sop>", "<|user|>",
-    "<|assistant|>", "<|system|>", "<|observation|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>",
-    "<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-    "<|eom_id|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>", "<|im_sep|>"})
+REPLACED_EOS = {
+    "chatml": "<|im_end|>",
+    "gemma": "<end_of_turn>",
+    "gemma3": "<end_of_turn>",
+    "llama3": "<|eot_id|>",
+    "llama4": "<|eot|>",
+    "phi": "<|end|>",
+    "phi4": "<|im_end|>",
+    **{q: "<|im_end|>" for q in ("qwen", "qwen3", "qwen3_nothink", "qwen3_5", "qwen3_5_nothink")},
+}
+SPECIAL = sorted(
+    {
+        "<|START_OF_TURN_TOKEN|>",
+        "<|USER_TOKEN|>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<|CHATBOT_TOKEN|>",
+        "<|SYSTEM_TOKEN|>",
+        "<｜User｜>",
+        "<｜Assistant｜>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<eos>",
+        "[gMASK]",
+        "<sop>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|system|>",
+        "<|observation|>",
+        "<|start|>",
+        "<|message|>",
+        "<|end|>",
+        "<|channel|>",
+        "<|start_of_role|>",
+        "<|end_of_role|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|header_start|>",
+        "<|header_end|>",
+        "<|eot|>",
+        "<|eom|>",
+        "<|im_sep|>",
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +207,13 @@ def encoder(extended, name: str, options: Options = Options()) -> ChatEncoder:
 def expected_ids(tokenizer, message: tuple) -> list[int]:
     ids = []
     for piece in message:
-        ids += [tokenizer.bos_token_id] if piece is B else [tokenizer.eos_token_id] if piece is E else \
-            tokenizer.encode(piece, add_special_tokens=False)
+        ids += (
+            [tokenizer.bos_token_id]
+            if piece is B
+            else [tokenizer.eos_token_id]
+            if piece is E
+            else tokenizer.encode(piece, add_special_tokens=False)
+        )
     return ids
 
 
@@ -183,7 +270,9 @@ def test_thinking_blocks(extended):
     thought = [ROW[0], {"role": "assistant", "content": "<think>\nplan\n</think>\n\nHello"}, ROW[2], ROW[3]]
     qwen3 = encoder(extended, "qwen3")
     tok = qwen3.tokenizer
-    [row] = qwen3.encode([thought], False, False)  # a written thought is kept and learned; the bare answer gets an empty one
+    [row] = qwen3.encode(
+        [thought], False, False
+    )  # a written thought is kept and learned; the bare answer gets an empty one
     assert learned(tok, row) == "<think>\nplan\n</think>\n\nHello<|im_end|>\n" + THINK + "Later<|im_end|>\n"
     [row] = encoder(extended, "qwen3", Options(enable_thinking=False)).encode([thought], False, False)
     # enable_thinking false: thoughts removed; the empty one is prompt, never learned
@@ -210,13 +299,21 @@ def test_mask_history_and_train_on_prompt(extended):
         encoder(extended, "glm4", Options(train_on_prompt=True))
 
 
-@pytest.mark.parametrize("name, missing", [
-    ("llama3", "<|start_header_id|> <|end_header_id|> <|eot_id|>"), ("gemma", "<start_of_turn> <end_of_turn>"),
-    ("phi4", "<|im_sep|>"), ("glm4", "<|user|> <|assistant|> <|system|> <|observation|> [gMASK] <sop>"),
-])
+@pytest.mark.parametrize(
+    "name, missing",
+    [
+        ("llama3", "<|start_header_id|> <|end_header_id|> <|eot_id|>"),
+        ("gemma", "<start_of_turn> <end_of_turn>"),
+        ("phi4", "<|im_sep|>"),
+        ("glm4", "<|user|> <|assistant|> <|system|> <|observation|> [gMASK] <sop>"),
+    ],
+)
 def test_template_needs_its_special_tokens(tiny_model, name, missing):
-    with pytest.raises(UserError, match=f"^template '{name}' needs tokens {missing.replace('|', '[|]').replace('[g', '.g').replace('K]', 'K.')} "
-                                        f"which the tokenizer at {tiny_model} does not have$"):
+    with pytest.raises(
+        UserError,
+        match=f"^template '{name}' needs tokens {missing.replace('|', '[|]').replace('[g', '.g').replace('K]', 'K.')} "
+        f"which the tokenizer at {tiny_model} does not have$",
+    ):
         ChatEncoder(tiny_model, name)
 
 
@@ -236,9 +333,9 @@ def test_cutoff_shortens_each_pair_like_llamafactory(extended):
     assert 2 * len(target) >= budget and 2 * len(source) >= budget  # neither is short: both shrink
     keep_target = int(budget * len(target) / (len(source) + len(target)))
     cut_row, truncated = cut(row, budget)
-    assert truncated and cut_row.input_ids == source[:budget - keep_target] + target[:keep_target]
+    assert truncated and cut_row.input_ids == source[: budget - keep_target] + target[:keep_target]
     assert cut_row.labels == [-100] * (budget - keep_target) + target[:keep_target]
     [row] = enc.encode([row_in], False, True)
     last = expected_ids(tok, (IM_USER.format("Bye"),)) + expected_ids(tok, (IM_ANSWER.format("Later"),))
     cut_row, _ = cut(row, len(last) + 2)  # the last pair whole, then 2 tokens left for the first
-    assert cut_row.input_ids[-len(last):] == last and len(cut_row.input_ids) == len(last) + 2
+    assert cut_row.input_ids[-len(last) :] == last and len(cut_row.input_ids) == len(last) + 2

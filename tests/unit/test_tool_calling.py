@@ -16,8 +16,15 @@ from peftflow.data import data_report, prepare_dataset
 from peftflow.errors import UserError
 from peftflow.evaluation.metrics import function_call
 
-TOOL = {"name": "get_weather", "description": "Weather.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}
+TOOL = {
+    "name": "get_weather",
+    "description": "Weather.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "City"}},
+        "required": ["city"],
+    },
+}
 CALL = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
 
 
@@ -25,9 +32,17 @@ def turns(*pairs) -> list[dict]:
     return [{"from": f, "value": v} for f, v in pairs]
 
 
-ROW = {"conversations": turns(("human", "Weather in Oslo?"), ("function_call", CALL), ("observation", '{"temp": 3}'),
-                              ("gpt", "3 degrees.")), "tools": json.dumps([TOOL])}
-ENTRY = {"file_name": "tools.json", "formatting": "sharegpt", "columns": {"messages": "conversations", "tools": "tools"}}
+ROW = {
+    "conversations": turns(
+        ("human", "Weather in Oslo?"), ("function_call", CALL), ("observation", '{"temp": 3}'), ("gpt", "3 degrees.")
+    ),
+    "tools": json.dumps([TOOL]),
+}
+ENTRY = {
+    "file_name": "tools.json",
+    "formatting": "sharegpt",
+    "columns": {"messages": "conversations", "tools": "tools"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +63,35 @@ def pieces(tokenizer, row) -> tuple[str, str]:
 
 def test_qwen_tool_format(write_dataset, tiny_model, tokenizer):
     text, learned = pieces(tokenizer, first_train_row(write_dataset, tiny_model, [ROW], "qwen"))
-    tools = ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-             "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-             + json.dumps({"type": "function", "function": TOOL})
-             + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-             '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+    tools = (
+        "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+        + json.dumps({"type": "function", "function": TOOL})
+        + "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+        '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+        "<args-json-object>}\n</tool_call>"
+    )
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call><|im_end|>\n'
     assert text == (
-        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant." + tools + "<|im_end|>\n"
-        "<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n" + call
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+        + tools
+        + "<|im_end|>\n"
+        "<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n"
+        + call
         + '<|im_start|>user\n<tool_response>\n{"temp": 3}\n</tool_response><|im_end|>\n<|im_start|>assistant\n'
-        "3 degrees.<|im_end|>\n")
+        "3 degrees.<|im_end|>\n"
+    )
     assert learned == call + "3 degrees.<|im_end|>\n"  # the call is learned, the observation masked
 
 
 def test_default_tool_format_where_the_template_has_none(write_dataset, tiny_model, tokenizer):
     text, learned = pieces(tokenizer, first_train_row(write_dataset, tiny_model, [ROW], "smollm"))
-    tools = ("You have access to the following tools:\n> Tool Name: get_weather\nTool Description: Weather.\nTool Args:\n"
-             "  - city (string, required): City\n\nUse the following format if using a tool:\n```\n"
-             "Action: tool name (one of [get_weather])\nAction Input: the input to the tool, in a JSON format representing "
-             'the kwargs (e.g. ```{"input": "hello world", "num_beams": 5}```)\n```\n')
+    tools = (
+        "You have access to the following tools:\n> Tool Name: get_weather\nTool Description: Weather.\nTool Args:\n"
+        "  - city (string, required): City\n\nUse the following format if using a tool:\n```\n"
+        "Action: tool name (one of [get_weather])\nAction Input: the input to the tool, in a JSON format representing "
+        'the kwargs (e.g. ```{"input": "hello world", "num_beams": 5}```)\n```\n'
+    )
     call = 'Action: get_weather\nAction Input: {"city": "Oslo"}<|im_end|>\n'
     assert text.startswith("<|im_start|>system\n" + tools + "<|im_end|>\n")
     assert learned == call + "3 degrees.<|im_end|>\n"
@@ -83,16 +107,32 @@ def test_tool_format_option_overrides_the_template(write_dataset, tiny_model, to
     assert learned == '{"name": "get_weather", "parameters": {"city": "Oslo"}}<|im_end|>\n3 degrees.<|im_end|>\n'
 
 
-@pytest.mark.parametrize("row, reason", [
-    ({**ROW, "tools": "[{"}, "row 1: field 'tools' is not a valid tool list (not JSON (Expecting property name enclosed in double quotes))"),
-    ({**ROW, "tools": json.dumps([{"description": "x"}])}, "row 1: field 'tools' is not a valid tool list (tool 1 has no \"name\")"),
-    ({**ROW, "conversations": turns(("human", "q"), ("function_call", "get_weather(Oslo)"))},
-     "row 1: invalid function call (turn 2: not JSON (Expecting value))"),
-    ({**ROW, "conversations": turns(("human", "q"), ("function_call", '{"name": "get_weather"}'))},
-     "row 1: invalid function call (turn 2: call 'get_weather' has no \"arguments\" object)"),
-    ({**ROW, "conversations": turns(("human", "q"), ("observation", "{}"))},
-     "row 1: wrong turn order (turn 2 is observation, expected assistant or function)"),
-])
+@pytest.mark.parametrize(
+    "row, reason",
+    [
+        (
+            {**ROW, "tools": "[{"},
+            "row 1: field 'tools' is not a valid tool list (not JSON (Expecting property name enclosed in double "
+            "quotes))",
+        ),
+        (
+            {**ROW, "tools": json.dumps([{"description": "x"}])},
+            "row 1: field 'tools' is not a valid tool list (tool 1 has no \"name\")",
+        ),
+        (
+            {**ROW, "conversations": turns(("human", "q"), ("function_call", "get_weather(Oslo)"))},
+            "row 1: invalid function call (turn 2: not JSON (Expecting value))",
+        ),
+        (
+            {**ROW, "conversations": turns(("human", "q"), ("function_call", '{"name": "get_weather"}'))},
+            "row 1: invalid function call (turn 2: call 'get_weather' has no \"arguments\" object)",
+        ),
+        (
+            {**ROW, "conversations": turns(("human", "q"), ("observation", "{}"))},
+            "row 1: wrong turn order (turn 2 is observation, expected assistant or function)",
+        ),
+    ],
+)
 def test_tool_rows_are_validated_row_by_row(write_dataset, tiny_model, row, reason):
     root = write_dataset({"tools": ENTRY}, {"tools.json": [ROW, row]})
     report = data_report(RunConfig(dataset="tools", dataset_dir=str(root), template="qwen", val_size=0), tiny_model)
@@ -114,18 +154,27 @@ def test_builtin_tool_calling_demo(tiny_model, tokenizer):
         assert function_call(f"<tool_call>\n{row['reference']}\n</tool_call>", row["reference"]) == 1.0
 
 
-@pytest.mark.parametrize("pred, score", [
-    ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>', 1.0),   # qwen
-    ('Action: get_weather\nAction Input: {"city": "Oslo"}', 1.0),                                  # default
-    ('{"name": "get_weather", "parameters": {"city": "Oslo"}}', 1.0),                              # llama3
-    ('<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>', 1.0),  # qwen3_5
-    ('[{"name": "get_weather", "arguments": {"city": "Oslo"}}]', 1.0),                             # mistral
-    ('get_weather\n{"city": "Oslo"}', 1.0),                                                        # glm4
-    ('{"name": "get_weather", "arguments": {"city": "Lyon"}}', 0.5),                               # right function only
-    ('{"name": "book_table", "arguments": {"city": "Oslo"}}', 0.0),
-    ('[{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {}}]', 0.5),  # extra call
-    ("It is sunny in Oslo.", 0.0),
-])
+@pytest.mark.parametrize(
+    "pred, score",
+    [
+        ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>', 1.0),  # qwen
+        ('Action: get_weather\nAction Input: {"city": "Oslo"}', 1.0),  # default
+        ('{"name": "get_weather", "parameters": {"city": "Oslo"}}', 1.0),  # llama3
+        (
+            "<tool_call>\n<function=get_weather>\n<parameter=city>\nOslo\n</parameter>\n</function>\n</tool_call>",
+            1.0,
+        ),  # qwen3_5
+        ('[{"name": "get_weather", "arguments": {"city": "Oslo"}}]', 1.0),  # mistral
+        ('get_weather\n{"city": "Oslo"}', 1.0),  # glm4
+        ('{"name": "get_weather", "arguments": {"city": "Lyon"}}', 0.5),  # right function only
+        ('{"name": "book_table", "arguments": {"city": "Oslo"}}', 0.0),
+        (
+            '[{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {}}]',
+            0.5,
+        ),  # extra call
+        ("It is sunny in Oslo.", 0.0),
+    ],
+)
 def test_function_call_metric(pred, score):
     assert function_call(pred, CALL) == score
 
@@ -142,8 +191,13 @@ def test_tool_calling_example_config_loads():
 def test_held_out_calls_are_generated_and_scored(tiny_model, tmp_path):
     from peftflow.evaluation.scoring import compare
 
-    cfg = RunConfig(dataset="demo_tools", template="qwen", val_size=4, max_samples=12,
-                    evaluation={"metric": "function_call", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4})
+    cfg = RunConfig(
+        dataset="demo_tools",
+        template="qwen",
+        val_size=4,
+        max_samples=12,
+        evaluation={"metric": "function_call", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4},
+    )
     prepared = prepare_dataset(cfg, tiny_model)
     report = compare({"base": tiny_model}, prepared.path, cfg, tmp_path / "report.json")
     examples = report.models["base"].examples

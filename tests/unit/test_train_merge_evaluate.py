@@ -21,12 +21,20 @@ from peftflow.training.trainer import MetricsCallback
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    cfg = RunConfig(model_name_or_path=tiny_model, max_steps=12, learning_rate=5e-3, logging_steps=2, save_steps=6,
-                    per_device_train_batch_size=4, evaluation={"metric": "json_fields", "max_samples": 4,
-                                                               "max_new_tokens": 8, "batch_size": 4})
+    cfg = RunConfig(
+        model_name_or_path=tiny_model,
+        max_steps=12,
+        learning_rate=5e-3,
+        logging_steps=2,
+        save_steps=6,
+        per_device_train_batch_size=4,
+        evaluation={"metric": "json_fields", "max_samples": 4, "max_new_tokens": 8, "batch_size": 4},
+    )
     data = prepare_dataset(cfg, tiny_model)
     logged = []
-    result = train_run(cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),))
+    result = train_run(
+        cfg, tiny_model, data.path, out, callbacks=(MetricsCallback(lambda s, m: logged.append((s, m))),)
+    )
     return cfg, data, result, logged, out
 
 
@@ -96,13 +104,16 @@ def test_evaluate_keeps_per_example_scores(trained, tiny_model, tmp_path):
     assert EvalReport.from_json(tmp_path / "r.json").models["base"].score == base.score
 
 
-@pytest.mark.parametrize("metric, pred, ref, expected", [
-    ("exact_match", " yes ", "yes", 1.0),
-    ("exact_match", "no", "yes", 0.0),
-    ("token_f1", "the red lamp", "red lamp", 0.8),
-    ("json_fields", '{"a": 1, "b": 2}', '{"a": 1, "b": 3}', 0.5),
-    ("json_fields", "not json", '{"a": 1}', 0.0),
-])
+@pytest.mark.parametrize(
+    "metric, pred, ref, expected",
+    [
+        ("exact_match", " yes ", "yes", 1.0),
+        ("exact_match", "no", "yes", 0.0),
+        ("token_f1", "the red lamp", "red lamp", 0.8),
+        ("json_fields", '{"a": 1, "b": 2}', '{"a": 1, "b": 3}', 0.5),
+        ("json_fields", "not json", '{"a": 1}', 0.0),
+    ],
+)
 def test_metrics(metric, pred, ref, expected):
     assert METRICS[metric](pred, ref) == pytest.approx(expected)
 
@@ -114,5 +125,6 @@ def test_heldout_loss_ignores_masked_positions():
 
     rows = {"input_ids": [[1, 2, 3], [4, 5]], "labels": [[-100, 2, 3], [-100, 5]]}
     from datasets import Dataset
+
     loss = heldout_loss(Uniform(), Dataset.from_dict(rows), pad_id=0, batch_size=2)
     assert loss == pytest.approx(math.log(10))

@@ -41,10 +41,21 @@ def shapes_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(model: str, root: Path, **kw) -> RunConfig:
-    return RunConfig(**{"model_name_or_path": model, "dataset": "demo_shapes", "dataset_dir": str(root), "val_size": 4,
-                        "max_steps": 4, "learning_rate": 1e-2, "logging_steps": 2, "save_steps": 4,
-                        "per_device_train_batch_size": 4,
-                        "evaluation": {"metric": "answer_accuracy", "max_samples": 4, "max_new_tokens": 4}, **kw})
+    return RunConfig(
+        **{
+            "model_name_or_path": model,
+            "dataset": "demo_shapes",
+            "dataset_dir": str(root),
+            "val_size": 4,
+            "max_steps": 4,
+            "learning_rate": 1e-2,
+            "logging_steps": 2,
+            "save_steps": 4,
+            "per_device_train_batch_size": 4,
+            "evaluation": {"metric": "answer_accuracy", "max_samples": 4, "max_new_tokens": 4},
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +131,13 @@ def test_evaluation_scores_answers_on_heldout_images(trained, tiny_llava, tmp_pa
     assert report.models["tuned"].loss != report.models["base"].loss
 
 
-@pytest.mark.parametrize("metric, pred, ref, expected", [
-    ("answer_accuracy", "A red circle.", "a red circle", 1.0),
-    ("answer_accuracy", "a red square", "a red circle", 0.0),
-])
+@pytest.mark.parametrize(
+    "metric, pred, ref, expected",
+    [
+        ("answer_accuracy", "A red circle.", "a red circle", 1.0),
+        ("answer_accuracy", "a red square", "a red circle", 0.0),
+    ],
+)
 def test_answer_accuracy(metric, pred, ref, expected):
     assert METRICS[metric](pred, ref) == expected
 
@@ -144,26 +158,50 @@ def test_registry_version_reloads_and_answers_about_an_image(trained, shapes_dir
 
 
 def _bad_dataset(root: Path, rows: list[dict]) -> Path:
-    (root / "dataset_info.json").write_text(json.dumps({"pics": {
-        "file_name": "pics.json", "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))
+    (root / "dataset_info.json").write_text(
+        json.dumps(
+            {
+                "pics": {
+                    "file_name": "pics.json",
+                    "formatting": "sharegpt",
+                    "columns": {"messages": "messages", "images": "images"},
+                    "tags": {
+                        "role_tag": "role",
+                        "content_tag": "content",
+                        "user_tag": "user",
+                        "assistant_tag": "assistant",
+                    },
+                }
+            }
+        )
+    )
     (root / "pics.json").write_text(json.dumps(rows))
     return root
 
 
 def _row(content: str, images: list[str]) -> dict:
-    return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "a red circle"}],
-            "images": images}
+    return {
+        "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "a red circle"}],
+        "images": images,
+    }
 
 
-@pytest.mark.parametrize("row, expected", [
-    (_row("<image>What is it?", ["missing.png"]), "row 2: image file not found (missing.png in"),
-    (_row("<image><image>What is it?", ["demo_shapes/0000.png"]),
-     "row 2: image placeholders do not match images (2 <image> in the messages, 1 in 'images')"),
-    (_row("What is it?", ["demo_shapes/0000.png"]),
-     "row 2: image placeholders do not match images (0 <image> in the messages, 1 in 'images')"),
-    (_row("<image>What is it?", ["pics.json"]), "row 2: not a readable image (pics.json)"),
-], ids=["missing-file", "two-placeholders", "no-placeholder", "not-an-image"])
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        (_row("<image>What is it?", ["missing.png"]), "row 2: image file not found (missing.png in"),
+        (
+            _row("<image><image>What is it?", ["demo_shapes/0000.png"]),
+            "row 2: image placeholders do not match images (2 <image> in the messages, 1 in 'images')",
+        ),
+        (
+            _row("What is it?", ["demo_shapes/0000.png"]),
+            "row 2: image placeholders do not match images (0 <image> in the messages, 1 in 'images')",
+        ),
+        (_row("<image>What is it?", ["pics.json"]), "row 2: not a readable image (pics.json)"),
+    ],
+    ids=["missing-file", "two-placeholders", "no-placeholder", "not-an-image"],
+)
 def test_bad_image_rows_name_file_and_row(tiny_llava, shapes_dir, tmp_path, row, expected):
     root = tmp_path
     (root / "demo_shapes").mkdir()

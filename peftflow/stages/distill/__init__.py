@@ -8,8 +8,19 @@ from __future__ import annotations
 from peftflow.methods import METHODS, names_with
 from peftflow.stages.base import FormGroup, Stage
 
-OPTIONS = ("teacher", "teacher_adapter", "student_layers", "kd_temperature", "kd_ratio", "kd_direction",
-           "kd_chunk_size", "teacher_topk", "kd_unlabeled_dataset", "kd_label_temperature", "kd_label_max_new_tokens")
+OPTIONS = (
+    "teacher",
+    "teacher_adapter",
+    "student_layers",
+    "kd_temperature",
+    "kd_ratio",
+    "kd_direction",
+    "kd_chunk_size",
+    "teacher_topk",
+    "kd_unlabeled_dataset",
+    "kd_label_temperature",
+    "kd_label_max_new_tokens",
+)
 
 
 def check(cfg) -> None:
@@ -18,11 +29,15 @@ def check(cfg) -> None:
     if cfg.student_layers and cfg.model_name_or_path != type(cfg).model_fields["model_name_or_path"].default:
         raise ValueError("student_layers and model_name_or_path both name the student; keep one")
     if not METHODS[cfg.finetuning_type].traits.distill_student:
-        raise ValueError(f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
-                         f"(students: {', '.join(names_with('distill_student'))})")
+        raise ValueError(
+            f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
+            f"(students: {', '.join(names_with('distill_student'))})"
+        )
     if cfg.num_processes > 1 or cfg.nnodes > 1:
-        raise ValueError(f"stage: distill trains in one process (the teacher and its cache are not shared across "
-                         f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})")
+        raise ValueError(
+            f"stage: distill trains in one process (the teacher and its cache are not shared across "
+            f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})"
+        )
     if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
         raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
 
@@ -32,8 +47,13 @@ def named_after(cfg) -> tuple[str, str]:
 
 
 STAGE = Stage(
-    "distill", "the student (the base model, or the teacher pruned to student_layers) learns the teacher's "
-               "output distribution (see the Distillation group)",
-    options=OPTIONS, form_group=FormGroup("distillation", "Distillation", "Stage distill: the teacher and the KL term."),
-    check=check, sweepable=False, models_by_content=("teacher", "teacher_adapter"), named_after=named_after,
+    "distill",
+    "the student (the base model, or the teacher pruned to student_layers) learns the teacher's "
+    "output distribution (see the Distillation group)",
+    options=OPTIONS,
+    form_group=FormGroup("distillation", "Distillation", "Stage distill: the teacher and the KL term."),
+    check=check,
+    sweepable=False,
+    models_by_content=("teacher", "teacher_adapter"),
+    named_after=named_after,
 )

@@ -17,7 +17,7 @@ def teacher_topk(teacher, rows: list[dict], k: int, batch_size: int = 8) -> Teac
     _, head = decoder_and_head(teacher)
     values, indices = [], []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         ids, mask, labels = pad_batch(chunk)
         hidden, _ = supervised(final_hidden(teacher, ids, mask), labels)
         top = (hidden @ head.weight.T).float().topk(k, dim=-1)
@@ -37,14 +37,16 @@ def pad_batch(rows: list[dict], pad_id: int = 0):
 @dataclass
 class TeacherCache:
     """Top-k teacher logits for every supervised position of every training row, row-indexed."""
-    values: torch.Tensor   # [N, k]
+
+    values: torch.Tensor  # [N, k]
     indices: torch.Tensor  # [N, k] int32
     offsets: torch.Tensor  # [rows + 1]: row r owns positions offsets[r]:offsets[r+1]
 
     def rows(self, row_ids: list[int]) -> TeacherTopK:
         spans = [(int(self.offsets[r]), int(self.offsets[r + 1])) for r in row_ids]
-        return TeacherTopK(torch.cat([self.values[a:b] for a, b in spans]),
-                           torch.cat([self.indices[a:b] for a, b in spans]).long())
+        return TeacherTopK(
+            torch.cat([self.values[a:b] for a, b in spans]), torch.cat([self.indices[a:b] for a, b in spans]).long()
+        )
 
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file

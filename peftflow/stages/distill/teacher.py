@@ -69,16 +69,21 @@ def check_same_tokenizer(teacher_dir: str, student_dir: str, trust_remote_code: 
     s = AutoTokenizer.from_pretrained(student_dir, trust_remote_code=trust_remote_code).get_vocab()
     if t != s:
         differing = len(set(t.items()) ^ set(s.items()))
-        raise UserError(f"teacher ({teacher_dir}) and student ({student_dir}) tokenizers differ "
-                        f"({len(t)} vs {len(s)} tokens, {differing} entries differ); distillation needs one vocabulary")
+        raise UserError(
+            f"teacher ({teacher_dir}) and student ({student_dir}) tokenizers differ "
+            f"({len(t)} vs {len(s)} tokens, {differing} entries differ); distillation needs one vocabulary"
+        )
 
 
 def load_teacher(teacher_dir: str, trust_remote_code: bool = False):
     """The frozen teacher in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32,
-                                                trust_remote_code=trust_remote_code).eval().requires_grad_(False)
+    return (
+        AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def _cached_model(name: str, build) -> str:
@@ -95,8 +100,12 @@ def resolve_teacher(cfg) -> ResolvedModel:
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"teacher_adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
     name = f"teacher-{teacher.fingerprint}-{fingerprint_dir(adapter)}"
-    return resolve_model(_cached_model(name, lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3,
-                                                                 trust_remote_code=cfg.trust_remote_code)))
+    return resolve_model(
+        _cached_model(
+            name,
+            lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3, trust_remote_code=cfg.trust_remote_code),
+        )
+    )
 
 
 def resolve_student(cfg, teacher: ResolvedModel) -> ResolvedModel:
@@ -104,8 +113,9 @@ def resolve_student(cfg, teacher: ResolvedModel) -> ResolvedModel:
     share the teacher's tokenizer before any compute."""
     if cfg.student_layers:
         name = f"pruned-{teacher.fingerprint}-{cfg.student_layers}"
-        student = resolve_model(_cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out,
-                                                                                  cfg.trust_remote_code)))
+        student = resolve_model(
+            _cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out, cfg.trust_remote_code))
+        )
     else:
         student = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage)
     check_same_tokenizer(teacher.path, student.path, cfg.trust_remote_code)

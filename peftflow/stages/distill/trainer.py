@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from peftflow.stages.distill.cache import TeacherCache, teacher_cache
-from peftflow.stages.distill.teacher import load_teacher
 from peftflow.losses import KDSettings, TeacherTopK, decoder_and_head, final_hidden, kd_loss, supervised
 from peftflow.models.resolve import fingerprint_dir
 from peftflow.paths import cache_dir
+from peftflow.stages.distill.cache import TeacherCache, teacher_cache
+from peftflow.stages.distill.teacher import load_teacher
 from peftflow.training.trainer import SupervisedTokenTrainer
 
 
@@ -43,8 +43,9 @@ class DistillTrainer(SupervisedTokenTrainer):
         super().log(logs, *args, **kwargs)
 
 
-def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCache | None = None,
-                 num_items_in_batch=None):
+def distill_step(
+    student, teacher, batch, settings: KDSettings, cache: TeacherCache | None = None, num_items_in_batch=None
+):
     """KD loss for one batch: from the live teacher, or from the cache rows named by batch['row_id']
     (moved to the student's device)."""
     s_hidden, targets = supervised(final_hidden(student, batch["input_ids"], batch["attention_mask"]), batch["labels"])
@@ -56,8 +57,14 @@ def distill_step(student, teacher, batch, settings: KDSettings, cache: TeacherCa
     with torch.no_grad():
         t_hidden, _ = supervised(final_hidden(teacher, batch["input_ids"], batch["attention_mask"]), batch["labels"])
     t_weight = decoder_and_head(teacher)[1].weight
-    return kd_loss(s_hidden, s_weight, targets, settings, lambda a, b: t_hidden[a:b] @ t_weight.T,
-                   num_items_in_batch=num_items_in_batch)
+    return kd_loss(
+        s_hidden,
+        s_weight,
+        targets,
+        settings,
+        lambda a, b: t_hidden[a:b] @ t_weight.T,
+        num_items_in_batch=num_items_in_batch,
+    )
 
 
 def distill_trainer(cfg, data_path: str, train_set, teacher_path: str):

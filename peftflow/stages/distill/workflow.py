@@ -31,9 +31,11 @@ class Distillation(Workflow):
         if not cfg.kd_unlabeled_dataset:
             return data, ""
         labelled = teacher_labelled(cfg, models.extras["teacher"], models.model.path, data)
-        return labelled, (f"**Teacher-labelled** `{cfg.kd_unlabeled_dataset}` fingerprint `{labelled.fingerprint}`: "
-                          f"{labelled.train_rows - data.train_rows} teacher-answered rows added to {data.train_rows} "
-                          f"labelled train rows; {labelled.eval_rows} held out (unchanged).")
+        return labelled, (
+            f"**Teacher-labelled** `{cfg.kd_unlabeled_dataset}` fingerprint `{labelled.fingerprint}`: "
+            f"{labelled.train_rows - data.train_rows} teacher-answered rows added to {data.train_rows} "
+            f"labelled train rows; {labelled.eval_rows} held out (unchanged)."
+        )
 
     def data_fingerprint(self, cfg, models: RunModels, data: PreparedData) -> str:
         # With teacher-labelled prompts the run trains on more rows: their fingerprint, not generated here.
@@ -53,8 +55,12 @@ class Distillation(Workflow):
     def lineage_tags(self, cfg, models: RunModels) -> dict[str, str]:
         teacher = models.extras["teacher"]
         tags = {"base_model": f"{cfg.teacher} pruned to {cfg.student_layers} layers"} if cfg.student_layers else {}
-        return tags | {"teacher": cfg.teacher, "teacher_fingerprint": teacher.fingerprint,
-                       "teacher_adapter": cfg.teacher_adapter or "", "student_layers": str(cfg.student_layers or "")}
+        return tags | {
+            "teacher": cfg.teacher,
+            "teacher_fingerprint": teacher.fingerprint,
+            "teacher_adapter": cfg.teacher_adapter or "",
+            "student_layers": str(cfg.student_layers or ""),
+        }
 
 
 WORKFLOW = Distillation()
