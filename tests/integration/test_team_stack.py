@@ -239,3 +239,17 @@ def test_sweep_deployment_trains_each_variant_on_the_pool_and_registers_the_winn
     here = Path(stack.env["PEFTFLOW_HOME"]) / "runs" / "stack-sweep"
     assert len(list(there.glob("*/adapter"))) == 2 and len(list(here.glob("*/sweep_variant.json"))) == 2
     assert [p.parent.name for p in here.glob("*/merged")] == [version.tags["train_key"]]
+
+
+def test_the_registry_server_is_asked_about_a_registered_name(stack, monkeypatch):
+    """The preflight asks the team's MLflow server (not only MLflow's local rule) whether it takes
+    a registered-model name: its refusal is one line naming the key and the server."""
+    from peftflow.errors import UserError
+    from peftflow.preflight_checks import _ask_registry_server
+
+    uri = stack.env["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    _ask_registry_server("team-orders", "registry.name")  # a name the server takes: nothing said
+    with pytest.raises(UserError, match=rf"^registry.name: 'team/orders': the MLflow registry at {uri} refuses"):
+        _ask_registry_server("team/orders", "registry.name")
