@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from mlflow import MlflowClient
 
-import flows.finetune as finetune_module
+import flows.gate as gate_module
 from flows.finetune import finetune
 from peftflow.config import RunConfig
 from peftflow.data import prepare_dataset
@@ -80,7 +80,7 @@ def test_crash_between_register_and_aliases_then_rerun(harness, env, tiny_model,
     # The process dies right after the version is registered, before any alias moves (no retry:
     # a killed worker does not retry in-process).
     monkeypatch.setattr(publishing, "set_alias", killed_before_aliases)
-    monkeypatch.setattr(finetune_module, "publish_version", publish_version.with_options(retries=0))
+    monkeypatch.setattr(gate_module, "publish_version", publish_version.with_options(retries=0))
     crashed = finetune(cfg, return_state=True)
     assert crashed.is_failed() and "worker killed" in crashed.message
     client = MlflowClient()

@@ -21,10 +21,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PEFTFLOW = Path(sys.executable).parent / "peftflow"  # the console script pip installed next to this python
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# A command in a doc: a code line or an inline code span that starts with `peftflow` (options before the verb allowed).
-COMMAND = re.compile(
-    r"(?:^|&&|;|\$)[ \t]*peftflow((?:[ \t]+--?[a-z-]+)*)[ \t]+([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?", re.M
-)
+# A command in a doc: a shell line (or one after `&&`, `;`, `$`) of a fenced block, or an inline code span
+# that starts with `peftflow` (options before the verb allowed). A span is prose otherwise: an error message
+# quoted in a table can say "...; peftflow passes it no ...".
+VERB = r"peftflow((?:[ \t]+--?[a-z-]+)*)[ \t]+([a-z][a-z-]*)(?:[ \t]+([a-z][a-z-]*))?"
+COMMAND = re.compile(r"(?:^|&&|;|\$)[ \t]*" + VERB, re.M)
+SPAN_COMMAND = re.compile(r"^[ \t]*" + VERB)
 GROUPS = ("webhooks",)  # verbs with subcommands
 
 
@@ -37,8 +39,10 @@ def documented_verbs() -> dict[str, str]:
     found: dict[str, str] = {}
     for doc in DOCS:
         text = doc.read_text()
-        code = re.findall(r"```[^\n]*\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
-        for match in COMMAND.finditer("\n".join(code)):
+        blocks = re.findall(r"```[^\n]*\n(.*?)```", text, re.S)
+        spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        matches = [*COMMAND.finditer("\n".join(blocks)), *filter(None, map(SPAN_COMMAND.match, spans))]
+        for match in matches:
             found.setdefault(_verb(match), doc.name)
     return found
 
