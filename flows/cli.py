@@ -181,13 +181,9 @@ def _actor(given: Optional[str]) -> str:
 
 
 def _show_aliases(name: str) -> None:
-    from peftflow.mlflow_io.aliases import CHALLENGER, CHAMPION, PREVIOUS
-    from peftflow.mlflow_io.versions import get_version_by_alias
+    from peftflow.mlflow_io.aliases import alias_versions
 
-    parts = []
-    for alias in (CHAMPION, PREVIOUS, CHALLENGER):
-        ref = get_version_by_alias(name, alias)
-        parts.append(f"{alias} -> v{ref.version}" if ref else f"{alias} -> none")
+    parts = [f"{alias} -> v{v}" if v else f"{alias} -> none" for alias, v in alias_versions(name).items()]
     typer.echo(f"{name}: " + ", ".join(parts))
 
 

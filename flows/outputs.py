@@ -75,7 +75,7 @@ def score(
     """evaluate-models -> `eval_report.json` (base, fine-tune, rival), or for a sweep variant
     (`score_base=False`: the sweep scores the base once) `tuned_report.json` (the fine-tune)."""
     run = RunDir.holding(trained.adapter.adapter_dir)
-    report = run.eval_report if score_base else run.tuned_report
+    report = run.report(score_base)
     return unless_output_gone(config, evaluate_models, report)(
         config, models, trained.tuned_dir, rival, data, run_id, score_base=score_base
     )

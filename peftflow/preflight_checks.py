@@ -113,21 +113,22 @@ def build_optimizer_and_schedule(cfg) -> None:
             scheduler_specific_kwargs=args.lr_scheduler_kwargs,
         )
     except (ValueError, TypeError) as e:
-        raise UserError(
-            f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {_first_line(e)}; "
-            "peftflow passes it no lr_scheduler_kwargs or eval strategy, choose another schedule"
-        ) from None
+        raise UserError(_schedule_refusal(cfg, _first_line(e))) from None
 
 
 def _refusal(cfg, e: Exception) -> str:
     """TrainingArguments refuses a schedule or optimizer by name in its message."""
     text = _first_line(e)
     if "scheduler" in text or cfg.lr_scheduler_type in text:
-        return (
-            f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {text}; peftflow passes it no "
-            "lr_scheduler_kwargs or eval strategy, choose another schedule"
-        )
+        return _schedule_refusal(cfg, text)
     return f"optim: {cfg.optim} cannot be built here: {text}"
+
+
+def _schedule_refusal(cfg, why: str) -> str:
+    return (
+        f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {why}; "
+        "peftflow passes it no lr_scheduler_kwargs or eval strategy, choose another schedule"
+    )
 
 
 def _first_line(e: BaseException) -> str:

@@ -52,6 +52,10 @@ class RunDir:
         """evaluate-models for a sweep variant: the fine-tune alone (the sweep scores the base once)."""
         return self.path / "tuned_report.json"
 
+    def report(self, score_base: bool = True) -> Path:
+        """What evaluate-models writes: `eval_report` when it scores the base too, else `tuned_report`."""
+        return self.eval_report if score_base else self.tuned_report
+
     @property
     def variant_outcome(self) -> Path:
         """record-variant: a sweep variant's MLflow run, train and merge results."""

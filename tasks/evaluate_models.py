@@ -48,7 +48,7 @@ def evaluate_models(
     versions, bases = local_versions({"champion": champion} if champion else {})
     scored |= versions
     run = RunDir.holding(tuned_dir)
-    out = run.eval_report if score_base else run.tuned_report
+    out = run.report(score_base)
     report = compare(scored, data.path, config, out, base_model_dir=model.path, bases=bases)
     if config.evaluation.harness_tasks:
         report = harness.score_models(report, scored, data.path, config, run.path, model.path, bases)

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import random
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,8 +124,7 @@ def _build(cfg: RunConfig, sources: list[DatasetSource], model_path: str, out: P
     report = _report(cfg, sources, a)
     if report.problems:
         raise DataProblems(report)
-    _write(a, cfg, out, fingerprint)
-    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
+    _write(a, report, cfg, out, fingerprint)
 
 
 def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataReport:
@@ -287,8 +285,8 @@ def split_rows(n: int, cfg: RunConfig) -> tuple[list[int], list[int]]:
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
-def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
-    """Write train/, eval/ and stats.json into `out`."""
+def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerprint: str) -> None:
+    """Write train/, eval/, stats.json and the report into `out`."""
     from datasets import Dataset, Features, List, Value
 
     train_idx, eval_idx = split_rows(len(a.rows), cfg)
@@ -319,16 +317,16 @@ def _write(a: _Analysis, cfg: RunConfig, out: Path, fingerprint: str) -> None:
         "train_rows": len(train_idx),
         "eval_rows": len(eval_idx),
         "dropped": len(a.drops),
-        "dropped_by_reason": dict(Counter(reason for reason, _ in a.drops)),
+        "dropped_by_reason": report.dropped,
         "truncated": a.truncated,
-        "token_lengths": percentiles(a.lengths),
+        "token_lengths": report.token_lengths,
         "supervised_tokens": sum(supervised(r) for r in a.rows),
     }
     train.save_to_disk(str(out / "train"))
-    evaluation.save_to_disk(
-        str(out / "eval"), num_shards=1
-    )  # an empty split saves no shard otherwise, and cannot be loaded
+    # one shard: an empty split saves no shard otherwise, and cannot be loaded
+    evaluation.save_to_disk(str(out / "eval"), num_shards=1)
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
 
 
 def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:
