@@ -7,8 +7,6 @@ dashboard form or built in Python is checked the same way.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,19 +14,20 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SerializationInfo, WithJsonSchema, field_validator, model_serializer, model_validator
 
 from peftflow.config.checks import check_run, refuse_credentials
-from peftflow.config.form import FLAT, flatten, group, grouped_schema
+from peftflow.config.fingerprint import fingerprint_of
+from peftflow.config.form import flatten, group, grouped_schema
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
-from peftflow.stages import STAGES
+from peftflow.stages import STAGE_KEYS, STAGES
 
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 
 _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
-class RunConfig(Strict):
-    """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
+class _SharedKeys(Strict):
+    """The keys every stage reads, up to the Vision-language group (RunConfig declares the rest)."""
 
     # Keys stay LLaMA-Factory's flat names (YAML). The JSON (deployment default, dashboard form) is
     # grouped: the recipe, then one object per group of config/form.py GROUPS, in this order; a
@@ -215,51 +214,6 @@ class RunConfig(Strict):
     freeze_multi_modal_projector: bool | None = Field(
         None, title="Vision-language: freeze projector", description="LLaMA-Factory's key: the opposite of train "
                                                                      "projector.")
-    # distillation (stage: distill)
-    teacher: str | None = Field(None, title="Distillation: teacher",
-                                description="Teacher model: builtin:NAME, a local dir, a hub id, models:/NAME@ALIAS or "
-                                            "models:/NAME/VERSION.")
-    teacher_adapter: str | None = Field(None, title="Distillation: teacher adapter",
-                                        description="A PEFT adapter dir applied to the teacher.")
-    student_layers: int | None = Field(None, gt=0, title="Distillation: student layers",
-                                       description="Student = the teacher pruned to N evenly spaced layers.")
-    kd_temperature: float = Field(2.0, gt=0.0, title="Distillation: temperature",
-                                  description="Softmax temperature of teacher and student in the KL term.")
-    kd_ratio: float = Field(0.5, ge=0.0, le=1.0, title="Distillation: KL weight",
-                            description="Weight of the KL term; 1 - kd_ratio weighs cross-entropy.")
-    kd_direction: Literal["forward", "reverse"] = Field("forward", title="Distillation: KL direction",
-                                                        description="forward: KL(teacher||student); reverse: "
-                                                                    "KL(student||teacher).")
-    kd_chunk_size: int = Field(256, gt=0, title="Distillation: chunk size",
-                               description="Supervised positions per logits chunk.")
-    teacher_topk: int = Field(0, ge=-1, title="Distillation: cached teacher top-k",
-                              description="0: live teacher. k > 0: cache the teacher's top-k logits per position "
-                                          "(approximate). -1: cache all (exact).")
-    kd_unlabeled_dataset: str | None = Field(
-        None, title="Distillation: prompts for the teacher",
-        description="Datasets in dataset_dir (comma-separated) of prompts without answers: the teacher answers them "
-                    "and the student trains on those answers too.")
-    kd_label_temperature: float = Field(0.0, ge=0.0, title="Distillation: labelling temperature",
-                                        description="0: the teacher answers greedily; > 0: sampled at this "
-                                                    "temperature.")
-    kd_label_max_new_tokens: int = Field(256, gt=0, title="Distillation: labelling max new tokens",
-                                         description="Longest answer the teacher writes for a prompt.")
-    # distributed training (the train step runs through torchrun when either is > 1)
-    num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
-                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch "
-                                           "size "
-                                           "per device x gradient accumulation x processes x nodes.")
-    nnodes: int = Field(1, ge=1, title="Distributed: nodes",
-                        description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
-    # trust
-    trust_remote_code: bool = Field(False, title="Model: trust remote code",
-                                    description="Run Python code shipped with the model or tokenizer. Off unless set.")
-    allow_pickle_weights: bool = Field(False, title="Model: allow pickle weights",
-                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are "
-                                                   "loaded "
-                                                   "with torch's weights_only loader. peftflow itself writes "
-                                                   "safetensors only.")
-
     # fmt: on
 
     @field_validator("lora_target", "additional_target", mode="before")
@@ -291,6 +245,32 @@ class RunConfig(Strict):
     @classmethod
     def _zero_keeps_all(cls, v: Any) -> Any:
         return None if v == 0 else v  # the form's JSON writes None as 0 (form.NONE_AS)
+
+
+# Pydantic puts inherited fields first: the stages' keys (peftflow/stages/<name>/keys.py, in STAGES
+# order: the first base's come last) sit between the shared keys and the groups declared here, so the
+# fields (a flat dump, which of several errors is reported) keep the form's order of groups (GROUPS).
+class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
+    """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
+
+    # fmt: off
+    # distributed training (the train step runs through torchrun when either is > 1)
+    num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
+                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch "
+                                           "size "
+                                           "per device x gradient accumulation x processes x nodes.")
+    nnodes: int = Field(1, ge=1, title="Distributed: nodes",
+                        description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
+    # trust
+    trust_remote_code: bool = Field(False, title="Model: trust remote code",
+                                    description="Run Python code shipped with the model or tokenizer. Off unless set.")
+    allow_pickle_weights: bool = Field(False, title="Model: allow pickle weights",
+                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are "
+                                                   "loaded "
+                                                   "with torch's weights_only loader. peftflow itself writes "
+                                                   "safetensors only.")
+
+    # fmt: on
 
     @model_validator(mode="before")
     @classmethod
@@ -340,10 +320,6 @@ class RunConfig(Strict):
         return [n.strip() for n in self.dataset.split(",") if n.strip()]
 
     @property
-    def kd_unlabeled_names(self) -> list[str]:
-        return [n.strip() for n in (self.kd_unlabeled_dataset or "").split(",") if n.strip()]
-
-    @property
     def effective_lora_alpha(self) -> int:
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
@@ -359,14 +335,9 @@ class RunConfig(Strict):
         )
 
     def fingerprint(self) -> str:
-        """Hash of every field, for caching and for 'did anything change' checks; but the registered
-        model's description and the run store, which change no result (and, added later, left the
-        hashes as they were)."""
-        blob = json.dumps(
-            self.model_dump(mode="json", context=FLAT, exclude={"registry": {"description"}, "storage": True}),
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Hash of the fields that change a result, for caching and for 'did anything change' checks;
+        a field added since the rule was set counts once given (config/fingerprint.py)."""
+        return fingerprint_of(self)
 
     def resolved_output_dir(self) -> Path:
         from peftflow.paths import peftflow_home

@@ -1,22 +1,28 @@
 """Training stages (LLaMA-Factory's `stage:`): one package per stage, each declaring its `Stage`
-(keys, form group, checks, row kind) in its `__init__.py` and what a run of it does in its
-`workflow.py`; the table is built from the packages listed here.
+(form group, checks, row kind) in its `__init__.py`, its config keys in its `keys.py` (a pydantic
+model) and what a run of it does in its `workflow.py`; the table is built from the packages listed
+here.
 
-To add a stage: write its package (see `sft/` for the smallest) and add its name to `_MODULES`.
-The config accepts it as a `stage` and checks it; the flows run its workflow.
+To add a stage: write its package (see `sft/` for the smallest, `distill/` for one with keys) and
+add its name to `_MODULES`. The config accepts it as a `stage`, inherits its keys and checks it;
+the flows run its workflow.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
 
+from pydantic import BaseModel
+
 from peftflow.stages.base import FormGroup, Stage
 
 _MODULES = ("sft", "distill")
 
 STAGES: dict[str, Stage] = {m: import_module(f"peftflow.stages.{m}").STAGE for m in _MODULES}
+# The stages' keys models, in STAGES order: RunConfig inherits them all.
+STAGE_KEYS: tuple[type[BaseModel], ...] = tuple(s.keys for s in STAGES.values() if s.keys)
 
-__all__ = ["STAGES", "FormGroup", "Stage", "get_stage", "get_workflow"]
+__all__ = ["STAGES", "STAGE_KEYS", "FormGroup", "Stage", "get_stage", "get_workflow"]
 
 
 def get_stage(cfg) -> Stage:

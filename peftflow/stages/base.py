@@ -1,6 +1,7 @@
 """What a training stage (LLaMA-Factory's `stage:`, the training objective) is to the config: its
-keys, their form group, its checks, the rows it reads. This half imports nothing of torch, peft or
-peftflow above `methods`: the config reads it.
+keys (a pydantic model in the stage's `keys.py`, which RunConfig inherits), their form group, its
+checks, the rows it reads. This half imports nothing of torch, peft or peftflow above `methods`:
+the config reads it.
 
 The other half, what a run of the stage does (the models it resolves, its trainer, its evaluation
 extras, its lineage), is the stage package's `workflow.py` (`peftflow/stages/workflow.py`).
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,9 @@ def _named_after_base(cfg) -> tuple[str, str]:
 class Stage:
     name: str  # the `stage` value
     description: str  # what it trains, for the config field's help
-    # Config keys only this stage reads: set (to a value other than the default) with another
-    # stage, they are refused instead of silently ignored.
-    options: tuple[str, ...] = ()
+    # The config keys only this stage reads, declared once: RunConfig inherits the model (its fields,
+    # defaults, checks and properties) and `options` names its fields.
+    keys: type[BaseModel] | None = None
     form_group: FormGroup | None = None  # the options' group in the run form
     # (cfg) -> None; raises ValueError naming the keys of a combination this stage cannot train
     check: Callable[[Any], None] = lambda cfg: None
@@ -41,3 +44,9 @@ class Stage:
     models_by_content: tuple[str, ...] = ()
     # (cfg) -> (model reference, suffix) the default registered-model name starts with
     named_after: Callable[[Any], tuple[str, str]] = _named_after_base
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The stage's keys: set (to a value other than the default) with another stage, they are
+        refused instead of silently ignored."""
+        return tuple(self.keys.model_fields) if self.keys else ()

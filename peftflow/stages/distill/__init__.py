@@ -1,26 +1,14 @@
 """`stage: distill`: the student (the base model, or the teacher pruned to student_layers) learns the
 teacher's output distribution. `teacher.py` (teacher and student as plain local models), `cache.py`
 (the teacher's top-k logits), `labelling.py` (teacher-answered prompts), `trainer.py` (the KD
-trainer), `workflow.py` (what a distillation run does); the KD loss is in peftflow.losses."""
+trainer), `workflow.py` (what a distillation run does); its config keys are `keys.py`'s; the KD
+loss is in peftflow.losses."""
 
 from __future__ import annotations
 
 from peftflow.methods import METHODS, names_with
 from peftflow.stages.base import FormGroup, Stage
-
-OPTIONS = (
-    "teacher",
-    "teacher_adapter",
-    "student_layers",
-    "kd_temperature",
-    "kd_ratio",
-    "kd_direction",
-    "kd_chunk_size",
-    "teacher_topk",
-    "kd_unlabeled_dataset",
-    "kd_label_temperature",
-    "kd_label_max_new_tokens",
-)
+from peftflow.stages.distill.keys import DistillKeys
 
 
 def check(cfg) -> None:
@@ -50,7 +38,7 @@ STAGE = Stage(
     "distill",
     "the student (the base model, or the teacher pruned to student_layers) learns the teacher's "
     "output distribution (see the Distillation group)",
-    options=OPTIONS,
+    keys=DistillKeys,
     form_group=FormGroup("distillation", "Distillation", "Stage distill: the teacher and the KL term."),
     check=check,
     sweepable=False,
