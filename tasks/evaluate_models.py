@@ -42,14 +42,15 @@ def evaluate_models(
     (scored as base + adapter). The stage may add models of its own (a distillation run scores
     the teacher; `base` is then the student before training). `score_base=False` (a sweep
     variant: the sweep scores the base once) scores the fine-tune alone, into `tuned_report.json`."""
-    model = models.model
-    scored = get_workflow(config).evaluation_models(models)
+    model, workflow = models.model, get_workflow(config)
+    scored = workflow.evaluation_models(models)
     scored |= ({"base": model.path} if score_base else {}) | {"tuned": tuned_dir}
     versions, bases = local_versions({"champion": champion} if champion else {})
     scored |= versions
     run = RunDir.holding(tuned_dir)
     out = run.report(score_base)
-    report = compare(scored, data.path, config, out, base_model_dir=model.path, bases=bases)
+    preference = workflow.preference(config)
+    report = compare(scored, data.path, config, out, base_model_dir=model.path, bases=bases, preference=preference)
     if config.evaluation.harness_tasks:
         report = harness.score_models(report, scored, data.path, config, run.path, model.path, bases)
         report.to_json(out)

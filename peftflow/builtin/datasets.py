@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
-
-from peftflow.builtin.shapes import write_shapes_dataset
-from peftflow.builtin.tool_calls import DATASET_INFO as TOOLS_INFO
-from peftflow.builtin.tool_calls import make_tool_rows
 
 FIRST = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Chen", "Amara", "Lucas", "Nora"]
 LAST = ["Lopez", "Becker", "Tanaka", "Haddad", "Novak", "Patel", "Rossi", "Berg", "Wang", "Okafor", "Silva", "Larsen"]
@@ -63,31 +58,4 @@ def make_general_rows(n: int, seed: int = 1) -> list[dict]:
     return rows
 
 
-BUILTIN_NAMES = ("demo_orders", "demo_order_prompts", "demo_general", "demo_shapes", "demo_tools")
 PROMPT_SEED = 11  # order prompts drawn apart from the labelled rows' seed
-
-
-def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
-    """Write the demo data (orders; 512 order prompts without answers, for a distillation teacher to
-    answer; the arithmetic guard set; the shapes image task; tool calling) and their dataset_info.json
-    (LLaMA-Factory format) into `dataset_dir`."""
-    dataset_dir.mkdir(parents=True, exist_ok=True)
-    columns = {"prompt": "instruction", "query": "input", "response": "output"}
-    info = {
-        "demo_orders": {"file_name": "demo_orders.json", "formatting": "alpaca", "columns": columns},
-        "demo_order_prompts": {
-            "file_name": "demo_order_prompts.json",
-            "formatting": "alpaca",
-            "columns": {"prompt": "instruction", "query": "input"},
-        },
-        "demo_general": {"file_name": "demo_general.json", "formatting": "alpaca", "columns": columns},
-    }
-    (dataset_dir / "demo_orders.json").write_text(json.dumps(make_rows(n, seed), indent=1))
-    prompts = [{k: v for k, v in row.items() if k != "output"} for row in make_rows(512, PROMPT_SEED)]
-    (dataset_dir / "demo_order_prompts.json").write_text(json.dumps(prompts, indent=1))
-    (dataset_dir / "demo_general.json").write_text(json.dumps(make_general_rows(64), indent=1))
-    info |= write_shapes_dataset(dataset_dir, seed=seed)
-    (dataset_dir / "demo_tools.json").write_text(json.dumps(make_tool_rows(n, seed), indent=1))
-    info |= TOOLS_INFO
-    (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    return dataset_dir

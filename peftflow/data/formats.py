@@ -6,11 +6,13 @@ a tool call as JSON) alternating, ending with an answer. A sharegpt row with a `
 also carries {"role": "tools", "content": "", "tools": [tool objects]}. A row that cannot become
 one raises InvalidRow with a short reason. A format read `prompts_only` (prompts for a teacher to
 answer) ends its conversations with the prompt instead: a final answer, if a row has one, is dropped.
+A `ranking` entry (LLaMA-Factory's preference pairs) holds a prompt and two answers, `chosen` and
+`rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from peftflow.data.tool_formats import check_tools, parse_calls
@@ -28,9 +30,19 @@ COLUMNS = {
         "history": None,
         "system": None,
         "images": None,
+        "chosen": "chosen",
+        "rejected": "rejected",
     },
-    "sharegpt": {"messages": "conversations", "system": None, "tools": None, "images": None},
+    "sharegpt": {
+        "messages": "conversations",
+        "system": None,
+        "tools": None,
+        "images": None,
+        "chosen": "chosen",
+        "rejected": "rejected",
+    },
 }
+PAIR_SIDES = ("chosen", "rejected")  # the two answers of a `ranking` row, read only from ranking entries
 IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's: one per image, in the order of the images column
 # LLaMA-Factory v1 dataset YAMLs: native message rows, or its alpaca / sharegpt converters.
 V1_COLUMNS = {
@@ -79,6 +91,7 @@ class RowFormat:
     tags: dict[str, str]
     mapped: tuple[str, ...]  # the fields dataset_info.json maps explicitly
     prompts_only: bool = False  # rows are prompts: no answer needed, a final one dropped
+    ranking: bool = False  # dataset_info.json `"ranking": true`: rows are preference pairs (to_pair)
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -98,12 +111,18 @@ class RowFormat:
             raise UserError(
                 f"{source}: '{name}' tags {', '.join(unknown)} are unknown (known: {', '.join(SHAREGPT_TAGS)})"
             )
-        return cls(formatting, {**COLUMNS[formatting], **given}, {**SHAREGPT_TAGS, **tags}, tuple(given))
+        ranking = entry.get("ranking", False)
+        if not isinstance(ranking, bool):
+            raise UserError(f"{source}: '{name}' ranking must be true or false")
+        columns = {**COLUMNS[formatting], **given}
+        return cls(formatting, columns, {**SHAREGPT_TAGS, **tags}, tuple(given), ranking=ranking)
 
     @property
     def required_columns(self) -> list[str]:
         """File columns a table (csv / parquet) must have: the required fields and all mapped ones."""
-        fields = (set(REQUIRED[self.formatting]) | set(self.mapped)) - ({"response"} if self.prompts_only else set())
+        required = set(REQUIRED[self.formatting]) | (set(PAIR_SIDES) if self.ranking else set())
+        fields = (required | set(self.mapped)) - ({"response"} if self.prompts_only or self.ranking else set())
+        fields -= set() if self.ranking else set(PAIR_SIDES)
         return sorted({self.columns[f] for f in fields if self.columns[f]})
 
     @classmethod
@@ -120,6 +139,33 @@ class RowFormat:
             system = _optional_text(row, self.columns["system"])
             turns = ([{"role": "system", "content": system}] if system else []) + turns
         return ([{"role": "tools", "content": "", "tools": tools}] if tools else []) + turns
+
+    def to_pair(self, row: dict[str, Any]) -> tuple[Conversation, dict[str, str]]:
+        """A ranking row as (the prompt and its chosen answer, the rejected answer turn)."""
+        prompt = replace(self, prompts_only=True, ranking=False).to_conversation(row)
+        chosen, rejected = (self._answer(row, side) for side in PAIR_SIDES)
+        if chosen["content"].strip() == rejected["content"].strip():
+            raise InvalidRow("chosen equals rejected", "a pair teaches nothing when its answers are the same")
+        return prompt + [chosen], rejected
+
+    def _answer(self, row: dict[str, Any], side: str) -> dict[str, str]:
+        column = self.columns[side]
+        if self.formatting.endswith("alpaca"):
+            turn = {"role": "assistant", "content": _text(row, column)}
+        else:  # sharegpt: one message object, an answer
+            message, t = row.get(column), self.tags
+            if message is None:
+                raise InvalidRow(f"field '{column}' is missing")
+            roles = {t["assistant_tag"]: "assistant", t["function_tag"]: "function"}
+            if not isinstance(message, dict) or message.get(t["role_tag"]) not in roles:
+                expected = f"an object with {t['role_tag']}: {t['assistant_tag']}"
+                raise InvalidRow(f"field '{column}' is not one answer message", expected)
+            if not isinstance(message.get(t["content_tag"]), str):
+                raise InvalidRow(f"field '{t['content_tag']}' is not a string", f"in '{column}'")
+            turn = {"role": roles[message[t["role_tag"]]], "content": message[t["content_tag"]]}
+        if not turn["content"].strip():
+            raise InvalidRow(f"empty {side} answer")
+        return turn
 
     def _tools(self, row: dict[str, Any]) -> list[dict]:
         column = self.columns.get("tools")

@@ -9,22 +9,21 @@ template and data options), so an unchanged input is never tokenised twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from peftflow.config import RunConfig
+from peftflow.data.fingerprint import data_fingerprint, encode_options
 from peftflow.data.formats import Conversation, InvalidRow
-from peftflow.data.images import images_digest, read_images
+from peftflow.data.images import read_images
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
-from peftflow.data.slots import Options
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
-from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, get_template
 from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
 from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
@@ -35,18 +34,8 @@ from peftflow.store import build_sealed
 
 log = logging.getLogger("peftflow.data")
 
-PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
 STATS_FILE = "stats.json"
 REPORT_FILE = "report.json"  # the DataReport of what was prepared (`peftflow validate` prints it)
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "processor_config.json",
-    "preprocessor_config.json",
-)
-OPTIONS = ("cutoff_len", "max_samples", "val_size", "seed", "train_on_prompt", "mask_history", "on_invalid_rows")
 CUTOFF_DROP = "no supervised tokens within cutoff_len"
 IMAGE_CUT_DROP = "cutoff_len cuts through an image"
 SHOWN_ROWS = 5  # invalid rows named in a message
@@ -62,9 +51,19 @@ class PreparedData:
     truncated: int  # kept rows cut at cutoff_len
 
 
+class _Read(NamedTuple):
+    """One valid row as read: its conversation (a pair's: the prompt and its chosen answer)."""
+
+    conversation: Conversation
+    images: list[bytes]
+    where: str  # "<file> row N"
+    rejected: dict | None = None  # a preference pair's rejected answer turn
+
+
 @dataclass
 class _Analysis:
     rows: list[EncodedRow] = field(default_factory=list)  # kept, cut at cutoff_len
+    rejected: list[EncodedRow] = field(default_factory=list)  # preference pairs: each kept row's rejected side
     images: list[list[bytes]] = field(default_factory=list)  # each kept row's images (empty for text)
     rows_read: int = 0
     drops: list[tuple[str, str]] = field(default_factory=list)  # (reason, "<file> row N")
@@ -79,13 +78,13 @@ def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
     sources = (
         v1_sources(cfg.train_dataset) if cfg.train_dataset else resolve_datasets(cfg.dataset_dir, cfg.dataset_names)
     )
-    return read_as(get_stage(cfg).row_kind, sources)
+    return read_as(get_stage(cfg).row_kind, sources, f"stage: {cfg.stage}")
 
 
 def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
     check_config_fits(cfg, model_path)  # prepared data does not depend on the method: checked before the cache
     sources = dataset_sources(cfg)
-    fingerprint = _fingerprint(cfg, sources, model_path)
+    fingerprint = data_fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
     if (target / STATS_FILE).is_file():
         log.info("reusing prepared data at %s", target)
@@ -149,19 +148,28 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
     a = _Analysis()
     kept = _valid_rows(cfg, sources, a, a.problems.append)
     encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
-    _check_model_takes_images(cfg, model_path, encoder, any(images for _, images, _ in kept))
-    encoded = encoder.encode([c for c, _, _ in kept], cfg.train_on_prompt, cfg.mask_history)
-    for row, (_, images, where) in zip(encoded, kept):
-        a.lengths.append(len(row.input_ids))
+    _check_model_takes_images(cfg, model_path, encoder, any(r.images for r in kept))
+    encoded = encoder.encode([r.conversation for r in kept], cfg.train_on_prompt, cfg.mask_history)
+    pairs = any(r.rejected for r in kept)
+    if pairs and any(r.images for r in kept):
+        a.problems.append(f"dataset {cfg.dataset}: preference pairs with images are not supported")
+    # a pair's rejected side: the same prompt, the other answer (an empty list when there are no pairs)
+    rejected = encoder.encode(
+        [r.conversation[:-1] + [r.rejected] for r in kept if r.rejected], cfg.train_on_prompt, cfg.mask_history
+    )
+    for i, (row, (_, images, where, _)) in enumerate(zip(encoded, kept)):
+        a.lengths.append(max(len(row.input_ids), len(rejected[i].input_ids) if pairs else 0))
         row, truncated = cut(row, cfg.cutoff_len)
+        other, other_truncated = cut(rejected[i], cfg.cutoff_len) if pairs else (row, False)
         image_id, image_tokens = encoder.image_token_id, len(images) * encoder.tokens_per_image
         # The model needs every feature of every image: a row cut inside its image tokens cannot train.
         if images and not row.input_ids.count(image_id) == row.prompt_ids.count(image_id) == image_tokens:
             a.drops.append((IMAGE_CUT_DROP, where))
-        elif supervised(row):
+        elif supervised(row) and supervised(other):
             a.rows.append(row)
+            a.rejected += [other] if pairs else []
             a.images.append(images)
-            a.truncated += truncated
+            a.truncated += truncated or other_truncated
         else:
             a.drops.append((CUTOFF_DROP, where))
     if kept and not a.rows:
@@ -180,11 +188,9 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
     return a
 
 
-def _valid_rows(
-    cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem
-) -> list[tuple[Conversation, list[bytes], str]]:
-    """Every source's valid rows as (conversation, images, "<file> row N"), invalid ones handled as
-    on_invalid_rows says, v1 datasets resampled, at most max_samples per source."""
+def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem) -> list[_Read]:
+    """Every source's valid rows, invalid ones handled as on_invalid_rows says, v1 datasets
+    resampled, at most max_samples per source."""
     kept = []
     for source in sources:
         valid, invalid, hint = _read_source(source, a)
@@ -213,7 +219,7 @@ def _valid_rows(
 
 def prompt_sources(cfg: RunConfig) -> list[DatasetSource]:
     """kd_unlabeled_dataset, read as prompts: rows need no answer, and a final one is dropped."""
-    return read_as("prompts", resolve_datasets(cfg.dataset_dir, cfg.kd_unlabeled_names))
+    return read_as("prompts", resolve_datasets(cfg.dataset_dir, cfg.kd_unlabeled_names), "kd_unlabeled_dataset")
 
 
 def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversation]:
@@ -223,16 +229,11 @@ def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversat
         raise UserError(message)
 
     kept = _valid_rows(cfg, sources, _Analysis(), problem)
-    if any(images for _, images, _ in kept):
+    if any(r.images for r in kept):
         raise UserError(
             f"kd_unlabeled_dataset {cfg.kd_unlabeled_dataset}: prompts with images cannot be teacher-labelled"
         )
-    return [conversation for conversation, _, _ in kept]
-
-
-def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:
-    """What prepare_dataset keys its output by: data bytes, entries, tokenizer, template, options."""
-    return _fingerprint(cfg, sources, model_path)
+    return [r.conversation for r in kept]
 
 
 def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEncoder, has_images: bool) -> None:
@@ -243,16 +244,19 @@ def _check_model_takes_images(cfg: RunConfig, model_path: str, encoder: ChatEnco
 
 
 def _read_source(source: DatasetSource, a: _Analysis):
-    """One dataset's valid rows as (conversation, images, "<file> row N"), its invalid rows as (file, reason,
-    message), and the first invalid row's hint about a row shape other than the entry's ("" if none)."""
+    """One dataset's valid rows, its invalid rows as (file, reason, message), and the first invalid
+    row's hint about a row shape other than the entry's ("" if none)."""
     valid, invalid, hint = [], [], ""
     for file in source.files:
         for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
             a.rows_read += 1
             try:
-                conversation = source.format.to_conversation(row)
+                if source.format.ranking:
+                    conversation, rejected = source.format.to_pair(row)
+                else:
+                    conversation, rejected = source.format.to_conversation(row), None
                 images = read_images(source, source.format.images(row, conversation))
-                valid.append((conversation, images, f"{file.shown} row {number}"))
+                valid.append(_Read(conversation, images, f"{file.shown} row {number}", rejected))
             except InvalidRow as e:
                 invalid.append((file.shown, e.reason, f"row {number}: {e}"))
                 a.drops.append((e.reason, f"{file.shown} row {number}"))
@@ -303,6 +307,12 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
     }
     train_features = {"input_ids": ids, "labels": ids}
     eval_features = {**train_features, "prompt_ids": ids, "reference": Value("string")}
+    if a.rejected:  # preference pairs: the row above is the chosen side, these columns the rejected one
+        for cols, idx in ((train_cols, train_idx), (eval_cols, eval_idx)):
+            cols["rejected_input_ids"] = [a.rejected[i].input_ids for i in idx]
+            cols["rejected_labels"] = [a.rejected[i].labels for i in idx]
+        train_features |= {"rejected_input_ids": ids, "rejected_labels": ids}
+        eval_features |= {"rejected_input_ids": ids, "rejected_labels": ids}
     if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
         train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
         train_features["images"] = eval_features["images"] = List(Value("binary"))
@@ -327,46 +337,3 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
     evaluation.save_to_disk(str(out / "eval"), num_shards=1)
     (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
     (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
-
-
-def _fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> str:
-    h = hashlib.sha256()
-
-    def add(label: str, data: bytes) -> None:
-        h.update(f"{label}\0{len(data)}\0".encode() + data)
-
-    add("version", PREPARE_VERSION.encode())
-    for source in sources:
-        add("dataset", source.name.encode())
-        add("entry", json.dumps(source.entry, sort_keys=True).encode())
-        for file in source.files:
-            add("file", file.path.read_bytes())
-        if source.format.columns.get("images"):
-            add("images", images_digest(source))
-    for name in TOKENIZER_FILES:
-        if (Path(model_path) / name).is_file():
-            add(name, (Path(model_path) / name).read_bytes())
-    add("template", _template_identity(cfg).encode())
-    add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def encode_options(cfg: RunConfig) -> Options:
-    return Options(
-        cfg.train_on_prompt,
-        cfg.mask_history,
-        cfg.enable_thinking,
-        cfg.preserve_thinking,
-        cfg.tool_format,
-        cfg.default_system,
-    )
-
-
-def _template_identity(cfg: RunConfig) -> str:
-    """What of the template shapes the tokens: the table row and the options that change its output.
-    The tokenizer template is named as it always was, so its prepared data keep their fingerprint."""
-    row = get_template(cfg.template)
-    if row is None:
-        return f"{TOKENIZER_FINGERPRINT_NAME}\0"
-    options = {k: getattr(cfg, k) for k in ("enable_thinking", "preserve_thinking", "tool_format", "default_system")}
-    return f"{cfg.template}\0{row!r}\0{json.dumps(options, sort_keys=True)}"

@@ -3,7 +3,7 @@ are read (formats.py does the reading). A stage names the kind of its `dataset` 
 (`Stage.row_kind`); a stage that reads other data names that data's kind where it reads it
 (distillation's teacher prompts are `prompts`).
 
-To add a kind (preference pairs, say): its `RowKind` here, and the format's reading in formats.py.
+To add a kind: its `RowKind` here, and the format's reading in formats.py.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from peftflow.data.sources import DatasetSource
+from peftflow.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class RowKind:
     name: str
     description: str
     read_as: Callable[[DatasetSource], DatasetSource]  # the source set up to read rows of this kind
+    ranking: bool = False  # read from dataset_info.json entries with `"ranking": true`, and only from those
 
 
 def _as_prompts(source: DatasetSource) -> DatasetSource:
@@ -30,9 +32,19 @@ ROW_KINDS: dict[str, RowKind] = {
     for k in (
         RowKind("conversations", "a conversation ending in the answer to learn", lambda source: source),
         RowKind("prompts", "a conversation without its answer: none needed, a final one dropped", _as_prompts),
+        RowKind("pairs", "a prompt with a chosen and a rejected answer", lambda source: source, ranking=True),
     )
 }
 
 
-def read_as(kind: str, sources: list[DatasetSource]) -> list[DatasetSource]:
-    return [ROW_KINDS[kind].read_as(s) for s in sources]
+def read_as(kind: str, sources: list[DatasetSource], reader: str) -> list[DatasetSource]:
+    """`sources` set up to be read as rows of `kind` by `reader` (e.g. `stage: dpo`), as LLaMA-Factory
+    does: a ranking dataset is read by the stages that read pairs, and only by them."""
+    row_kind = ROW_KINDS[kind]
+    for s in sources:
+        if s.format.ranking != row_kind.ranking:
+            what = "preference pairs" if s.format.ranking else 'not preference pairs (no "ranking": true)'
+            raise UserError(
+                f"dataset '{s.name}' in {s.info_file} is {what}; {reader} reads {kind}: {row_kind.description}"
+            )
+    return [row_kind.read_as(s) for s in sources]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peftflow.atomic import build_once
-from peftflow.builtin.datasets import BUILTIN_NAMES, write_builtin_datasets
+from peftflow.builtin.catalog import BUILTIN_NAMES, write_builtin_datasets
 from peftflow.data.formats import RowFormat
 from peftflow.errors import UserError
 from peftflow.paths import cache_dir
@@ -138,10 +138,6 @@ def _check_entry(name: str, entry: dict[str, Any], info_path: Path) -> None:
             raise UserError(
                 f"{where}: cloud_file_name must be an s3://bucket/key URI (got {entry['cloud_file_name']!r})"
             )
-    if entry.get("ranking"):
-        raise UserError(
-            f"{where} is a ranking (preference) dataset; peftflow trains sft only and does not support ranking datasets"
-        )
     if "num_samples" in entry:
         raise UserError(f"{where}: num_samples is not supported; set max_samples in the run config")
     if not entry.get("cloud_file_name") and (not isinstance(entry.get("file_name"), str) or not entry["file_name"]):

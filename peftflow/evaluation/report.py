@@ -16,6 +16,10 @@ class ModelScores:
     score: float
     examples: list[dict] = field(default_factory=list)  # index, prediction, reference, score
     harness: dict[str, float] = field(default_factory=dict)  # lm-eval "TASK/METRIC" -> value (evaluation/harness.py)
+    # Held-out preference pairs (evaluation/pairs.py): per pair, chosen log-prob sum and tokens, rejected's;
+    # and the preference scores against the reference (accuracy, margin, chosen / rejected reward).
+    pairs: list[list[float]] = field(default_factory=list)
+    preference: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         return {"loss": self.loss, "perplexity": self.perplexity, "score": self.score}
@@ -44,6 +48,7 @@ class EvalReport:
     def flat_metrics(self) -> dict[str, float]:
         flat = {f"eval.{label}.{k}": v for label, s in self.models.items() for k, v in s.summary().items()}
         flat |= {f"harness.{label}.{k}": v for label, s in self.models.items() for k, v in s.harness.items()}
+        flat |= {f"eval.{label}.preference_{k}": v for label, s in self.models.items() for k, v in s.preference.items()}
         if "teacher" in self.models:
             flat["eval.teacher_retention"] = self.retention()
         return flat

@@ -13,8 +13,10 @@ from transformers import AutoProcessor, AutoTokenizer
 from peftflow.config import RunConfig
 from peftflow.data.templates import stop_token_ids
 from peftflow.evaluation.metrics import METRICS
+from peftflow.evaluation.pairs import PAIR_COLUMNS, pair_logps, preference_scores
 from peftflow.evaluation.report import EvalReport, ModelScores
 from peftflow.models import vision
+from peftflow.preference_losses import uses_reference
 
 log = logging.getLogger("peftflow.evaluate")
 
@@ -157,6 +159,9 @@ def score_model(
     log.info("scoring %s: loss on %d held-out rows", label, len(eval_set))
     loss = heldout_loss(model, eval_set, pad, ecfg.batch_size, pixels) if len(eval_set) else math.nan
 
+    pairs = []
+    if set(PAIR_COLUMNS) <= set(eval_set.column_names):  # preference pairs: both answers' log-probs
+        pairs = pair_logps(model, eval_set, pad, ecfg.batch_size).tolist()
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     log.info("scoring %s: generating on %d rows (max_new_tokens %d)", label, len(scored), ecfg.max_new_tokens)
     # Stop at the template's end-of-turn token: the one training taught the model to emit.
@@ -177,9 +182,8 @@ def score_model(
     ]
     score = sum(e["score"] for e in examples) / len(examples) if examples else math.nan
     log.info("scored %s: loss %.4f, %s %.4f", label, loss, ecfg.metric, score)
-    return ModelScores(
-        label, round(loss, 5), round(math.exp(loss), 4) if not math.isnan(loss) else math.nan, round(score, 4), examples
-    )
+    perplexity = round(math.exp(loss), 4) if not math.isnan(loss) else math.nan
+    return ModelScores(label, round(loss, 5), perplexity, round(score, 4), examples, pairs=pairs)
 
 
 def compare(
@@ -189,17 +193,34 @@ def compare(
     out_path: Path,
     base_model_dir: str | None = None,
     bases: dict[str, str] | None = None,
+    preference=None,
 ) -> EvalReport:
     """Score each labelled model dir (e.g. base, tuned, champion) on the same held-out rows.
     An adapter dir is scored as base + adapter: its own base from `bases` (a champion published as
-    an adapter on another base), else `base_model_dir`, else the base it records."""
+    an adapter on another base), else `base_model_dir`, else the base it records. `preference`:
+    (PreferenceSettings, label of the reference model) for held-out preference pairs."""
     bases = bases or {}
     report = EvalReport(
         cfg.evaluation.metric,
         {label: score_model(label, d, data_path, cfg, bases.get(label, base_model_dir)) for label, d in models.items()},
     )
+    if preference is not None:
+        _score_preferences(report, *preference)
     report.to_json(out_path)
     return report
+
+
+def _score_preferences(report: EvalReport, settings, reference_label: str) -> None:
+    """Each model's preference accuracy and margin on the held-out pairs, its implicit rewards taken
+    against the reference model's log-probs (not needed by ORPO and SimPO)."""
+    reference = report.models.get(reference_label)
+    for label, scores in report.models.items():
+        if label == reference_label or not scores.pairs:
+            continue
+        ref = torch.tensor(reference.pairs) if reference is not None and reference.pairs else None
+        if ref is None and uses_reference(settings.loss):
+            continue  # a sweep variant scored alone: its reference is scored with the sweep's base
+        scores.preference = preference_scores(settings, torch.tensor(scores.pairs), ref)
 
 
 def guard_losses(

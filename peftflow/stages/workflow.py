@@ -62,6 +62,11 @@ class Workflow:
         """Models scored beside base and fine-tune, by label."""
         return {}
 
+    def preference(self, cfg):
+        """(PreferenceSettings, label of the reference model) when the held-out rows are preference
+        pairs scored by implicit reward; None: no preference scores."""
+        return None
+
     def summary_notes(self, report: EvalReport) -> list[str]:
         return []
 

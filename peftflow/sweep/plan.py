@@ -17,7 +17,7 @@ from typing import Any
 from peftflow.config import RunConfig
 from peftflow.config.form import FLAT
 from peftflow.config.load import parse_config, read_yaml
-from peftflow.data.prepare import OPTIONS
+from peftflow.data.fingerprint import OPTIONS
 from peftflow.errors import UserError
 from peftflow.preflight import check_training_setup, preflight
 from peftflow.stages import STAGES, get_stage

@@ -74,7 +74,7 @@ def test_the_frozen_names_are_fields():
 
 
 class _WithNewKey(RunConfig):
-    pref_beta: float = Field(0.1, gt=0.0)  # a key a later stage adds
+    later_key: float = Field(0.1, gt=0.0)  # a key a later release adds
 
 
 class _EvaluationWithNewKey(EvaluationConfig):
@@ -96,7 +96,7 @@ class _WithNewSection(RunConfig):
 @pytest.mark.parametrize(
     ("later", "given"),
     [
-        (_WithNewKey, {"pref_beta": 0.5}),
+        (_WithNewKey, {"later_key": 0.5}),
         (_WithNewSectionKey, {"evaluation": {"judge": "gpt"}}),
         (_WithNewSection, {"extra_section": {"level": 2}}),
     ],
@@ -126,3 +126,9 @@ def test_a_frozen_field_counts_at_any_value(update):
 def test_the_description_and_the_run_store_change_no_fingerprint():
     base = RunConfig()
     assert RunConfig(registry={"description": "notes"}, storage="file:///tmp/store").fingerprint() == base.fingerprint()
+
+
+def test_the_preference_keys_left_every_fingerprint_as_it_was():
+    """stage dpo's keys came after the freeze: at their defaults they are not hashed."""
+    assert not {"pref_beta", "pref_loss", "ref_model"} & set(hashed_fields(RunConfig()))
+    assert "pref_beta" in hashed_fields(RunConfig(stage="dpo", pref_beta=0.3))

@@ -80,7 +80,7 @@ def test_dataset_info_problems(write_dataset, tiny_model, tmp_path):
         ),
         ({"ms_hub_url": "llamafactory/alpaca_en"}, "'qa' is a hub dataset (ms_hub_url)"),
         ({"cloud_file_name": "gs://b/qa.json"}, "'qa': cloud_file_name must be an s3://bucket/key URI"),
-        ({"file_name": "qa.json", "ranking": True}, "'qa' is a ranking (preference) dataset"),
+        ({"file_name": "qa.json", "ranking": "yes"}, "'qa' ranking must be true or false"),
         ({"file_name": "qa.json", "formatting": "openai"}, "'qa' formatting 'openai' is not supported"),
         ({"file_name": "qa.json", "columns": {"videos": "videos"}}, "'qa' columns videos are not supported for alpaca"),
         (

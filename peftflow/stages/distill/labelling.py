@@ -19,14 +19,8 @@ from pathlib import Path
 import torch
 
 from peftflow.config import RunConfig
-from peftflow.data.prepare import (
-    STATS_FILE,
-    PreparedData,
-    data_fingerprint,
-    encode_options,
-    prompt_sources,
-    read_prompts,
-)
+from peftflow.data.fingerprint import data_fingerprint, encode_options
+from peftflow.data.prepare import STATS_FILE, PreparedData, prompt_sources, read_prompts
 from peftflow.data.templates import stop_token_ids
 from peftflow.data.tokenize import ChatEncoder, cut, supervised
 from peftflow.errors import UserError
