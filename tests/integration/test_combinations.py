@@ -1,7 +1,8 @@
 """Every method on every entry path: the combination matrix.
 
 For each finetuning_type (lora also with DoRA), for `stage: distill` (a one-layer student pruned
-from the tiny teacher, top-8 teacher cache) and for a vision-language config (tiny-llava on a
+from the tiny teacher, top-8 teacher cache), for `stage: dpo` (IPO on the built-in pairs) and for a
+vision-language config (tiny-llava on a
 subset of the built-in shapes task):
 
 - the CLI: `python -m flows.cli run CONFIG.yaml` in a subprocess, the YAML holding only the keys a
@@ -83,6 +84,7 @@ CASES = {
         },
         "merged",
     ),
+    "dpo": ({"stage": "dpo", "dataset": "demo_order_pairs", "pref_loss": "ipo"}, "merged"),
     "vlm": (
         {
             "model_name_or_path": "builtin:tiny-llava",
@@ -213,7 +215,7 @@ def changed_orders(stack, case: str) -> str:
     return str(root)
 
 
-RETRAIN_CASES = ["lora", "distill"]  # distill: retrain resolves the pruned student, as finetune trains it
+RETRAIN_CASES = ["lora", "distill", "dpo"]  # distill: retrain resolves the pruned student, as finetune trains it
 
 
 @pytest.mark.parametrize("case", RETRAIN_CASES)
