@@ -138,8 +138,9 @@ def code_version() -> str:
 
 
 def lineage(cfg: RunConfig, models: RunModels, data: PreparedData, key: str, flow_run_id: str) -> dict[str, str]:
-    """The tags that say what a run trained: base, data, config, method, code, orchestration run;
-    and what its stage adds (a distillation run: the teacher and how the student was made)."""
+    """The tags that say what a run trained: base (and the registered version it is, if any), data,
+    config, method, code, orchestration run; and what its stage adds (a distillation run: the
+    teacher and how the student was made)."""
     tags = {
         "base_model": cfg.model_name_or_path,
         "base_model_fingerprint": models.model.fingerprint,
@@ -151,4 +152,6 @@ def lineage(cfg: RunConfig, models: RunModels, data: PreparedData, key: str, flo
         "code_version": code_version(),
         "train_key": key,
     }
+    if models.model.registered:  # started from a registered version (an SFT champion): its parent
+        tags["parent_version"] = models.model.registered
     return tags | get_workflow(cfg).lineage_tags(cfg, models)

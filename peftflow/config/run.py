@@ -37,8 +37,9 @@ class _SharedKeys(Strict):
     # The fields are a table, one or two lines each: the formatter would spread it over 500 lines.
     # the recipe
     model_name_or_path: str = Field(DEFAULT_MODEL, title="Base model",
-                                    description="A local dir, a hub id, or builtin:NAME (e.g. "
-                                                "builtin:smollm2-135m-instruct).")
+                                    description="A local dir, a hub id, builtin:NAME (e.g. "
+                                                "builtin:smollm2-135m-instruct) or models:/NAME@ALIAS; an adapter "
+                                                "(dir or version) starts as its base with it merged.")
     dataset: str = Field("demo_orders", title="Dataset", description="Comma-separated names in dataset_info.json.")
     dataset_dir: str = Field("builtin", title="Dataset folder",
                              description="Folder with dataset_info.json; `builtin` = peftflow's generated data.")

@@ -54,18 +54,25 @@ def local_versions(refs: dict[str, ModelVersionRef]) -> tuple[dict[str, str], di
     return models, bases
 
 
+def pinned_uri(model_uri: str) -> str:
+    """`models:/NAME@ALIAS` as the version the alias names now (`models:/NAME/VERSION`); any other
+    reference as it is."""
+    configure_mlflow()
+    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri)
+    if not m:
+        return model_uri
+    ref = get_version_by_alias(m[1], m[2])
+    if ref is None:
+        raise LookupError(f"{model_uri}: no such registered model or alias")
+    return ref.uri
+
+
 def download_model_dir(model_uri: str) -> str:
     """A registered model as a plain local transformers dir (config, weights or adapter, tokenizer)
     that `from_pretrained` reads. An alias is pinned to its version first; versions are cached.
     A reference that names no fixed version (`models:/NAME/latest`) is downloaded each time and
     kept under the id of the model it resolved to."""
-    configure_mlflow()
-    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri)
-    if m:
-        ref = get_version_by_alias(m[1], m[2])
-        if ref is None:
-            raise LookupError(f"{model_uri}: no such registered model or alias")
-        model_uri = ref.uri
+    model_uri = pinned_uri(model_uri)
     root = cache_dir("registry")
     if re.fullmatch(r"models:/([^/@]+/\d+|m-[0-9a-f]+)", model_uri):
         slot = root / hashlib.sha256(model_uri.encode()).hexdigest()[:16]

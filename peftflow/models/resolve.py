@@ -19,7 +19,7 @@ from pathlib import Path
 
 from peftflow.builtin.models import BUILDERS, recipe_fingerprint
 from peftflow.errors import UserError
-from peftflow.mlflow_io.downloads import download_model_dir
+from peftflow.mlflow_io.downloads import download_model_dir, pinned_uri
 from peftflow.paths import cache_dir
 from peftflow.store import build_sealed
 
@@ -29,6 +29,7 @@ class ResolvedModel:
     ref: str  # what the config said
     path: str  # local directory with config.json, safetensors, tokenizer
     fingerprint: str  # content hash of config + weights + tokenizer
+    registered: str = ""  # a registry reference pinned to its version (models:/NAME/VERSION), else ""
 
 
 def resolve_model(
@@ -36,10 +37,12 @@ def resolve_model(
 ) -> ResolvedModel:
     """`storage`: the run store (else `PEFTFLOW_STORAGE`), where built-in models are kept once built.
     `key`: the config key `ref` came from (`teacher`, `model`, ...), the one an error names."""
+    registered = ""
     if ref.startswith("builtin:"):
         path = _builtin(ref.removeprefix("builtin:"), storage, key)
     elif ref.startswith("models:/"):
-        path = _from_registry(ref, key)
+        registered = registry_version(ref, key)
+        path = _from_registry(registered, key)
     elif Path(ref).expanduser().is_dir():
         path = Path(ref).expanduser().resolve()
     elif ref.startswith(("/", ".", "~")):
@@ -47,7 +50,7 @@ def resolve_model(
     else:
         path = _from_hub(ref, key)
     check_weights_are_safetensors(path, allow_pickle_weights, key)
-    return ResolvedModel(ref=ref, path=str(path), fingerprint=fingerprint_dir(path))
+    return ResolvedModel(ref, str(path), fingerprint_dir(path), registered)
 
 
 def check_weights_are_safetensors(
@@ -104,6 +107,14 @@ def _builtin(name: str, storage: str | None = None, key: str = "model_name_or_pa
         lambda out: BUILDERS[name](out, lambda other: _builtin(other, storage)),
         ready=lambda target: (target / "config.json").is_file(),
     )
+
+
+def registry_version(uri: str, key: str = "model_name_or_path") -> str:
+    """`uri` pinned to a version: an alias read once, so the run and its lineage name one version."""
+    try:
+        return pinned_uri(uri)
+    except LookupError as e:
+        raise UserError(f"{key}: model reference {uri}: {e}") from None
 
 
 def _from_registry(uri: str, key: str) -> Path:

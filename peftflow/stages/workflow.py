@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from peftflow.data import PreparedData
+from peftflow.derived_models import resolve_start
 from peftflow.evaluation.report import EvalReport
-from peftflow.models.resolve import ResolvedModel, resolve_model
+from peftflow.models.resolve import ResolvedModel
 
 # (cfg, prepared-data dir, train rows) -> (Trainer class, its extra keyword arguments, the rows it reads)
 TrainerFactory = Callable[..., tuple[type, dict, object]]
@@ -37,7 +38,8 @@ class Workflow:
     """Supervised fine-tuning: the base model, the dataset's rows, the stock trainer."""
 
     def resolve(self, cfg) -> RunModels:
-        return RunModels(resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage))
+        """The model the run trains: `model_name_or_path`, an adapter merged into its base."""
+        return RunModels(resolve_start(cfg))
 
     def check_inputs(self, cfg) -> None:
         """What the stage reads besides the dataset, checked before training (raises UserError)."""

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from peftflow.atomic import build_once
+from peftflow.derived_models import cached_model, with_adapter_merged
 from peftflow.errors import UserError
-from peftflow.merge import merge
-from peftflow.models.resolve import ResolvedModel, fingerprint_dir, resolve_model
-from peftflow.paths import cache_dir
+from peftflow.models.resolve import ResolvedModel, resolve_model
 
 
 def pruned_layer_indices(teacher_layers: int, student_layers: int) -> list[int]:
@@ -86,11 +84,6 @@ def load_teacher(teacher_dir: str, trust_remote_code: bool = False):
     )
 
 
-def _cached_model(name: str, build) -> str:
-    """Build a derived model once into the model cache; return its dir."""
-    return str(build_once(cache_dir("models") / name, build, ready=lambda target: (target / "config.json").is_file()))
-
-
 def resolve_teacher(cfg) -> ResolvedModel:
     """The teacher as a plain local model: `teacher_adapter`, if any, merged in once and cached."""
     teacher = resolve_model(cfg.teacher, cfg.allow_pickle_weights, cfg.storage, key="teacher")
@@ -99,13 +92,7 @@ def resolve_teacher(cfg) -> ResolvedModel:
     adapter = Path(cfg.teacher_adapter).expanduser()
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"teacher_adapter: {adapter} is not a PEFT adapter directory (no adapter_config.json)")
-    name = f"teacher-{teacher.fingerprint}-{fingerprint_dir(adapter)}"
-    return resolve_model(
-        _cached_model(
-            name,
-            lambda out: merge(teacher.path, str(adapter), out, tolerance=1e-3, trust_remote_code=cfg.trust_remote_code),
-        )
-    )
+    return with_adapter_merged(teacher, adapter, "teacher", cfg.trust_remote_code)
 
 
 def resolve_student(cfg, teacher: ResolvedModel) -> ResolvedModel:
@@ -114,7 +101,7 @@ def resolve_student(cfg, teacher: ResolvedModel) -> ResolvedModel:
     if cfg.student_layers:
         name = f"pruned-{teacher.fingerprint}-{cfg.student_layers}"
         student = resolve_model(
-            _cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out, cfg.trust_remote_code))
+            cached_model(name, lambda out: prune_layers(teacher.path, cfg.student_layers, out, cfg.trust_remote_code))
         )
     else:
         student = resolve_model(cfg.model_name_or_path, cfg.allow_pickle_weights, cfg.storage)
