@@ -30,11 +30,13 @@ from flows.variant import sweep_variant
 from peftflow.config import RunConfig, demo_config
 from peftflow.data import PreparedData
 from peftflow.evaluation.report import EvalReport
+from peftflow.evaluation.scoring import with_preference_scores
 from peftflow.lineage import lineage as run_lineage
 from peftflow.lineage import train_key
 from peftflow.mlflow_io.versions import ModelVersionRef
 from peftflow.promotion import GateDecision
 from peftflow.run_dir import RunDir
+from peftflow.stages import get_workflow
 from peftflow.stages.workflow import RunModels
 from peftflow.sweep.plan import SweepPlan, Variant, plan_sweep
 from peftflow.sweep.ranking import Ranking, VariantResult, rank
@@ -159,6 +161,8 @@ def publish_winner(
         {label: s for label, s in references.models.items() if label == "base" or rival}
         | {"tuned": tuned.models["tuned"]},
     )
+    # the winner scored alone: its implicit rewards taken against the sweep's base (stage dpo)
+    evaluation = with_preference_scores(evaluation, get_workflow(config).preference(config))
     guard = evaluate_guard(config, models.model, trained.tuned_dir, rival, guard_data, run_id) if guard_data else None
     lineage = run_lineage(config, models, data, key, flow_run_id())
     return publish_and_gate(

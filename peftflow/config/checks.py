@@ -94,7 +94,9 @@ def check_stage(cfg) -> None:
     for other in STAGES.values():
         foreign = [k for k in other.options if k not in stage.options and given(cfg, k)]
         if foreign:
-            raise ValueError(f"{', '.join(foreign)} only apply to stage: {other.name}")
+            # a key the preference stages share names each stage that reads it
+            readers = [s.name for s in STAGES.values() if foreign[0] in s.options]
+            raise ValueError(f"{', '.join(foreign)} only apply to stage: {' or '.join(readers)}")
     stage.check(cfg)
 
 

@@ -21,6 +21,19 @@ from peftflow.stages import STAGES
 # The flat shape, for code that hashes or logs a config: `cfg.model_dump(mode="json", context=FLAT)`.
 FLAT = {"flat": True}
 
+
+def _stage_groups() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """One group per stage's form group; stages that share a group (dpo and kto: Preference) show
+    their keys in it once, in the order the stages declare them."""
+    groups: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+    for s in STAGES.values():
+        if s.form_group:
+            _, _, keys = groups.get(s.form_group.key, ("", "", ()))
+            more = tuple(k for k in s.options if k not in keys)
+            groups[s.form_group.key] = (s.form_group.title, s.form_group.description, keys + more)
+    return groups
+
+
 # group key -> (title, description, keys); the order is the form's. Keys in no group stay at the top.
 GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "lora": (
@@ -103,11 +116,7 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("freeze_vision_tower", "train_projector", "freeze_multi_modal_projector"),
     ),
     # each stage's own options (peftflow/stages/), as the stage declares them
-    **{
-        s.form_group.key: (s.form_group.title, s.form_group.description, s.options)
-        for s in STAGES.values()
-        if s.form_group
-    },
+    **_stage_groups(),
     "distributed": ("Distributed", "torchrun for the train step when either is > 1.", ("num_processes", "nnodes")),
     "trust": ("Model", "What the base model may run or load.", ("trust_remote_code", "allow_pickle_weights")),
 }

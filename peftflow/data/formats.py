@@ -7,7 +7,9 @@ also carries {"role": "tools", "content": "", "tools": [tool objects]}. A row th
 one raises InvalidRow with a short reason. A format read `prompts_only` (prompts for a teacher to
 answer) ends its conversations with the prompt instead: a final answer, if a row has one, is dropped.
 A `ranking` entry (LLaMA-Factory's preference pairs) holds a prompt and two answers, `chosen` and
-`rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`).
+`rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`). A row with a
+`kto_tag` column (LLaMA-Factory's KTO feedback) is a conversation plus whether its answer is
+desirable (`to_feedback`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ COLUMNS = {
         "images": None,
         "chosen": "chosen",
         "rejected": "rejected",
+        "kto_tag": None,
     },
     "sharegpt": {
         "messages": "conversations",
@@ -40,6 +43,7 @@ COLUMNS = {
         "images": None,
         "chosen": "chosen",
         "rejected": "rejected",
+        "kto_tag": None,
     },
 }
 PAIR_SIDES = ("chosen", "rejected")  # the two answers of a `ranking` row, read only from ranking entries
@@ -92,6 +96,7 @@ class RowFormat:
     mapped: tuple[str, ...]  # the fields dataset_info.json maps explicitly
     prompts_only: bool = False  # rows are prompts: no answer needed, a final one dropped
     ranking: bool = False  # dataset_info.json `"ranking": true`: rows are preference pairs (to_pair)
+    feedback: bool = False  # rows are KTO feedback, read with their kto_tag (to_feedback)
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -123,6 +128,7 @@ class RowFormat:
         required = set(REQUIRED[self.formatting]) | (set(PAIR_SIDES) if self.ranking else set())
         fields = (required | set(self.mapped)) - ({"response"} if self.prompts_only or self.ranking else set())
         fields -= set() if self.ranking else set(PAIR_SIDES)
+        fields |= {"kto_tag"} if self.feedback else set()
         return sorted({self.columns[f] for f in fields if self.columns[f]})
 
     @classmethod
@@ -147,6 +153,14 @@ class RowFormat:
         if chosen["content"].strip() == rejected["content"].strip():
             raise InvalidRow("chosen equals rejected", "a pair teaches nothing when its answers are the same")
         return prompt + [chosen], rejected
+
+    def to_feedback(self, row: dict[str, Any]) -> tuple[Conversation, bool]:
+        """A KTO row: its conversation, and whether its last answer is desirable (the kto_tag column)."""
+        column = self.columns["kto_tag"]
+        tag = row.get(column)
+        if not isinstance(tag, bool):
+            raise InvalidRow(f"field '{column}' is not true or false", "missing" if tag is None else f"got {tag!r}")
+        return self.to_conversation(row), tag
 
     def _answer(self, row: dict[str, Any], side: str) -> dict[str, str]:
         column = self.columns[side]

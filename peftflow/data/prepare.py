@@ -58,12 +58,14 @@ class _Read(NamedTuple):
     images: list[bytes]
     where: str  # "<file> row N"
     rejected: dict | None = None  # a preference pair's rejected answer turn
+    kto_tag: bool | None = None  # KTO feedback: whether the answer is desirable
 
 
 @dataclass
 class _Analysis:
     rows: list[EncodedRow] = field(default_factory=list)  # kept, cut at cutoff_len
     rejected: list[EncodedRow] = field(default_factory=list)  # preference pairs: each kept row's rejected side
+    kto_tags: list[bool] = field(default_factory=list)  # KTO feedback: each kept row's tag
     images: list[list[bytes]] = field(default_factory=list)  # each kept row's images (empty for text)
     rows_read: int = 0
     drops: list[tuple[str, str]] = field(default_factory=list)  # (reason, "<file> row N")
@@ -157,7 +159,7 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
     rejected = encoder.encode(
         [r.conversation[:-1] + [r.rejected] for r in kept if r.rejected], cfg.train_on_prompt, cfg.mask_history
     )
-    for i, (row, (_, images, where, _)) in enumerate(zip(encoded, kept)):
+    for i, (row, (_, images, where, _, kto_tag)) in enumerate(zip(encoded, kept)):
         a.lengths.append(max(len(row.input_ids), len(rejected[i].input_ids) if pairs else 0))
         row, truncated = cut(row, cfg.cutoff_len)
         other, other_truncated = cut(rejected[i], cfg.cutoff_len) if pairs else (row, False)
@@ -168,6 +170,7 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
         elif supervised(row) and supervised(other):
             a.rows.append(row)
             a.rejected += [other] if pairs else []
+            a.kto_tags += [kto_tag] if kto_tag is not None else []
             a.images.append(images)
             a.truncated += truncated or other_truncated
         else:
@@ -251,12 +254,15 @@ def _read_source(source: DatasetSource, a: _Analysis):
         for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
             a.rows_read += 1
             try:
+                rejected = kto_tag = None
                 if source.format.ranking:
                     conversation, rejected = source.format.to_pair(row)
+                elif source.format.feedback:
+                    conversation, kto_tag = source.format.to_feedback(row)
                 else:
-                    conversation, rejected = source.format.to_conversation(row), None
+                    conversation = source.format.to_conversation(row)
                 images = read_images(source, source.format.images(row, conversation))
-                valid.append(_Read(conversation, images, f"{file.shown} row {number}", rejected))
+                valid.append(_Read(conversation, images, f"{file.shown} row {number}", rejected, kto_tag))
             except InvalidRow as e:
                 invalid.append((file.shown, e.reason, f"row {number}: {e}"))
                 a.drops.append((e.reason, f"{file.shown} row {number}"))
@@ -313,6 +319,10 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
             cols["rejected_labels"] = [a.rejected[i].labels for i in idx]
         train_features |= {"rejected_input_ids": ids, "rejected_labels": ids}
         eval_features |= {"rejected_input_ids": ids, "rejected_labels": ids}
+    if a.kto_tags:  # KTO feedback: whether each row's answer is desirable
+        for cols, idx in ((train_cols, train_idx), (eval_cols, eval_idx)):
+            cols["kto_tag"] = [a.kto_tags[i] for i in idx]
+        train_features["kto_tag"] = eval_features["kto_tag"] = Value("bool")
     if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
         train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
         train_features["images"] = eval_features["images"] = List(Value("binary"))

@@ -21,10 +21,15 @@ class RowKind:
     description: str
     read_as: Callable[[DatasetSource], DatasetSource]  # the source set up to read rows of this kind
     ranking: bool = False  # read from dataset_info.json entries with `"ranking": true`, and only from those
+    column: str | None = None  # a field its dataset_info.json entries must map (`columns`)
 
 
 def _as_prompts(source: DatasetSource) -> DatasetSource:
     return replace(source, format=replace(source.format, prompts_only=True))
+
+
+def _as_feedback(source: DatasetSource) -> DatasetSource:
+    return replace(source, format=replace(source.format, feedback=True))
 
 
 ROW_KINDS: dict[str, RowKind] = {
@@ -33,6 +38,7 @@ ROW_KINDS: dict[str, RowKind] = {
         RowKind("conversations", "a conversation ending in the answer to learn", lambda source: source),
         RowKind("prompts", "a conversation without its answer: none needed, a final one dropped", _as_prompts),
         RowKind("pairs", "a prompt with a chosen and a rejected answer", lambda source: source, ranking=True),
+        RowKind("feedback", "a conversation whose answer is marked desirable or not", _as_feedback, column="kto_tag"),
     )
 }
 
@@ -46,5 +52,10 @@ def read_as(kind: str, sources: list[DatasetSource], reader: str) -> list[Datase
             what = "preference pairs" if s.format.ranking else 'not preference pairs (no "ranking": true)'
             raise UserError(
                 f"dataset '{s.name}' in {s.info_file} is {what}; {reader} reads {kind}: {row_kind.description}"
+            )
+        if row_kind.column and not s.format.columns.get(row_kind.column):
+            raise UserError(
+                f"dataset '{s.name}' in {s.info_file} maps no {row_kind.column} column; {reader} reads {kind}: "
+                f'{row_kind.description} (add "columns": {{"{row_kind.column}": "<its column>"}})'
             )
     return [row_kind.read_as(s) for s in sources]

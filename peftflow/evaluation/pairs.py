@@ -13,11 +13,12 @@ from peftflow.preference_losses import PreferenceSettings, length_normalised, se
 PAIR_COLUMNS = ("rejected_input_ids", "rejected_labels")  # what a prepared split of pairs adds
 
 
-def pair_batch(rows: dict[str, list], pad_id: int, multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Rows of pairs (columns input_ids, labels, rejected_input_ids, rejected_labels) as one padded
-    batch of 2B sequences: chosen sides, then rejected sides."""
-    ids = rows["input_ids"] + rows["rejected_input_ids"]
-    labels = rows["labels"] + rows["rejected_labels"]
+def pair_batch(rows: dict[str, list], pad_id: int, second=PAIR_COLUMNS, multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Rows of pairs (columns input_ids, labels and the `second` side's ids and labels: a pair's
+    rejected side, or a KTO row's KL row) as one padded batch of 2B sequences: first sides, then
+    second sides."""
+    ids = rows["input_ids"] + rows[second[0]]
+    labels = rows["labels"] + rows[second[1]]
     width = -(-max(map(len, ids)) // multiple) * multiple
     return {
         "input_ids": torch.tensor([r + [pad_id] * (width - len(r)) for r in ids]),
@@ -27,12 +28,12 @@ def pair_batch(rows: dict[str, list], pad_id: int, multiple: int = 8) -> dict[st
 
 
 @torch.no_grad()
-def pair_logps(model, rows, pad_id: int, batch_size: int) -> torch.Tensor:
-    """[N, 4]: each pair's chosen log-prob sum and token count, then the rejected side's."""
+def pair_logps(model, rows, pad_id: int, batch_size: int, second=PAIR_COLUMNS) -> torch.Tensor:
+    """[N, 4]: each pair's first side's log-prob sum and token count, then its second side's."""
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = {k: v.to(model.device) for k, v in pair_batch(chunk, pad_id).items()}
+        batch = {k: v.to(model.device) for k, v in pair_batch(chunk, pad_id, second).items()}
         sums, counts = sequence_logps(model, batch)
         n = len(chunk["input_ids"])
         out.append(torch.stack([sums[:n], counts[:n], sums[n:], counts[n:]], dim=1).float().cpu())

@@ -204,15 +204,18 @@ def compare(
         cfg.evaluation.metric,
         {label: score_model(label, d, data_path, cfg, bases.get(label, base_model_dir)) for label, d in models.items()},
     )
-    if preference is not None:
-        _score_preferences(report, *preference)
+    report = with_preference_scores(report, preference)
     report.to_json(out_path)
     return report
 
 
-def _score_preferences(report: EvalReport, settings, reference_label: str) -> None:
+def with_preference_scores(report: EvalReport, preference) -> EvalReport:
     """Each model's preference accuracy and margin on the held-out pairs, its implicit rewards taken
-    against the reference model's log-probs (not needed by ORPO and SimPO)."""
+    against the reference model's log-probs (not needed by ORPO and SimPO). `preference`: as in
+    `compare`; None leaves the report as it is."""
+    if preference is None:
+        return report
+    settings, reference_label = preference
     reference = report.models.get(reference_label)
     for label, scores in report.models.items():
         if label == reference_label or not scores.pairs:
@@ -221,6 +224,7 @@ def _score_preferences(report: EvalReport, settings, reference_label: str) -> No
         if ref is None and uses_reference(settings.loss):
             continue  # a sweep variant scored alone: its reference is scored with the sweep's base
         scores.preference = preference_scores(settings, torch.tensor(scores.pairs), ref)
+    return report
 
 
 def guard_losses(

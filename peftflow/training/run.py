@@ -151,8 +151,9 @@ def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallbac
 def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, trainer_factory):
     """The Trainer for this run: the stage's (its factory's), images for a VLM."""
     multimodal = "images" in train_set.column_names
-    # the rows the model reads: a preference pair's rejected side too (peftflow/evaluation/pairs.py)
-    extra_columns = [c for c in ("rejected_input_ids", "rejected_labels", "images") if c in train_set.column_names]
+    # the rows the model reads: a preference pair's rejected side too, a KTO row's tag
+    stage_columns = ("rejected_input_ids", "rejected_labels", "kto_tag", "images")
+    extra_columns = [c for c in stage_columns if c in train_set.column_names]
     train_set = train_set.select_columns(["input_ids", "labels", *extra_columns])
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
     if multimodal:

@@ -23,8 +23,11 @@ def test_each_stage_declares_what_the_config_and_the_flows_need(name):
     if stage.keys:  # declared once, in the stage's package: RunConfig inherits them, options names them
         assert issubclass(RunConfig, stage.keys) and stage.options == tuple(stage.keys.model_fields)
     assert stage.row_kind in ROW_KINDS
-    if stage.form_group:  # the form shows the stage's keys as its own group
-        assert GROUPS[stage.form_group.key][2] == stage.options
+    if stage.form_group:  # the form shows the stage's keys in its group (shared by dpo and kto: each key once)
+        shown = GROUPS[stage.form_group.key][2]
+        assert set(stage.options) <= set(shown) and len(shown) == len(set(shown))
+        sharing = [s for s in STAGES.values() if s.form_group and s.form_group.key == stage.form_group.key]
+        assert set(shown) == {k for s in sharing for k in s.options}
     assert isinstance(get_workflow(RunConfig.model_construct(stage=name)), Workflow)
     assert f"`{name}`" in RunConfig.model_fields["stage"].description
 

@@ -1,13 +1,14 @@
 """`stage: dpo`: preference tuning on pairs of answers to one prompt, LLaMA-Factory's `stage: dpo`
 with its `pref_loss` family (DPO's sigmoid, hinge, IPO; ORPO and SimPO, which need no reference).
-`keys.py` (its config keys), `reference.py` (the reference model's log-probs, computed once per
-dataset and cached), `trainer.py` (the preference trainer), `workflow.py` (what a DPO run does); the
-losses are in peftflow.preference_losses."""
+`keys.py` (its config keys), `trainer.py` (the preference trainer), `workflow.py` (what a DPO run
+does); the reference model and its cached log-probs are `peftflow/stages/reference.py`, shared with
+kto; the losses are in peftflow.preference_losses."""
 
 from __future__ import annotations
 
-from peftflow.stages.base import FormGroup, Stage
+from peftflow.stages.base import Stage
 from peftflow.stages.dpo.keys import DpoKeys
+from peftflow.stages.preference_keys import PREFERENCE_GROUP
 
 NO_REFERENCE = ("orpo", "simpo")  # losses on the policy's log-probs alone
 
@@ -35,7 +36,7 @@ STAGE = Stage(
     "dpo",
     "preference tuning on chosen / rejected answer pairs (LLaMA-Factory's dpo; see the Preference group)",
     keys=DpoKeys,
-    form_group=FormGroup("preference", "Preference", "Stage dpo: the loss, beta and the reference model."),
+    form_group=PREFERENCE_GROUP,
     check=check,
     row_kind="pairs",
     models_by_content=("ref_model",),

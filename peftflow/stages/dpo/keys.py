@@ -1,17 +1,17 @@
-"""The config keys of `stage: dpo`, LLaMA-Factory's names and defaults (its RLHFArguments)."""
+"""The config keys of `stage: dpo`, LLaMA-Factory's names and defaults (its RLHFArguments); beta and
+the reference model are the preference stages' shared keys."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from peftflow.stages.preference_keys import PreferenceKeys
 
 
-class DpoKeys(BaseModel):
+class DpoKeys(PreferenceKeys):
     # fmt: off
-    pref_beta: float = Field(0.1, gt=0.0, title="Preference: beta",
-                             description="How far the policy may move from the reference: the scale of the implicit "
-                                         "reward beta * log(policy / reference).")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field(
         "sigmoid", title="Preference: loss",
         description="sigmoid (DPO), hinge, ipo (on per-token log-probs), orpo and simpo (no reference model).")
@@ -21,7 +21,4 @@ class DpoKeys(BaseModel):
                                description="pref_loss simpo: the target reward margin gamma.")
     dpo_label_smoothing: float = Field(0.0, ge=0.0, le=0.5, title="Preference: label smoothing",
                                        description="pref_loss sigmoid: the share of pairs assumed flipped (cDPO).")
-    ref_model: str | None = Field(None, title="Preference: reference model",
-                                  description="The reference model. Empty: the model trained, as loaded (LoRA: the "
-                                              "adapter switched off).")
     # fmt: on

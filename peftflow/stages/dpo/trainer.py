@@ -9,7 +9,7 @@ import torch
 from peftflow.evaluation.pairs import pair_batch
 from peftflow.models.load import load_base
 from peftflow.preference_losses import PreferenceSettings, preference_loss, sequence_logps, uses_reference
-from peftflow.stages.dpo.reference import cache_path, reference_logps
+from peftflow.stages.reference import cache_path, reference_logps
 from peftflow.training.arguments import base_dtype
 from peftflow.training.trainer import SupervisedTokenTrainer
 

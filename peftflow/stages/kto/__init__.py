@@ -1,0 +1,32 @@
+"""`stage: kto`: Kahneman-Tversky optimisation on unpaired feedback, LLaMA-Factory's `stage: kto`:
+each row is a conversation whose answer is marked desirable or not (its `kto_tag` column). The
+policy's implicit reward is pushed above a reference point (the KL between policy and reference,
+estimated on mismatched prompt / answer rows) for desirable answers and below it for the others.
+`keys.py` (its keys), `trainer.py` (the KTO trainer), `workflow.py`; the reference model and its
+cached log-probs are `peftflow/stages/reference.py`; the loss is peftflow.preference_losses.kto_loss."""
+
+from __future__ import annotations
+
+from peftflow.stages.base import Stage
+from peftflow.stages.kto.keys import KtoKeys
+from peftflow.stages.preference_keys import PREFERENCE_GROUP
+
+
+def check(cfg) -> None:
+    if cfg.num_processes > 1 or cfg.nnodes > 1:
+        raise ValueError(
+            f"stage: kto trains in one process (the reference log-probs are computed and cached by one); "
+            f"set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})"
+        )
+
+
+STAGE = Stage(
+    "kto",
+    "preference tuning on unpaired feedback: answers marked desirable or not (LLaMA-Factory's kto; "
+    "see the Preference group)",
+    keys=KtoKeys,
+    form_group=PREFERENCE_GROUP,
+    check=check,
+    row_kind="feedback",
+    models_by_content=("ref_model",),
+)
