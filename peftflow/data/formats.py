@@ -7,7 +7,8 @@ also carries {"role": "tools", "content": "", "tools": [tool objects]}. A row th
 one raises InvalidRow with a short reason. A format read `prompts_only` (prompts for a teacher to
 answer) ends its conversations with the prompt instead: a final answer, if a row has one, is dropped.
 A `ranking` entry (LLaMA-Factory's preference pairs) holds a prompt and two answers, `chosen` and
-`rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`).
+`rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`). A format read as
+`text` (continued pre-training) takes one document per row from its `prompt` column (`to_text`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class RowFormat:
     mapped: tuple[str, ...]  # the fields dataset_info.json maps explicitly
     prompts_only: bool = False  # rows are prompts: no answer needed, a final one dropped
     ranking: bool = False  # dataset_info.json `"ranking": true`: rows are preference pairs (to_pair)
+    text: bool = False  # rows are documents of plain text, each in the prompt column (to_text)
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -120,6 +122,8 @@ class RowFormat:
     @property
     def required_columns(self) -> list[str]:
         """File columns a table (csv / parquet) must have: the required fields and all mapped ones."""
+        if self.text:
+            return [self.columns["prompt"]]
         required = set(REQUIRED[self.formatting]) | (set(PAIR_SIDES) if self.ranking else set())
         fields = (required | set(self.mapped)) - ({"response"} if self.prompts_only or self.ranking else set())
         fields -= set() if self.ranking else set(PAIR_SIDES)
@@ -147,6 +151,13 @@ class RowFormat:
         if chosen["content"].strip() == rejected["content"].strip():
             raise InvalidRow("chosen equals rejected", "a pair teaches nothing when its answers are the same")
         return prompt + [chosen], rejected
+
+    def to_text(self, row: dict[str, Any]) -> str:
+        """A plain-text row's document: its prompt column, a non-empty string."""
+        text = _text(row, self.columns["prompt"])
+        if not text.strip():
+            raise InvalidRow("empty text")
+        return text
 
     def _answer(self, row: dict[str, Any], side: str) -> dict[str, str]:
         column = self.columns[side]
