@@ -1,5 +1,6 @@
 """Every built-in dataset, written once into one folder with its dataset_info.json (LLaMA-Factory
-format): the order task (datasets.py), its preference task (preferences.py), shapes, tool calls."""
+format): the order task (datasets.py), its preference task (preferences.py), its plain-text notes
+(order_notes.py), shapes, tool calls."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from peftflow.builtin.datasets import PROMPT_SEED, make_general_rows, make_rows
+from peftflow.builtin.order_notes import write_notes_dataset
 from peftflow.builtin.preferences import write_preference_datasets
 from peftflow.builtin.shapes import write_shapes_dataset
 from peftflow.builtin.tool_calls import DATASET_INFO as TOOLS_INFO
@@ -20,13 +22,14 @@ BUILTIN_NAMES = (
     "demo_tools",
     "demo_orders_mixed",
     "demo_order_pairs",
+    "demo_order_notes",
 )
 
 
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
     """Write the demo data (orders; 512 order prompts without answers, for a distillation teacher to
     answer; the arithmetic guard set; the shapes image task; tool calling; the preference task's mixed
-    orders and pairs) and their dataset_info.json
+    orders and pairs; 512 plain-text order notes for continued pre-training) and their dataset_info.json
     (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}
@@ -47,5 +50,6 @@ def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Pa
     (dataset_dir / "demo_tools.json").write_text(json.dumps(make_tool_rows(n, seed), indent=1))
     info |= TOOLS_INFO
     info |= write_preference_datasets(dataset_dir, n, seed=seed)
+    info |= write_notes_dataset(dataset_dir)
     (dataset_dir / "dataset_info.json").write_text(json.dumps(info, indent=2))
     return dataset_dir

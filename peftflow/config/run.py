@@ -51,7 +51,7 @@ class _SharedKeys(Strict):
         "sft", title="Stage", description=" ".join(f"`{s.name}`: {s.description}." for s in STAGES.values()))
     template: str = Field("tokenizer", title="Chat template",
                           description="`tokenizer` (the tokenizer's own) or one of LLaMA-Factory's template names "
-                                      "(`qwen3`, `llama3`, `default`, ...).")
+                                      "(`qwen3`, `llama3`, `default`, ...); not read by stage pt (plain text).")
     learning_rate: float = Field(2e-4, gt=0.0, title="Learning rate",
                                  description="Peak learning rate of the optimizer.")
     num_train_epochs: float = Field(3.0, gt=0.0, title="Epochs",
@@ -63,7 +63,8 @@ class _SharedKeys(Strict):
     gradient_accumulation_steps: int = Field(1, gt=0, title="Gradient accumulation steps",
                                              description="Micro-batches per optimizer step.")
     cutoff_len: int = Field(1024, gt=0, title="Max tokens per row",
-                            description="Rows are cut to this many tokens; a row left with no answer token is dropped.")
+                            description="Rows are cut to this many tokens; a row left with no answer token is dropped. "
+                                        "Stage pt: the length of each block the texts are cut into.")
     val_size: float = Field(0.1, ge=0.0, title="Held-out rows",
                             description="Rows held out for evaluation: a fraction (< 1) or a number of rows.")
     # LoRA (lora; lora_target also names IA3's targets)

@@ -1,6 +1,6 @@
 """Datasets: LLaMA-Factory's dataset_info.json (`sources`), row formats (`formats`), chat templates
-(`templates`), tokenising and masking (`tokenize`), images, S3 files (`cloud`), and the prepared,
-cached train / eval splits (`prepare`)."""
+(`templates`), tokenising and masking (`tokenize`), plain text cut into blocks (`blocks`), images,
+S3 files (`cloud`), and the prepared, cached train / eval splits (`prepare`)."""
 
 from peftflow.data.prepare import PreparedData, data_report, prepare_dataset
 from peftflow.data.report import DataReport

@@ -41,6 +41,8 @@ def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: s
             add("file", file.path.read_bytes())
         if source.format.columns.get("images"):
             add("images", images_digest(source))
+    if any(s.format.text for s in sources):  # the same files read as plain text prepare other rows
+        add("row kind", b"text")
     for name in TOKENIZER_FILES:
         if (Path(model_path) / name).is_file():
             add(name, (Path(model_path) / name).read_bytes())

@@ -10,6 +10,8 @@ A `ranking` entry (LLaMA-Factory's preference pairs) holds a prompt and two answ
 `rejected`: strings in alpaca rows, one message each in sharegpt rows (`to_pair`). A row with a
 `kto_tag` column (LLaMA-Factory's KTO feedback) is a conversation plus whether its answer is
 desirable (`to_feedback`).
+A format read as `text` (continued pre-training) takes one document per row from its `prompt`
+column (`to_text`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class RowFormat:
     prompts_only: bool = False  # rows are prompts: no answer needed, a final one dropped
     ranking: bool = False  # dataset_info.json `"ranking": true`: rows are preference pairs (to_pair)
     feedback: bool = False  # rows are KTO feedback, read with their kto_tag (to_feedback)
+    text: bool = False  # rows are documents of plain text, each in the prompt column (to_text)
 
     @classmethod
     def from_entry(cls, name: str, entry: dict[str, Any], source: str) -> "RowFormat":
@@ -125,6 +128,8 @@ class RowFormat:
     @property
     def required_columns(self) -> list[str]:
         """File columns a table (csv / parquet) must have: the required fields and all mapped ones."""
+        if self.text:
+            return [self.columns["prompt"]]
         required = set(REQUIRED[self.formatting]) | (set(PAIR_SIDES) if self.ranking else set())
         fields = (required | set(self.mapped)) - ({"response"} if self.prompts_only or self.ranking else set())
         fields -= set() if self.ranking else set(PAIR_SIDES)
@@ -161,6 +166,13 @@ class RowFormat:
         if not isinstance(tag, bool):
             raise InvalidRow(f"field '{column}' is not true or false", "missing" if tag is None else f"got {tag!r}")
         return self.to_conversation(row), tag
+
+    def to_text(self, row: dict[str, Any]) -> str:
+        """A plain-text row's document: its prompt column, a non-empty string."""
+        text = _text(row, self.columns["prompt"])
+        if not text.strip():
+            raise InvalidRow("empty text")
+        return text
 
     def _answer(self, row: dict[str, Any], side: str) -> dict[str, str]:
         column = self.columns[side]

@@ -2,7 +2,8 @@
 
 prepare_dataset() reads the datasets the config names, validates and normalises every row,
 tokenises with the chat template, masks the prompt, cuts at cutoff_len and splits off the eval
-rows. The result is cached under cache_dir("prepared")/<fingerprint>, where the fingerprint
+rows. Plain text (`stage: pt`) is concatenated and cut into cutoff_len blocks instead (blocks.py).
+The result is cached under cache_dir("prepared")/<fingerprint>, where the fingerprint
 covers everything that changes the output (data bytes, dataset_info entries, tokenizer files,
 template and data options), so an unchanged input is never tokenised twice.
 """
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from peftflow.config import RunConfig
+from peftflow.data.blocks import text_blocks
 from peftflow.data.fingerprint import data_fingerprint, encode_options
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import read_images
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
-from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, supervised
+from peftflow.data.tokenize import ChatEncoder, EncodedRow, cut, load_tokenizer, supervised
 from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
 from peftflow.models.vision import check_config_fits
@@ -52,13 +54,15 @@ class PreparedData:
 
 
 class _Read(NamedTuple):
-    """One valid row as read: its conversation (a pair's: the prompt and its chosen answer)."""
+    """One valid row as read: its conversation (a pair's: the prompt and its chosen answer), or a
+    plain-text row's document."""
 
     conversation: Conversation
     images: list[bytes]
     where: str  # "<file> row N"
     rejected: dict | None = None  # a preference pair's rejected answer turn
     kto_tag: bool | None = None  # KTO feedback: whether the answer is desirable
+    text: str = ""  # plain text (stage pt): the document; its conversation is empty
 
 
 @dataclass
@@ -72,6 +76,8 @@ class _Analysis:
     lengths: list[int] = field(default_factory=list)  # tokens per valid row, before cutoff
     truncated: int = 0
     problems: list[str] = field(default_factory=list)
+    documents: int | None = None  # plain text: the documents concatenated into `rows`, cutoff_len blocks
+    tail_tokens: int = 0  # plain text: tokens after the last whole block, dropped
 
 
 def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
@@ -135,13 +141,15 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
     return DataReport(
         datasets=tuple(s.name for s in sources),
         rows_read=a.rows_read,
-        rows_kept=len(a.rows),
+        rows_kept=len(a.rows) if a.documents is None else a.documents,
         dropped={r: len(w) for r, w in by_reason.items()},
         dropped_rows={r: tuple(w[:SHOWN_ROWS]) for r, w in by_reason.items()},
         token_lengths=percentiles(a.lengths),
         cutoff_len=cfg.cutoff_len,
         truncated=a.truncated,
         problems=tuple(a.problems),
+        blocks=None if a.documents is None else len(a.rows),
+        tail_tokens=a.tail_tokens,
     )
 
 
@@ -149,6 +157,34 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
     """Read, validate, tokenise and cut; every problem is noted, in the order it is met."""
     a = _Analysis()
     kept = _valid_rows(cfg, sources, a, a.problems.append)
+    if any(s.format.text for s in sources):
+        _cut_blocks(cfg, model_path, kept, a)
+    else:
+        _encode_rows(cfg, model_path, kept, a)
+    unit = "rows" if a.documents is None else "blocks"
+    if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
+        a.problems.append(
+            f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} {unit} "
+            "and leaves none to train on; lower val_size or add data"
+        )
+    return a
+
+
+def _cut_blocks(cfg: RunConfig, model_path: str, kept: list[_Read], a: _Analysis) -> None:
+    """Plain text: every document, untemplated, concatenated and cut into cutoff_len blocks."""
+    blocks = text_blocks(
+        load_tokenizer(model_path, cfg.trust_remote_code), [r.text for r in kept], cfg.cutoff_len, model_path
+    )
+    a.rows, a.lengths, a.documents, a.tail_tokens = blocks.rows, blocks.lengths, len(kept), blocks.tail_tokens
+    if kept and not a.rows:
+        a.problems.append(
+            f"cutoff_len {cfg.cutoff_len}: the texts hold {blocks.tail_tokens} tokens in all ({len(kept)} rows), "
+            "less than one block; lower cutoff_len or add text"
+        )
+
+
+def _encode_rows(cfg: RunConfig, model_path: str, kept: list[_Read], a: _Analysis) -> None:
+    """Conversations and pairs: templated, masked and cut row by row."""
     encoder = ChatEncoder(model_path, cfg.template, cfg.trust_remote_code, encode_options(cfg))
     _check_model_takes_images(cfg, model_path, encoder, any(r.images for r in kept))
     encoded = encoder.encode([r.conversation for r in kept], cfg.train_on_prompt, cfg.mask_history)
@@ -159,7 +195,8 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
     rejected = encoder.encode(
         [r.conversation[:-1] + [r.rejected] for r in kept if r.rejected], cfg.train_on_prompt, cfg.mask_history
     )
-    for i, (row, (_, images, where, _, kto_tag)) in enumerate(zip(encoded, kept)):
+    for i, (row, read) in enumerate(zip(encoded, kept)):
+        images, where, kto_tag = read.images, read.where, read.kto_tag
         a.lengths.append(max(len(row.input_ids), len(rejected[i].input_ids) if pairs else 0))
         row, truncated = cut(row, cfg.cutoff_len)
         other, other_truncated = cut(rejected[i], cfg.cutoff_len) if pairs else (row, False)
@@ -180,15 +217,9 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
             f"cutoff_len {cfg.cutoff_len}: every row's answer starts beyond it, so nothing is left to learn; "
             f"raise cutoff_len (rows have {min(a.lengths)} to {max(a.lengths)} tokens)"
         )
-    if a.rows and _eval_count(len(a.rows), cfg.val_size) >= len(a.rows):
-        a.problems.append(
-            f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} rows "
-            "and leaves none to train on; lower val_size or add data"
-        )
     cutoff_drops = sum(reason in (CUTOFF_DROP, IMAGE_CUT_DROP) for reason, _ in a.drops)
     if cutoff_drops and a.rows:
         log.warning("dropped %d rows with no answer token within cutoff_len %d", cutoff_drops, cfg.cutoff_len)
-    return a
 
 
 def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem) -> list[_Read]:
@@ -255,6 +286,10 @@ def _read_source(source: DatasetSource, a: _Analysis):
             a.rows_read += 1
             try:
                 rejected = kto_tag = None
+                where = f"{file.shown} row {number}"
+                if source.format.text:
+                    valid.append(_Read([], [], where, text=source.format.to_text(row)))
+                    continue
                 if source.format.ranking:
                     conversation, rejected = source.format.to_pair(row)
                 elif source.format.feedback:
@@ -262,10 +297,10 @@ def _read_source(source: DatasetSource, a: _Analysis):
                 else:
                     conversation = source.format.to_conversation(row)
                 images = read_images(source, source.format.images(row, conversation))
-                valid.append(_Read(conversation, images, f"{file.shown} row {number}", rejected, kto_tag))
+                valid.append(_Read(conversation, images, where, rejected, kto_tag))
             except InvalidRow as e:
                 invalid.append((file.shown, e.reason, f"row {number}: {e}"))
-                a.drops.append((e.reason, f"{file.shown} row {number}"))
+                a.drops.append((e.reason, where))
                 hint = hint or e.hint
     return valid, invalid, hint
 

@@ -1,6 +1,6 @@
 """What `peftflow validate` shows about the data: rows read, kept and dropped (and why), token
-lengths, truncation, and every problem that would stop training. Made by data/prepare.py and kept
-beside the prepared data (`report.json`)."""
+lengths, truncation (plain text: the blocks it was cut into), and every problem that would stop
+training. Made by data/prepare.py and kept beside the prepared data (`report.json`)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ class DataReport:
     cutoff_len: int
     truncated: int
     problems: tuple[str, ...]  # what would stop prepare_dataset
+    # Plain text (stage pt): the cutoff_len blocks the kept rows were concatenated and cut into, and
+    # the tokens after the last whole block, dropped; None for rows trained one by one.
+    blocks: int | None = None
+    tail_tokens: int = 0
 
     @classmethod
     def from_json(cls, path: Path) -> DataReport:
@@ -52,10 +56,18 @@ class DataReport:
                 for reason, n in self.dropped.items()
             ),
             f"tokens per row: {lengths}",
-            f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})",
+            self._cut_line(),
             *(f"problem: {p}" for p in self.problems),
         ]
         return "\n".join(lines)
+
+    def _cut_line(self) -> str:
+        if self.blocks is None:
+            return f"truncated at cutoff_len {self.cutoff_len}: {self.truncated} rows ({self.truncation_rate:.1%})"
+        return (
+            f"blocks of cutoff_len {self.cutoff_len} tokens: {self.blocks} kept (the rows concatenated, each ending "
+            f"in eos; the last {self.tail_tokens} tokens, less than a block, dropped)"
+        )
 
 
 class DataProblems(UserError):

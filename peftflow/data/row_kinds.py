@@ -1,7 +1,7 @@
 """What a row of a dataset is to the stage that reads it: a row kind sets up how a dataset's rows
 are read (formats.py does the reading). A stage names the kind of its `dataset` rows
 (`Stage.row_kind`); a stage that reads other data names that data's kind where it reads it
-(distillation's teacher prompts are `prompts`).
+(distillation's teacher prompts are `prompts`; continued pre-training reads `text`).
 
 To add a kind: its `RowKind` here, and the format's reading in formats.py.
 """
@@ -32,6 +32,24 @@ def _as_feedback(source: DatasetSource) -> DatasetSource:
     return replace(source, format=replace(source.format, feedback=True))
 
 
+def _as_text(source: DatasetSource) -> DatasetSource:
+    """An alpaca entry whose `prompt` column holds one document per row, as LLaMA-Factory's pt reads it."""
+    fmt, where = source.format, f"dataset '{source.name}' in {source.info_file}"
+    if fmt.formatting != "alpaca":
+        also = "; LLaMA-Factory's pt does not read sharegpt either" if fmt.formatting == "sharegpt" else ""
+        raise UserError(
+            f"{where} is {fmt.formatting}; stage: pt reads plain text from the prompt column of an alpaca "
+            f'entry (e.g. "columns": {{"prompt": "text"}}){also}'
+        )
+    others = [f for f in fmt.mapped if f != "prompt"]
+    if others:  # refused, not ignored: pt learns one text per row
+        raise UserError(
+            f"{where} maps {', '.join(others)}; stage: pt learns one text column, the prompt: map only it "
+            '(e.g. "columns": {"prompt": "text"})'
+        )
+    return replace(source, format=replace(fmt, text=True))
+
+
 ROW_KINDS: dict[str, RowKind] = {
     k.name: k
     for k in (
@@ -39,6 +57,7 @@ ROW_KINDS: dict[str, RowKind] = {
         RowKind("prompts", "a conversation without its answer: none needed, a final one dropped", _as_prompts),
         RowKind("pairs", "a prompt with a chosen and a rejected answer", lambda source: source, ranking=True),
         RowKind("feedback", "a conversation whose answer is marked desirable or not", _as_feedback, column="kto_tag"),
+        RowKind("text", "a document of plain text", _as_text),
     )
 }
 

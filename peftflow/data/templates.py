@@ -13,6 +13,7 @@ import difflib
 from peftflow.data.slots import stop_words_eos
 from peftflow.data.template_table import BOS, EOS, TABLE, TableTemplate
 from peftflow.errors import UserError
+from peftflow.stages import get_stage
 
 TOKENIZER = "tokenizer"
 # The tokenizer's template was called `default` before LLaMA-Factory's `default` joined the table;
@@ -88,6 +89,12 @@ def stop_token_ids(tokenizer, name: str) -> list[int]:
         *(single_token_id(tokenizer, w) for w in template.stop_words),
     ]
     return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def generation_stop_ids(tokenizer, cfg) -> list[int]:
+    """Tokens held-out generation stops on: the template's (stop_token_ids); for a stage that reads
+    plain text (pt), the tokenizer's eos, which training put after each text."""
+    return stop_token_ids(tokenizer, cfg.template) if get_stage(cfg).templated else [tokenizer.eos_token_id]
 
 
 def end_of_turn_token_id(tokenizer, template: str) -> int:

@@ -36,6 +36,15 @@ class EncodedRow:
     layout: Layout | None = None  # table templates: how to cut it as LLaMA-Factory does
 
 
+def load_tokenizer(model_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
+
+
 class ChatEncoder:
     def __init__(
         self,
@@ -46,13 +55,7 @@ class ChatEncoder:
         tokenizer=None,
     ):
         """`tokenizer`: the one at model_path, when the caller has it loaded already."""
-        from transformers import AutoTokenizer
-
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise UserError(f"model at {model_path}: cannot load its tokenizer ({type(e).__name__})") from None
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path, trust_remote_code)
         self.tokenizer, self.template, self.options = tokenizer, template, options
         self.row = get_template(template)
         if self.row is None:

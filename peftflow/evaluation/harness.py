@@ -53,7 +53,7 @@ def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | P
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from peftflow.data.templates import end_of_turn_token_id
+    from peftflow.data.templates import generation_stop_ids
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | P
     (out / "peftflow_metric.py").write_text(
         _METRIC_MODULE.format(metric_key=HELDOUT_METRIC, metric=cfg.evaluation.metric)
     )
-    stop = tokenizer.convert_ids_to_tokens(end_of_turn_token_id(tokenizer, cfg.template))
+    stop = tokenizer.convert_ids_to_tokens(generation_stop_ids(tokenizer, cfg)[0])
     task = {
         "task": HELDOUT_TASK,
         "dataset_path": "json",

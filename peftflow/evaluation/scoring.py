@@ -11,7 +11,7 @@ from datasets import concatenate_datasets, load_from_disk
 from transformers import AutoProcessor, AutoTokenizer
 
 from peftflow.config import RunConfig
-from peftflow.data.templates import stop_token_ids
+from peftflow.data.templates import generation_stop_ids
 from peftflow.evaluation.metrics import METRICS
 from peftflow.evaluation.pairs import PAIR_COLUMNS, pair_logps, preference_scores
 from peftflow.evaluation.report import EvalReport, ModelScores
@@ -164,14 +164,14 @@ def score_model(
         pairs = pair_logps(model, eval_set, pad, ecfg.batch_size).tolist()
     scored = eval_set.select(range(min(ecfg.max_samples, len(eval_set))))
     log.info("scoring %s: generating on %d rows (max_new_tokens %d)", label, len(scored), ecfg.max_new_tokens)
-    # Stop at the template's end-of-turn token: the one training taught the model to emit.
+    # Stop at the template's end-of-turn token (plain text: eos), the one training taught the model to emit.
     predictions = generate(
         model,
         tokenizer,
         scored["prompt_ids"],
         ecfg.max_new_tokens,
         ecfg.batch_size,
-        stop_token_ids(tokenizer, cfg.template),
+        generation_stop_ids(tokenizer, cfg),
         scored["images"] if pixels else None,
         pixels,
     )

@@ -39,6 +39,9 @@ class Stage:
     # (cfg) -> None; raises ValueError naming the keys of a combination this stage cannot train
     check: Callable[[Any], None] = lambda cfg: None
     row_kind: str = "conversations"  # what its `dataset` rows are (peftflow/data/row_kinds.py)
+    # Its rows go through the chat template (`template`) and generation stops at its end of turn;
+    # False: plain text, and generation stops at the tokenizer's eos, which ends each text.
+    templated: bool = True
     sweepable: bool = True  # `peftflow sweep` may train variants of it
     # Options that name models: the train key holds those models' content fingerprints instead.
     models_by_content: tuple[str, ...] = ()
