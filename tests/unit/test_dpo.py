@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from peftflow.builtin.preferences import make_pairs
 from peftflow.config import RunConfig
@@ -46,7 +47,8 @@ def reference_files() -> set[str]:
     return {p.name for p in folder.glob("*.safetensors")} if folder.is_dir() else set()
 
 
-def test_dpo_starts_at_log2_learns_the_pairs_and_reuses_the_reference(tiny_model, pairs_dir, tmp_path):
+def test_dpo_starts_at_log2_learns_the_pairs_and_reuses_the_reference(tiny_model, pairs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PEFTFLOW_HOME", str(tmp_path / "home"))  # an empty cache: the first run computes
     cfg = dpo(tiny_model, pairs_dir)
     data = prepare_dataset(cfg, tiny_model)
     models = get_workflow(cfg).resolve(cfg)
@@ -104,3 +106,35 @@ def test_dpo_logs_reward_curves(tiny_model, pairs_dir, tmp_path):
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen"):
         assert all(key in s for s in steps), key
     assert steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_qlora_policy_starts_from_its_own_4bit_reference(tiny_model, pairs_dir, tmp_path):
+    """QLoRA as the policy: the reference is the 4-bit base with the adapter off (LLaMA-Factory's),
+    its log-probs cached apart from the fp32 base's (the load settings are in the cache key)."""
+    cfg = dpo(tiny_model, pairs_dir, quantization_bit=4, max_steps=3)
+    data = prepare_dataset(cfg, tiny_model)
+    models = get_workflow(cfg).resolve(cfg)
+    before = reference_files()
+    result = train(cfg, tiny_model, data.path, tmp_path, trainer_factory=get_workflow(cfg).trainer(cfg, models))
+    assert result.loss_history[0][1] == pytest.approx(math.log(2), abs=1e-3)
+    assert len(reference_files() - before) == 1
+
+
+def test_an_explicit_reference_model_is_the_one_scored_against(tiny_model, pairs_dir, tmp_path):
+    """ref_model: another model's log-probs are the reference, so the untrained policy already has
+    non-zero rewards (its first loss is not log 2), and the evaluation scores that reference."""
+    torch.manual_seed(0)
+    other = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():  # another model: the tiny one with every weight moved a little
+        for weight in other.parameters():
+            weight.add_(torch.randn_like(weight) * 0.05)
+    other.save_pretrained(tmp_path / "reference")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "reference")
+    cfg = dpo(tiny_model, pairs_dir, ref_model=str(tmp_path / "reference"), max_steps=2, pref_beta=1.0)
+    data = prepare_dataset(cfg, tiny_model)
+    models = get_workflow(cfg).resolve(cfg)
+    assert set(models.extras) == {"reference"}
+    result = train(cfg, tiny_model, data.path, tmp_path / "run", trainer_factory=get_workflow(cfg).trainer(cfg, models))
+    assert abs(result.loss_history[0][1] - math.log(2)) > 1e-3
+    assert get_workflow(cfg).evaluation_models(models) == {"reference": models.extras["reference"].path}
+    assert get_workflow(cfg).preference(cfg)[1] == "reference"
