@@ -1,5 +1,5 @@
-"""LLaMA-Factory's own example YAMLs (tests/fixtures/llamafactory: train_lora, train_qlora, merge_lora,
-v1), with only the model (and the offline dataset) changed, validate and run; `peftflow export`
+"""LLaMA-Factory's own example YAMLs (tests/fixtures/llamafactory: train_lora (sft, dpo, kto, pretrain),
+train_qlora, merge_lora, v1), with only the model (and the offline dataset) changed, validate and run; `peftflow export`
 merges and ships what they train.
 """
 
@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "llamafactory"
 TRAIN = [
     "train_lora/qwen3_lora_sft.yaml",
+    "train_lora/qwen3_lora_dpo.yaml",
+    "train_lora/qwen3_lora_kto.yaml",
+    "train_lora/qwen3_lora_pretrain.yaml",
     "train_qlora/qwen3_lora_sft_otfq.yaml",
     "v1/train_lora_sft.yaml",
     "v1/quantization.yaml",
