@@ -24,6 +24,15 @@ class FormGroup:
     description: str
 
 
+def in_one_process(cfg, stage: str, why: str) -> None:
+    """Refuse torchrun for a stage whose extra state lives in one process (`why`)."""
+    if cfg.num_processes > 1 or cfg.nnodes > 1:
+        raise ValueError(
+            f"stage: {stage} trains in one process ({why}); set num_processes: 1 and nnodes: 1 "
+            f"(got {cfg.num_processes} and {cfg.nnodes})"
+        )
+
+
 def _named_after_base(cfg) -> tuple[str, str]:
     return cfg.model_name_or_path, ""
 

@@ -115,3 +115,9 @@ def test_kto_keys_are_refused_elsewhere_and_pref_beta_is_shared():
     with pytest.raises(ValueError, match="pref_beta only apply to stage: dpo or kto"):
         RunConfig(pref_beta=0.2)
     assert RunConfig(stage="kto", pref_beta=0.2).pref_beta == 0.2
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_the_preference_stages_train_in_one_process(stage):
+    with pytest.raises(ValueError, match=f"stage: {stage} trains in one process .*got 2 and 1"):
+        RunConfig(stage=stage, num_processes=2)

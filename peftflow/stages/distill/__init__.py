@@ -7,7 +7,7 @@ loss is in peftflow.losses."""
 from __future__ import annotations
 
 from peftflow.methods import METHODS, names_with
-from peftflow.stages.base import FormGroup, Stage
+from peftflow.stages.base import FormGroup, Stage, in_one_process
 from peftflow.stages.distill.keys import DistillKeys
 
 
@@ -21,11 +21,7 @@ def check(cfg) -> None:
             f"finetuning_type '{cfg.finetuning_type}' cannot be a distillation student "
             f"(students: {', '.join(names_with('distill_student'))})"
         )
-    if cfg.num_processes > 1 or cfg.nnodes > 1:
-        raise ValueError(
-            f"stage: distill trains in one process (the teacher and its cache are not shared across "
-            f"torchrun ranks); set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})"
-        )
+    in_one_process(cfg, "distill", "the teacher and its cache are not shared across torchrun ranks")
     if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
         raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
 

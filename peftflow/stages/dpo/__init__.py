@@ -6,7 +6,7 @@ kto; the losses are in peftflow.preference_losses."""
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage
+from peftflow.stages.base import Stage, in_one_process
 from peftflow.stages.dpo.keys import DpoKeys
 from peftflow.stages.preference_keys import PREFERENCE_GROUP
 
@@ -25,11 +25,7 @@ def check(cfg) -> None:
         raise ValueError(f"simpo_gamma applies to pref_loss: simpo (got {cfg.pref_loss})")
     if cfg.ref_model and cfg.pref_loss in NO_REFERENCE:
         raise ValueError(f"pref_loss: {cfg.pref_loss} uses no reference model; leave ref_model empty")
-    if cfg.num_processes > 1 or cfg.nnodes > 1:
-        raise ValueError(
-            f"stage: dpo trains in one process (the reference log-probs are computed and cached by one); "
-            f"set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})"
-        )
+    in_one_process(cfg, "dpo", "the reference log-probs are computed and cached by one")
 
 
 STAGE = Stage(

@@ -7,17 +7,13 @@ cached log-probs are `peftflow/stages/reference.py`; the loss is peftflow.prefer
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage
+from peftflow.stages.base import Stage, in_one_process
 from peftflow.stages.kto.keys import KtoKeys
 from peftflow.stages.preference_keys import PREFERENCE_GROUP
 
 
 def check(cfg) -> None:
-    if cfg.num_processes > 1 or cfg.nnodes > 1:
-        raise ValueError(
-            f"stage: kto trains in one process (the reference log-probs are computed and cached by one); "
-            f"set num_processes: 1 and nnodes: 1 (got {cfg.num_processes} and {cfg.nnodes})"
-        )
+    in_one_process(cfg, "kto", "the reference log-probs are computed and cached by one")
 
 
 STAGE = Stage(
