@@ -7,7 +7,7 @@ from pathlib import Path
 from peftflow.errors import UserError
 from peftflow.evaluation.scoring import generate, is_prompt_learning
 from peftflow.mlflow_io.downloads import download_model_dir, load_pipeline
-from peftflow.models import vision
+from peftflow.models import heads, vision
 
 
 def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: str | None = None) -> str:
@@ -21,9 +21,11 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
     if Path(model).expanduser().is_dir():
         from transformers import pipeline
 
+        _refuse_reward_model(model, heads.is_reward_model(Path(model).expanduser()))
         pipe = pipeline("text-generation", model=str(Path(model).expanduser()))
     else:
         pipe = load_pipeline(model)
+        _refuse_reward_model(model, pipe.task == heads.REWARD_TASK)
     chat = bool(pipe.tokenizer.chat_template)
     messages = [{"role": "user", "content": prompt}]
     if is_prompt_learning(pipe.model):  # peft's generate() is wrong for these: evaluation's decoding is not
@@ -42,6 +44,14 @@ def generate_reply(model: str, prompt: str, max_new_tokens: int = 128, image: st
         return out[0]["generated_text"][-1]["content"]
     out = pipe(prompt, return_full_text=False, **options)
     return out[0]["generated_text"]
+
+
+def _refuse_reward_model(model: str, reward: bool) -> None:
+    if reward:
+        raise UserError(
+            f"{model} is a reward model (stage: rm): it scores text and does not generate; "
+            f"load it as transformers' {heads.REWARD_TASK} pipeline or mlflow.pyfunc"
+        )
 
 
 def generate_image_reply(model_dir: str, prompt: str, image: str, max_new_tokens: int = 128) -> str:

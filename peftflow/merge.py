@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
 from peftflow.builtin.probes import image_probe_batch, probe_batch
-from peftflow.models import vision
+from peftflow.models import heads, vision
 from peftflow.models.load import load_base
 
 log = logging.getLogger("peftflow.merge")
@@ -55,7 +55,9 @@ class MergeFidelityError(RuntimeError):
 
 @torch.no_grad()
 def _logits(model, batch) -> torch.Tensor:
-    return model(**batch).logits.float()
+    """The probe's logits at its real tokens (a reward model's: one score per row)."""
+    logits = model(**batch).logits.float()
+    return logits[batch["attention_mask"].bool()] if logits.dim() == 3 else logits
 
 
 def _ship_full_checkpoint(trained: Path, out_dir: Path, tolerance: float) -> MergeResult:
@@ -91,26 +93,24 @@ def merge(
         adapter_dir, trust_remote_code=trust_remote_code
     )
     batch = image_probe_batch(tokenizer) if is_vlm else probe_batch(tokenizer)
-    mask = batch["attention_mask"].bool()
+    reward = heads.is_reward_adapter(adapter_dir)
     log.info("merging the adapter into its base: %s", out_dir)
     if is_vlm or not stream_merge(base_path, adapter_dir, out_dir, trust_remote_code):
         _merge_in_memory(base_path, adapter_dir, out_dir, trust_remote_code)
     tokenizer.save_pretrained(out_dir)
-    _stop_at_end_of_turn(
-        out_dir, getattr(tokenizer, "tokenizer", tokenizer), train_cfg.template if train_cfg else "default"
-    )
+    if not reward:  # a reward model does not generate
+        _stop_at_end_of_turn(
+            out_dir, getattr(tokenizer, "tokenizer", tokenizer), train_cfg.template if train_cfg else "default"
+        )
     # One model in memory at a time: the adapter on the fp32 base, then the merged checkpoint.
-    before = _logits(_adapter_model(base_path, adapter_dir, trust_remote_code), batch)[mask]
-    after = _logits(
-        vision.model_class(out_dir).from_pretrained(out_dir, dtype=torch.float32, trust_remote_code=trust_remote_code),
-        batch,
-    )[mask]
+    before = _logits(_adapter_model(base_path, adapter_dir, trust_remote_code), batch)
+    after = _logits(heads.load(out_dir, reward, dtype=torch.float32, trust_remote_code=trust_remote_code), batch)
     diff = float((before - after).abs().max())
     log.info("merge check: max |logit diff| vs the adapter %.1e (tolerance %.0e)", diff, tolerance)
     qdiff = agreement = qtolerance = None
     if train_cfg is not None and train_cfg.quantization_bit:
         trained = PeftModel.from_pretrained(load_base(base_path, train_cfg), adapter_dir).eval()
-        quantized = _logits(trained, batch)[mask]
+        quantized = _logits(trained, batch)
         del trained
         qdiff = float((quantized - after).abs().max())
         agreement = float((quantized.argmax(-1) == after.argmax(-1)).float().mean())
@@ -159,9 +159,8 @@ def _stop_at_end_of_turn(out_dir: Path, tokenizer, template: str) -> None:
 
 def _adapter_model(base_path: str, adapter_dir: str, trust_remote_code: bool):
     # fp32 base, never a quantised one: merging into 4-bit weights rounds the update away.
-    base = vision.model_class(base_path).from_pretrained(
-        base_path, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
+    reward = heads.is_reward_adapter(adapter_dir)  # the base with the head the adapter trained
+    base = heads.load(base_path, reward, adapter_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, adapter_dir).eval()
 
 

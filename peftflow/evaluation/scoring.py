@@ -8,15 +8,17 @@ from pathlib import Path
 
 import torch
 from datasets import concatenate_datasets, load_from_disk
-from transformers import AutoProcessor, AutoTokenizer
+from transformers import AutoProcessor, AutoTokenizer, set_seed
 
 from peftflow.config import RunConfig
 from peftflow.data.templates import generation_stop_ids
 from peftflow.evaluation.metrics import METRICS
 from peftflow.evaluation.pairs import PAIR_COLUMNS, pair_logps, preference_scores
 from peftflow.evaluation.report import EvalReport, ModelScores
-from peftflow.models import vision
+from peftflow.evaluation.reward import REWARD_METRIC, pair_scores, reward_model_scores
+from peftflow.models import heads, vision
 from peftflow.preference_losses import uses_reference
+from peftflow.stages import get_stage
 
 log = logging.getLogger("peftflow.evaluate")
 
@@ -119,34 +121,43 @@ def is_adapter_dir(model_dir: str | Path) -> bool:
     return (Path(model_dir) / "adapter_config.json").is_file()
 
 
-def load_model(model_dir: str, base_model_dir: str | None = None, trust_remote_code: bool = False):
+def load_model(
+    model_dir: str, base_model_dir: str | None = None, trust_remote_code: bool = False, reward: bool = False
+):
     """A plain model dir, or an adapter dir applied to its base (`base_model_dir`, else the base
-    the adapter records). Prompt-family adapters cannot be merged, so they are scored this way."""
+    the adapter records). Prompt-family adapters cannot be merged, so they are scored this way.
+    `reward`: with the reward head (peftflow/models/heads.py), a base's new one as training starts it."""
+    options = dict(dtype=torch.float32, trust_remote_code=trust_remote_code)
     if not is_adapter_dir(model_dir):
-        return (
-            vision.model_class(model_dir)
-            .from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
-            .eval()
-        )
+        return heads.load(model_dir, reward, **options).eval()
     from peft import PeftConfig, PeftModel
 
     base_dir = base_model_dir or PeftConfig.from_pretrained(model_dir).base_model_name_or_path
-    base = vision.model_class(base_dir).from_pretrained(
-        base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
+    base = heads.load(base_dir, reward, tokenizer_dir=model_dir, **options)
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
-def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig):
+def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig, reward: bool = False):
     """(tokenizer, model, pad id) of a model dir (or adapter dir on its base) for scoring."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return tokenizer, load_model(model_dir, base_model_dir, cfg.trust_remote_code), pad
+    if reward:
+        set_seed(cfg.seed)  # a base's new head: the one training started from (the same seed, the same draws)
+    return tokenizer, load_model(model_dir, base_model_dir, cfg.trust_remote_code, reward), heads.pad_id(tokenizer)
+
+
+def score_reward_model(label: str, model_dir: str, data_path: str, cfg: RunConfig, base_model_dir=None) -> ModelScores:
+    """A reward model (stage rm) on the held-out pairs: pair accuracy is its score (evaluation/reward.py)."""
+    _, model, pad = _load_scored(model_dir, base_model_dir, cfg, reward=True)
+    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    log.info("scoring %s: rewards of %d held-out pairs", label, len(eval_set))
+    return reward_model_scores(label, pair_scores(model, eval_set, pad, cfg.evaluation.batch_size))
 
 
 def score_model(
     label: str, model_dir: str, data_path: str, cfg: RunConfig, base_model_dir: str | None = None
 ) -> ModelScores:
+    if get_stage(cfg).reward_head:
+        return score_reward_model(label, model_dir, data_path, cfg, base_model_dir)
     ecfg = cfg.evaluation
     tokenizer, model, pad = _load_scored(model_dir, base_model_dir, cfg)
     eval_set = load_from_disk(str(Path(data_path) / "eval"))
@@ -201,7 +212,7 @@ def compare(
     (PreferenceSettings, label of the reference model) for held-out preference pairs."""
     bases = bases or {}
     report = EvalReport(
-        cfg.evaluation.metric,
+        REWARD_METRIC if get_stage(cfg).reward_head else cfg.evaluation.metric,
         {label: score_model(label, d, data_path, cfg, bases.get(label, base_model_dir)) for label, d in models.items()},
     )
     report = with_preference_scores(report, preference)

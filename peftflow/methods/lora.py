@@ -21,8 +21,15 @@ def init_of(cfg) -> str:
     return "pissa" if cfg.pissa_init else cfg.lora_init
 
 
+def _has_reward_head(model) -> bool:
+    # Loaded with the reward head (stage rm: peftflow/models/heads.py), a *ForSequenceClassification.
+    return model is not None and type(model).__name__.endswith("ForSequenceClassification")
+
+
 def lora_config(cfg, model=None):
-    """`model`: a vision-language model gets adapters only where peftflow.models.vision.peft_scope allows."""
+    """`model`: a vision-language model gets adapters only where peftflow.models.vision.peft_scope
+    allows. A reward model's adapter is peft's sequence-classification kind: its head trains in full
+    beside the adapters and is saved with them."""
     from peft import LoraConfig, TaskType
 
     extra = cfg.additional_target
@@ -35,7 +42,7 @@ def lora_config(cfg, model=None):
         extra += scope.pop("modules_to_save")
     init = init_of(cfg)
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_CLS if _has_reward_head(model) else TaskType.CAUSAL_LM,
         r=cfg.lora_rank,
         lora_alpha=cfg.effective_lora_alpha,
         lora_dropout=cfg.lora_dropout,

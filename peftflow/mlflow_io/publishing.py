@@ -28,7 +28,7 @@ from typing import Any
 from peftflow.mlflow_io.aliases import CHALLENGER, set_alias
 from peftflow.mlflow_io.tracking import NOTE_TAG, mlflow_client
 from peftflow.mlflow_io.versions import ModelVersionRef, version_of_run, version_ref
-from peftflow.models import vision
+from peftflow.models import heads, vision
 from peftflow.serving import chat, vision_chat_model
 from peftflow.summary import CARD_HEADING, model_card, version_description
 
@@ -60,6 +60,8 @@ def publish_model(
 
         if vision.is_vision_language(merged_dir):
             return _vision_language_components(merged_dir)
+        if heads.is_reward_model(merged_dir):
+            return _reward_model_components(merged_dir, trust_remote_code)
         return chat.log_options(
             AutoModelForCausalLM.from_pretrained(merged_dir, dtype="auto", trust_remote_code=trust_remote_code),
             AutoTokenizer.from_pretrained(merged_dir, trust_remote_code=trust_remote_code),
@@ -128,6 +130,22 @@ def publish_adapter(
         about=(recipe or {}, description),
         base_model_path=base_model_dir,
     )
+
+
+def _reward_model_components(model_dir: str, trust_remote_code: bool) -> dict[str, Any]:
+    """A reward model (stage rm) as transformers' text-classification: text in, its raw score out
+    (the checkpoint's `problem_type: regression` keeps the pipeline from squashing it)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return {
+        "transformers_model": {
+            "model": AutoModelForSequenceClassification.from_pretrained(
+                model_dir, dtype="auto", trust_remote_code=trust_remote_code
+            ),
+            "tokenizer": AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code),
+        },
+        "task": heads.REWARD_TASK,
+    }
 
 
 def _vision_language_components(model_dir: str) -> dict[str, Any]:

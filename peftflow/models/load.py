@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from peftflow.models import vision
+from peftflow.models import heads, vision
+from peftflow.stages import get_stage
 
 
 def compute_dtype(cfg) -> torch.dtype:
@@ -16,16 +17,15 @@ def compute_dtype(cfg) -> torch.dtype:
 
 def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     """The base model as `cfg` trains it: in `dtype` (default `compute_dtype`), quantised when
-    `quantization_bit` is set."""
+    `quantization_bit` is set, with the reward head for a stage that trains one."""
     dtype = dtype or compute_dtype(cfg)
+    reward = get_stage(cfg).reward_head
     if vision.is_vision_language(model_path):  # never quantised: the config x model checks refuse quantization_bit
         return vision.model_class(model_path).from_pretrained(
             model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
         )
-    from transformers import AutoModelForCausalLM
-
     if not cfg.quantization_bit:
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        return heads.load(model_path, reward, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(
@@ -36,8 +36,9 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
         bnb_4bit_compute_dtype=dtype,
     )
     device_map = None if torch.cuda.is_available() else {"": "cpu"}
-    return AutoModelForCausalLM.from_pretrained(
+    return heads.load(
         model_path,
+        reward,
         dtype=dtype,
         quantization_config=quant,
         device_map=device_map,

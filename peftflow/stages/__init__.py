@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from peftflow.stages.base import FormGroup, Stage
 
-_MODULES = ("sft", "distill", "dpo", "kto", "pt")
+_MODULES = ("sft", "distill", "dpo", "kto", "pt", "rm")
 
 STAGES: dict[str, Stage] = {m: import_module(f"peftflow.stages.{m}").STAGE for m in _MODULES}
 # The stages' keys models, in STAGES order: RunConfig inherits them all.

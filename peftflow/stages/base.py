@@ -51,6 +51,8 @@ class Stage:
     # Its rows go through the chat template (`template`) and generation stops at its end of turn;
     # False: plain text, and generation stops at the tokenizer's eos, which ends each text.
     templated: bool = True
+    # It trains a model that scores text: the reward head (peftflow/models/heads.py) on the base.
+    reward_head: bool = False
     sweepable: bool = True  # `peftflow sweep` may train variants of it
     # Options that name models: the train key holds those models' content fingerprints instead.
     models_by_content: tuple[str, ...] = ()

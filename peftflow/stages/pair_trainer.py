@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from peftflow.evaluation.pairs import PAIR_COLUMNS, pair_batch
+from peftflow.models.heads import pad_id
 from peftflow.models.load import load_base
 from peftflow.preference_losses import sequence_logps
 from peftflow.stages.reference import cache_path, reference_logps
@@ -35,7 +36,7 @@ class PairTrainer(SupervisedTokenTrainer):
     carried: tuple[str, ...] = ("row_id",)
 
     def __init__(self, *args, reference_file=None, load_reference=None, **kwargs):
-        pad = kwargs["data_collator"].tokenizer.pad_token_id or 0
+        pad = pad_id(kwargs["data_collator"].tokenizer)  # the id a reward head finds each row's end by
         kwargs["data_collator"] = PairCollator(pad, self.second, self.carried)
         super().__init__(*args, **kwargs)
         self.chunked_loss = False  # sequence_logps picks its own path

@@ -1,9 +1,9 @@
 """Every method on every entry path: the combination matrix.
 
 For each finetuning_type (lora also with DoRA), for `stage: distill` (a one-layer student pruned
-from the tiny teacher, top-8 teacher cache), for `stage: dpo` (IPO on the built-in pairs) and for a
-vision-language config (tiny-llava on a
-subset of the built-in shapes task):
+from the tiny teacher, top-8 teacher cache), for `stage: dpo` (IPO on the built-in pairs), for
+`stage: rm` (a reward model on them) and for a vision-language config (tiny-llava on a subset of
+the built-in shapes task):
 
 - the CLI: `python -m flows.cli run CONFIG.yaml` in a subprocess, the YAML holding only the keys a
   user writes;
@@ -85,6 +85,8 @@ CASES = {
         "merged",
     ),
     "dpo": ({"stage": "dpo", "dataset": "demo_order_pairs", "pref_loss": "ipo"}, "merged"),
+    # a reward model, gated on its held-out pairwise loss (perplexity is a language model's)
+    "rm": ({"stage": "rm", "dataset": "demo_order_pairs", "promotion": {"metric": "loss"}}, "merged"),
     "vlm": (
         {
             "model_name_or_path": "builtin:tiny-llava",

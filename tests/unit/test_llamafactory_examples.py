@@ -1,4 +1,4 @@
-"""LLaMA-Factory's own example YAMLs (tests/fixtures/llamafactory: train_lora (sft, dpo, kto, pretrain),
+"""LLaMA-Factory's own example YAMLs (tests/fixtures/llamafactory: train_lora (sft, dpo, rm, kto, pretrain),
 train_qlora, merge_lora, v1), with only the model (and the offline dataset) changed, validate and run; `peftflow export`
 merges and ships what they train.
 """
@@ -31,6 +31,7 @@ FIXTURES = ROOT / "tests" / "fixtures" / "llamafactory"
 TRAIN = [
     "train_lora/qwen3_lora_sft.yaml",
     "train_lora/qwen3_lora_dpo.yaml",
+    "train_lora/qwen3_lora_reward.yaml",
     "train_lora/qwen3_lora_kto.yaml",
     "train_lora/qwen3_lora_pretrain.yaml",
     "train_qlora/qwen3_lora_sft_otfq.yaml",
