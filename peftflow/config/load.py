@@ -72,6 +72,23 @@ ACCEPTED_UNUSED_KEYS = frozenset(
 )
 
 
+# LLaMA-Factory keys that change what trains and that peftflow does not do: set, each is refused
+# with its reason (null, as LLaMA-Factory's own YAMLs may write them, is not setting them).
+REFUSED_KEYS = {
+    "ref_model_adapters": "not supported: give the reference as one model in ref_model (a merged model dir or "
+    "registered merged version)",
+    "ref_model_quantization_bit": "not supported: the reference's log-probs are computed once, unquantised, and cached",
+    "pref_bco_weight": "not supported: BCO's term is not trained; leave it 0",
+    "ld_alpha": "not supported: LD-DPO's length weighting is not trained; leave it unset",
+}
+
+
+def _refuse_keys(raw: dict[str, Any], source: str) -> None:
+    for key, reason in REFUSED_KEYS.items():
+        if raw.get(key) not in (None, 0, 0.0):
+            raise UserError(f"{source}: key '{key}': {reason}")
+
+
 def _nearest(key: str, candidates: list[str]) -> str:
     match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
@@ -97,6 +114,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
         raise UserError(f"{source}: key 'sweep': a sweep section runs with `peftflow sweep {source}`, not as one run")
     if is_v1(raw):
         raw, names, v1_unused = to_v0(raw, source)
+    _refuse_keys(raw, source)
+    raw = {k: v for k, v in raw.items() if k not in REFUSED_KEYS}
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
     for k in unused:
         raw.pop(k)

@@ -110,6 +110,8 @@ def test_peftflow_sections_in_the_same_file(tmp_path):
         ("storage: my-bucket/peftflow\n", "key 'storage': 'my-bucket/peftflow' is not a storage URL"),
         ("storage: s4://bucket/peftflow\n", "key 'storage': unknown storage protocol 's4'"),
         ("- a\n- b\n", "expected a mapping"),
+        ("stage: dpo\nref_model_adapters: saves/ref\n", "key 'ref_model_adapters': not supported: give the reference"),
+        ("stage: dpo\nld_alpha: 0.5\n", "key 'ld_alpha': not supported"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
@@ -118,6 +120,11 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
         load_config(path)
     message = str(e.value)
     assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_a_refused_llamafactory_key_written_as_null_is_not_set(tmp_path):
+    cfg, _ = load_config(write(tmp_path, "stage: dpo\nref_model_adapters: null\nref_model_quantization_bit: null\n"))
+    assert cfg.stage == "dpo"
 
 
 def test_missing_config_file(tmp_path):

@@ -86,6 +86,7 @@ def test_rm_refuses_what_reads_next_token_predictions(tiny_model, pairs_dir):
         (dict(merge=False), "merge: false"),
         (dict(promotion={"metric": "perplexity"}), "promotion.metric"),
         (dict(evaluation={"harness_tasks": ["peftflow_heldout"]}), "evaluation.harness_tasks"),
+        (dict(num_processes=2), "stage: rm trains in one process"),
     ]:
         with pytest.raises(ValueError, match=key):
             reward(tiny_model, pairs_dir, **options)

@@ -7,7 +7,7 @@ model: any text in, its score out. It is scored by held-out pair accuracy, which
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage
+from peftflow.stages.base import Stage, in_one_process
 
 METHODS = ("lora", "full")  # the head trains in full: beside LoRA's adapters (saved with them) or with all weights
 
@@ -31,6 +31,7 @@ def check(cfg) -> None:
             raise ValueError(f"{key}: it reads next-token predictions, which a reward model (stage: rm) has none of")
     if cfg.promotion.metric == "perplexity":
         raise ValueError("promotion.metric: perplexity: a reward model is gated on pair accuracy (score) or loss")
+    in_one_process(cfg, "rm", "torchrun runs the stock trainer, not the reward trainer")
 
 
 STAGE = Stage(
