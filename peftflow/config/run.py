@@ -326,9 +326,13 @@ class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
     def guard_config(self) -> RunConfig:
-        """The same run reading the guard set: every row scored, none held out, none dropped silently."""
+        """The same run reading the guard set: every row scored, none held out, none dropped silently.
+        A stage that reads pairs or feedback reads its guard set as conversations, as SFT does: the
+        guard is the loss on what SFT learned."""
+        reads_rows = STAGES[self.stage].row_kind in ("conversations", "text")
         return self.model_copy(
             update={
+                "stage": self.stage if reads_rows else "sft",
                 "dataset": self.promotion.guard_dataset,
                 "train_dataset": None,
                 "val_size": 0.0,

@@ -84,7 +84,16 @@ CASES = {
         },
         "merged",
     ),
-    "dpo": ({"stage": "dpo", "dataset": "demo_order_pairs", "pref_loss": "ipo"}, "merged"),
+    # with a guard set of SFT rows: DPO must not lose what SFT learned (read as conversations)
+    "dpo": (
+        {
+            "stage": "dpo",
+            "dataset": "demo_order_pairs",
+            "pref_loss": "ipo",
+            "promotion": {"metric": "perplexity", "guard_dataset": "demo_orders", "guard_max_samples": 4},
+        },
+        "merged",
+    ),
     # a reward model, gated on its held-out pairwise loss (perplexity is a language model's)
     "rm": ({"stage": "rm", "dataset": "demo_order_pairs", "promotion": {"metric": "loss"}}, "merged"),
     "vlm": (
@@ -178,6 +187,9 @@ def test_cli_run_registers_a_version(stack, deployment_run, case):
     version = only_version(stack, f"mx-{case}-cli")
     assert version.tags["peftflow.kind"] == CASES[case][1]
     assert version.tags["method"] == CASES[case][0].get("finetuning_type", "lora")
+    if CASES[case][0].get("promotion", {}).get("guard_dataset"):
+        metrics = mlflow_client(stack).get_run(version.run_id).data.metrics
+        assert metrics["guard.tuned.loss"] > 0 and metrics["guard.incumbent.loss"] > 0
     deployment_run(case)  # the worker publishes it from the cached training while the next case trains
 
 
