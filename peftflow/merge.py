@@ -113,7 +113,8 @@ def merge(
         quantized = _logits(trained, batch)
         del trained
         qdiff = float((quantized - after).abs().max())
-        agreement = float((quantized.argmax(-1) == after.argmax(-1)).float().mean())
+        if not reward:  # a reward model predicts no next token: one score, compared by qdiff alone
+            agreement = float((quantized.argmax(-1) == after.argmax(-1)).float().mean())
         qtolerance = train_cfg.quantized_merge_tolerance
 
     passed = diff <= tolerance and (qtolerance is None or qdiff <= qtolerance)
@@ -126,8 +127,8 @@ def merge(
     if qtolerance is not None and qdiff > qtolerance:
         raise MergeFidelityError(
             f"merged model differs from the {train_cfg.quantization_bit}-bit training model by {qdiff:.2e} > "
-            f"quantized_merge_tolerance {qtolerance:.0e} (the base's quantisation error; next-token agreement "
-            f"{agreement:.0%})"
+            f"quantized_merge_tolerance {qtolerance:.0e} (the base's quantisation error"
+            + (f"; next-token agreement {agreement:.0%})" if agreement is not None else ")")
         )
     return result
 

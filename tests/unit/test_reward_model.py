@@ -90,3 +90,14 @@ def test_rm_refuses_what_reads_next_token_predictions(tiny_model, pairs_dir):
     ]:
         with pytest.raises(ValueError, match=key):
             reward(tiny_model, pairs_dir, **options)
+
+
+def test_a_reward_model_trains_on_a_4bit_base_and_merges_into_the_unquantised_one(tiny_model, pairs_dir, tmp_path):
+    cfg = reward(tiny_model, pairs_dir, quantization_bit=4, max_steps=3)
+    data = prepare_dataset(cfg, tiny_model)
+    factory = get_workflow(cfg).trainer(cfg, get_workflow(cfg).resolve(cfg))
+    result = train(cfg, tiny_model, data.path, tmp_path / "run", trainer_factory=factory)
+    merged = merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-4, train_cfg=cfg)
+    # compared with the 4-bit model as trained by its score alone: it predicts no next token
+    assert merged.passed and 0 < merged.max_abs_logit_diff_vs_quantized < 1
+    assert merged.top1_agreement_vs_quantized is None and is_reward_model(merged.merged_dir)
