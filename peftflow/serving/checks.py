@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftflow.models.heads import is_reward_model
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 VLLM_PEFT_TYPES = ("LORA",)
 
@@ -75,8 +77,20 @@ def _check_merged(root: Path) -> ServingReport:
     checked: list[str] = []
     problems = _weights_problems(root, "model*.safetensors", checked)
     problems += _tokenizer_problems(root, checked)
-    problems += _eos_problems(root, checked)
+    problems += _reward_problems(root, checked) if is_reward_model(root) else _eos_problems(root, checked)
     return ServingReport(str(root), "merged", problems, checked)
+
+
+def _reward_problems(root: Path, checked: list[str]) -> list[str]:
+    """A reward model generates nothing: it needs one output and the pad id it finds a row's last token by."""
+    config = json.loads((root / "config.json").read_text())
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    problems = [] if labels == 1 else [f"{labels} outputs: a reward model has one score"]
+    if config.get("pad_token_id") is None:
+        problems.append("no pad_token_id: a batch's rows would be scored at their padding")
+    if not problems:
+        checked.append("reward model: one score, read at each row's last token before pad_token_id")
+    return problems
 
 
 def _weights_problems(root: Path, pattern: str, checked: list[str]) -> list[str]:

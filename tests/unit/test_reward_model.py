@@ -16,6 +16,7 @@ from peftflow.data import prepare_dataset
 from peftflow.evaluation.scoring import compare
 from peftflow.merge import merge
 from peftflow.models.heads import is_reward_model
+from peftflow.serving.checks import check_dir
 from peftflow.stages import get_workflow
 from peftflow.training.run import run as train
 
@@ -51,6 +52,8 @@ def test_reward_model_learns_merges_and_scores_text(tiny_model, pairs_dir, tmp_p
 
     merged = merge(tiny_model, result.adapter_dir, tmp_path / "merged", tolerance=1e-4, train_cfg=cfg)
     assert merged.passed and is_reward_model(merged.merged_dir) and not is_reward_model(tiny_model)
+    serving = check_dir(merged.merged_dir)  # no generation config to check: one score, the pad id set
+    assert serving.ready and any("reward model" in line for line in serving.checked), serving
 
     # Held out: the trained head ranks the chosen side above the rejected one more often than the
     # base's new head (the one training started from), and the pair accuracy is the gate's score.
