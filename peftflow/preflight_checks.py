@@ -78,7 +78,7 @@ def _ask_registry_server(name: str, key: str) -> None:
 
 def build_optimizer_and_schedule(cfg) -> None:
     """The optimizer and schedule the Trainer would make, made once on a one-number parameter, so a
-    package they need or an argument peftflow cannot pass them (min_lr, num_decay_steps, an eval
+    package they need or an argument they miss (min_lr, num_decay_steps in lr_scheduler_kwargs; an eval
     strategy) is named now. Precision flags are left out: this machine may not be the GPU one."""
     import torch
     from transformers import Trainer, TrainingArguments, get_scheduler
@@ -89,6 +89,7 @@ def build_optimizer_and_schedule(cfg) -> None:
             args = TrainingArguments(
                 output_dir=out,
                 lr_scheduler_type=cfg.lr_scheduler_type,
+                lr_scheduler_kwargs=dict(cfg.lr_scheduler_kwargs),
                 optim=cfg.optim,
                 learning_rate=cfg.learning_rate,
                 weight_decay=cfg.weight_decay,
@@ -125,9 +126,11 @@ def _refusal(cfg, e: Exception) -> str:
 
 
 def _schedule_refusal(cfg, why: str) -> str:
+    kwargs = cfg.lr_scheduler_kwargs
+    given = f"lr_scheduler_kwargs {dict(kwargs)}" if kwargs else "no lr_scheduler_kwargs"
     return (
-        f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built: {why}; "
-        "peftflow passes it no lr_scheduler_kwargs or eval strategy, choose another schedule"
+        f"lr_scheduler_type: {cfg.lr_scheduler_type} cannot be built with {given}: {why}; "
+        "give its arguments in lr_scheduler_kwargs (a schedule that needs an eval strategy cannot run)"
     )
 
 

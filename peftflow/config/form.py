@@ -56,6 +56,7 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Schedule, optimizer, precision, checkpoints, output folder, run store.",
         (
             "lr_scheduler_type",
+            "lr_scheduler_kwargs",
             "warmup_ratio",
             "warmup_steps",
             "weight_decay",
@@ -153,12 +154,12 @@ def group(flat: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     so the form shows a group at its defaults folded (`{}`, see grouped_schema)."""
     flat = flat | {k: v for k, v in NONE_AS.items() if k in flat and flat[k] is None}
     out: dict[str, Any] = {}
+    sections = [k for k, v in flat.items() if isinstance(v, dict) and k not in GROUP_OF]  # a mapping key is no section
     for k, v in flat.items():
-        if isinstance(v, dict):  # a section
+        if k in sections:
             out[k] = {s: x for s, x in v.items() if f"{k}.{s}" not in defaults or x != defaults[f"{k}.{s}"]}
         elif k not in GROUP_OF:
             out[k] = v
-    sections = [k for k, v in flat.items() if isinstance(v, dict)]
     grouped = {k: out.pop(k) for k in sections}  # in the form's order: see grouped_schema
     for g, (_, _, keys) in GROUPS.items():
         out[g] = {k: flat[k] for k in keys if k in flat and (k not in defaults or flat[k] != defaults[k])}

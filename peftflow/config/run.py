@@ -94,6 +94,10 @@ class _SharedKeys(Strict):
     lr_scheduler_type: str = Field("cosine", title="Training: LR schedule",
                                    description="transformers scheduler name: cosine, linear, constant, "
                                                "constant_with_warmup, ...")
+    lr_scheduler_kwargs: dict[str, float | int | str | bool] = Field(
+        default_factory=dict, title="Training: LR schedule arguments",
+        description="The schedule's own arguments, as transformers names them: cosine_with_min_lr "
+                    "{min_lr: 1.0e-5} or {min_lr_rate: 0.1}, warmup_stable_decay {num_decay_steps: ...}.")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, title="Training: warm-up ratio",
                                 description="Fraction of the steps over which the learning rate rises from 0.")
     warmup_steps: int = Field(0, ge=0, title="Training: warm-up steps",

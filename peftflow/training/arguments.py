@@ -32,6 +32,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         lr_scheduler_type=cfg.lr_scheduler_type,
+        lr_scheduler_kwargs=dict(cfg.lr_scheduler_kwargs),
         warmup_steps=warmup,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,

@@ -113,6 +113,16 @@ def test_each_recipe_is_the_same_run_after_the_forms_round_trip(schema, path):
         assert RunConfig.model_validate(cfg.model_dump(mode="json", context=FLAT)) == cfg  # the flat shape too
 
 
+def test_a_mapping_key_rides_in_its_group_not_as_a_section(schema):
+    cfg = demo_config().model_copy(
+        update={"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}}
+    )
+    grouped = json.loads(json.dumps(cfg.model_dump(mode="json")))
+    assert grouped["training"]["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1} and "lr_scheduler_kwargs" not in grouped
+    assert validate({"config": grouped}, schema, ignore_required=True) == []
+    assert RunConfig.model_validate(grouped) == cfg
+
+
 def test_a_custom_group_as_the_form_submits_it():
     # Custom tab opened: every key of the group filled with its default, one changed
     submitted = {

@@ -26,9 +26,12 @@ def test_a_registered_model_name_mlflow_refuses_is_named_before_training(name, t
     [
         (
             {"lr_scheduler_type": "cosine_with_min_lr"},
-            "lr_scheduler_type: cosine_with_min_lr cannot be built: One of min_lr",
+            "lr_scheduler_type: cosine_with_min_lr cannot be built with no lr_scheduler_kwargs: One of min_lr",
         ),
-        ({"lr_scheduler_type": "warmup_stable_decay"}, "lr_scheduler_type: warmup_stable_decay cannot be built: "),
+        (
+            {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"min_lr": 1e-5}},
+            "lr_scheduler_type: warmup_stable_decay cannot be built with lr_scheduler_kwargs {'min_lr': 1e-05}: ",
+        ),
         ({"lr_scheduler_type": "reduce_lr_on_plateau"}, "requires an eval strategy"),
         ({"optim": "galore_adamw"}, "optim: galore_adamw cannot be built here: "),
     ],
@@ -45,6 +48,8 @@ def test_the_schedules_and_optimizers_peftflow_runs_build():
         {"lr_scheduler_type": "linear", "warmup_ratio": 0.1},
         {"optim": "sgd", "max_steps": 5},
         {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 2, "optim": "adafactor"},
+        {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}},
+        {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 10}},
     ):
         build_optimizer_and_schedule(RunConfig(**update))
 
@@ -159,3 +164,25 @@ def test_a_missing_teacher_directory_is_named_as_the_teacher(tmp_path, tiny_mode
     cfg = RunConfig(stage="distill", teacher=tiny_model, model_name_or_path=str(tmp_path / "no-student"))
     with pytest.raises(UserError, match=r"^model_name_or_path: directory not found: "):
         get_workflow(cfg).resolve(cfg)
+
+
+def test_lr_scheduler_kwargs_reach_the_schedule_that_trains(tmp_path):
+    """The arguments training passes the Trainer carry lr_scheduler_kwargs: cosine_with_min_lr ends
+    at its min_lr instead of 0, as LLaMA-Factory's YAML asks."""
+    import torch
+    from transformers import get_scheduler
+
+    from peftflow.training.arguments import training_arguments
+
+    cfg = RunConfig(
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": 1e-4}, learning_rate=1e-2, max_steps=8
+    )
+    args = training_arguments(cfg, tmp_path)
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=args.learning_rate)
+    schedule = get_scheduler(
+        args.lr_scheduler_type, optimizer, 0, num_training_steps=8, scheduler_specific_kwargs=args.lr_scheduler_kwargs
+    )
+    for _ in range(8):
+        optimizer.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-4)
