@@ -5,6 +5,7 @@ a damaged or unsealed stored output is recomputed, never trusted."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -63,3 +64,28 @@ def test_unchanged_rerun_on_another_home_fetches_instead_of_recomputing(
     assert states == {"train-adapter": "Cached", "merge-adapter": "Completed", "evaluate-models": "Completed"}
     assert third.version == first.version
     assert store.manifest(f"{stage}/eval_report.json") and store.manifest(f"{stage}/merged")  # sealed again
+
+
+@pytest.mark.parametrize("stage", ["dpo", "rm"])
+def test_a_preference_run_on_another_home_is_fetched_too(harness, env, tiny_model, store_url, monkeypatch, stage):
+    """A DPO run (its reference log-probs cached on the first machine only) and a reward model: the
+    rerun elsewhere finds training, merge and scores in the store, the preference scores the same."""
+    cfg = tiny_config(
+        tiny_model,
+        env,
+        stage=stage,
+        dataset="demo_order_pairs",
+        dataset_dir="builtin",
+        max_samples=32,
+        val_size=8,
+        registry={"name": f"tiny-store-{stage}"},
+        promotion={"metric": "loss"},
+        storage=store_url,
+    )
+    first, states = _run_on(env / f"{stage}-a", monkeypatch, cfg)
+    assert states == dict.fromkeys(STAGES, "Completed")
+    again, states = _run_on(env / f"{stage}-b", monkeypatch, cfg)
+    assert states == dict.fromkeys(STAGES, "Cached")
+    assert not (env / f"{stage}-b" / "cache" / "reference").exists()  # nothing trained, nothing to refer to
+    # json: a reward model's perplexity is NaN, which equals nothing, itself included
+    assert (again.version, json.dumps(again.scores)) == (first.version, json.dumps(first.scores))
