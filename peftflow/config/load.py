@@ -45,7 +45,6 @@ ACCEPTED_UNUSED_KEYS = frozenset(
         "use_unsloth",
         "shift_attn",
         "rope_scaling",
-        "disable_gradient_checkpointing",
         "upcast_layernorm",
         "packing",
         "neat_packing",
@@ -60,8 +59,6 @@ ACCEPTED_UNUSED_KEYS = frozenset(
         "export_size",
         "export_device",
         "export_legacy_format",
-        "infer_backend",
-        "max_new_tokens",
         "run_name",
         "hub_model_id",
         "push_to_hub",
@@ -81,6 +78,24 @@ REFUSED_KEYS = {
     "pref_bco_weight": "not supported: BCO's term is not trained; leave it 0",
     "ld_alpha": "not supported: LD-DPO's length weighting is not trained; leave it unset",
 }
+
+
+def _translate_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """LLaMA-Factory keys whose meaning peftflow holds under its own name, moved there: a key of
+    peftflow's written beside one of them wins over it."""
+    raw = dict(raw)
+    if raw.pop("disable_gradient_checkpointing", None):  # LLaMA-Factory checkpoints by default; this turns it off
+        raw.setdefault("gradient_checkpointing", False)
+    if (tokens := raw.pop("max_new_tokens", None)) is not None:  # its generation budget: the evaluation's here
+        evaluation = raw.get("evaluation") if isinstance(raw.get("evaluation"), dict) else {}
+        raw["evaluation"] = {"max_new_tokens": tokens, **evaluation}
+    backend = raw.pop("infer_backend", None)
+    if backend not in (None, "huggingface", "hf"):
+        raise UserError(
+            f"{source}: key 'infer_backend': {backend}: peftflow generates with transformers (huggingface); "
+            "serve the registered version with vLLM instead (docs/serving.md)"
+        )
+    return raw
 
 
 def _refuse_keys(raw: dict[str, Any], source: str) -> None:
@@ -115,6 +130,7 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
     if is_v1(raw):
         raw, names, v1_unused = to_v0(raw, source)
     _refuse_keys(raw, source)
+    raw = _translate_keys(raw, source)
     raw = {k: v for k, v in raw.items() if k not in REFUSED_KEYS}
     unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
     for k in unused:

@@ -122,6 +122,17 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     assert expected in message and str(path) in message and "\n" not in message
 
 
+def test_llamafactory_keys_read_under_peftflows_names(tmp_path):
+    text = "disable_gradient_checkpointing: true\nmax_new_tokens: 77\ninfer_backend: huggingface\n"
+    cfg, unused = load_config(write(tmp_path, text))
+    assert (cfg.gradient_checkpointing, cfg.evaluation.max_new_tokens, unused) == (False, 77, [])
+    # peftflow's own key, written beside, wins
+    cfg, _ = load_config(write(tmp_path, "max_new_tokens: 77\nevaluation:\n  max_new_tokens: 12\n"))
+    assert cfg.evaluation.max_new_tokens == 12
+    with pytest.raises(UserError, match="key 'infer_backend': vllm: peftflow generates with transformers"):
+        load_config(write(tmp_path, "infer_backend: vllm\n"))
+
+
 def test_a_refused_llamafactory_key_written_as_null_is_not_set(tmp_path):
     cfg, _ = load_config(write(tmp_path, "stage: dpo\nref_model_adapters: null\nref_model_quantization_bit: null\n"))
     assert cfg.stage == "dpo"
