@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import logging
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -96,6 +98,11 @@ def evaluate(label: str, model_dir: str, data_path: str, cfg: RunConfig) -> dict
     house, other, valid = (list(col) for col in zip(*rows))
     print(f"{label}: house style {mean(house):.3f}, other fields {mean(other):.3f}, json {mean(valid):.3f}", flush=True)
     return {"house": house, "other": other, "valid": valid, "examples": scored.examples}
+
+
+def cpu_name() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "CPU")
 
 
 def mean(xs: list[float]) -> float:
@@ -188,6 +195,8 @@ def step_times(args, sft_dir: str, work: Path) -> dict[str, tuple[float | None, 
         bf16_autocast=False,
         lr_scheduler_type="constant",
         logging_steps=1,
+        max_samples=64,  # 48 training pairs after val_size: every trainer's (and TRL's precomputed) reference is short
+        val_size=16,
     )
     timer = StepTimer()
     train_dpo(cfg, work / "peftflow", (timer,))
@@ -201,28 +210,30 @@ def step_times(args, sft_dir: str, work: Path) -> dict[str, tuple[float | None, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="64 held-out rows, 20 SFT steps, 4 timed steps: a smoke run")
-    ap.add_argument("--held-out", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="64 held-out rows, 20 SFT steps, 3 timed steps: a smoke run")
+    ap.add_argument("--held-out", type=int, default=200)
     ap.add_argument("--sft-steps", type=int, default=60)
     ap.add_argument("--sft-dir", help="a merged SFT model from an earlier run (skips step 1)")
     ap.add_argument("--dpo-steps", type=int, help="override configs/dpo.yaml's max_steps")
     ap.add_argument("--learning-rate", type=float, dest="learning_rate")
     ap.add_argument("--pref-beta", type=float, dest="pref_beta")
     ap.add_argument("--pref-ftx", type=float, dest="pref_ftx")
-    ap.add_argument("--timing-steps", type=int, default=8)
+    ap.add_argument("--timing-steps", type=int, default=6)
     ap.add_argument("--trl-python", default="/work/side-envs/trl/bin/python")
     ap.add_argument("--lf-python", default="/work/side-envs/lf/bin/python")
     ap.add_argument("--parts", default="quality,timing")
     ap.add_argument("--write", action="store_true", help="write the tables into docs/preference.md")
     args = ap.parse_args()
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("peftflow.train").setLevel(logging.INFO)  # a line per logging step: loss, lr, eta
     if args.quick:
-        args.held_out, args.sft_steps, args.timing_steps = 64, 20, 4
+        args.held_out, args.sft_steps, args.timing_steps = 64, 20, 3
 
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="peftflow-preference-bench-"))
     base = resolve_model("builtin:smollm2-135m-instruct").path
     sft_dir = args.sft_dir or train_sft(args, work, base)
-    tables = []
+    tables = {}
     if "quality" in args.parts:
         cfg = dpo_config(args, sft_dir)
         dpo_adapter, seconds = train_dpo(cfg, work / "dpo")
@@ -231,36 +242,36 @@ def main() -> None:
             dataset="held_out",
             dataset_dir=str(write_held_out(work / "held_out", args.held_out)),
             val_size=args.held_out,
-            evaluation={"metric": "json_fields", "max_samples": args.held_out, "max_new_tokens": 48, "batch_size": 16},
+            evaluation={"metric": "json_fields", "max_samples": args.held_out, "max_new_tokens": 48, "batch_size": 40},
         )
         data = prepare_dataset(ecfg, sft_dir)
         sft = evaluate("SFT parent", sft_dir, data.path, ecfg)
         dpo = evaluate("DPO child", dpo_adapter, data.path, ecfg)
-        tables.append(quality_table(sft, dpo, cfg, args.held_out))
-        print(tables[-1], flush=True)
+        tables["quality"] = quality_table(sft, dpo, cfg, args.held_out)
+        print(tables["quality"], flush=True)
     if "timing" in args.parts:
         cfg = dpo_config(args, sft_dir)
-        tables.append(
-            timing_table(
-                step_times(args, sft_dir, work), args.timing_steps, cfg.per_device_train_batch_size, cfg.cutoff_len
-            )
+        tables["timing"] = timing_table(
+            step_times(args, sft_dir, work), args.timing_steps, cfg.per_device_train_batch_size, cfg.cutoff_len
         )
-        print(tables[-1], flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU cores"
+        print(tables["timing"], flush=True)
+    machine = f"{cpu_name()}, {len(os.sched_getaffinity(0))} CPU cores, no GPU"
     print(f"machine: {machine}; total {time.perf_counter() - t0:.0f} s; work dir {work}")
     if args.write:
-        write_doc("\n\n".join(tables), args, machine)
+        write_doc(tables, machine)
 
 
-def write_doc(tables: str, args, machine: str) -> None:
-    command = "PYTHONPATH=. .venv/bin/python benchmarks/preference_benchmark.py --write"
-    if args.held_out != 256 or args.sft_steps != 60 or args.timing_steps != 8:
-        command += f" --held-out {args.held_out} --sft-steps {args.sft_steps} --timing-steps {args.timing_steps}"
+def write_doc(tables: dict[str, str], machine: str) -> None:
+    """Each part's table, with the command that measured it, between its markers in docs/preference.md."""
+    command = "PYTHONPATH=. .venv/bin/python benchmarks/preference_benchmark.py " + " ".join(sys.argv[1:])
     doc = ROOT / "docs" / "preference.md"
-    text, marker = doc.read_text(), "<!-- benchmark -->"
-    body = f"{marker}\n\nMeasured on {machine} with:\n\n```\n{command}\n```\n\n{tables}\n\n{marker}"
-    head, _, rest = text.partition(marker)
-    doc.write_text(head + body + rest.partition(marker)[2] if rest else text + "\n" + body + "\n")
+    text = doc.read_text()
+    for part, table in tables.items():
+        marker = f"<!-- benchmark:{part} -->"
+        body = f"{marker}\nMeasured on {machine} with:\n\n```\n{command}\n```\n\n{table}\n{marker}"
+        head, found, rest = text.partition(marker)
+        text = head + body + rest.partition(marker)[2] if found else text + "\n" + body + "\n"
+    doc.write_text(text)
 
 
 if __name__ == "__main__":
