@@ -7,7 +7,8 @@ import pytest
 from datasets import load_from_disk
 from transformers import TrainerCallback
 
-from peftflow.builtin.preferences import make_pairs
+from peftflow.builtin.datasets import INSTRUCTION, make_rows
+from peftflow.builtin.preferences import FEEDBACK_SEED, PAIRS_SEED, make_feedback, make_pairs, reversed_name
 from peftflow.config import RunConfig
 from peftflow.data import data_report, prepare_dataset
 from peftflow.errors import UserError
@@ -70,6 +71,29 @@ def test_feedback_rows_keep_their_tag_and_bad_ones_are_named(tiny_model, write_d
     data = prepare_dataset(kto(tiny_model, root), tiny_model)
     train_rows = load_from_disk(f"{data.path}/train")
     assert data.train_rows == 6 and sorted(set(train_rows["kto_tag"])) == [False, True]
+
+
+def test_the_builtin_feedback_is_the_order_task_marked_house_style_or_reversed(tiny_model):
+    rows = make_feedback(64)
+    assert rows == make_feedback(64)  # the same rows on every machine
+    records = make_rows(64, FEEDBACK_SEED)
+    for row, record in zip(rows, records):
+        user, answer = row["messages"]
+        assert user == {"role": "user", "content": f"{INSTRUCTION}\n{record['input']}"}
+        assert answer["role"] == "assistant"
+        # desirable: the house style ("First Last"); undesirable: the name reversed ("Last, First")
+        assert answer["content"] == (record["output"] if row["label"] else reversed_name(record["output"]))
+    assert sum(row["label"] for row in rows) == 32  # half each, shuffled
+    assert [row["label"] for row in rows[:8]] != [True, False] * 4
+    # new messages: apart from the SFT rows and the pairs
+    seen = {r["input"] for r in make_rows(640)} | {p["input"] for p in make_pairs(1024, PAIRS_SEED)}
+    assert not seen & {r["input"] for r in records}
+
+    cfg = RunConfig(stage="kto", dataset="demo_order_feedback", dataset_dir="builtin", max_samples=64, val_size=8)
+    data = prepare_dataset(cfg, tiny_model)
+    assert (data.train_rows, data.eval_rows, data.dropped) == (56, 8, 0)
+    train_rows = load_from_disk(f"{data.path}/train")
+    assert sorted(set(train_rows["kto_tag"])) == [False, True]
 
 
 def test_kto_starts_at_the_reference_point_and_learns(tiny_model, write_dataset, tmp_path):
