@@ -1,6 +1,6 @@
 """Every built-in dataset, written once into one folder with its dataset_info.json (LLaMA-Factory
-format): the order task (datasets.py), its preference task (preferences.py), its plain-text notes
-(order_notes.py), shapes, tool calls."""
+format): the order task (datasets.py), its preference task (pairs and KTO feedback: preferences.py),
+its plain-text notes (order_notes.py), shapes, tool calls."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ BUILTIN_NAMES = (
     "demo_tools",
     "demo_orders_mixed",
     "demo_order_pairs",
+    "demo_order_feedback",
     "demo_order_notes",
 )
 
@@ -29,7 +30,7 @@ BUILTIN_NAMES = (
 def write_builtin_datasets(dataset_dir: Path, n: int = 640, seed: int = 0) -> Path:
     """Write the demo data (orders; 512 order prompts without answers, for a distillation teacher to
     answer; the arithmetic guard set; the shapes image task; tool calling; the preference task's mixed
-    orders and pairs; 512 plain-text order notes for continued pre-training) and their dataset_info.json
+    orders, pairs and KTO feedback; 512 plain-text order notes for continued pre-training) and their dataset_info.json
     (LLaMA-Factory format) into `dataset_dir`."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     columns = {"prompt": "instruction", "query": "input", "response": "output"}

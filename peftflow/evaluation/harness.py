@@ -50,15 +50,15 @@ def write_heldout_task(data_path: str, tokenizer_dir: str, cfg, out_dir: str | P
     """Write the held-out split as the lm-eval task `peftflow_heldout` (YAML, JSONL rows, metric)
     into `out_dir`; returns the dir, to be given as an include path."""
     import yaml
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
 
     from peftflow.data.templates import generation_stop_ids
+    from peftflow.evaluation.scoring import heldout_rows
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=cfg.trust_remote_code)
-    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    eval_set = heldout_rows(data_path)  # of KTO feedback, the desirable rows
     rows = eval_set.select(range(min(cfg.evaluation.max_samples, len(eval_set))))
     with (out / "heldout.jsonl").open("w") as f:
         for i, (ids, ref) in enumerate(zip(rows["prompt_ids"], rows["reference"])):

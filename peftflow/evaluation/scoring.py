@@ -137,6 +137,16 @@ def load_model(
     return PeftModel.from_pretrained(base, model_dir).eval()
 
 
+def heldout_rows(data_path: str):
+    """The held-out split a model is scored on: every row, but of KTO feedback only the desirable ones.
+    An undesirable answer is what the model should not say: its loss, and a generation that matches
+    it, are no credit to the model."""
+    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    if "kto_tag" not in eval_set.column_names:
+        return eval_set
+    return eval_set.select([i for i, desirable in enumerate(eval_set["kto_tag"]) if desirable])
+
+
 def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig, reward: bool = False):
     """(tokenizer, model, pad id) of a model dir (or adapter dir on its base) for scoring."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
@@ -160,7 +170,7 @@ def score_model(
         return score_reward_model(label, model_dir, data_path, cfg, base_model_dir)
     ecfg = cfg.evaluation
     tokenizer, model, pad = _load_scored(model_dir, base_model_dir, cfg)
-    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    eval_set = heldout_rows(data_path)
     pixels = None
     if "images" in eval_set.column_names:  # held-out images go through the scored model's own image processor
         image_processor = AutoProcessor.from_pretrained(

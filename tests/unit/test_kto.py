@@ -3,14 +3,19 @@ refused row by row, and the KTO trainer against cached reference log-probs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from datasets import load_from_disk
 from transformers import TrainerCallback
 
-from peftflow.builtin.preferences import make_pairs
+from peftflow.builtin.datasets import INSTRUCTION, make_rows
+from peftflow.builtin.preferences import FEEDBACK_SEED, PAIRS_SEED, make_feedback, make_pairs, reversed_name
 from peftflow.config import RunConfig
 from peftflow.data import data_report, prepare_dataset
 from peftflow.errors import UserError
+from peftflow.evaluation.harness import write_heldout_task
+from peftflow.evaluation.scoring import score_model
 from peftflow.paths import cache_dir
 from peftflow.stages import get_workflow
 from peftflow.training.run import run as train
@@ -70,6 +75,46 @@ def test_feedback_rows_keep_their_tag_and_bad_ones_are_named(tiny_model, write_d
     data = prepare_dataset(kto(tiny_model, root), tiny_model)
     train_rows = load_from_disk(f"{data.path}/train")
     assert data.train_rows == 6 and sorted(set(train_rows["kto_tag"])) == [False, True]
+
+
+def test_the_builtin_feedback_is_the_order_task_marked_house_style_or_reversed(tiny_model):
+    rows = make_feedback(64)
+    assert rows == make_feedback(64)  # the same rows on every machine
+    records = make_rows(64, FEEDBACK_SEED)
+    for row, record in zip(rows, records):
+        user, answer = row["messages"]
+        assert user == {"role": "user", "content": f"{INSTRUCTION}\n{record['input']}"}
+        assert answer["role"] == "assistant"
+        # desirable: the house style ("First Last"); undesirable: the name reversed ("Last, First")
+        assert answer["content"] == (record["output"] if row["label"] else reversed_name(record["output"]))
+    assert sum(row["label"] for row in rows) == 32  # half each, shuffled
+    assert [row["label"] for row in rows[:8]] != [True, False] * 4
+    # new messages: apart from the SFT rows and the pairs
+    seen = {r["input"] for r in make_rows(640)} | {p["input"] for p in make_pairs(1024, PAIRS_SEED)}
+    assert not seen & {r["input"] for r in records}
+
+    cfg = RunConfig(stage="kto", dataset="demo_order_feedback", dataset_dir="builtin", max_samples=64, val_size=8)
+    data = prepare_dataset(cfg, tiny_model)
+    assert (data.train_rows, data.eval_rows, data.dropped) == (56, 8, 0)
+    train_rows = load_from_disk(f"{data.path}/train")
+    assert sorted(set(train_rows["kto_tag"])) == [False, True]
+
+
+def test_held_out_feedback_is_scored_on_its_desirable_answers_only(tiny_model, write_dataset, tmp_path):
+    """An undesirable answer is no reference: a model that says it earns neither score nor loss for it."""
+    rows = feedback_rows(24)
+    root = write_dataset({"feedback": ENTRY}, {"kto.json": rows})
+    cfg = kto(tiny_model, root, val_size=10, evaluation={"max_samples": 10, "max_new_tokens": 2})
+    data = prepare_dataset(cfg, tiny_model)
+    held_out = load_from_disk(f"{data.path}/eval")
+    desirable = [ref for ref, tag in zip(held_out["reference"], held_out["kto_tag"]) if tag]
+    assert 0 < len(desirable) < len(held_out)
+    good = {r["messages"][1]["content"] for r in rows if r["label"]}
+    scores = score_model("base", tiny_model, data.path, cfg)
+    assert [e["reference"] for e in scores.examples] == desirable and set(desirable) <= good
+    task = write_heldout_task(data.path, tiny_model, cfg, tmp_path / "harness")
+    lines = (task / "heldout.jsonl").read_text().splitlines()
+    assert [json.loads(line)["reference"] for line in lines] == desirable
 
 
 def test_kto_starts_at_the_reference_point_and_learns(tiny_model, write_dataset, tmp_path):
