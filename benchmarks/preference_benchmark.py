@@ -203,6 +203,8 @@ def step_times(args, sft_dir: str, work: Path) -> dict[str, tuple[float | None, 
     times = {"peftflow": (timer.mean(), "reference log-probs computed once before step 1, not per step")}
     pairs = make_pairs(1024)[: cfg.max_samples] if cfg.max_samples else make_pairs(1024)
     for i, name in enumerate(PEERS):
+        if args.peers and str(i) not in args.peers.split(","):
+            continue
         python = args.lf_python if name.startswith("LLaMA") else args.trl_python
         times[name] = peer_step_times(name, python, sft_dir, pairs, cfg, work / f"peer-{i}")
     return times
@@ -222,6 +224,7 @@ def main() -> None:
     ap.add_argument("--trl-python", default="/work/side-envs/trl/bin/python")
     ap.add_argument("--lf-python", default="/work/side-envs/lf/bin/python")
     ap.add_argument("--parts", default="quality,timing")
+    ap.add_argument("--peers", help="which peers to time, by number (0 TRL, 1 TRL precomputed, 2 LLaMA-Factory)")
     ap.add_argument("--write", action="store_true", help="write the tables into docs/preference.md")
     args = ap.parse_args()
     logging.basicConfig(format="%(message)s")

@@ -116,6 +116,18 @@ def lf_args(spec: dict, data_dir: Path) -> dict:
     }
 
 
+def for_transformers_4(model_dir: Path, out: Path) -> Path:
+    """The model dir as LLaMA-Factory's transformers 4.57 reads it: the same files (linked), the
+    tokenizer class transformers 5 writes ("TokenizersBackend", unknown to 4.x) named as SmolLM2's own."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.name != "tokenizer_config.json" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "GPT2Tokenizer"}))
+    return out
+
+
 def peer_step_times(name: str, python: str, model_dir: str, pairs: list[dict], cfg, work: Path) -> tuple:
     """(mean seconds per step or None, note) of one peer on the pairs peftflow trained on."""
     if not python or not Path(python).is_file():
@@ -134,6 +146,7 @@ def peer_step_times(name: str, python: str, model_dir: str, pairs: list[dict], c
         "precompute": "precompute" in name,
     }
     if name.startswith("LLaMA-Factory"):
+        spec["model"] = str(for_transformers_4(Path(model_dir), work / "model"))
         (work / "pairs.json").write_text(json.dumps(spec["pairs"]))
         columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
         info = {"pairs": {"file_name": "pairs.json", "ranking": True, "columns": columns}}
