@@ -18,21 +18,16 @@ About 10 minutes on 2 CPU cores shared with other work (9 CPU-minutes, a fresh P
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from peftflow.builtin.datasets import INSTRUCTION, make_rows
 from peftflow.builtin.preferences import reversed_name
 from peftflow.mlflow_io.tracking import configure_mlflow
+from tests.e2e.cli_env import cli_env, peftflow_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
-ROOT = Path(__file__).resolve().parents[2]
 SFT, DPO = "e2e-orders-sft", "e2e-orders-dpo"
 # Not in the pairs' exact wording; DPO's targeted property is the customer written "First Last".
 MESSAGE = "Hi, this is Nora Silva. Please send three green mugs to Graz."
@@ -77,40 +72,11 @@ registry:
 {COMMON}"""
 
 
-def _env(tmp: Path, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        PEFTFLOW_HOME=str(home),  # reuses the session's model cache
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",  # a fresh registry
-        PREFECT_HOME=str(tmp / "prefect-home"),  # no PREFECT_API_URL: a temporary local server
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "prefect-results"),  # nothing cached from elsewhere
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
-
-
-def _run(config: Path, tmp: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", str(config)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    print(f"peftflow run {config.name} took {time.monotonic() - start:.0f} s")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, peftflow_home):
     """SFT, then DPO from its champion, once for the module; returns what the tests need."""
     tmp = tmp_path_factory.mktemp("e2e-dpo")
-    env = _env(tmp, peftflow_home)
+    env = cli_env(tmp, peftflow_home)
     data = tmp / "data"
     data.mkdir()
     (data / "dataset_info.json").write_text(json.dumps({"orders_last_first": ALPACA}))
@@ -118,7 +84,7 @@ def tuned(tmp_path_factory, peftflow_home):
     (data / ALPACA["file_name"]).write_text(json.dumps(rows))
     for name, text in (("sft", SFT_CONFIG + f"dataset_dir: {data}\n"), ("dpo", DPO_CONFIG)):
         (tmp / f"{name}.yaml").write_text(text + f"output_dir: {tmp / 'runs' / name}\n")
-        _run(tmp / f"{name}.yaml", tmp, env)
+        peftflow_run(tmp / f"{name}.yaml", tmp, env, timeout=1200)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -8,21 +8,18 @@ About 3 minutes on 2 CPU cores (plus ~15 s to convert the GGUF once per PEFTFLOW
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from peftflow.builtin.datasets import INSTRUCTION
 from peftflow.mlflow_io.tracking import configure_mlflow
+from tests.e2e.cli_env import cli_env, peftflow_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
-ROOT = Path(__file__).resolve().parents[2]
 NAME = "e2e-orders"
 STEPS = 16
 # Not in the training data's exact wording; the quantity is a word, the answer must be a number.
@@ -47,20 +44,6 @@ evaluation:
 """
 
 
-def _env(tmp: Path, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(
-        PEFTFLOW_HOME=str(home),  # reuses the session's model cache
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",  # a fresh registry
-        PREFECT_HOME=str(tmp / "prefect-home"),  # no PREFECT_API_URL: a temporary local server
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(tmp / "prefect-results"),  # nothing cached from elsewhere
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, peftflow_home):
     """Runs `peftflow run` once for the module; returns what the tests need."""
@@ -68,19 +51,8 @@ def trained(tmp_path_factory, peftflow_home):
     out_dir = tmp / "runs"
     config = tmp / "e2e.yaml"
     config.write_text(CONFIG + f"output_dir: {out_dir}\n")
-    env = _env(tmp, peftflow_home)
-    start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", str(config)],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    elapsed = time.monotonic() - start
-    print(f"peftflow run took {elapsed:.0f} s")
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    env = cli_env(tmp, peftflow_home)
+    proc, elapsed = peftflow_run(config, tmp, env)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
