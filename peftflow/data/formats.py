@@ -62,6 +62,8 @@ V1_COLUMNS = {
         "images": None,
     },
     "v1-sharegpt": {"messages": "conversations", "tools": "tools", "system": None, "images": None},
+    # v1's pair converter: `chosen` and `rejected` each a whole OpenAI-style conversation ending in its answer
+    "v1-pair": {"chosen": "chosen", "rejected": "rejected", "tools": None, "system": None, "images": None},
 }
 REQUIRED = {
     "alpaca": ("prompt", "response"),
@@ -69,6 +71,7 @@ REQUIRED = {
     "v1": ("messages",),
     "v1-alpaca": ("prompt", "response"),
     "v1-sharegpt": ("messages",),
+    "v1-pair": ("chosen", "rejected"),
 }
 SHAREGPT_TAGS = {
     "role_tag": "from",
@@ -139,7 +142,7 @@ class RowFormat:
     @classmethod
     def v1(cls, converter: str | None) -> "RowFormat":
         formatting = f"v1-{converter}" if converter else "v1"
-        return cls(formatting, V1_COLUMNS[formatting], dict(SHAREGPT_TAGS), ())
+        return cls(formatting, V1_COLUMNS[formatting], dict(SHAREGPT_TAGS), (), ranking=converter == "pair")
 
     def to_conversation(self, row: dict[str, Any]) -> Conversation:
         if self.formatting == "v1":
@@ -153,8 +156,11 @@ class RowFormat:
 
     def to_pair(self, row: dict[str, Any]) -> tuple[Conversation, dict[str, str]]:
         """A ranking row as (the prompt and its chosen answer, the rejected answer turn)."""
-        prompt = replace(self, prompts_only=True, ranking=False).to_conversation(row)
-        chosen, rejected = (self._answer(row, side) for side in PAIR_SIDES)
+        if self.formatting == "v1-pair":
+            prompt, chosen, rejected = _v1_pair(row)
+        else:
+            prompt = replace(self, prompts_only=True, ranking=False).to_conversation(row)
+            chosen, rejected = (self._answer(row, side) for side in PAIR_SIDES)
         if chosen["content"].strip() == rejected["content"].strip():
             raise InvalidRow("chosen equals rejected", "a pair teaches nothing when its answers are the same")
         return prompt + [chosen], rejected
@@ -316,6 +322,35 @@ class RowFormat:
     def _ending(self, turns: Conversation) -> Conversation:
         """Read as prompts, a conversation's final answer is dropped: the teacher writes its own."""
         return turns[:-1] if self.prompts_only and turns and turns[-1]["role"] in ANSWER_ROLES else turns
+
+
+def _v1_pair(row: dict[str, Any]) -> tuple[Conversation, dict[str, str], dict[str, str]]:
+    """(prompt, chosen answer, rejected answer) of a row of v1's pair converter: `chosen` and `rejected`
+    are whole conversations of {role, content} messages that share everything but their last answer."""
+    sides = []
+    for side in PAIR_SIDES:
+        messages = row.get(side)
+        if not isinstance(messages, list) or not messages:
+            missing = messages is None
+            raise InvalidRow(f"field '{side}' is missing" if missing else f"field '{side}' is not a message list")
+        turns = []
+        for number, m in enumerate(messages, start=1):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
+                raise InvalidRow("unknown role", f"{side} message {number}")
+            if not isinstance(m.get("content"), str):
+                raise InvalidRow("field 'content' is not a string", f"{side} message {number}")
+            turns.append({"role": m["role"], "content": m["content"]})
+        if turns[-1]["role"] != "assistant":
+            raise InvalidRow(f"{side} ends without an answer")
+        if not turns[-1]["content"].strip():
+            raise InvalidRow(f"empty {side} answer")
+        sides.append(turns)
+    (chosen, rejected) = sides
+    if chosen[:-1] != rejected[:-1]:
+        raise InvalidRow("chosen and rejected differ before their answers", "a pair answers one prompt")
+    system = [t for t in chosen[:1] if t["role"] == "system"]
+    _check_order(chosen[len(system) : -1], len(system) + 1, ends_with_prompt=True)
+    return [t for t in system if t["content"]] + chosen[len(system) : -1], chosen[-1], rejected[-1]
 
 
 def _check_order(turns: Conversation, first_number: int, ends_with_prompt: bool = False) -> None:

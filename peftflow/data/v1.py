@@ -20,7 +20,7 @@ from peftflow.data.sources import READERS, DataFile, DatasetSource
 from peftflow.errors import UserError
 
 ENTRY_KEYS = ("path", "source", "split", "converter", "size", "weight", "streaming")
-CONVERTERS = ("alpaca", "sharegpt")
+CONVERTERS = ("alpaca", "sharegpt", "pair")  # pair: preference rows, read by the stages that read pairs
 
 
 def v1_sources(train_dataset: str) -> list[DatasetSource]:
@@ -59,8 +59,6 @@ def _source(name: str, entry: dict[str, Any], base: Path, where: str) -> Dataset
             "hub datasets are not available offline; download it and set source: local"
         )
     converter = entry.get("converter")
-    if converter == "pair":
-        raise UserError(f"{at}: converter pair is a preference (DPO) dataset; peftflow trains sft only")
     if converter is not None and converter not in CONVERTERS:
         raise UserError(
             f"{at}: converter '{converter}' is not supported (use {', '.join(CONVERTERS)}, or none for v1 message rows)"

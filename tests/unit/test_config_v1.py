@@ -108,7 +108,8 @@ def test_dataset_yaml_errors(tmp_path):
 
     assert "'d': source hf_hub (the default): hub datasets are not available offline" in report({"d": {"path": "a/b"}})
     assert "'d' has unknown key 'pth' (did you mean 'path'?)" in report({"d": {"pth": "x", "source": "local"}})
-    assert "converter pair is a preference (DPO) dataset" in report(
+    # v1's pair converter reads preference rows: refused for stage sft, as a ranking dataset is
+    assert "is preference pairs; stage: sft reads conversations" in report(
         {"d": {"path": "rows.jsonl", "source": "local", "converter": "pair"}}
     )
     assert "missing.jsonl: data file not found (dataset 'd' in" in report(
@@ -222,3 +223,34 @@ def test_guard_set_of_a_v1_run_is_read_from_dataset_dir(tmp_path, tiny_model):
     cfg, _ = parse_config(v1(tmp_path, promotion={"guard_dataset": "demo_general"}))
     guard = cfg.guard_config()
     assert guard.train_dataset is None and data_report(guard, tiny_model).datasets == ("demo_general",)
+
+
+def openai_pair(user: str, chosen: str, rejected: str, rejected_user: str | None = None) -> dict:
+    def side(prompt: str, answer: str) -> list[dict]:
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+    return {"chosen": side(user, chosen), "rejected": side(rejected_user or user, rejected)}
+
+
+def test_v1_pair_rows_train_dpo_and_each_bad_pair_is_one_line(tmp_path, tiny_model):
+    """v1's `converter: pair` (orca_dpo_pairs' layout: chosen and rejected each a whole conversation),
+    read from a v1 dataset YAML by `stage: dpo`: the shared prompt once, both answers prepared."""
+    rows = [openai_pair(f"Order {i}?", f"Yes {i}", f"No {i}") for i in range(6)]
+    bad = [openai_pair("Hi", "Same", "Same"), openai_pair("Hi", "A", "B", rejected_user="Hello")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
+    (tmp_path / "data.yaml").write_text(
+        yaml.safe_dump({"pairs": {"path": "pairs.jsonl", "source": "local", "converter": "pair"}})
+    )
+    keys = dict(stage="dpo", model_name_or_path=tiny_model, train_dataset=str(tmp_path / "data.yaml"), val_size=0.0)
+    cfg, _ = parse_config(keys)
+    report = data_report(cfg, tiny_model)
+    assert report.rows_kept == 6
+    lines = "\n".join(report.problems)
+    assert "chosen equals rejected" in lines and "chosen and rejected differ before their answers" in lines
+    cfg, _ = parse_config({**keys, "on_invalid_rows": "drop"})
+    train = load_from_disk(f"{prepare_dataset(cfg, tiny_model).path}/train")
+    row = train[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    chosen = tokenizer.decode([t for t in row["labels"] if t != -100])
+    rejected = tokenizer.decode([t for t in row["rejected_labels"] if t != -100])
+    assert chosen.startswith("Yes") and rejected.startswith("No") and len(train) == 6
