@@ -36,6 +36,8 @@ def publish_version(
     tracking.log_artifact(run_id, adapter.adapter_dir, "adapter")
     tracking.log_artifact(run_id, str(loss_curve(adapter.loss_history, work / "loss_curve.png")))
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
+    # held-out preference scores (dpo, rm): the version carries them beside the task metric
+    metrics |= {f"{label}.preference_{k}": v for label, s in evaluation.models.items() for k, v in s.preference.items()}
     about = {"recipe": tracking.config_params(config), "description": config.registry.description}
     if merged is None:
         return publishing.publish_adapter(

@@ -84,3 +84,29 @@ def test_sweep_runs_variants_one_at_a_time_registers_the_winner_alone_and_reuses
 
 
 GRID_NAMES = ["learning_rate=0.005", "learning_rate=0.002", "learning_rate=1e-07"]
+
+
+def test_a_dpo_sweep_over_pref_loss_trains_each_loss_against_one_reference(harness, env, tiny_model, monkeypatch):
+    """`peftflow sweep configs/dpo.yaml --grid pref_loss=sigmoid,ipo` on the tiny model: both variants
+    read one reference file (computed once), the winner is registered with its held-out preference
+    scores taken against the base the sweep scored."""
+    from peftflow.paths import cache_dir
+
+    monkeypatch.setenv("PEFTFLOW_HOME", str(env / "dpo-sweep-home"))  # an empty reference cache
+    cfg = tiny_config(
+        tiny_model,
+        env,
+        stage="dpo",
+        dataset="demo_order_pairs",
+        dataset_dir="builtin",
+        max_samples=32,
+        val_size=8,
+        max_steps=3,
+        registry={"name": "tiny-dpo-sweep", "experiment": "sweeps"},
+    )
+    result = sweep(cfg, grid={"pref_loss": ["sigmoid", "ipo"]}, max_parallel=1)
+    assert sorted(r["variant"] for r in result.rows) == ["pref_loss=ipo", "pref_loss=sigmoid"]
+    assert len(list(cache_dir("reference").glob("*.safetensors"))) == 1  # one reference for both losses
+    version = MlflowClient().get_model_version("tiny-dpo-sweep", result.version)
+    assert version.tags["pref_loss"] == result.winner.removeprefix("pref_loss=")
+    assert 0 <= float(version.tags["metric.tuned.preference_accuracy"]) <= 1
