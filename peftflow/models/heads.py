@@ -46,11 +46,19 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
-def load(model_dir: str | Path, reward: bool, tokenizer_dir: str | Path | None = None, **kwargs):
+def load(
+    model_dir: str | Path,
+    reward: bool,
+    tokenizer_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+):
     """`model_dir` with the reward head (`reward`) or its own; `kwargs` go to from_pretrained."""
     if not reward:
-        return vision.model_class(model_dir).from_pretrained(model_dir, **kwargs)
+        return vision.model_class(model_dir).from_pretrained(model_dir, trust_remote_code=trust_remote_code, **kwargs)
     from transformers import AutoModelForSequenceClassification
 
-    options = reward_options(tokenizer_dir or model_dir, kwargs.get("trust_remote_code", False))
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, **options, **kwargs)
+    options = reward_options(tokenizer_dir or model_dir, trust_remote_code)
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, **options, **kwargs
+    )
