@@ -27,15 +27,19 @@ def pair_batch(rows: dict[str, list], pad_id: int, second=PAIR_COLUMNS, multiple
     }
 
 
+def pair_batches(rows, pad_id: int, batch_size: int, device, second=PAIR_COLUMNS):
+    """(batch of 2B sequences on `device`, B) for each `batch_size` rows of pairs (pair_batch)."""
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        yield {k: v.to(device) for k, v in pair_batch(chunk, pad_id, second).items()}, len(chunk["input_ids"])
+
+
 @torch.no_grad()
 def pair_logps(model, rows, pad_id: int, batch_size: int, second=PAIR_COLUMNS) -> torch.Tensor:
     """[N, 4]: each pair's first side's log-prob sum and token count, then its second side's."""
     out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = {k: v.to(model.device) for k, v in pair_batch(chunk, pad_id, second).items()}
+    for batch, n in pair_batches(rows, pad_id, batch_size, model.device, second):
         sums, counts = sequence_logps(model, batch)
-        n = len(chunk["input_ids"])
         out.append(torch.stack([sums[:n], counts[:n], sums[n:], counts[n:]], dim=1).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, 4)
 
@@ -57,7 +61,11 @@ def preference_scores(settings: PreferenceSettings, policy: torch.Tensor, refere
     """Held-out preference accuracy (the chosen side rewarded above the rejected) and mean margin."""
     if not len(policy):
         return {}
-    chosen, rejected = rewards(settings, policy, reference)
+    return reward_summary(*rewards(settings, policy, reference))
+
+
+def reward_summary(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
+    """Accuracy (the chosen side rewarded above the rejected), mean margin and mean rewards of pairs."""
     return {
         "accuracy": round(float((chosen > rejected).float().mean()), 4),
         "margin": round(float((chosen - rejected).mean()), 5),

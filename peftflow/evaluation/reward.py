@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from peftflow.evaluation.pairs import pair_batch
+from peftflow.evaluation.pairs import pair_batches, reward_summary
 from peftflow.evaluation.report import ModelScores
 from peftflow.preference_losses import pairwise_reward_loss
 
@@ -19,11 +19,9 @@ REWARD_METRIC = "pair_accuracy"  # the report's metric for a reward model: its `
 def pair_scores(model, rows, pad_id: int, batch_size: int) -> torch.Tensor:
     """[N, 2]: the reward model's score of each pair's chosen side, then its rejected side."""
     out = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = {k: v.to(model.device) for k, v in pair_batch(chunk, pad_id).items() if k != "labels"}
-        scores = model(**batch).logits.squeeze(-1).float().cpu()
-        n = len(chunk["input_ids"])
+    for batch, n in pair_batches(rows, pad_id, batch_size, model.device):
+        scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        scores = scores.squeeze(-1).float().cpu()
         out.append(torch.stack([scores[:n], scores[n:]], dim=1))
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -39,12 +37,6 @@ def reward_model_scores(label: str, scores: torch.Tensor) -> ModelScores:
         {"index": i, "prediction": f"chosen {c:+.4f}, rejected {r:+.4f}", "reference": "chosen", "score": float(k)}
         for i, (c, r, k) in enumerate(zip(chosen.tolist(), rejected.tolist(), ranked.tolist()))
     ]
-    accuracy = round(float(ranked.mean()), 4)
-    preference = {
-        "accuracy": accuracy,
-        "margin": round(float((chosen - rejected).mean()), 5),
-        "chosen_reward": round(float(chosen.mean()), 5),
-        "rejected_reward": round(float(rejected.mean()), 5),
-    }
+    preference = reward_summary(chosen, rejected)
     loss = round(float(losses.mean()), 5)
-    return ModelScores(label, loss, math.nan, accuracy, examples, preference=preference)
+    return ModelScores(label, loss, math.nan, preference["accuracy"], examples, preference=preference)

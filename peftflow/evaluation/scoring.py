@@ -158,7 +158,7 @@ def _load_scored(model_dir: str, base_model_dir: str | None, cfg: RunConfig, rew
 def score_reward_model(label: str, model_dir: str, data_path: str, cfg: RunConfig, base_model_dir=None) -> ModelScores:
     """A reward model (stage rm) on the held-out pairs: pair accuracy is its score (evaluation/reward.py)."""
     _, model, pad = _load_scored(model_dir, base_model_dir, cfg, reward=True)
-    eval_set = load_from_disk(str(Path(data_path) / "eval"))
+    eval_set = heldout_rows(data_path)
     log.info("scoring %s: rewards of %d held-out pairs", label, len(eval_set))
     return reward_model_scores(label, pair_scores(model, eval_set, pad, cfg.evaluation.batch_size))
 

@@ -20,11 +20,8 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     `quantization_bit` is set, with the reward head for a stage that trains one."""
     dtype = dtype or compute_dtype(cfg)
     reward = get_stage(cfg).reward_head
-    if vision.is_vision_language(model_path):  # never quantised: the config x model checks refuse quantization_bit
-        return vision.model_class(model_path).from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
-        )
-    if not cfg.quantization_bit:
+    # A vision-language model is never quantised: the config x model checks refuse quantization_bit.
+    if not cfg.quantization_bit or vision.is_vision_language(model_path):
         return heads.load(model_path, reward, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     from transformers import BitsAndBytesConfig
 
