@@ -42,7 +42,7 @@ def show_config_warnings() -> None:
 
 
 def read_run_config(path):
-    """(config, keys accepted but unused, schema read), warning about the unused keys."""
+    """(config, keys that cannot change the run, schema read), warning about them."""
     from peftflow.config import read_config
 
     cfg, unused, schema = read_config(path)
@@ -51,14 +51,20 @@ def read_run_config(path):
 
 
 def config_read(path, unused: list[str], configs: list) -> None:
-    """After reading `path`: bitsandbytes let in when one of the configs it runs needs it, and one
-    warning line for the keys accepted but unused."""
+    """After reading `path`: bitsandbytes let in when one of the configs it runs needs it, one
+    warning line for the keys that cannot change the run (each with why), and one for each
+    speed-only kernel this machine lacks."""
+    from peftflow.config.lf_keys import unheard_note
+    from peftflow.models.kernels import missing_kernels
+
     if any(cfg.needs_bitsandbytes for cfg in configs):
         from flows.terminal import allow_bitsandbytes
 
         allow_bitsandbytes()
     if unused:
-        typer.echo(f"warning: {path}: keys accepted but not used by peftflow yet: {', '.join(unused)}", err=True)
+        typer.echo(f"warning: {path}: keys that cannot change this run: {unheard_note(unused)}", err=True)
+    for line in sorted({line for cfg in configs for line in missing_kernels(cfg)}):
+        typer.echo(f"warning: {path}: {line}", err=True)
 
 
 def registry_error(e: Exception, what: str) -> Exception:

@@ -118,8 +118,23 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     # each stage's own options (peftflow/stages/), as the stage declares them
     **_stage_groups(),
-    "distributed": ("Distributed", "torchrun for the train step when either is > 1.", ("num_processes", "nnodes")),
-    "trust": ("Model", "What the base model may run or load.", ("trust_remote_code", "allow_pickle_weights")),
+    "distributed": (
+        "Distributed",
+        "torchrun for the train step when either is > 1.",
+        ("num_processes", "nnodes", "ddp_timeout"),
+    ),
+    "trust": (
+        "Model",
+        "What the base model may run or load, and how it loads.",
+        (
+            "trust_remote_code",
+            "allow_pickle_weights",
+            "rope_scaling",
+            "upcast_layernorm",
+            "flash_attn",
+            "enable_liger_kernel",
+        ),
+    ),
 }
 GROUP_OF = {key: g for g, (_, _, keys) in GROUPS.items() for key in keys}
 # Where the form shows the recipe's sections (registry, evaluation, promotion): after these groups.

@@ -1,6 +1,6 @@
 """Reading a run config: LLaMA-Factory YAML (v0 flat, or v1 by its shape) or a mapping, validated
-into a RunConfig; keys LLaMA-Factory knows but peftflow does not use are reported, not dropped; the
-first error is one line that names the key."""
+into a RunConfig. A LLaMA-Factory key is honoured, refused with its reason, or reported as one that
+cannot change the run (config/lf_keys.py); the first error is one line that names the key."""
 
 from __future__ import annotations
 
@@ -13,71 +13,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+import peftflow.config.lf_keys as lf_keys
 from peftflow.config.run import RunConfig, demo_config
 from peftflow.config.v1 import is_v1, to_v0
 from peftflow.errors import UserError
 
 log = logging.getLogger("peftflow.config")
-
-# LLaMA-Factory / HF keys that are valid in a training YAML but change nothing in peftflow yet.
-# They are reported in one warning line, never silently dropped.
-ACCEPTED_UNUSED_KEYS = frozenset(
-    {
-        "do_train",
-        "do_eval",
-        "do_predict",
-        "preprocessing_num_workers",
-        "overwrite_cache",
-        "overwrite_output_dir",
-        "plot_loss",
-        "ddp_timeout",
-        "flash_attn",
-        "dataloader_num_workers",
-        "per_device_eval_batch_size",
-        "eval_strategy",
-        "eval_steps",
-        "save_strategy",
-        "save_only_model",
-        "resume_from_checkpoint",
-        "include_num_input_tokens_seen",
-        "deepspeed",
-        "enable_liger_kernel",
-        "use_unsloth",
-        "shift_attn",
-        "rope_scaling",
-        "upcast_layernorm",
-        "packing",
-        "neat_packing",
-        "tokenized_path",
-        "streaming",
-        "buffer_size",
-        "mix_strategy",
-        "interleave_probs",
-        "image_max_pixels",
-        "video_max_pixels",
-        "export_dir",
-        "export_size",
-        "export_device",
-        "export_legacy_format",
-        "run_name",
-        "hub_model_id",
-        "push_to_hub",
-        "logging_dir",
-        "log_level",
-        "report_to",
-    }
-)
-
-
-# LLaMA-Factory keys that change what trains and that peftflow does not do: set, each is refused
-# with its reason (null, as LLaMA-Factory's own YAMLs may write them, is not setting them).
-REFUSED_KEYS = {
-    "ref_model_adapters": "not supported: give the reference as one model in ref_model (a merged model dir or "
-    "registered merged version)",
-    "ref_model_quantization_bit": "not supported: the reference's log-probs are computed once, unquantised, and cached",
-    "pref_bco_weight": "not supported: BCO's term is not trained; leave it 0",
-    "ld_alpha": "not supported: LD-DPO's length weighting is not trained; leave it unset",
-}
 
 
 def _translate_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
@@ -99,9 +40,9 @@ def _translate_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _refuse_keys(raw: dict[str, Any], source: str) -> None:
-    for key, reason in REFUSED_KEYS.items():
-        if raw.get(key) not in (None, 0, 0.0):
-            raise UserError(f"{source}: key '{key}': {reason}")
+    for key in lf_keys.REFUSED.keys() & raw.keys():
+        if reason := lf_keys.refusal(key, raw[key]):
+            raise UserError(f"{source}: key '{key}': {raw[key]!r}: {reason}")
 
 
 def _nearest(key: str, candidates: list[str]) -> str:
@@ -121,7 +62,8 @@ def schema_of(raw: Any) -> str:
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig, list[str]]:
-    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted but unused."""
+    """Validate a raw mapping (v0, or v1 by its shape). Returns the config and the keys accepted that
+    cannot change the run (speed only, no effect: lf_keys.unheard_note says why)."""
     if not isinstance(raw, dict):
         raise UserError(f"{source}: expected a mapping of keys to values, got {type(raw).__name__}")
     raw, names, v1_unused = dict(raw), {}, []
@@ -131,8 +73,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> tuple[RunConfig
         raw, names, v1_unused = to_v0(raw, source)
     _refuse_keys(raw, source)
     raw = _translate_keys(raw, source)
-    raw = {k: v for k, v in raw.items() if k not in REFUSED_KEYS}
-    unused = sorted(k for k in raw if k in ACCEPTED_UNUSED_KEYS)
+    raw = {k: v for k, v in raw.items() if k not in lf_keys.REFUSED}
+    unused = sorted(k for k in raw if k in lf_keys.SPEED_ONLY or k in lf_keys.NO_EFFECT)
     for k in unused:
         raw.pop(k)
     try:

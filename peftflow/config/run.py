@@ -275,6 +275,24 @@ class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
                                                    "loaded "
                                                    "with torch's weights_only loader. peftflow itself writes "
                                                    "safetensors only.")
+    rope_scaling: Literal["linear", "dynamic", "yarn", "llama3"] | None = Field(
+        None, title="Model: RoPE scaling",
+        description="Stretch the rotary position embedding when cutoff_len is longer than the model's "
+                    "max_position_embeddings, by LLaMA-Factory's rule: factor = ceil(cutoff_len / "
+                    "max_position_embeddings). The run trains, scores and publishes the scaled model. Empty: none.")
+    upcast_layernorm: bool = Field(False, title="Model: float32 norms",
+                                   description="Hold the normalisation layers' weights in float32 when the base "
+                                               "loads in bfloat16 or float16 (a float32 base has them already).")
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "fa3"] = Field(
+        "auto", title="Model: attention kernel",
+        description="Speed only. auto: transformers' default (sdpa); disabled: eager; fa2 / fa3: FlashAttention "
+                    "where it is installed on a CUDA GPU, else sdpa with a warning.")
+    enable_liger_kernel: bool = Field(False, title="Model: Liger kernels",
+                                      description="Speed only: Liger's fused kernels where liger-kernel is installed "
+                                                  "on a CUDA GPU, else a warning.")
+    ddp_timeout: int = Field(1800, gt=0, title="Distributed: timeout (s)",
+                             description="How long a process waits for the others at a collective before the run "
+                                         "fails.")
 
     # fmt: on
 

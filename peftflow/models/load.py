@@ -1,10 +1,11 @@
-"""Load a resolved model for training: its dtype, and a 4/8-bit bitsandbytes base for QLoRA."""
+"""Load a resolved model for training: its dtype, its attention kernel, float32 norms where asked,
+and a 4/8-bit bitsandbytes base for QLoRA."""
 
 from __future__ import annotations
 
 import torch
 
-from peftflow.models import heads, vision
+from peftflow.models import heads, kernels, vision
 from peftflow.stages import get_stage
 
 
@@ -19,10 +20,30 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     """The base model as `cfg` trains it: in `dtype` (default `compute_dtype`), quantised when
     `quantization_bit` is set, with the reward head for a stage that trains one."""
     dtype = dtype or compute_dtype(cfg)
+    model = _load(model_path, cfg, dtype, kernels.attention_implementation(cfg))
+    if cfg.upcast_layernorm:
+        upcast_norms(model)
+    return model
+
+
+def upcast_norms(model) -> int:
+    """LLaMA-Factory's upcast_layernorm: every normalisation layer's weights in float32 (a half-precision
+    norm loses the small differences it scales by). Returns how many tensors were cast."""
+    cast = 0
+    for module in model.modules():
+        if "Norm" in type(module).__name__:
+            for p in module.parameters(recurse=False):
+                if p.is_floating_point() and p.dtype != torch.float32:
+                    p.data, cast = p.data.float(), cast + 1
+    return cast
+
+
+def _load(model_path: str, cfg, dtype: torch.dtype, attention: str | None):
     reward = get_stage(cfg).reward_head
+    extra = {"attn_implementation": attention} if attention else {}
     # A vision-language model is never quantised: the config x model checks refuse quantization_bit.
     if not cfg.quantization_bit or vision.is_vision_language(model_path):
-        return heads.load(model_path, reward, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        return heads.load(model_path, reward, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(
@@ -40,4 +61,5 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
         quantization_config=quant,
         device_map=device_map,
         trust_remote_code=cfg.trust_remote_code,
+        **extra,
     )

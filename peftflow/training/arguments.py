@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 from peftflow.config import RunConfig
 from peftflow.methods import get_method
+from peftflow.models import kernels
 from peftflow.models.load import compute_dtype
 from peftflow.run_dir import RunDir
 from peftflow.training import memory
@@ -52,6 +53,8 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length",  # fewer pad tokens per batch
         disable_tqdm=True,
+        ddp_timeout=cfg.ddp_timeout,
+        use_liger_kernel=kernels.use_liger(cfg),
     )
 
 

@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from peftflow.config import RunConfig, load_config, read_yaml
+from peftflow.config.lf_keys import unheard_note
 from peftflow.errors import UserError
 from peftflow.training.arguments import training_arguments
 
@@ -63,16 +64,12 @@ def test_llama_factory_yaml_loads_unchanged(tmp_path):
     assert cfg.lora_rank == 8 and cfg.effective_lora_alpha == 16  # LLaMA-Factory default: 2 x rank
     assert cfg.learning_rate == 1e-4 and cfg.gradient_accumulation_steps == 8 and cfg.bf16
     assert cfg.trust_remote_code is True
-    # Known to LLaMA-Factory, unused by peftflow: reported, never silently dropped.
-    assert {
-        "do_train",
-        "overwrite_cache",
-        "preprocessing_num_workers",
-        "plot_loss",
-        "ddp_timeout",
-        "report_to",
-        "resume_from_checkpoint",
-    } <= set(unused)
+    assert cfg.ddp_timeout == 180000000
+    # Known to LLaMA-Factory, and unable to change the run: reported with why, never silently dropped.
+    assert {"do_train", "overwrite_cache", "preprocessing_num_workers", "plot_loss", "report_to"} <= set(unused)
+    note = unheard_note(unused)
+    assert "plot_loss (no effect: the loss curves are in MLflow" in note
+    assert "preprocessing_num_workers (speed only:" in note
 
 
 def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):
@@ -110,8 +107,13 @@ def test_peftflow_sections_in_the_same_file(tmp_path):
         ("storage: my-bucket/peftflow\n", "key 'storage': 'my-bucket/peftflow' is not a storage URL"),
         ("storage: s4://bucket/peftflow\n", "key 'storage': unknown storage protocol 's4'"),
         ("- a\n- b\n", "expected a mapping"),
-        ("stage: dpo\nref_model_adapters: saves/ref\n", "key 'ref_model_adapters': not supported: give the reference"),
-        ("stage: dpo\nld_alpha: 0.5\n", "key 'ld_alpha': not supported"),
+        ("stage: dpo\nref_model_adapters: saves/ref\n", "key 'ref_model_adapters': 'saves/ref': not supported: give"),
+        ("stage: dpo\nld_alpha: 0.5\n", "key 'ld_alpha': 0.5: not supported"),
+        ("mix_strategy: interleave_under\n", "key 'mix_strategy': 'interleave_under': not supported: peftflow concat"),
+        ("streaming: true\n", "key 'streaming': True: not supported yet: peftflow reads the whole dataset"),
+        ("push_to_hub: true\n", "key 'push_to_hub': True: peftflow publishes to the MLflow registry"),
+        ("shift_attn: true\n", "key 'shift_attn': True: not supported: LongLoRA"),
+        ("disable_shuffling: true\n", "key 'disable_shuffling': True: not supported: peftflow shuffles"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
@@ -134,7 +136,8 @@ def test_llamafactory_keys_read_under_peftflows_names(tmp_path):
 
 
 def test_a_refused_llamafactory_key_written_as_null_is_not_set(tmp_path):
-    cfg, _ = load_config(write(tmp_path, "stage: dpo\nref_model_adapters: null\nref_model_quantization_bit: null\n"))
+    text = "stage: dpo\nref_model_adapters: null\nref_model_quantization_bit: null\nmix_strategy: concat\n"
+    cfg, _ = load_config(write(tmp_path, text))
     assert cfg.stage == "dpo"
 
 
