@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from transformers import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from peftflow.config import RunConfig
 from peftflow.errors import UserError
@@ -186,3 +188,20 @@ def test_lr_scheduler_kwargs_reach_the_schedule_that_trains(tmp_path):
         optimizer.step()
         schedule.step()
     assert schedule.get_last_lr()[0] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("name", [s.value for s in SchedulerType])
+def test_every_transformers_schedule_builds_or_is_refused_naming_what_it_misses(name):
+    try:
+        build_optimizer_and_schedule(RunConfig(lr_scheduler_type=name))
+    except UserError as e:
+        assert str(e).startswith(f"lr_scheduler_type: {name} cannot be built with no lr_scheduler_kwargs: ")
+        assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("name", [o.value for o in OptimizerNames])
+def test_every_transformers_optimizer_builds_or_is_refused_in_one_line(name):
+    try:
+        build_optimizer_and_schedule(RunConfig(optim=name))
+    except UserError as e:
+        assert str(e).startswith(f"optim: {name} cannot be built here: ") and "\n" not in str(e)
