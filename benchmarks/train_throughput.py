@@ -1,22 +1,26 @@
 """peftflow's train step against the strongest references, side by side, in one invocation.
 
 Every side trains LoRA r8 / alpha 16 on every linear layer of SmolLM2-135M-Instruct over the same
-160 rows of LLaMA-Factory's alpaca demo (one epoch = 20 steps of batch 8, cutoff 256, lr 2e-4
-cosine, no warm-up, seed 42), each in its own child process, so that peak RSS is that side's alone:
+160 rows of LLaMA-Factory's alpaca demo (one epoch: 20 steps of batch 8 unpacked, cutoff 256, lr 2e-4
+cosine, no warm-up, seed 42), at each LoRA dropout of --dropout (0 and LLaMA-Factory users' 0.05),
+each in its own child process, so that peak RSS is that side's alone:
 
   peftflow                 the train step, defaults
-  peftflow-checkpointing   the same with `gradient_checkpointing: true` (memory for time)
+  peftflow-packed          the same with `neat_packing: true` (rows packed into cutoff-long sequences, each
+                           attending only to itself): fewer, fuller batches
+  peftflow-checkpointing   the same as peftflow with `gradient_checkpointing: true` (memory for time)
   trainer-bf16             peft + HF Trainer with the two flags a competent user adds: bf16=True, length grouping
   trainer-fp32             the same recipe as peft's docs write it (fp32)
   llamafactory             `llamafactory-cli train` with `bf16: true` (weights in bf16), when --llamafactory
                            names the python of its own virtual environment (docs/performance.md says how)
+  llamafactory-neat        the same with `neat_packing: true`
 
 Sides run in rounds (A B C D, A B C D, ...) so that noise shows; medians are quoted. Each side's
 adapter is then scored by one function (`held_out_loss`: stock loss, fp32 base) on the same 32
 held-out rows. Printed: train seconds (the training loop), supervised tokens/s (the 160 rows'
 label tokens, one count for every side), peak RSS of the side's process, held-out loss; then
 peftflow's ratios against the fastest and the leanest peer. Usage:
-  .venv/bin/python benchmarks/train_throughput.py --rounds 2 --llamafactory /work/lf-venv/bin/python
+  .venv/bin/python benchmarks/train_throughput.py --rounds 1 --llamafactory /work/lf-venv/bin/python
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ FIXTURES = ROOT / ".." / "shared" / "fixtures" / "llamafactory"
 MODEL = "builtin:smollm2-135m-instruct"
 TRAIN_ROWS, HELD_OUT, BATCH, CUTOFF, LR, RANK, ALPHA, SEED = 160, 32, 8, 256, 2e-4, 8, 16, 42
 STEPS = TRAIN_ROWS // BATCH
-PEERS = ("trainer-bf16", "trainer-fp32", "llamafactory")
+PEERS = ("trainer-bf16", "trainer-fp32", "llamafactory", "llamafactory-neat")
 
 
 def model_path() -> str:
@@ -91,7 +95,7 @@ def held_out_loss(adapter_dir: str, rows: list[dict]) -> float:
     return total / count
 
 
-def train_trainer(work: Path, data: Path, bf16: bool) -> float:
+def train_trainer(work: Path, data: Path, bf16: bool, dropout: float) -> float:
     """peft + Trainer: fp32 as peft's docs write it, or with bf16 autocast and length grouping."""
     import datasets
     from peft import LoraConfig, get_peft_model
@@ -109,13 +113,13 @@ def train_trainer(work: Path, data: Path, bf16: bool) -> float:
     set_seed(SEED)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_path()),
-        LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, target_modules="all-linear"),
+        LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, lora_dropout=dropout, target_modules="all-linear"),
     )
     fast = dict(bf16=True, use_cpu=True, train_sampling_strategy="group_by_length") if bf16 else {}
     args = TrainingArguments(
         output_dir=str(work / "out"),
         per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
+        num_train_epochs=1,
         learning_rate=LR,
         lr_scheduler_type="cosine",
         logging_steps=5,
@@ -136,7 +140,7 @@ def train_trainer(work: Path, data: Path, bf16: bool) -> float:
     return seconds
 
 
-def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
+def train_peftflow(work: Path, data: Path, variant: str, dropout: float) -> float:
     from peftflow.config import RunConfig
     from peftflow.data import prepare_dataset
     from peftflow.training.run import run as train_run
@@ -148,16 +152,18 @@ def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
         cutoff_len=CUTOFF,
         val_size=0,
         per_device_train_batch_size=BATCH,
-        max_steps=STEPS,
+        num_train_epochs=1,
         learning_rate=LR,
         lr_scheduler_type="cosine",
         lora_rank=RANK,
         lora_alpha=ALPHA,
+        lora_dropout=dropout,
         lora_target="all",
         seed=SEED,
         logging_steps=5,
         save_steps=10_000,
-        **({"gradient_checkpointing": True} if checkpointing else {}),
+        **({"gradient_checkpointing": True} if variant == "checkpointing" else {}),
+        **({"neat_packing": True} if variant == "packed" else {}),
     )
     prepared = prepare_dataset(cfg, model_path())
     result = train_run(cfg, model_path(), prepared.path, work / "run")
@@ -165,7 +171,7 @@ def train_peftflow(work: Path, data: Path, checkpointing: bool) -> float:
     return result.train_seconds
 
 
-def train_llamafactory(work: Path, data: Path, python: str) -> float:
+def train_llamafactory(work: Path, data: Path, python: str, neat: bool, dropout: float) -> float:
     """LLaMA-Factory's own CLI in its own environment; its Trainer reports the loop's seconds."""
     config = {
         "model_name_or_path": model_path(),
@@ -174,7 +180,9 @@ def train_llamafactory(work: Path, data: Path, python: str) -> float:
         "finetuning_type": "lora",
         "lora_rank": RANK,
         "lora_alpha": ALPHA,
+        "lora_dropout": dropout,
         "lora_target": "all",
+        "neat_packing": neat,
         "dataset": "bench_train",
         "dataset_dir": str(data),
         "template": "smollm2",
@@ -185,7 +193,7 @@ def train_llamafactory(work: Path, data: Path, python: str) -> float:
         "logging_steps": 5,
         "save_strategy": "no",
         "per_device_train_batch_size": BATCH,
-        "max_steps": STEPS,
+        "num_train_epochs": 1,
         "learning_rate": LR,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.0,
@@ -203,25 +211,36 @@ def train_llamafactory(work: Path, data: Path, python: str) -> float:
     return json.loads((work / "adapter" / "train_results.json").read_text())["train_runtime"]
 
 
-def child(side: str, work: Path, data: Path, llamafactory: str | None) -> None:
+def child(side: str, work: Path, data: Path, llamafactory: str | None, dropout: float) -> None:
     """One side in this process; prints its train seconds and peak RSS (the LLaMA-Factory
     side's peak is its CLI process's, the only child this process waits for)."""
     work.mkdir(parents=True)
-    if side == "llamafactory":
-        seconds = train_llamafactory(work, data, llamafactory)
+    if side.startswith("llamafactory"):
+        seconds = train_llamafactory(work, data, llamafactory, side == "llamafactory-neat", dropout)
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     else:
         seconds = (
-            train_peftflow(work, data, side == "peftflow-checkpointing")
+            train_peftflow(work, data, side.removeprefix("peftflow").removeprefix("-"), dropout)
             if side.startswith("peftflow")
-            else train_trainer(work, data, side == "trainer-bf16")
+            else train_trainer(work, data, side == "trainer-bf16", dropout)
         )
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print("RESULT " + json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024}), flush=True)
 
 
-def measure(side: str, work: Path, data: Path, args) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--data", str(data)]
+def measure(side: str, dropout: float, work: Path, data: Path, args) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--side",
+        side,
+        "--work",
+        str(work),
+        "--data",
+        str(data),
+        "--dropout",
+        str(dropout),
+    ]
     if args.llamafactory:
         cmd += ["--llamafactory", args.llamafactory]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -231,70 +250,117 @@ def measure(side: str, work: Path, data: Path, args) -> dict:
     return {**json.loads(lines[-1][len("RESULT ") :]), "adapter": str(work / "adapter")}
 
 
-def supervised_tokens(data: Path) -> int:
+def token_counts(data: Path) -> dict:
+    """The 160 rows as every side encodes them (the tokenizer's chat template; LLaMA-Factory's
+    `smollm2` template gives the same tokens to within 0.3% of supervised tokens)."""
     from transformers import AutoTokenizer
 
     rows = chat_rows(AutoTokenizer.from_pretrained(model_path()), json.loads((data / "bench_train.json").read_text()))
-    return sum(sum(1 for t in r["labels"][1:] if t != -100) for r in rows)
-
-
-def report(runs: dict[str, list[dict]], tokens: int) -> None:
-    med = {
-        side: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "held_out")}
-        for side, rs in runs.items()
+    lengths = sorted(len(r["input_ids"]) for r in rows)
+    return {
+        "tokens": sum(lengths),
+        "supervised": sum(sum(1 for t in r["labels"][1:] if t != -100) for r in rows),
+        "median": lengths[len(lengths) // 2],
+        "longest": lengths[-1],
+        "cut": sum(1 for n in lengths if n == CUTOFF),
     }
-    print(f"{'side':22} {'train s':>8} {'tokens/s':>9} {'peak MB':>8} {'held-out':>9}   per round (train s / peak MB)")
-    for side, m in med.items():
-        rounds = ", ".join(f"{r['seconds']:.1f} / {r['peak_mb']:.0f}" for r in runs[side])
-        print(
-            f"{side:22} {m['seconds']:8.1f} {tokens / m['seconds']:9.1f} {m['peak_mb']:8.0f} {m['held_out']:9.4f}   "
-            f"{rounds}"
+
+
+def machine(llamafactory: str | None) -> str:
+    """What decides a figure besides the recipe: threads, the CPU's bf16 support, versions."""
+    import peft
+    import torch
+    import transformers
+
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16", "avx512f") if f in flags] or ["no avx512/amx"]
+    line = (
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CPU flags {' '.join(bf16)}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
+    )
+    if llamafactory:
+        code = (
+            "import llamafactory, torch, transformers, peft; "
+            "print(llamafactory.__version__, torch.__version__, transformers.__version__, peft.__version__)"
         )
-    peers = [side for side in med if side in PEERS]
-    fastest = min(peers, key=lambda s: med[s]["seconds"])
-    leanest = min(peers, key=lambda s: med[s]["peak_mb"])
-    best_loss = min(med[s]["held_out"] for s in peers)
-    for side in (s for s in med if s.startswith("peftflow")):
-        ours = med[side]
-        print(
-            f"{side} vs the fastest peer ({fastest}): {med[fastest]['seconds'] / ours['seconds']:.2f}x the train "
-            "speed; "
-            f"vs the leanest peer ({leanest}): {ours['peak_mb'] / med[leanest]['peak_mb']:.2f}x the peak memory; "
-            f"held-out loss {ours['held_out'] / best_loss:.4f}x the best peer's"
+        out = subprocess.run(
+            [llamafactory, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}
         )
+        line += "; LLaMA-Factory side: llamafactory {} torch {} transformers {} peft {}".format(
+            *(out.stdout.split() or ["?"] * 4)
+        )
+    return line
+
+
+def report(runs: dict[tuple[str, float], list[dict]], tokens: int) -> None:
+    med = {
+        key: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "peak_mb", "held_out")}
+        for key, rs in runs.items()
+    }
+    print(
+        f"{'side':22} {'dropout':>7} {'train s':>8} {'tokens/s':>9} {'peak MB':>8} {'held-out':>9}   per round (s / MB)"
+    )
+    for (side, dropout), m in med.items():
+        rounds = ", ".join(f"{r['seconds']:.1f} / {r['peak_mb']:.0f}" for r in runs[side, dropout])
+        print(
+            f"{side:22} {dropout:7.2f} {m['seconds']:8.1f} {tokens / m['seconds']:9.1f} {m['peak_mb']:8.0f} "
+            f"{m['held_out']:9.4f}   {rounds}"
+        )
+    for dropout in sorted({d for _, d in med}):
+        peers = [key for key in med if key[1] == dropout and key[0] in PEERS]
+        if not peers:
+            continue
+        fastest = min(peers, key=lambda k: med[k]["seconds"])
+        leanest = min(peers, key=lambda k: med[k]["peak_mb"])
+        best_loss = min(med[k]["held_out"] for k in peers)
+        for key in (k for k in med if k[1] == dropout and k[0].startswith("peftflow")):
+            ours = med[key]
+            print(
+                f"dropout {dropout:g}: {key[0]} vs the fastest peer ({fastest[0]}): "
+                f"{med[fastest]['seconds'] / ours['seconds']:.2f}x the train speed; vs the leanest peer "
+                f"({leanest[0]}): {ours['peak_mb'] / med[leanest]['peak_mb']:.2f}x the peak memory; "
+                f"held-out loss {ours['held_out'] / best_loss:.4f}x the best peer's"
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--sides", default="peftflow,trainer-bf16,trainer-fp32,llamafactory,peftflow-checkpointing")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--sides", default="peftflow,peftflow-packed,trainer-bf16,llamafactory,llamafactory-neat")
+    ap.add_argument("--dropout", default="0,0.05", help="LoRA dropouts, each run by every side")
     ap.add_argument("--llamafactory", help="python of a virtual environment with llamafactory installed")
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        return child(args.side, args.work, args.data, args.llamafactory)
-    sides = [s for s in args.sides.split(",") if s != "llamafactory" or args.llamafactory]
+        return child(args.side, args.work, args.data, args.llamafactory, float(args.dropout))
+    sides = [s for s in args.sides.split(",") if not s.startswith("llamafactory") or args.llamafactory]
+    dropouts = [float(d) for d in args.dropout.split(",")]
     work = Path(tempfile.mkdtemp(prefix="peftflow-throughput-"))
     os.environ.setdefault("PEFTFLOW_HOME", str(work / "home"))  # the prepared-data cache, for the children too
     data, held_out = write_dataset(work)
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    counts = token_counts(data)
+    print(machine(args.llamafactory), flush=True)
+    runs: dict[tuple[str, float], list[dict]] = {(side, d): [] for d in dropouts for side in sides}
     for n in range(args.rounds):
-        for side in sides:
-            runs[side].append(measure(side, work / f"{side}-{n}", data, args))
+        for side, dropout in runs:
+            runs[side, dropout].append(measure(side, dropout, work / f"{side}-{dropout}-{n}", data, args))
             print(
-                f"round {n + 1} {side}: {runs[side][-1]['seconds']:.1f} s, {runs[side][-1]['peak_mb']:.0f} MB",
+                f"round {n + 1} {side} dropout {dropout}: {runs[side, dropout][-1]['seconds']:.1f} s, "
+                f"{runs[side, dropout][-1]['peak_mb']:.0f} MB",
                 flush=True,
             )
     for rs in runs.values():
         for r in rs:
             r["held_out"] = held_out_loss(r["adapter"], held_out)
     print(
-        f"{TRAIN_ROWS} rows, {STEPS} steps of batch {BATCH}, cutoff {CUTOFF}, LoRA r{RANK} all-linear, "
-        f"{args.rounds} rounds, medians; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"{TRAIN_ROWS} rows ({counts['tokens']} tokens, {counts['supervised']} supervised; median {counts['median']}, "
+        f"longest {counts['longest']}, {counts['cut']} cut at {CUTOFF}), one epoch of batch {BATCH} ({STEPS} steps "
+        f"unpacked), LoRA r{RANK} all-linear; peftflow: the tokenizer's template, LLaMA-Factory: smollm2; "
+        f"{args.rounds} rounds, medians; load average at the end {os.getloadavg()[0]:.1f}"
     )
-    report(runs, supervised_tokens(data))
+    report(runs, counts["supervised"])
 
 
 if __name__ == "__main__":
