@@ -71,8 +71,10 @@ def test_llama_factory_yaml_loads_unchanged(tmp_path):
         "plot_loss",
         "ddp_timeout",
         "report_to",
-        "resume_from_checkpoint",
     } <= set(unused)
+    # Checkpoint keys peftflow reads: null / false as LLaMA-Factory writes them keep the automatic resume.
+    assert cfg.resume_from_checkpoint is None and cfg.save_only_model is False
+    assert not {"resume_from_checkpoint", "save_only_model"} & set(unused)
 
 
 def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):
