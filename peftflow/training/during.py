@@ -62,7 +62,7 @@ def evaluated(trainer) -> Evaluated:
     patience = stopper.early_stopping_patience if stopper else 0
     if stopper and stopper.early_stopping_patience_counter >= patience and state.global_step < state.max_steps:
         reason = (
-            f"{name} did not improve on {state.best_metric:.4f} (step {best_step}) for {patience} evaluations "
+            f"{name} did not improve on {state.best_metric:.4f} (step {best_step}) in {patience} evaluation(s) "
             f"(early_stopping_steps: {patience})"
         )
         out = Evaluated(history, name, best_step, out.best_metric, state.global_step, reason)

@@ -44,7 +44,8 @@ class SupervisedTokenTrainer(Trainer):
         # accelerate's autocast wraps model.forward only; this path calls the decoder directly.
         with self.accelerator.autocast():
             loss = supervised_ce(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
-        return (loss, None) if return_outputs else loss
+        # No logits to return (none were made): the evaluation loop (eval_strategy) reads the loss only.
+        return (loss, {}) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         now, seen = time.perf_counter(), self.supervised_tokens
