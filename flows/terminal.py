@@ -80,12 +80,18 @@ class _Bar(logging.Handler):
     def __init__(self, progress):
         super().__init__()
         self.progress, self.task = progress, None
+        self.shown = {"loss": "", "eval_loss": ""}
 
     def emit(self, record: logging.LogRecord) -> None:
         p = getattr(record, "progress", None)
         if p is None:
             return
-        loss = f"loss {p.loss:.4f}" if p.loss is not None else ""
+        # A step's record brings the loss, an evaluation's the eval_loss: the bar shows the latest of each.
+        if p.loss is not None:
+            self.shown["loss"] = f"loss {p.loss:.4f}"
+        if p.eval_loss is not None:
+            self.shown["eval_loss"] = f"eval_loss {p.eval_loss:.4f}"
+        loss = " ".join(v for v in self.shown.values() if v)
         if self.task is None:
             self.task = self.progress.add_task("training", total=p.total, loss=loss)
         self.progress.update(self.task, completed=p.step, total=p.total, loss=loss)

@@ -29,6 +29,7 @@ _NOT_TRAINING = {
     "output_dir",
     "on_invalid_rows",
     "storage",
+    "resume_from_checkpoint",  # where a run starts from, not what it trains: `true` finds the same run dir
     *(key for stage in STAGES.values() for key in stage.models_by_content),
 }
 

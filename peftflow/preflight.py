@@ -11,6 +11,7 @@ skeleton of it: no weights are loaded.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from dataclasses import dataclass
 
@@ -55,6 +56,17 @@ def _training_setup(p: Preflight) -> None:
     check_training_setup(p.cfg, p.models.model.path)
 
 
+def _checkpoints(p: Preflight) -> None:
+    from peftflow.training.resume import check_resume_source
+
+    check_resume_source(p.cfg)  # an explicit resume_from_checkpoint path that cannot resume exactly
+    if p.cfg.save_only_model and p.cfg.save_strategy != "no":
+        logging.getLogger("peftflow.config").warning(
+            "save_only_model: true: checkpoints hold no optimizer or scheduler state, so a killed or retried run "
+            "restarts from scratch instead of resuming"
+        )
+
+
 def _guard_names(p: Preflight) -> None:
     if p.cfg.promotion.guard_dataset:  # a typo fails before minutes of tokenising the training data
         guard = p.cfg.guard_config()
@@ -80,6 +92,7 @@ CHECKS = (
     _registered_model_name,
     _models,
     _training_setup,
+    _checkpoints,
     _guard_names,
     _stage_inputs,
     _training_data,

@@ -83,6 +83,18 @@ def training_notes(run_id: str, key: str, data, adapter) -> list[str]:
     ]
     if adapter.trainable_by_part:  # a vision-language model: which of its parts trained
         notes.append(trainable_parts_line(adapter.trainable_by_part, adapter.total_params))
+    return notes + evaluated_notes(adapter)
+
+
+def evaluated_notes(adapter) -> list[str]:
+    """What evaluation during training (eval_strategy) decided: the best step, an early stop and why."""
+    notes = []
+    if getattr(adapter, "best_step", None):
+        notes.append(
+            f"best {adapter.best_metric_name} during training: {adapter.best_metric:.4f} at step {adapter.best_step}"
+        )
+    if getattr(adapter, "stopped_early_at", None):
+        notes.append(f"stopped early at step {adapter.stopped_early_at}: {adapter.stop_reason}")
     return notes
 
 

@@ -63,6 +63,8 @@ def train_adapter(config: RunConfig, models: RunModels, data: PreparedData, trai
     if distributed.is_distributed(config):  # torchrun reports no steps live: log its loss history now
         for step, loss in result.loss_history:
             tracking.log_metrics(run_id, {"loss": loss}, step=step)
+        for step, loss in result.eval_history:
+            tracking.log_metrics(run_id, {"eval_loss": loss}, step=step)
     save_output(config.storage, config.registry.name, result.adapter_dir)  # with a run store: sealed there
     tracking.log_metrics(run_id, result.metrics(), step=result.steps)  # charted at the end, not at step 0
     tracking.set_run_tags(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftflow.config.checkpoint_keys import EVAL_METRICS
 from peftflow.methods import METHODS, names_with
 from peftflow.redact import is_secret_key
 from peftflow.stages import STAGES
@@ -61,6 +62,8 @@ def check_run(cfg) -> None:
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
     check_method(cfg)
     check_stage(cfg)
+    check_evaluation(cfg)
+    check_checkpoints(cfg)
     check_serving(cfg)
 
 
@@ -98,6 +101,63 @@ def check_stage(cfg) -> None:
             readers = [s.name for s in STAGES.values() if foreign[0] in s.options]
             raise ValueError(f"{', '.join(foreign)} only apply to stage: {' or '.join(readers)}")
     stage.check(cfg)
+
+
+def check_evaluation(cfg) -> None:
+    """Evaluation during training: what transformers would refuse only once training starts, and the
+    keys that would do nothing without it."""
+    if cfg.eval_strategy == "no":
+        needs = ["eval_steps", "per_device_eval_batch_size", "metric_for_best_model", "greater_is_better"]
+        needs += ["load_best_model_at_end", "early_stopping_steps"]
+        unread = [k for k in needs if given(cfg, k)] + (["save_strategy"] if cfg.save_strategy == "best" else [])
+        if unread:
+            raise ValueError(f"{unread[0]} needs evaluation during training; set eval_strategy: steps or epoch")
+        return
+    if not cfg.val_size:
+        raise ValueError(
+            f"eval_strategy: {cfg.eval_strategy} evaluates the held-out rows; val_size is 0, so there are none"
+        )
+    if cfg.eval_steps is not None and cfg.eval_strategy != "steps":
+        raise ValueError(f"eval_steps applies to eval_strategy: steps (got {cfg.eval_strategy})")
+    if cfg.metric_for_best_model is not None and cfg.metric_for_best_model not in EVAL_METRICS:
+        raise ValueError(
+            f"metric_for_best_model: {cfg.metric_for_best_model}: the only metric computed during training is "
+            "eval_loss (loss)"
+        )
+    if cfg.greater_is_better is not None and cfg.metric_for_best_model is None and not cfg.load_best_model_at_end:
+        raise ValueError("greater_is_better needs metric_for_best_model")
+    if cfg.early_stopping_steps and cfg.metric_for_best_model is None:
+        raise ValueError("early_stopping_steps needs metric_for_best_model (e.g. eval_loss), as in LLaMA-Factory")
+    if cfg.save_strategy == "best" and cfg.metric_for_best_model is None and not cfg.load_best_model_at_end:
+        raise ValueError("save_strategy: best needs metric_for_best_model (e.g. eval_loss)")
+    if cfg.load_best_model_at_end and cfg.save_strategy != "best":
+        if cfg.save_strategy != cfg.eval_strategy:
+            raise ValueError(
+                f"load_best_model_at_end needs save_strategy equal to eval_strategy ({cfg.eval_strategy}) or best "
+                f"(got save_strategy: {cfg.save_strategy})"
+            )
+        eval_steps = cfg.eval_steps or cfg.logging_steps
+        if cfg.eval_strategy == "steps" and cfg.save_steps % eval_steps:
+            raise ValueError(
+                f"load_best_model_at_end: save_steps ({cfg.save_steps}) must be a multiple of eval_steps ({eval_steps})"
+            )
+
+
+def check_checkpoints(cfg) -> None:
+    """Checkpoint keys that would do nothing, or resume from nothing."""
+    if cfg.save_strategy != "steps" and given(cfg, "save_steps"):
+        raise ValueError(f"save_steps applies to save_strategy: steps (got {cfg.save_strategy})")
+    if cfg.save_strategy == "no" and cfg.save_only_model:
+        raise ValueError("save_only_model: true, but save_strategy: no saves no checkpoint")
+    if isinstance(cfg.resume_from_checkpoint, str) and not cfg.resume_from_checkpoint.strip():
+        raise ValueError("resume_from_checkpoint: an empty path; leave it empty or give a checkpoint folder")
+    if cfg.resume_from_checkpoint is True and (cfg.save_strategy == "no" or cfg.save_only_model):
+        why = (
+            "save_strategy: no saves none"
+            if cfg.save_strategy == "no"
+            else "save_only_model: true saves no optimizer state"
+        )
+        raise ValueError(f"resume_from_checkpoint: true resumes from the run's own checkpoints, and {why}")
 
 
 def check_serving(cfg) -> None:

@@ -43,9 +43,9 @@ FINGERPRINTED_AT_FREEZE = frozenset(
     """.split()
 )
 
-# Never hashed: the registered model's description and the run store change no result (and, added
-# later, left the fingerprints as they were).
-_LEFT_OUT: dict[str, Any] = {"registry": {"description"}, "storage": True}
+# Never hashed: the registered model's description, the run store and where a run resumes from
+# change no result (and, added later, left the fingerprints as they were).
+_LEFT_OUT: dict[str, Any] = {"registry": {"description"}, "storage": True, "resume_from_checkpoint": True}
 
 
 def fingerprint_of(cfg: BaseModel) -> str:

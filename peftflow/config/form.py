@@ -53,7 +53,7 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "training": (
         "Training",
-        "Schedule, optimizer, precision, checkpoints, output folder, run store.",
+        "Schedule, optimizer, precision, checkpoints, output folder, run store, evaluation during training.",
         (
             "lr_scheduler_type",
             "lr_scheduler_kwargs",
@@ -72,6 +72,16 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "gradient_checkpointing",
             "output_dir",
             "storage",
+            "eval_strategy",
+            "eval_steps",
+            "per_device_eval_batch_size",
+            "metric_for_best_model",
+            "greater_is_better",
+            "load_best_model_at_end",
+            "early_stopping_steps",
+            "save_strategy",
+            "save_only_model",
+            "resume_from_checkpoint",
         ),
     ),
     "data": (

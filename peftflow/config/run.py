@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializationInfo, WithJsonSchema, field_validator, model_serializer, model_validator
 
+from peftflow.config.checkpoint_keys import CheckpointKeys
 from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.fingerprint import fingerprint_of
 from peftflow.config.form import flatten, group, grouped_schema
@@ -26,8 +27,8 @@ DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 _REGEX_CHARS = re.compile(r"[\\^$.*+?()\[\]{}|]")
 
 
-class _SharedKeys(Strict):
-    """The keys every stage reads, up to the Vision-language group (RunConfig declares the rest)."""
+class _RecipeKeys(Strict):
+    """The recipe, LoRA and Training groups (the Training group's checkpoint keys: CheckpointKeys)."""
 
     # Keys stay LLaMA-Factory's flat names (YAML). The JSON (deployment default, dashboard form) is
     # grouped: the recipe, then one object per group of config/form.py GROUPS, in this order; a
@@ -112,7 +113,8 @@ class _SharedKeys(Strict):
     logging_steps: int = Field(10, gt=0, title="Training: log every N steps",
                                description="Loss lines (run logs, MLflow) every N optimizer steps.")
     save_steps: int = Field(500, gt=0, title="Training: checkpoint every N steps",
-                            description="Checkpoint every N steps; a retried run resumes from the last one.")
+                            description="With save_strategy: steps. A retried run resumes from the last "
+                                        "checkpoint.")
     save_total_limit: int | None = Field(2, ge=0, title="Training: checkpoints kept",
                                          description="0 or empty: keep all.")
     bf16: bool = Field(False, title="Training: bfloat16 weights", description="Load and train the weights in bfloat16.")
@@ -139,6 +141,13 @@ class _SharedKeys(Strict):
     output_dir: str | None = Field(None, title="Training: output folder",
                                    description="Where checkpoints and the adapter go. Empty: "
                                                "PEFTFLOW_HOME/runs/REGISTRY_NAME.")
+    # fmt: on
+
+
+class _SharedKeys(CheckpointKeys, _RecipeKeys):
+    """The keys every stage reads, up to the Vision-language group (RunConfig declares the rest)."""
+
+    # fmt: off
     # data details
     max_samples: int | None = Field(None, gt=0, title="Data: max rows per dataset",
                                     description="Read at most this many valid rows of each dataset. Empty: all.")

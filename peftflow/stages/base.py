@@ -33,6 +33,15 @@ def in_one_process(cfg, stage: str, why: str) -> None:
         )
 
 
+def no_evaluation_during_training(cfg, stage: str, why: str) -> None:
+    """Refuse eval_strategy for a stage whose trainer cannot score its held-out rows while training (`why`)."""
+    if cfg.eval_strategy != "no":
+        raise ValueError(
+            f"eval_strategy: {cfg.eval_strategy}: stage: {stage} does not evaluate during training ({why}); "
+            "its held-out rows are scored after training"
+        )
+
+
 def _named_after_base(cfg) -> tuple[str, str]:
     return cfg.model_name_or_path, ""
 

@@ -39,8 +39,20 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         max_grad_norm=cfg.max_grad_norm,
         optim=cfg.optim,
         logging_steps=cfg.logging_steps,
+        save_strategy=cfg.save_strategy,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
+        save_only_model=cfg.save_only_model,
+        # evaluation during training: the held-out loss only (no logits kept), the best checkpoint
+        eval_strategy=cfg.eval_strategy,
+        eval_steps=cfg.eval_steps,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size,
+        prediction_loss_only=True,
+        load_best_model_at_end=cfg.load_best_model_at_end,
+        metric_for_best_model=cfg.metric_for_best_model,
+        greater_is_better=cfg.greater_is_better,
+        # a resume restores the early-stopping patience count (and the best metric, in the trainer state)
+        restore_callback_states_from_checkpoint=True,
         seed=cfg.seed,
         bf16=bf16,  # autocast; the weights' dtype is base_dtype's
         # No GPU: say so, or under torchrun transformers reports world size 1 and rank 0 on every

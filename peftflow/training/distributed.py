@@ -21,6 +21,7 @@ from peftflow.config import RunConfig
 from peftflow.run_dir import RunDir
 from peftflow.store import open_store, run_key
 from peftflow.training import run as local
+from peftflow.training.resume import resumes
 from peftflow.training.run import TrainResult
 from peftflow.training.stored import fetch_checkpoint
 
@@ -78,7 +79,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
     it returns the TrainResult; another node returns None once its processes are done."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if (store := open_store(cfg.storage)) is not None:  # once per node, before its ranks start
+    if (store := open_store(cfg.storage)) is not None and resumes(cfg):  # once per node, before its ranks start
         fetch_checkpoint(store, run_key(cfg.registry.name, output_dir), RunDir(output_dir).checkpoints)
     job = output_dir / "launch.json"
     job.write_text(
@@ -105,6 +106,7 @@ def run(cfg: RunConfig, model_path: str, data_path: str, output_dir: str | Path)
         return None
     raw = json.loads(result_file.read_text())
     raw["loss_history"] = tuple(tuple(h) for h in raw["loss_history"])
+    raw["eval_history"] = tuple(tuple(h) for h in raw.get("eval_history", ()))
     return TrainResult(**raw)
 
 

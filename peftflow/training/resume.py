@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+from peftflow.errors import UserError
 from peftflow.run_dir import RunDir
 
 log = logging.getLogger("peftflow.train")
@@ -53,9 +54,50 @@ def last_complete_checkpoint(checkpoints_dir: Path, set_aside: bool = True) -> s
             return str(checkpoint)
         if set_aside:
             aside = checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.time_ns()}")
-            log.warning("checkpoint %s is incomplete (killed while saving?); set aside as %s", checkpoint, aside.name)
+            why = "saved with save_only_model" if _weights_only(checkpoint) else "killed while saving?"
+            log.warning("checkpoint %s is incomplete (%s); set aside as %s", checkpoint, why, aside.name)
             checkpoint.rename(aside)
     return None
+
+
+def resumes(cfg) -> bool:
+    """Whether the run's own checkpoints can resume it: `save_strategy: no` saves none, and a
+    `save_only_model` checkpoint has no optimizer, scheduler or RNG state (resuming from it would
+    restart Adam and the schedule: a silent partial restart), so such a run restarts from scratch."""
+    return cfg.save_strategy != "no" and not cfg.save_only_model
+
+
+def starting_checkpoint(cfg, checkpoints_dir: Path, set_aside: bool = True) -> str | None:
+    """The checkpoint this run resumes from: the run's own last complete one (when it `resumes`);
+    else an explicit `resume_from_checkpoint` path (checked complete). `resume_from_checkpoint: true`
+    insists on the run's own and is refused when there is none."""
+    own = last_complete_checkpoint(checkpoints_dir, set_aside) if resumes(cfg) else None
+    explicit = cfg.resume_from_checkpoint
+    if explicit is True and own is None:
+        raise UserError(f"resume_from_checkpoint: true, but {checkpoints_dir} holds no complete checkpoint")
+    if own is None and isinstance(explicit, str):
+        check_resume_source(cfg)
+        return explicit
+    return own
+
+
+def check_resume_source(cfg) -> None:
+    """An explicit `resume_from_checkpoint` path must be a checkpoint that resumes exactly (UserError)."""
+    path = cfg.resume_from_checkpoint
+    if not isinstance(path, str):
+        return
+    if not Path(path).is_dir():
+        raise UserError(f"resume_from_checkpoint: {path}: no such checkpoint folder")
+    if not _complete(Path(path)):
+        missing = [f for f in CHECKPOINT_FILES if not (Path(path) / f).is_file()]
+        what = f"it lacks {', '.join(missing)}" if missing else "its trainer_state.json is unreadable"
+        raise UserError(
+            f"resume_from_checkpoint: {path} is not a complete checkpoint ({what}); it cannot resume exactly"
+        )
+
+
+def _weights_only(checkpoint: Path) -> bool:
+    return (checkpoint / "trainer_state.json").is_file() and not (checkpoint / "optimizer.pt").is_file()
 
 
 def _complete(checkpoint: Path) -> bool:

@@ -33,7 +33,8 @@ from peftflow.run_dir import RunDir
 from peftflow.store import open_store, run_key
 from peftflow.training import memory
 from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
-from peftflow.training.resume import check_resume, first_loss, last_complete_checkpoint, loss_before
+from peftflow.training.during import early_stopping, eval_rows, evaluated
+from peftflow.training.resume import check_resume, first_loss, loss_before, resumes, starting_checkpoint
 from peftflow.training.stored import StoreCheckpoints, fetch_checkpoint
 from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
 
@@ -58,6 +59,15 @@ class TrainResult:
     gradient_checkpointing: str = ""  # "on (why)" / "off (why)"
     footprint_mb: float = 0.0  # the base model's weights as loaded for training (4-bit for QLoRA)
     peak_memory_mb: float = 0.0  # peak CUDA memory on a GPU, else peak process RSS, during this run
+    # Evaluation during training (eval_strategy; peftflow/training/during.py): the (step, eval_loss)
+    # curve, the best step by `best_metric_name` (with load_best_model_at_end, the weights saved in
+    # adapter_dir), and the step early stopping ended the run at, and why.
+    eval_history: tuple[tuple[int, float], ...] = ()
+    best_metric_name: str = ""
+    best_step: int | None = None
+    best_metric: float | None = None
+    stopped_early_at: int | None = None
+    stop_reason: str = ""
 
     def metrics(self) -> dict[str, float]:
         # `final_loss`, not `train_loss`: that name is the Trainer's mean over the run, logged at the last step.
@@ -72,6 +82,12 @@ class TrainResult:
             "model_footprint_mb": self.footprint_mb,
             "peak_memory_mb": self.peak_memory_mb,
             **{f"trainable_params.{part}": n for part, n in self.trainable_by_part.items()},
+            **(
+                {"best_step": self.best_step, f"best_{self.best_metric_name}": self.best_metric}
+                if self.best_step
+                else {}
+            ),
+            **({"stopped_early_at_step": self.stopped_early_at} if self.stopped_early_at else {}),
         }
 
 
@@ -87,7 +103,7 @@ def run(
     `trainer_factory` is the stage's (peftflow.stages.workflow.TrainerFactory); None: the stock
     SupervisedTokenTrainer."""
     output_dir = Path(output_dir)
-    callbacks = (*callbacks, *_store_checkpoints(cfg, output_dir))
+    callbacks = (*callbacks, *_store_checkpoints(cfg, output_dir), *early_stopping(cfg))
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
@@ -108,7 +124,7 @@ def run(
     )
     trainer = _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir, callbacks, trainer_factory)
     start = time.perf_counter()
-    history, resumed_from, mean_loss = _train(trainer)
+    history, resumed_from, mean_loss = _train(trainer, cfg)
     seconds = time.perf_counter() - start
     out = TrainResult(
         adapter_dir=str(RunDir(output_dir).adapter),
@@ -127,6 +143,7 @@ def run(
         gradient_checkpointing=checkpointing,
         footprint_mb=footprint_mb,
         peak_memory_mb=round(memory.peak_mb(), 1),
+        **asdict(evaluated(trainer)),
     )
     if trainer.is_world_process_zero():  # under torchrun, one process writes the results
         method.save(model, out.adapter_dir, init_dir)
@@ -140,7 +157,7 @@ def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallbac
     """With a run store: fetch its newest sealed checkpoint (in a single process; under torchrun
     the launcher did, before the ranks start) and upload each new one as it is saved."""
     store = open_store(cfg.storage)
-    if store is None:
+    if store is None or not resumes(cfg):  # checkpoints that cannot resume are not stored either
         return ()
     key = run_key(cfg.registry.name, output_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -155,6 +172,9 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
     stage_columns = ("rejected_input_ids", "rejected_labels", "kto_tag", "images")
     extra_columns = [c for c in stage_columns if c in train_set.column_names]
     train_set = train_set.select_columns(["input_ids", "labels", *extra_columns])
+    eval_set = eval_rows(cfg, data_path)  # eval_strategy: the held-out rows, read as the training rows are
+    if eval_set is not None:
+        eval_set = eval_set.select_columns(["input_ids", "labels", *extra_columns])
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
     if multimodal:
         collator = vision.VisionCollator(collator, processor.image_processor)
@@ -167,6 +187,7 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
         model=model,
         args=training_arguments(cfg, output_dir),
         train_dataset=train_set,
+        eval_dataset=eval_set,
         data_collator=collator,
         callbacks=[LogLastStep(), *callbacks, FirstStep()],
         **extra,
@@ -176,10 +197,11 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
     return trainer
 
 
-def _train(trainer) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
-    """Train, resuming from the last complete checkpoint (checked to continue, not restart); returns
-    the (step, loss) log, the checkpoint step resumed from, and the Trainer's mean training loss."""
-    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir), set_aside=trainer.is_world_process_zero())
+def _train(trainer, cfg: RunConfig) -> tuple[tuple[tuple[int, float], ...], int | None, float]:
+    """Train, resuming from the last complete checkpoint, or `resume_from_checkpoint` (checked to
+    continue, not restart); returns the (step, loss) log, the checkpoint step resumed from, and the
+    Trainer's mean training loss."""
+    checkpoint = starting_checkpoint(cfg, Path(trainer.args.output_dir), set_aside=trainer.is_world_process_zero())
     before = loss_before(checkpoint) if checkpoint else None
     first = first_loss(checkpoint) if checkpoint else None
     # Under autocast, peft's LoRA layers would cast each bf16 input up to their fp32 weights and

@@ -37,13 +37,15 @@ class SupervisedTokenTrainer(Trainer):
         return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+        if model.training:  # the tokens that train; an evaluation's (eval_strategy) are not counted
+            self.supervised_tokens += int((inputs["labels"][:, 1:] != -100).sum())
         if not self.chunked_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # accelerate's autocast wraps model.forward only; this path calls the decoder directly.
         with self.accelerator.autocast():
             loss = supervised_ce(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
-        return (loss, None) if return_outputs else loss
+        # No logits to return (none were made): the evaluation loop (eval_strategy) reads the loss only.
+        return (loss, {}) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         now, seen = time.perf_counter(), self.supervised_tokens
@@ -94,6 +96,7 @@ class StepProgress:
     loss: float | None
     learning_rate: float | None
     eta_s: float | None  # from the pace of the steps this process ran (a resumed run counts from its resume)
+    eval_loss: float | None = None  # an evaluation's line (eval_strategy): the held-out loss
 
     @property
     def percent(self) -> float:
@@ -103,6 +106,8 @@ class StepProgress:
         parts = [f"step {self.step}/{self.total}"]
         if self.loss is not None:
             parts.append(f"loss {self.loss:.4f}")
+        if self.eval_loss is not None:
+            parts.append(f"eval_loss {self.eval_loss:.4f}")
         if self.learning_rate is not None:
             parts.append(f"lr {self.learning_rate:.1e}")
         if self.eta_s is not None:
@@ -111,8 +116,9 @@ class StepProgress:
 
 
 class TrainingProgress(TrainerCallback):
-    """One readable line per logging step on the `peftflow.train` logger; the record carries the
-    StepProgress as `progress` for handlers that draw it (the CLI's bar). Subclasses add sinks in `report`."""
+    """One readable line per logging step and per evaluation (its eval_loss) on the `peftflow.train`
+    logger; the record carries the StepProgress as `progress` for handlers that draw it (the CLI's
+    bar). Subclasses add sinks in `report`."""
 
     def __init__(self):
         self._start: tuple[float, int] | None = None
@@ -123,7 +129,7 @@ class TrainingProgress(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" not in logs:  # the closing summary dict (train_runtime, ...) is not a step
+        if "loss" not in logs and "eval_loss" not in logs:  # the closing summary dict (train_runtime, ...)
             return
         t0, step0 = self._start or (time.perf_counter(), state.global_step)
         done, left = state.global_step - step0, state.max_steps - state.global_step
@@ -132,9 +138,10 @@ class TrainingProgress(TrainerCallback):
             StepProgress(
                 state.global_step,
                 state.max_steps,
-                float(logs["loss"]),
+                float(logs["loss"]) if "loss" in logs else None,
                 float(logs["learning_rate"]) if "learning_rate" in logs else None,
                 eta,
+                float(logs["eval_loss"]) if "eval_loss" in logs else None,
             )
         )
 

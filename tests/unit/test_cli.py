@@ -190,6 +190,13 @@ def _case(name, tmp_path, write_config, write_dataset, tiny_model):
             "MLflow refuses",
             "cannot contain '/'",
         ]
+    if name == "load_best_with_mismatched_saving":  # transformers would refuse it only once training starts
+        text = "eval_strategy: steps\neval_steps: 4\nsave_steps: 6\nload_best_model_at_end: true\n"
+        return write_config(f"model_name_or_path: {tiny_model}\n{text}"), [
+            "run.yaml",
+            "save_steps (6)",
+            "eval_steps (4)",
+        ]
     if name == "scheduler_needs_arguments":
         root = good_dataset(write_dataset)
         return write_config(config_text(tiny_model, root) + "lr_scheduler_type: cosine_with_min_lr\n"), [
@@ -226,6 +233,7 @@ CASES = [
     "registered_name_mlflow_refuses",
     "scheduler_needs_arguments",
     "unusable_store",
+    "load_best_with_mismatched_saving",
 ]
 
 

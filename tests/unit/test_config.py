@@ -70,6 +70,9 @@ def test_llama_factory_yaml_loads_unchanged(tmp_path):
     note = unheard_note(unused)
     assert "plot_loss (no effect: the loss curves are in MLflow" in note
     assert "preprocessing_num_workers (speed only:" in note
+    # Checkpoint keys peftflow reads: null / false as LLaMA-Factory writes them keep the automatic resume.
+    assert cfg.resume_from_checkpoint is None and cfg.save_only_model is False
+    assert not {"resume_from_checkpoint", "save_only_model"} & set(unused)
 
 
 def test_warmup_ratio_maps_to_transformers5_warmup_steps(tmp_path):

@@ -7,7 +7,7 @@ loss is in peftflow.losses."""
 from __future__ import annotations
 
 from peftflow.methods import METHODS, names_with
-from peftflow.stages.base import FormGroup, Stage, in_one_process
+from peftflow.stages.base import FormGroup, Stage, in_one_process, no_evaluation_during_training
 from peftflow.stages.distill.keys import DistillKeys
 
 
@@ -22,6 +22,7 @@ def check(cfg) -> None:
             f"(students: {', '.join(names_with('distill_student'))})"
         )
     in_one_process(cfg, "distill", "the teacher and its cache are not shared across torchrun ranks")
+    no_evaluation_during_training(cfg, "distill", "the teacher's logits are cached for the training rows only")
     if cfg.kd_direction == "reverse" and cfg.teacher_topk > 0:
         raise ValueError("kd_direction: reverse needs the whole teacher distribution; set teacher_topk to 0 or -1")
 

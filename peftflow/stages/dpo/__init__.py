@@ -6,7 +6,7 @@ kto; the losses are in peftflow.preference_losses."""
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage, in_one_process
+from peftflow.stages.base import Stage, in_one_process, no_evaluation_during_training
 from peftflow.stages.dpo.keys import DpoKeys
 from peftflow.stages.preference_keys import PREFERENCE_GROUP
 
@@ -26,6 +26,7 @@ def check(cfg) -> None:
     if cfg.ref_model and cfg.pref_loss in NO_REFERENCE:
         raise ValueError(f"pref_loss: {cfg.pref_loss} uses no reference model; leave ref_model empty")
     in_one_process(cfg, "dpo", "the reference log-probs are computed and cached by one")
+    no_evaluation_during_training(cfg, "dpo", "the reference log-probs are cached for the training rows only")
 
 
 STAGE = Stage(

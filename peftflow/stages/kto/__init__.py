@@ -7,13 +7,14 @@ cached log-probs are `peftflow/stages/reference.py`; the loss is peftflow.prefer
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage, in_one_process
+from peftflow.stages.base import Stage, in_one_process, no_evaluation_during_training
 from peftflow.stages.kto.keys import KtoKeys
 from peftflow.stages.preference_keys import PREFERENCE_GROUP
 
 
 def check(cfg) -> None:
     in_one_process(cfg, "kto", "the reference log-probs are computed and cached by one")
+    no_evaluation_during_training(cfg, "kto", "the reference log-probs are cached for the training rows only")
 
 
 STAGE = Stage(

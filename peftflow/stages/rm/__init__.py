@@ -7,7 +7,7 @@ model: any text in, its score out. It is scored by held-out pair accuracy, which
 
 from __future__ import annotations
 
-from peftflow.stages.base import Stage, in_one_process
+from peftflow.stages.base import Stage, in_one_process, no_evaluation_during_training
 
 METHODS = ("lora", "full")  # the head trains in full: beside LoRA's adapters (saved with them) or with all weights
 
@@ -32,6 +32,7 @@ def check(cfg) -> None:
     if cfg.promotion.metric == "perplexity":
         raise ValueError("promotion.metric: perplexity: a reward model is gated on pair accuracy (score) or loss")
     in_one_process(cfg, "rm", "torchrun runs the stock trainer, not the reward trainer")
+    no_evaluation_during_training(cfg, "rm", "the reward trainer reads its pairs by training row")
 
 
 STAGE = Stage(
