@@ -46,8 +46,6 @@ ACCEPTED_UNUSED_KEYS = frozenset(
         "shift_attn",
         "rope_scaling",
         "upcast_layernorm",
-        "packing",
-        "neat_packing",
         "tokenized_path",
         "streaming",
         "buffer_size",

@@ -165,6 +165,13 @@ class _SharedKeys(Strict):
                                        description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", title="Data: invalid rows",
                                                       description="Stop on invalid rows, or drop them and log which.")
+    packing: bool | None = Field(None, title="Data: packing",
+                                 description="Pack whole training rows into sequences of up to cutoff_len tokens; "
+                                             "packed rows attend to each other (prefer neat packing). Empty: stage pt "
+                                             "only (its texts are cut into blocks).")
+    neat_packing: bool = Field(False, title="Data: neat packing",
+                               description="Packing without cross-attention: each packed row attends only to itself. "
+                                           "Stage sft only.")
     # peftflow's own sections
     registry: RegistryConfig = Field(default_factory=RegistryConfig, title="Registry",
                                      description="Where the fine-tune is published (MLflow model registry).")
@@ -341,6 +348,8 @@ class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
                 "train_dataset": None,
                 "val_size": 0.0,
                 "max_samples": self.promotion.guard_max_samples,
+                "packing": None,  # every guard row is scored on its own
+                "neat_packing": False,
             }
         )
 
