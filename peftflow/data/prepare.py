@@ -355,9 +355,6 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
         "reference": [a.rows[i].reference for i in eval_idx],
     }
     train_features = {"input_ids": ids, "labels": ids}
-    if a.packed:  # packed training rows: each sequence's position ids restart at every row
-        train_cols = {"input_ids": a.packed.input_ids, "labels": a.packed.labels, "position_ids": a.packed.position_ids}
-        train_features |= {"position_ids": ids}
     eval_features = {**train_features, "prompt_ids": ids, "reference": Value("string")}
     if a.rejected:  # preference pairs: the row above is the chosen side, these columns the rejected one
         for cols, idx in ((train_cols, train_idx), (eval_cols, eval_idx)):
@@ -372,6 +369,9 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
     if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
         train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
         train_features["images"] = eval_features["images"] = List(Value("binary"))
+    if a.packed:  # packed training rows: each sequence's position ids restart at every row
+        train_cols = {"input_ids": a.packed.input_ids, "labels": a.packed.labels, "position_ids": a.packed.position_ids}
+        train_features |= {"position_ids": ids}
     train = Dataset.from_dict(train_cols, features=Features(train_features))
     evaluation = Dataset.from_dict(eval_cols, features=Features(eval_features))
     stats = {

@@ -6,16 +6,23 @@ eager; under plain packing it does not (the examples packed after another one se
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
+from peftflow.config import RunConfig, parse_config
+from peftflow.data import prepare_dataset
 from peftflow.data.packing import knapsack, pack
+from peftflow.data.prepare import prepared_report
+from peftflow.errors import UserError
 from peftflow.losses import supervised_ce
 from peftflow.training.collator import PackedCollator
+from peftflow.training.run import run as train_run
 
 IGNORE = -100
 CUTOFF = 48
@@ -167,3 +174,47 @@ def test_flash_attention_batches_are_one_row_without_padding_or_mask():
     batch = PackedCollator(pad_token_id=0, neat=True, flash=True)(features)
     assert batch["input_ids"].shape == (1, sum(map(len, ids))) and "attention_mask" not in batch
     assert int((batch["position_ids"] == 0).sum()) == len(ids) and batch["use_cache"] is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"stage": "dpo", "neat_packing": True}, "neat_packing"),
+        ({"stage": "kto", "packing": True}, "packing"),
+        ({"stage": "pt", "packing": False}, "packing"),
+        ({"finetuning_type": "prompt", "neat_packing": True}, "neat_packing"),
+    ],
+)
+def test_packing_where_it_cannot_run_is_one_line_naming_the_key(raw, key):
+    with pytest.raises(UserError) as refused:
+        parse_config(raw, "run.yaml")
+    message = str(refused.value)
+    assert "\n" not in message and f"{key}:" in message, message
+
+
+def test_packing_keys_are_read_not_dropped():
+    cfg, unused = parse_config({"neat_packing": True, "packing": None}, "run.yaml")
+    assert cfg.neat_packing and not unused
+    assert parse_config({"stage": "pt", "packing": True}, "run.yaml")[0].packing  # what pt does anyway
+
+
+def test_neat_packing_prepares_packed_rows_and_trains(tiny_model, tmp_path):
+    options = dict(model_name_or_path=tiny_model, cutoff_len=512, val_size=8, max_samples=72)
+    plain = prepare_dataset(RunConfig(**options), tiny_model)
+    cfg = RunConfig(**options, neat_packing=True, max_steps=6, learning_rate=5e-3, save_steps=100, logging_steps=1,
+                    per_device_train_batch_size=2)  # fmt: skip
+    data = prepare_dataset(cfg, tiny_model)
+    assert data.fingerprint != plain.fingerprint  # packed rows are their own cache entry
+    assert (data.train_rows, data.eval_rows) == (plain.train_rows, plain.eval_rows) == (64, 8)
+    train = load_from_disk(f"{data.path}/train")
+    evaluation = load_from_disk(f"{data.path}/eval")
+    assert "position_ids" in train.column_names and "position_ids" not in evaluation.column_names
+    assert len(evaluation) == 8 and len(train) < 64 / 2  # held-out rows unpacked; several rows per sequence
+    assert all(len(ids) <= 512 for ids in train["input_ids"])
+    report = prepared_report(cfg, tiny_model, data)
+    assert report.packed[:2] == (64, len(train)) and 0.5 < report.packed[2] <= 1
+    assert f"packed: 64 training rows -> {len(train)} sequences of up to 512 tokens" in report.to_text()
+    result = train_run(cfg, tiny_model, data.path, tmp_path)
+    losses = [loss for _, loss in result.loss_history]
+    assert result.steps == 6 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0], losses
