@@ -199,22 +199,22 @@ def test_packing_keys_are_read_not_dropped():
 
 
 def test_neat_packing_prepares_packed_rows_and_trains(tiny_model, tmp_path):
-    options = dict(model_name_or_path=tiny_model, cutoff_len=512, val_size=8, max_samples=72)
+    options = dict(model_name_or_path=tiny_model, cutoff_len=512, val_size=8, max_samples=40)
     plain = prepare_dataset(RunConfig(**options), tiny_model)
-    cfg = RunConfig(**options, neat_packing=True, max_steps=6, learning_rate=5e-3, save_steps=100, logging_steps=1,
+    cfg = RunConfig(**options, neat_packing=True, max_steps=4, learning_rate=5e-3, save_steps=100, logging_steps=1,
                     per_device_train_batch_size=2)  # fmt: skip
     data = prepare_dataset(cfg, tiny_model)
     assert data.fingerprint != plain.fingerprint  # packed rows are their own cache entry
-    assert (data.train_rows, data.eval_rows) == (plain.train_rows, plain.eval_rows) == (64, 8)
+    assert (data.train_rows, data.eval_rows) == (plain.train_rows, plain.eval_rows) == (32, 8)
     train = load_from_disk(f"{data.path}/train")
     evaluation = load_from_disk(f"{data.path}/eval")
     assert "position_ids" in train.column_names and "position_ids" not in evaluation.column_names
-    assert len(evaluation) == 8 and len(train) < 64 / 2  # held-out rows unpacked; several rows per sequence
+    assert len(evaluation) == 8 and len(train) < 32 / 2  # held-out rows unpacked; several rows per sequence
     assert all(len(ids) <= 512 for ids in train["input_ids"])
     report = prepared_report(cfg, tiny_model, data)
-    assert report.packed[:2] == (64, len(train)) and 0.5 < report.packed[2] <= 1
-    assert f"packed: 64 training rows -> {len(train)} sequences of up to 512 tokens" in report.to_text()
+    assert report.packed[:2] == (32, len(train)) and 0.5 < report.packed[2] <= 1
+    assert f"packed: 32 training rows -> {len(train)} sequences of up to 512 tokens" in report.to_text()
     result = train_run(cfg, tiny_model, data.path, tmp_path)
     losses = [loss for _, loss in result.loss_history]
-    assert result.steps == 6 and all(math.isfinite(x) for x in losses)
+    assert result.steps == 4 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0], losses
