@@ -100,6 +100,7 @@ def check_stage(cfg) -> None:
             # a key the preference stages share names each stage that reads it
             readers = [s.name for s in STAGES.values() if foreign[0] in s.options]
             raise ValueError(f"{', '.join(foreign)} only apply to stage: {' or '.join(readers)}")
+    check_packing(cfg, stage)
     stage.check(cfg)
 
 
@@ -158,6 +159,27 @@ def check_checkpoints(cfg) -> None:
             else "save_only_model: true saves no optimizer state"
         )
         raise ValueError(f"resume_from_checkpoint: true resumes from the run's own checkpoints, and {why}")
+
+
+def check_packing(cfg, stage) -> None:
+    """packing / neat_packing where the stage packs: sft packs whole rows, pt always cuts its text into blocks."""
+    packers = " or ".join(s.name for s in STAGES.values() if s.packs_rows)
+    if cfg.neat_packing and not stage.packs_rows:
+        raise ValueError(f"neat_packing: packing without cross-attention is for stage: {packers} only; drop it")
+    if cfg.packing and not stage.packs_rows and stage.row_kind != "text":
+        raise ValueError(f"packing: stage: {stage.name} trains its rows one by one; packing is for stage: {packers}")
+    family = METHODS[cfg.finetuning_type].traits.family
+    if (cfg.packing or cfg.neat_packing) and stage.packs_rows and family == "prompt_learning":
+        key = "neat_packing" if cfg.neat_packing else "packing"
+        raise ValueError(
+            f"{key}: finetuning_type '{cfg.finetuning_type}' puts virtual tokens before each sequence, which "
+            "would span the packed rows; use lora, ia3 or full"
+        )
+    if cfg.packing is False and stage.row_kind == "text":
+        raise ValueError(
+            f"packing: false: stage: {stage.name} always concatenates its texts and cuts them into cutoff_len "
+            "blocks; leave packing empty"
+        )
 
 
 def check_serving(cfg) -> None:

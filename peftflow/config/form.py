@@ -97,6 +97,8 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "tool_format",
             "default_system",
             "on_invalid_rows",
+            "packing",
+            "neat_packing",
         ),
     ),
     "merging": (

@@ -17,6 +17,7 @@ from peftflow.config.checkpoint_keys import CheckpointKeys
 from peftflow.config.checks import check_run, refuse_credentials
 from peftflow.config.fingerprint import fingerprint_of
 from peftflow.config.form import flatten, group, grouped_schema
+from peftflow.config.launch_keys import LaunchKeys
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
@@ -174,6 +175,13 @@ class _SharedKeys(CheckpointKeys, _RecipeKeys):
                                        description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", title="Data: invalid rows",
                                                       description="Stop on invalid rows, or drop them and log which.")
+    packing: bool | None = Field(None, title="Data: packing",
+                                 description="Pack whole training rows into sequences of up to cutoff_len tokens; "
+                                             "packed rows attend to each other (prefer neat packing). Empty: stage pt "
+                                             "only (its texts are cut into blocks).")
+    neat_packing: bool = Field(False, title="Data: neat packing",
+                               description="Packing without cross-attention: each packed row attends only to itself. "
+                                           "Stage sft only.")
     # peftflow's own sections
     registry: RegistryConfig = Field(default_factory=RegistryConfig, title="Registry",
                                      description="Where the fine-tune is published (MLflow model registry).")
@@ -262,48 +270,11 @@ class _SharedKeys(CheckpointKeys, _RecipeKeys):
         return None if v == 0 else v  # the form's JSON writes None as 0 (form.NONE_AS)
 
 
-# Pydantic puts inherited fields first: the stages' keys (peftflow/stages/<name>/keys.py, in STAGES
-# order: the first base's come last) sit between the shared keys and the groups declared here, so the
-# fields (a flat dump, which of several errors is reported) keep the form's order of groups (GROUPS).
-class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
+# Pydantic takes the first base's fields last: the shared keys, then the stages' keys
+# (peftflow/stages/<name>/keys.py, in STAGES order), then LaunchKeys, so the fields (a flat dump,
+# which of several errors is reported) keep the form's order of groups (GROUPS).
+class RunConfig(LaunchKeys, *reversed(STAGE_KEYS), _SharedKeys):
     """Everything that varies between runs. Field names follow LLaMA-Factory where it has one."""
-
-    # fmt: off
-    # distributed training (the train step runs through torchrun when either is > 1)
-    num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
-                               description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch "
-                                           "size "
-                                           "per device x gradient accumulation x processes x nodes.")
-    nnodes: int = Field(1, ge=1, title="Distributed: nodes",
-                        description="> 1 also needs MASTER_ADDR, MASTER_PORT and PEFTFLOW_NODE_RANK on every node.")
-    # trust
-    trust_remote_code: bool = Field(False, title="Model: trust remote code",
-                                    description="Run Python code shipped with the model or tokenizer. Off unless set.")
-    allow_pickle_weights: bool = Field(False, title="Model: allow pickle weights",
-                                       description="Accept a base model with only pickle (.bin/.pt) weights; they are "
-                                                   "loaded "
-                                                   "with torch's weights_only loader. peftflow itself writes "
-                                                   "safetensors only.")
-    rope_scaling: Literal["linear", "dynamic", "yarn", "llama3"] | None = Field(
-        None, title="Model: RoPE scaling",
-        description="Stretch the rotary position embedding when cutoff_len is longer than the model's "
-                    "max_position_embeddings, by LLaMA-Factory's rule: factor = ceil(cutoff_len / "
-                    "max_position_embeddings). The run trains, scores and publishes the scaled model. Empty: none.")
-    upcast_layernorm: bool = Field(False, title="Model: float32 norms",
-                                   description="Hold the normalisation layers' weights in float32 when the base "
-                                               "loads in bfloat16 or float16 (a float32 base has them already).")
-    flash_attn: Literal["auto", "disabled", "sdpa", "fa2", "fa3"] = Field(
-        "auto", title="Model: attention kernel",
-        description="Speed only. auto: transformers' default (sdpa); disabled: eager; fa2 / fa3: FlashAttention "
-                    "where it is installed on a CUDA GPU, else sdpa with a warning.")
-    enable_liger_kernel: bool = Field(False, title="Model: Liger kernels",
-                                      description="Speed only: Liger's fused kernels where liger-kernel is installed "
-                                                  "on a CUDA GPU, else a warning.")
-    ddp_timeout: int = Field(1800, gt=0, title="Distributed: timeout (s)",
-                             description="How long a process waits for the others at a collective before the run "
-                                         "fails.")
-
-    # fmt: on
 
     @model_validator(mode="before")
     @classmethod
@@ -368,6 +339,8 @@ class RunConfig(*reversed(STAGE_KEYS), _SharedKeys):
                 "train_dataset": None,
                 "val_size": 0.0,
                 "max_samples": self.promotion.guard_max_samples,
+                "packing": None,  # every guard row is scored on its own
+                "neat_packing": False,
             }
         )
 

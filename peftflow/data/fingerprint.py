@@ -10,11 +10,13 @@ from pathlib import Path
 
 from peftflow.config import RunConfig
 from peftflow.data.images import images_digest
+from peftflow.data.packing import packs_rows
 from peftflow.data.slots import Options
 from peftflow.data.sources import DatasetSource
 from peftflow.data.templates import TOKENIZER_FINGERPRINT_NAME, get_template
 
 PREPARE_VERSION = "1"  # bump when the output for the same inputs changes
+PACKING_VERSION = "1"  # bump when packing's output for the same rows changes
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -48,6 +50,8 @@ def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: s
             add(name, (Path(model_path) / name).read_bytes())
     add("template", _template_identity(cfg).encode())
     add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
+    if packs_rows(cfg):  # packed training rows (plain or neat: the same rows); unpacked data keeps its key
+        add("packing", PACKING_VERSION.encode())
     return h.hexdigest()[:16]
 
 

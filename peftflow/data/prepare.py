@@ -23,6 +23,7 @@ from peftflow.data.blocks import text_blocks
 from peftflow.data.fingerprint import data_fingerprint, encode_options
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import read_images
+from peftflow.data.packing import Packed, pack, packs_rows
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, read_rows, resolve_datasets
@@ -78,6 +79,7 @@ class _Analysis:
     problems: list[str] = field(default_factory=list)
     documents: int | None = None  # plain text: the documents concatenated into `rows`, cutoff_len blocks
     tail_tokens: int = 0  # plain text: tokens after the last whole block, dropped
+    packed: Packed | None = None  # packing: the training split's rows packed into cutoff_len sequences
 
 
 def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
@@ -150,6 +152,7 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
         problems=tuple(a.problems),
         blocks=None if a.documents is None else len(a.rows),
         tail_tokens=a.tail_tokens,
+        packed=None if a.packed is None else (a.packed.rows, len(a.packed.input_ids), a.packed.fill(cfg.cutoff_len)),
     )
 
 
@@ -167,6 +170,11 @@ def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str) -> _
             f"val_size {cfg.val_size} holds out {_eval_count(len(a.rows), cfg.val_size)} of {len(a.rows)} {unit} "
             "and leaves none to train on; lower val_size or add data"
         )
+    if packs_rows(cfg) and any(a.images):
+        a.problems.append("packing: rows with images are not packed (each row's image features follow its tokens)")
+    elif packs_rows(cfg) and not a.problems:
+        train = [a.rows[i] for i in split_rows(len(a.rows), cfg)[0]]
+        a.packed = pack([r.input_ids for r in train], [r.labels for r in train], cfg.cutoff_len)
     return a
 
 
@@ -361,6 +369,9 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
     if any(a.images):  # multimodal data carries each row's image bytes; text data has no images column
         train_cols["images"], eval_cols["images"] = [a.images[i] for i in train_idx], [a.images[i] for i in eval_idx]
         train_features["images"] = eval_features["images"] = List(Value("binary"))
+    if a.packed:  # packed training rows: each sequence's position ids restart at every row
+        train_cols = {"input_ids": a.packed.input_ids, "labels": a.packed.labels, "position_ids": a.packed.position_ids}
+        train_features |= {"position_ids": ids}
     train = Dataset.from_dict(train_cols, features=Features(train_features))
     evaluation = Dataset.from_dict(eval_cols, features=Features(eval_features))
     stats = {
@@ -376,6 +387,7 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
         "truncated": a.truncated,
         "token_lengths": report.token_lengths,
         "supervised_tokens": sum(supervised(r) for r in a.rows),
+        "packed_sequences": len(a.packed.input_ids) if a.packed else None,
     }
     train.save_to_disk(str(out / "train"))
     # one shard: an empty split saves no shard otherwise, and cannot be loaded

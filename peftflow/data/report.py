@@ -29,6 +29,9 @@ class DataReport:
     # the tokens after the last whole block, dropped; None for rows trained one by one.
     blocks: int | None = None
     tail_tokens: int = 0
+    # packing: (training rows, the sequences of at most cutoff_len tokens they were packed into, the
+    # share of those sequences' token slots filled); None when rows train one by one
+    packed: tuple[int, int, float] | None = None
 
     @classmethod
     def from_json(cls, path: Path) -> DataReport:
@@ -39,6 +42,7 @@ class DataReport:
                 "datasets": tuple(raw["datasets"]),
                 "problems": tuple(raw["problems"]),
                 "dropped_rows": {k: tuple(v) for k, v in raw["dropped_rows"].items()},
+                "packed": tuple(raw["packed"]) if raw.get("packed") else None,
             }
         )
 
@@ -57,6 +61,14 @@ class DataReport:
             ),
             f"tokens per row: {lengths}",
             self._cut_line(),
+            *(
+                [
+                    f"packed: {self.packed[0]} training rows -> {self.packed[1]} sequences of up to {self.cutoff_len} "
+                    f"tokens ({self.packed[2]:.1%} filled)"
+                ]
+                if self.packed
+                else []
+            ),
             *(f"problem: {p}" for p in self.problems),
         ]
         return "\n".join(lines)

@@ -63,6 +63,9 @@ class Stage:
     # It trains a model that scores text: the reward head (peftflow/models/heads.py) on the base.
     reward_head: bool = False
     sweepable: bool = True  # `peftflow sweep` may train variants of it
+    # Its training rows may be packed (packing / neat_packing: whole rows binned into cutoff_len
+    # sequences, peftflow/data/packing.py). Plain text (row_kind "text") is always cut into blocks.
+    packs_rows: bool = False
     # Options that name models: the train key holds those models' content fingerprints instead.
     models_by_content: tuple[str, ...] = ()
     # (cfg) -> (model reference, suffix) the default registered-model name starts with

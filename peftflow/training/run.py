@@ -7,6 +7,7 @@ the output dir), saves the adapter and `train_result.json`, and returns a `Train
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from contextlib import nullcontext
@@ -33,10 +34,13 @@ from peftflow.run_dir import RunDir
 from peftflow.store import open_store, run_key
 from peftflow.training import memory
 from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
+from peftflow.training.collator import packed_collator
 from peftflow.training.during import early_stopping, eval_rows, evaluated
 from peftflow.training.resume import check_resume, first_loss, loss_before, resumes, starting_checkpoint
 from peftflow.training.stored import StoreCheckpoints, fetch_checkpoint
 from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
+
+log = logging.getLogger("peftflow.train")
 
 
 @dataclass(frozen=True)
@@ -169,13 +173,22 @@ def _trainer(cfg, model, tokenizer, processor, train_set, data_path, output_dir,
     """The Trainer for this run: the stage's (its factory's), images for a VLM."""
     multimodal = "images" in train_set.column_names
     # the rows the model reads: a preference pair's rejected side too, a KTO row's tag
-    stage_columns = ("rejected_input_ids", "rejected_labels", "kto_tag", "images")
+    stage_columns = ("rejected_input_ids", "rejected_labels", "kto_tag", "images", "position_ids")
     extra_columns = [c for c in stage_columns if c in train_set.column_names]
     train_set = train_set.select_columns(["input_ids", "labels", *extra_columns])
     eval_set = eval_rows(cfg, data_path)  # eval_strategy: the held-out rows, read as the training rows are
     if eval_set is not None:
+        if "position_ids" in extra_columns:  # held-out rows stay unpacked: each its own packed row
+            eval_set = eval_set.map(lambda row: {"position_ids": list(range(len(row["input_ids"])))})
         eval_set = eval_set.select_columns(["input_ids", "labels", *extra_columns])
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8)
+    if "position_ids" in extra_columns:  # packed rows (data/packing.py)
+        collator = packed_collator(tokenizer, model, cfg.neat_packing)
+        if not cfg.neat_packing:
+            log.warning(
+                "packing: true lets each packed row attend to the rows packed before it (LLaMA-Factory's packing); "
+                "neat_packing: true packs without that cross-attention"
+            )
     if multimodal:
         collator = vision.VisionCollator(collator, processor.image_processor)
     trainer_cls, extra = SupervisedTokenTrainer, {}
