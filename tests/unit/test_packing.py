@@ -201,8 +201,9 @@ def test_packing_keys_are_read_not_dropped():
 def test_neat_packing_prepares_packed_rows_and_trains(tiny_model, tmp_path):
     options = dict(model_name_or_path=tiny_model, cutoff_len=512, val_size=8, max_samples=40)
     plain = prepare_dataset(RunConfig(**options), tiny_model)
+    # evaluating during training too: the held-out rows, unpacked, go through the packed collator
     cfg = RunConfig(**options, neat_packing=True, max_steps=4, learning_rate=5e-3, save_steps=100, logging_steps=1,
-                    per_device_train_batch_size=2)  # fmt: skip
+                    per_device_train_batch_size=2, eval_strategy="steps", eval_steps=2)  # fmt: skip
     data = prepare_dataset(cfg, tiny_model)
     assert data.fingerprint != plain.fingerprint  # packed rows are their own cache entry
     assert (data.train_rows, data.eval_rows) == (plain.train_rows, plain.eval_rows) == (32, 8)
@@ -218,3 +219,4 @@ def test_neat_packing_prepares_packed_rows_and_trains(tiny_model, tmp_path):
     losses = [loss for _, loss in result.loss_history]
     assert result.steps == 4 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0], losses
+    assert [step for step, _ in result.eval_history] == [2, 4]
