@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftflow.redact import is_secret_key
+
 # Keys that change how fast a run goes (or how much memory it takes), never the weights it trains.
 SPEED_ONLY: dict[str, str] = {
     "preprocessing_num_workers": "data is prepared in one process and cached",
@@ -53,16 +55,12 @@ NO_EFFECT: dict[str, str] = {
     "video_maxlen": "peftflow reads no video",
     "buffer_size": "read only with streaming, which is refused",
     "cache_dir": "models resolve offline into peftflow's model cache",
-    "hf_hub_token": "peftflow reads no hub at run time",
-    "ms_hub_token": "peftflow reads no hub at run time",
-    "om_hub_token": "peftflow reads no hub at run time",
     "low_cpu_mem_usage": "transformers loads on the meta device anyway",
     "use_fast_tokenizer": "the model's own tokenizer loads (fast where it has one)",
     "use_kv_cache": "generation keeps its cache; training never uses one",
     "infer_dtype": "held-out generation runs in the dtype the model is scored in",
     "data_shared_file_system": "prepared data is built once per machine under a file lock",
     "media_dir": "image paths resolve against the dataset folder",
-    "ignore_pad_token_for_loss": "padding is never a label",
     "use_swanlab": "metrics go to MLflow",
     "include_effective_tokens_per_second": "supervised tokens/s is logged at every logging step",
     "enable_torch_profiler": "not profiled; benchmarks/ measure time and memory",
@@ -91,10 +89,8 @@ NO_EFFECT: dict[str, str] = {
             "swanlab_workspace",
             "swanlab_run_name",
             "swanlab_mode",
-            "swanlab_api_key",
             "swanlab_logdir",
             "swanlab_lark_webhook_url",
-            "swanlab_lark_secret",
         ),
         "metrics go to MLflow",
     ),
@@ -296,6 +292,8 @@ TRANSLATED: dict[str, str] = {
 
 def treatment(key: str, fields: dict) -> tuple[str, str]:
     """(what peftflow does with LLaMA-Factory's `key`, why or how): `fields` are RunConfig's."""
+    if is_secret_key(key):  # config/checks.py refuse_credentials, before anything else reads it
+        return "refused when set", "named like a credential: credentials come from the environment or a Prefect Secret"
     if key in fields:
         return "honoured", fields[key].title or key
     if key in TRANSLATED:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from peftflow.config import RunConfig, parse_config
-from peftflow.config.lf_keys import REFUSED, treatment
+from peftflow.config.lf_keys import NO_EFFECT, REFUSED, SPEED_ONLY, treatment
 from peftflow.errors import UserError
+from peftflow.redact import is_secret_key
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTED = json.loads((ROOT / "tests" / "fixtures" / "llamafactory" / "keys.json").read_text())
@@ -20,6 +21,9 @@ ALL_KEYS = [k for keys in LISTED["sections"].values() for k in keys]
 def test_every_llamafactory_key_has_a_treatment():
     unknown = [k for k in ALL_KEYS if treatment(k, RunConfig.model_fields)[0].startswith("refused (unknown")]
     assert unknown == []
+    # a key named like a credential is refused before any table reads it (test_safety)
+    accepted = [*SPEED_ONLY, *NO_EFFECT, *REFUSED]
+    assert [k for k in accepted if is_secret_key(k)] == []
 
 
 # eval_dataset is also a v1 key: a file with it reads as v1, whose reader refuses it (test_config_v1)
