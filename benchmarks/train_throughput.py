@@ -10,9 +10,10 @@ each in its own child process, so that peak RSS is that side's alone:
                            attending only to itself): fewer, fuller batches
   peftflow-checkpointing   the same as peftflow with `gradient_checkpointing: true` (memory for time)
   trainer-bf16             peft + HF Trainer with the two flags a competent user adds: bf16=True, length grouping
+                           (bf16 only where the machine runs bf16 matmuls fast, as peftflow decides; else fp32)
   trainer-fp32             the same recipe as peft's docs write it (fp32)
-  llamafactory             `llamafactory-cli train` with `bf16: true` (weights in bf16), when --llamafactory
-                           names the python of its own virtual environment (docs/performance.md says how)
+  llamafactory             `llamafactory-cli train` with `bf16: true` (weights in bf16; fp32 where bf16 is slow),
+                           when --llamafactory names the python of its own virtual environment (docs/performance.md)
   llamafactory-neat        the same with `neat_packing: true`
 
 Sides run in rounds (A B C D, A B C D, ...) so that noise shows; medians are quoted. Each side's
@@ -41,6 +42,16 @@ MODEL = "builtin:smollm2-135m-instruct"
 TRAIN_ROWS, HELD_OUT, BATCH, CUTOFF, LR, RANK, ALPHA, SEED = 160, 32, 8, 256, 2e-4, 8, 16, 42
 STEPS = TRAIN_ROWS // BATCH
 PEERS = ("trainer-bf16", "trainer-fp32", "llamafactory", "llamafactory-neat")
+
+
+def fast_bf16() -> bool:
+    """Whether this machine runs bf16 matmuls fast (peftflow's own rule): without, a bf16 side would
+    measure an emulated dtype no one trains in."""
+    import torch
+
+    from peftflow.training.arguments import _cpu_has_fast_bf16
+
+    return torch.cuda.is_available() or _cpu_has_fast_bf16()
 
 
 def model_path() -> str:
@@ -115,7 +126,7 @@ def train_trainer(work: Path, data: Path, bf16: bool, dropout: float) -> float:
         AutoModelForCausalLM.from_pretrained(model_path()),
         LoraConfig(task_type="CAUSAL_LM", r=RANK, lora_alpha=ALPHA, lora_dropout=dropout, target_modules="all-linear"),
     )
-    fast = dict(bf16=True, use_cpu=True, train_sampling_strategy="group_by_length") if bf16 else {}
+    fast = dict(bf16=fast_bf16(), use_cpu=True, train_sampling_strategy="group_by_length") if bf16 else {}
     args = TrainingArguments(
         output_dir=str(work / "out"),
         per_device_train_batch_size=BATCH,
@@ -197,7 +208,7 @@ def train_llamafactory(work: Path, data: Path, python: str, neat: bool, dropout:
         "learning_rate": LR,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.0,
-        "bf16": True,
+        "bf16": fast_bf16(),
         "use_cpu": True,
         "report_to": "none",
         "seed": SEED,
@@ -275,7 +286,8 @@ def machine(llamafactory: str | None) -> str:
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
     bf16 = [f for f in ("avx512_bf16", "amx_bf16", "avx512f") if f in flags] or ["no avx512/amx"]
     line = (
-        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CPU flags {' '.join(bf16)}; "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CPU flags {' '.join(bf16)} "
+        f"(peers in {'bf16' if fast_bf16() else 'fp32: no fast bf16 here'}); "
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}"
     )
     if llamafactory:
