@@ -78,7 +78,8 @@ def with_rope_scaling(model: ResolvedModel, cfg) -> ResolvedModel:
         return model
     from transformers import AutoConfig
 
-    text = AutoConfig.from_pretrained(model.path, trust_remote_code=cfg.trust_remote_code).get_text_config()
+    config = AutoConfig.from_pretrained(model.path, trust_remote_code=cfg.trust_remote_code)
+    text = config.get_text_config()
     if not getattr(text, "rope_parameters", None) or not getattr(text, "max_position_embeddings", None):
         raise UserError(f"rope_scaling: {model.ref} has no rotary position embedding to scale")
     longest = text.max_position_embeddings
@@ -91,22 +92,19 @@ def with_rope_scaling(model: ResolvedModel, cfg) -> ResolvedModel:
         return model
     factor = float(math.ceil(cfg.cutoff_len / longest))
     name = f"rope-{cfg.rope_scaling}-{factor:g}-{model.fingerprint}"
-    scaled = cached_model(name, lambda out: _write_scaled(model.path, out, cfg, factor))
+    scaled = cached_model(name, lambda out: _write_scaled(model.path, config, out, cfg, factor))
     log.info("rope_scaling: %s x%g, %d -> %d positions", cfg.rope_scaling, factor, longest, cfg.cutoff_len)
     return replace(resolve_model(scaled), ref=model.ref, registered=model.registered)
 
 
-def _write_scaled(source: str, out: Path, cfg, factor: float) -> None:
-    """`source`'s files (hard links where the disk allows) with its config's rope parameters scaled."""
-    from transformers import AutoConfig
-
+def _write_scaled(source: str, config, out: Path, cfg, factor: float) -> None:
+    """`source`'s files (hard links where the disk allows) with `config`, its config, rope-scaled."""
     for f in Path(source).iterdir():
         if f.is_file() and f.name != "config.json":
             try:
                 os.link(f, out / f.name)
             except OSError:  # another file system
                 (out / f.name).write_bytes(f.read_bytes())
-    config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     text = config.get_text_config()
     original = text.max_position_embeddings
     rope = {**text.rope_parameters, "rope_type": cfg.rope_scaling, "factor": factor}
