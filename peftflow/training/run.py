@@ -36,6 +36,7 @@ from peftflow.training import memory
 from peftflow.training.arguments import base_dtype, compute_label, resolve_gradient_checkpointing, training_arguments
 from peftflow.training.collator import packed_collator
 from peftflow.training.during import early_stopping, eval_rows, evaluated
+from peftflow.training.lora_dropout import seeded_lora_dropout
 from peftflow.training.resume import check_resume, first_loss, loss_before, resumes, starting_checkpoint
 from peftflow.training.stored import StoreCheckpoints, fetch_checkpoint
 from peftflow.training.trainer import FirstStep, LogLastStep, SupervisedTokenTrainer, TrainingProgress
@@ -221,7 +222,10 @@ def _train(trainer, cfg: RunConfig) -> tuple[tuple[tuple[int, float], ...], int 
     # autocast would cast it straight back: two copies of every adapted layer's input per pass.
     # (Only LoRA layers have the switch; peft's context manager fails on the others.)
     lora_casts = any(hasattr(m, "cast_input_dtype_enabled") for m in trainer.model.modules())
-    with disable_input_dtype_casting(trainer.model) if trainer.args.bf16 and lora_casts else nullcontext():
+    with (
+        disable_input_dtype_casting(trainer.model) if trainer.args.bf16 and lora_casts else nullcontext(),
+        seeded_lora_dropout(trainer.model),  # LoRA dropout keeps a seed for the backward pass, not a copy
+    ):
         result = trainer.train(resume_from_checkpoint=checkpoint)
     # Under autocast accelerate wrapped model.forward in it; a caller using the model afterwards gets fp32 back.
     trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
