@@ -10,13 +10,19 @@ matplotlib.use("Agg")  # headless: workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def loss_curve(history: tuple[tuple[int, float], ...], path: Path) -> Path:
+def loss_curve(
+    history: tuple[tuple[int, float], ...], path: Path, eval_history: tuple[tuple[int, float], ...] = ()
+) -> Path:
+    """The training loss per logging step, and the held-out loss per evaluation (eval_strategy)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses, marker="o", markersize=3)
+    for label, points in (("training", history), ("held-out", eval_history)):
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, marker="o", markersize=3, label=label)
+    if eval_history:
+        ax.legend()
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()

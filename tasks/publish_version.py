@@ -34,7 +34,7 @@ def publish_version(
     with the path of its base, so the version reloads onto exactly that base."""
     work = Path(adapter.adapter_dir).parent
     tracking.log_artifact(run_id, adapter.adapter_dir, "adapter")
-    tracking.log_artifact(run_id, str(loss_curve(adapter.loss_history, work / "loss_curve.png")))
+    tracking.log_artifact(run_id, str(loss_curve(adapter.loss_history, work / "loss_curve.png", adapter.eval_history)))
     metrics = {f"{label}.{k}": v for label, s in evaluation.models.items() for k, v in s.summary().items()}
     # held-out preference scores (dpo, rm): the version carries them beside the task metric
     metrics |= {f"{label}.preference_{k}": v for label, s in evaluation.models.items() for k, v in s.preference.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftflow.config import v1
 from peftflow.redact import is_secret_key
 
 # Keys that change how fast a run goes (or how much memory it takes), never the weights it trains.
@@ -276,8 +277,10 @@ def unheard_note(keys: list[str]) -> str:
             parts.append(f"{key} (speed only: {SPEED_ONLY[key]})")
         elif key in NO_EFFECT:
             parts.append(f"{key} (no effect: {NO_EFFECT[key]})")
-        else:  # a v1 key with no v0 meaning (config/v1.py)
-            parts.append(f"{key} (not used)")
+        elif key in v1.SPEED_ONLY:
+            parts.append(f"{key} (speed only: {v1.SPEED_ONLY[key]})")
+        else:  # a v1 key with no v0 meaning
+            parts.append(f"{key} (no effect: {v1.NO_EFFECT[key]})")
     return "; ".join(parts)
 
 

@@ -3,7 +3,8 @@
 A v1 file is known by its shape: `model` instead of `model_name_or_path`, or any key only v1 has
 (`peft_config`, `quant_config`, `train_dataset`, `micro_batch_size`, ...). `to_v0` returns the
 v0 mapping RunConfig validates, the v1 name of every mapped key (so an error names the key the
-user wrote), and the v1 keys peftflow reads but does not use. Keys and defaults are LLaMA-Factory
+user wrote), and the v1 keys that cannot change the run (each with why); v1 keys that would change
+it and have no peftflow meaning are refused. Keys and defaults are LLaMA-Factory
 0.9.5's (src/llamafactory/v1/config/*.py, plugins/model_plugins/peft.py): where v1 has a default
 that differs from peftflow's (learning rate, cutoff, batch size, LoRA rank / alpha / dropout,
 template), the v1 default is written into the mapping. bf16 (v1 default true) is taken only
@@ -82,19 +83,38 @@ SAME_NAME = (
     "save_total_limit",
     "logging_steps",
 )
-UNUSED = (
-    "kernel_config",
-    "dist_config",
-    "init_config",
-    "flash_attn",
-    "batching_workers",
-    "full_determinism",
-    "save_epochs",
-    "save_ckpt_as_hf",
-    "resume_from_checkpoint",
-    "sample_backend",
-    "optim_config",
-)
+# v1 keys that cannot change what is trained, scored or kept: the warning gives each reason
+SPEED_ONLY = {
+    "kernel_config": "fused kernels (Liger and others) change speed and memory, not the result",
+    "dist_config": "how training is sharded across GPUs (FSDP2, DeepSpeed); peftflow runs data parallel "
+    "with torchrun (num_processes)",
+    "init_config": "where the model is materialised while it loads (meta, rank 0); the weights are the same",
+    "batching_workers": "data-loader workers",
+}
+NO_EFFECT = {
+    "save_ckpt_as_hf": "peftflow's checkpoints are Hugging Face Trainer checkpoints already",
+    "peft_config.export_dir": "an export key: `peftflow export` reads it",
+    "peft_config.export_size": "an export key: `peftflow export` reads it",
+    "peft_config.export_hub_model_id": "an export key: `peftflow export` reads it",
+    "peft_config.infer_dtype": "an export key: `peftflow export` reads it",
+    "peft_config.export_legacy_format": "an export key: `peftflow export` reads it",
+}
+# v1 keys that change the run and have no peftflow meaning: (their default, why refused otherwise)
+REFUSED = {
+    "optim_config": (None, "LLaMA-Factory 0.9.5 registers no optimizer plugin for it; write `optim` (v0's key)"),
+    "save_epochs": (None, "write save_steps (LLaMA-Factory turns save_epochs into steps per epoch)"),
+    "full_determinism": (False, "peftflow seeds its runs (seed) but does not force deterministic kernels"),
+    "batching_strategy": (
+        "normal",
+        "it changes which rows share a step; peftflow batches micro_batch_size rows (normal), "
+        "and packs rows with neat_packing: true",
+    ),
+    "peft_config.adapter_name_or_path": (
+        None,
+        "give the adapter to start from as model (its base is merged with it); `peftflow export` reads it",
+    ),
+}
+FLASH_ATTN = {"eager": "disabled", "sdpa": "sdpa", "flash_attention_2": "fa2"}  # v1 value -> v0 value
 V1_DEFAULTS = {
     "template": "qwen3_nothink",
     "learning_rate": 1e-4,
@@ -151,7 +171,11 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
     raw = dict(raw)
     out: dict[str, Any] = {}
     names: dict[str, str] = {}
-    unused = [k for k in UNUSED if raw.pop(k, None) is not None]
+    unused = [k for k in SPEED_ONLY | NO_EFFECT if raw.pop(k, None) is not None]
+    for key, (default, why) in REFUSED.items():
+        if "." not in key and raw.get(key, default) != default:
+            raise UserError(f"{source}: key '{key}': {raw[key]!r}: {why}")
+        raw.pop(key, None)
 
     def put(v0: str, v1: str, value: Any) -> None:
         out[v0], names[v0] = value, v1
@@ -173,9 +197,21 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
         put("gradient_checkpointing", "enable_activation_checkpointing", bool(checkpointing))
     if (scheduler := _section(raw.pop("lr_scheduler_config", None), "lr_scheduler_config", source)) is not None:
         put("lr_scheduler_type", "lr_scheduler_config.name", scheduler["name"])
-    strategy = raw.pop("batching_strategy", "normal")
-    if strategy != "normal":
-        unused.append(f"batching_strategy: {strategy}")
+    if "flash_attn" in raw:
+        value = raw.pop("flash_attn")
+        if value not in FLASH_ATTN:
+            raise UserError(f"{source}: key 'flash_attn': {value!r}: one of {', '.join(FLASH_ATTN)}")
+        put("flash_attn", "flash_attn", FLASH_ATTN[value])
+    if raw.get("resume_from_checkpoint") is not None:  # a checkpoint dir, or auto: the latest (v0's true)
+        value = raw.pop("resume_from_checkpoint")
+        put("resume_from_checkpoint", "resume_from_checkpoint", True if value == "auto" else value)
+    if raw.get("sample_backend") is not None:
+        if raw["sample_backend"] != "hf":
+            raise UserError(
+                f"{source}: key 'sample_backend': {raw['sample_backend']!r}: held-out answers are generated "
+                "with transformers (hf); serve the registered model with vLLM instead"
+            )
+        raw.pop("sample_backend")  # hf: what peftflow's evaluation generates with
     if raw.get("eval_dataset") is not None:
         raise UserError(
             f"{source}: eval_dataset: peftflow holds out val_size rows of train_dataset for evaluation; "
@@ -248,8 +284,11 @@ def _peft(peft: dict | None, out: dict, put, unused: list[str], source: str) -> 
     for key, value in peft.items():
         if key == "name":
             continue
+        if f"peft_config.{key}" in REFUSED and value is not None:
+            raise UserError(f"{source}: key 'peft_config.{key}': {value!r}: {REFUSED[f'peft_config.{key}'][1]}")
         if key in EXPORT_KEYS:
-            unused.append(f"peft_config.{key}")
+            if value is not None and key != "adapter_name_or_path":
+                unused.append(f"peft_config.{key}")
         elif key in LORA_KEYS:
             put(LORA_KEYS[key][0], f"peft_config.{key}", value)
         else:

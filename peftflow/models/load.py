@@ -26,16 +26,14 @@ def load_base(model_path: str, cfg, dtype: torch.dtype | None = None):
     return model
 
 
-def upcast_norms(model) -> int:
+def upcast_norms(model) -> None:
     """LLaMA-Factory's upcast_layernorm: every normalisation layer's weights in float32 (a half-precision
-    norm loses the small differences it scales by). Returns how many tensors were cast."""
-    cast = 0
+    norm loses the small differences it scales by)."""
     for module in model.modules():
         if "Norm" in type(module).__name__:
             for p in module.parameters(recurse=False):
                 if p.is_floating_point() and p.dtype != torch.float32:
-                    p.data, cast = p.data.float(), cast + 1
-    return cast
+                    p.data = p.data.float()
 
 
 def _load(model_path: str, cfg, dtype: torch.dtype, attention: str | None):

@@ -12,6 +12,7 @@ from datasets import load_from_disk
 from transformers import AutoTokenizer
 
 from peftflow.config import SCHEMA_V0, SCHEMA_V1, parse_config, read_config
+from peftflow.config.lf_keys import unheard_note
 from peftflow.data import data_report, prepare_dataset
 from peftflow.errors import UserError
 
@@ -50,10 +51,35 @@ def test_v1_example_maps_onto_runconfig():
     assert cfg.template == "qwen3_nothink"  # v1's ModelArguments.template default
     assert cfg.evaluation.max_new_tokens == 128 and cfg.quantization_bit is None
     assert cfg.train_dataset == str(FIXTURES / "v1" / "v1_dataset.yaml")  # found next to the config
-    assert unused == ["kernel_config", "dist_config", "sample_backend"]
+    assert unused == ["kernel_config", "dist_config"]  # speed only; sample_backend hf: what peftflow does
     qlora, _, _ = read_config(FIXTURES / "v1" / "quantization.yaml")
     assert qlora.quantization_bit == 4 and qlora.finetuning_type == "lora"
     assert read_config(FIXTURES / "train_lora" / "qwen3_lora_sft.yaml")[2] == SCHEMA_V0
+
+
+def test_v1_keys_that_change_the_run_are_honoured_and_the_rest_say_why(tmp_path):
+    cfg, unused = parse_config(
+        v1(
+            tmp_path,
+            flash_attn="eager",
+            resume_from_checkpoint="auto",
+            sample_backend="hf",
+            init_config={"name": "init_on_meta"},
+            save_ckpt_as_hf=True,
+            full_determinism=False,
+            batching_strategy="normal",
+            peft_config={"name": "lora", "export_dir": "out"},
+        )
+    )
+    assert (cfg.flash_attn, cfg.resume_from_checkpoint) == ("disabled", True)
+    assert parse_config(v1(tmp_path, resume_from_checkpoint="ckpt/checkpoint-4"))[0].resume_from_checkpoint == (
+        "ckpt/checkpoint-4"
+    )
+    assert sorted(unused) == ["init_config", "peft_config.export_dir", "save_ckpt_as_hf"]
+    note = unheard_note(unused)
+    assert "init_config (speed only: where the model is materialised" in note
+    assert "save_ckpt_as_hf (no effect: peftflow's checkpoints are Hugging Face Trainer checkpoints" in note
+    assert "not used" not in note
 
 
 def test_v1_defaults_and_full_finetuning(tmp_path):
@@ -90,6 +116,16 @@ def test_v1_defaults_and_full_finetuning(tmp_path):
         ),
         ({"lora_rank": 8}, "mixes LLaMA-Factory v1 keys (model) with v0 keys (lora_rank)"),
         ({"peft_config": "lora"}, "peft_config must be a mapping with a 'name'"),
+        ({"optim_config": {"name": "muon"}}, "key 'optim_config': {'name': 'muon'}: LLaMA-Factory 0.9.5 registers"),
+        ({"save_epochs": 1}, "key 'save_epochs': 1: write save_steps"),
+        ({"full_determinism": True}, "key 'full_determinism': True: peftflow seeds its runs"),
+        ({"batching_strategy": "dynamic_batching"}, "key 'batching_strategy': 'dynamic_batching': it changes"),
+        ({"sample_backend": "vllm"}, "key 'sample_backend': 'vllm': held-out answers are generated"),
+        ({"flash_attn": "flex"}, "key 'flash_attn': 'flex': one of eager, sdpa, flash_attention_2"),
+        (
+            {"peft_config": {"name": "lora", "adapter_name_or_path": "a"}},
+            "key 'peft_config.adapter_name_or_path': 'a': give the adapter to start from as model",
+        ),
     ],
 )
 def test_v1_errors_name_v1_keys(tmp_path, keys, message):
