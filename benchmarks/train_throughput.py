@@ -338,7 +338,9 @@ def report(runs: dict[tuple[str, float], list[dict]], tokens: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--sides", default="peftflow,peftflow-packed,trainer-bf16,llamafactory,llamafactory-neat")
+    ap.add_argument(
+        "--sides", default="peftflow,peftflow-packed,peftflow-checkpointing,trainer-bf16,llamafactory,llamafactory-neat"
+    )
     ap.add_argument("--dropout", default="0,0.05", help="LoRA dropouts, each run by every side")
     ap.add_argument("--llamafactory", help="python of a virtual environment with llamafactory installed")
     ap.add_argument("--side", help=argparse.SUPPRESS)
