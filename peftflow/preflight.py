@@ -11,8 +11,10 @@ skeleton of it: no weights are loaded.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import re
+import sys
 from dataclasses import dataclass
 
 from peftflow import preflight_checks
@@ -120,6 +122,8 @@ def check_training_setup(cfg: RunConfig, model_path: str) -> None:
             f"gradient_checkpointing: true, but the model at {model_path} ({type(skeleton).__name__}) "
             "does not support it; set it to auto or false"
         )
+    if cfg.neat_packing:
+        _check_packed_rows_kept_apart(skeleton, model_path)
     if get_method(cfg).traits.family in ("lora", "ia3"):  # the methods that name modules to adapt
         _check_modules("lora_target", cfg.lora_target, skeleton, model_path)
     _check_modules("additional_target", cfg.additional_target, skeleton, model_path)
@@ -170,6 +174,18 @@ def _skeleton(cfg: RunConfig, model_path: str):
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     with init_empty_weights():
         return vision.model_class(model_path).from_config(config, trust_remote_code=cfg.trust_remote_code)
+
+
+def _check_packed_rows_kept_apart(model, model_path: str) -> None:
+    """neat_packing sends no attention mask: packed rows stay apart only where the model builds its
+    mask with transformers' masking_utils, which finds the rows from the restarting position ids. A
+    recurrent model (Mamba, RWKV) or one with its own mask code would let them see each other."""
+    decoder = model.get_decoder()  # a vision-language model's: its language model
+    if "masking_utils" not in inspect.getsource(sys.modules[type(decoder).__module__]):
+        raise UserError(
+            f"neat_packing: the model at {model_path} ({type(model).__name__}) does not build its attention "
+            "mask from position ids, so packed rows would attend to each other; drop neat_packing"
+        )
 
 
 def _check_modules(key: str, targets, model, model_path: str) -> None:

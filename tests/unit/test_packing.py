@@ -192,6 +192,19 @@ def test_packing_where_it_cannot_run_is_one_line_naming_the_key(raw, key):
     assert "\n" not in message and f"{key}:" in message, message
 
 
+def test_neat_packing_on_a_model_without_a_position_id_mask_is_refused(tmp_path, tiny_model):
+    from transformers import MambaConfig
+
+    from peftflow.preflight import check_training_setup
+
+    check_training_setup(RunConfig(model_name_or_path=tiny_model, neat_packing=True), tiny_model)  # Llama: fine
+    MambaConfig(hidden_size=32, num_hidden_layers=1, vocab_size=64).save_pretrained(tmp_path)  # recurrent
+    with pytest.raises(UserError) as e:
+        check_training_setup(RunConfig(model_name_or_path=str(tmp_path), neat_packing=True), str(tmp_path))
+    assert str(e.value).startswith(f"neat_packing: the model at {tmp_path} (MambaForCausalLM) does not build")
+    check_training_setup(RunConfig(model_name_or_path=str(tmp_path)), str(tmp_path))  # unpacked: fine
+
+
 def test_packing_keys_are_read_not_dropped():
     cfg, unused = parse_config({"neat_packing": True, "packing": None}, "run.yaml")
     assert cfg.neat_packing and not unused
