@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from peftflow.config import v1
+from peftflow.config.v1 import NO_EFFECT as V1_NO_EFFECT
+from peftflow.config.v1 import SPEED_ONLY as V1_SPEED_ONLY
 from peftflow.redact import is_secret_key
 
 # Keys that change how fast a run goes (or how much memory it takes), never the weights it trains.
@@ -277,10 +278,10 @@ def unheard_note(keys: list[str]) -> str:
             parts.append(f"{key} (speed only: {SPEED_ONLY[key]})")
         elif key in NO_EFFECT:
             parts.append(f"{key} (no effect: {NO_EFFECT[key]})")
-        elif key in v1.SPEED_ONLY:
-            parts.append(f"{key} (speed only: {v1.SPEED_ONLY[key]})")
+        elif key in V1_SPEED_ONLY:
+            parts.append(f"{key} (speed only: {V1_SPEED_ONLY[key]})")
         else:  # a v1 key with no v0 meaning
-            parts.append(f"{key} (no effect: {v1.NO_EFFECT[key]})")
+            parts.append(f"{key} (no effect: {V1_NO_EFFECT[key]})")
     return "; ".join(parts)
 
 

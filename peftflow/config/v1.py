@@ -197,21 +197,7 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
         put("gradient_checkpointing", "enable_activation_checkpointing", bool(checkpointing))
     if (scheduler := _section(raw.pop("lr_scheduler_config", None), "lr_scheduler_config", source)) is not None:
         put("lr_scheduler_type", "lr_scheduler_config.name", scheduler["name"])
-    if "flash_attn" in raw:
-        value = raw.pop("flash_attn")
-        if value not in FLASH_ATTN:
-            raise UserError(f"{source}: key 'flash_attn': {value!r}: one of {', '.join(FLASH_ATTN)}")
-        put("flash_attn", "flash_attn", FLASH_ATTN[value])
-    if raw.get("resume_from_checkpoint") is not None:  # a checkpoint dir, or auto: the latest (v0's true)
-        value = raw.pop("resume_from_checkpoint")
-        put("resume_from_checkpoint", "resume_from_checkpoint", True if value == "auto" else value)
-    if raw.get("sample_backend") is not None:
-        if raw["sample_backend"] != "hf":
-            raise UserError(
-                f"{source}: key 'sample_backend': {raw['sample_backend']!r}: held-out answers are generated "
-                "with transformers (hf); serve the registered model with vLLM instead"
-            )
-        raw.pop("sample_backend")  # hf: what peftflow's evaluation generates with
+    _renamed_values(raw, put, source)
     if raw.get("eval_dataset") is not None:
         raise UserError(
             f"{source}: eval_dataset: peftflow holds out val_size rows of train_dataset for evaluation; "
@@ -231,6 +217,25 @@ def to_v0(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, s
             raise UserError(f"{source}: unknown key '{key}'")
         out[key] = raw.pop(key)
     return out, names, unused
+
+
+def _renamed_values(raw: dict, put, source: str) -> None:
+    """v1 keys whose values v0 spells differently: flash_attn, resume_from_checkpoint, sample_backend."""
+    if "flash_attn" in raw:
+        value = raw.pop("flash_attn")
+        if value not in FLASH_ATTN:
+            raise UserError(f"{source}: key 'flash_attn': {value!r}: one of {', '.join(FLASH_ATTN)}")
+        put("flash_attn", "flash_attn", FLASH_ATTN[value])
+    if raw.get("resume_from_checkpoint") is not None:  # a checkpoint dir, or auto: the latest (v0's true)
+        value = raw.pop("resume_from_checkpoint")
+        put("resume_from_checkpoint", "resume_from_checkpoint", True if value == "auto" else value)
+    if raw.get("sample_backend") is not None:
+        if raw["sample_backend"] != "hf":
+            raise UserError(
+                f"{source}: key 'sample_backend': {raw['sample_backend']!r}: held-out answers are generated "
+                "with transformers (hf); serve the registered model with vLLM instead"
+            )
+        raw.pop("sample_backend")  # hf: what peftflow's evaluation generates with
 
 
 def _near(path: Any, source: str) -> Any:
