@@ -117,7 +117,10 @@ def test_lora_all_adapts_each_familys_projections(trained):
     assert all(key.startswith("base_model.model.model.layers.") for key in saved)  # no head, no embeddings
     assert all(w.abs().sum() > 0 for key, w in saved.items() if ".lora_B." in key)  # trained away from zero
     config = json.loads(Path(trained.adapter_dir, "adapter_config.json").read_text())
-    assert set(config.get("target_parameters") or ()) == (EXPERTS if "mlp.experts" in adapted else set())
+    moe = "mlp.experts" in adapted
+    assert set(config.get("target_parameters") or ()) == (EXPERTS if moe else set())
+    # gate_up_proj fuses two projections of rank r each: peft gives it rank 2r
+    assert config["rank_pattern"] == ({r".*\.gate_up_proj": 2 * config["r"]} if moe else {})
 
 
 def test_qlora_trains_and_merges_into_the_fp32_base(trained, tmp_path):
