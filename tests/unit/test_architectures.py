@@ -141,18 +141,33 @@ def test_gguf_loads_back_or_is_refused_at_validate(trained, tmp_path):
             check_training_setup(cfg, trained.base)
         assert re.search(GGUF_REFUSED[trained.name], str(refused.value)) and "\n" not in str(refused.value)
         return
-    # the converter's dry run (validate) passes wherever the export does: the export is the stronger check
-    written = gguf.export(trained.merged_dir, str(tmp_path / "model.gguf"), "f32")
     if trained.name in NO_ROUND_TRIP:
         from gguf import GGUFReader
 
-        with pytest.raises(UserError, match=f"GGUF loader has no '{NO_ROUND_TRIP[trained.name]}'"):
+        from flows.cli_export import _export_gguf
+
+        refusal = f"GGUF loader has no '{NO_ROUND_TRIP[trained.name]}'"
+        with pytest.raises(UserError, match=f"--verify: transformers' {refusal}.*; export with --no-verify"):
+            _export_gguf(trained.merged_dir, str(tmp_path / "model.gguf"), "f32", verify=True)
+        assert not (tmp_path / "model.gguf").exists()  # `peftflow export` refuses before converting
+        written = gguf.export(trained.merged_dir, str(tmp_path / "model.gguf"), "f32")  # as with --no-verify
+        with pytest.raises(UserError, match=refusal):
             gguf.round_trip(trained.merged_dir, written.path, list(PROBE_TEXTS))
         names = {t.name for t in GGUFReader(written.path).tensors}  # what llama.cpp reads: the experts stacked
         assert {"blk.0.ffn_gate_inp.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_down_exps.weight"} <= names
         return
+    # the converter's dry run (validate) passes wherever the export does: the export is the stronger check
+    written = gguf.export(trained.merged_dir, str(tmp_path / "model.gguf"), "f32")
     check = gguf.round_trip(trained.merged_dir, written.path, list(PROBE_TEXTS[1:]), max_new_tokens=4)
     assert check.max_abs_logit_diff <= F32_LOGIT_TOLERANCE and check.greedy_agreement == 1.0
+
+
+def test_validate_accepts_gguf_for_a_family_the_converter_reads(peftflow_home):
+    """The dry run does not refuse what converts: an MoE, whose experts the converter restacks."""
+    from peftflow.models.resolve import resolve_model
+
+    base = resolve_model("builtin:tiny-qwen3-moe").path
+    check_training_setup(_cfg(base, registry={"gguf_outtype": "f16"}), base)
 
 
 @pytest.fixture(scope="module")
