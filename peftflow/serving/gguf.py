@@ -75,6 +75,40 @@ def check_converter(what: str) -> None:
         )
 
 
+def conversion_problem(model_dir: str) -> str | None:
+    """Why llama.cpp's converter would not convert the model at `model_dir`, in its own last line,
+    or None. A dry run: the converter picks its class for the architecture, reads the tokenizer
+    and names every tensor (lazily: the weights are not read), then stops before writing. So an
+    architecture or tokenizer it does not know is found before training, not at publish."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            [sys.executable, "-m", CONVERTER_MODULE, str(model_dir), "--outfile", f"{tmp}/dry.gguf", "--dry-run"],
+            capture_output=True,
+            text=True,
+        )
+    if not done.returncode:
+        return None
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {done.returncode}"
+
+
+def loader_problem(model_dir: str) -> str | None:
+    """Why transformers' GGUF loader cannot load back a GGUF file made from the model at
+    `model_dir` (so no round trip), or None. The loader builds a model from the file's
+    architecture and has a table of those it reads; a family outside it is refused or, worse,
+    read as another one: llama.cpp writes Mixtral as a llama with stacked experts, which the
+    loader builds as a dense Llama whose MLP weights are left random."""
+    import json
+
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "")
+    # transformers' own alias: a Gemma 3 text model is the GGUF architecture gemma3
+    if model_type.removesuffix("_text") in GGUF_CONFIG_MAPPING:
+        return None
+    return f"transformers' GGUF loader has no {model_type!r} architecture, so a GGUF file of it cannot be loaded back"
+
+
 def export(model_dir: str, out_file: str, outtype: str = "f16") -> GgufFile:
     """Convert the merged model in `model_dir` to `out_file`; nothing is left at `out_file` on failure."""
     from peftflow.errors import UserError
@@ -112,6 +146,10 @@ def round_trip(model_dir: str, gguf_file: str, prompts: list[str], max_new_token
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from peftflow.errors import UserError
+
+    if problem := loader_problem(model_dir):
+        raise UserError(f"{model_dir}: no GGUF round trip: {problem}")
     gguf = Path(gguf_file)
     # peftflow's own merged model and the GGUF file made from it: no remote code
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
