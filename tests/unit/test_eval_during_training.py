@@ -38,6 +38,9 @@ def _cfg(tiny_model: str, **update) -> RunConfig:
         cutoff_len=96,
         save_steps=1,
         save_total_limit=None,
+        # lr 1.0 makes the held-out loss turn; in fp32 on every machine, so it turns at the same steps
+        # (under bf16 autocast the run diverged so fast that a resume's next loss looked like a restart)
+        bf16_autocast=False,
     )
     return RunConfig(**(base | update))
 
