@@ -272,16 +272,13 @@ def refusal(key: str, value: Any) -> str | None:
 
 def unheard_note(keys: list[str]) -> str:
     """The warning for keys accepted without effect on the result: each with why."""
+    speed_only, no_effect = SPEED_ONLY | V1_SPEED_ONLY, NO_EFFECT | V1_NO_EFFECT  # v1's own keys too
     parts = []
     for key in keys:
-        if key in SPEED_ONLY:
-            parts.append(f"{key} (speed only: {SPEED_ONLY[key]})")
-        elif key in NO_EFFECT:
-            parts.append(f"{key} (no effect: {NO_EFFECT[key]})")
-        elif key in V1_SPEED_ONLY:
-            parts.append(f"{key} (speed only: {V1_SPEED_ONLY[key]})")
-        else:  # a v1 key with no v0 meaning
-            parts.append(f"{key} (no effect: {V1_NO_EFFECT[key]})")
+        if key in speed_only:
+            parts.append(f"{key} (speed only: {speed_only[key]})")
+        else:
+            parts.append(f"{key} (no effect: {no_effect[key]})")
     return "; ".join(parts)
 
 

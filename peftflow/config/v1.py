@@ -292,7 +292,7 @@ def _peft(peft: dict | None, out: dict, put, unused: list[str], source: str) -> 
         if f"peft_config.{key}" in REFUSED and value is not None:
             raise UserError(f"{source}: key 'peft_config.{key}': {value!r}: {REFUSED[f'peft_config.{key}'][1]}")
         if key in EXPORT_KEYS:
-            if value is not None and key != "adapter_name_or_path":
+            if value is not None:  # adapter_name_or_path set was refused above
                 unused.append(f"peft_config.{key}")
         elif key in LORA_KEYS:
             put(LORA_KEYS[key][0], f"peft_config.{key}", value)
