@@ -47,7 +47,8 @@ def final_hidden(model, input_ids, attention_mask) -> torch.Tensor:
 def supports_chunked_loss(model) -> bool:
     """True when logits are the output head applied to the decoder's last hidden state. Not for
     prompt-learning adapters (their virtual tokens live in PeftModel.forward), vision-language
-    models, or models that rescale logits after the head (Gemma's soft-capping, Cohere's logit_scale)."""
+    models, models that rescale logits after the head (Gemma's soft-capping, Cohere's logit_scale),
+    or an MoE whose loss adds the router's (moe_aux_loss_coef)."""
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and peft_config.is_prompt_learning:
         return False
@@ -57,6 +58,8 @@ def supports_chunked_loss(model) -> bool:
         return False  # the decoder alone would never see the image features
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
         return False
+    if getattr(config, "output_router_logits", False):
+        return False  # the model's own forward adds the router's load-balancing loss (moe_aux_loss_coef)
     try:
         decoder, head = decoder_and_head(model)
     except (AttributeError, NotImplementedError):

@@ -24,8 +24,8 @@ from peftflow.data.prepare import prepared_report
 from peftflow.data.report import DataReport
 from peftflow.errors import UserError
 from peftflow.methods import get_method
-from peftflow.models import vision
-from peftflow.stages import get_workflow
+from peftflow.models import moe, vision
+from peftflow.stages import get_stage, get_workflow
 from peftflow.stages.workflow import RunModels
 from peftflow.store import open_store
 
@@ -124,8 +124,13 @@ def check_training_setup(cfg: RunConfig, model_path: str) -> None:
         )
     if cfg.neat_packing:
         _check_packed_rows_kept_apart(skeleton, model_path)
-    if get_method(cfg).traits.family in ("lora", "ia3"):  # the methods that name modules to adapt
+    family = get_method(cfg).traits.family
+    if family == "lora" and moe.is_moe(skeleton) and isinstance(cfg.lora_target, list):
+        _check_moe_targets(cfg.lora_target, skeleton, model_path)
+    elif family in ("lora", "ia3"):  # the methods that name modules to adapt
         _check_modules("lora_target", cfg.lora_target, skeleton, model_path)
+    _check_router_loss(cfg, skeleton, model_path)
+    _check_vllm_experts(cfg, skeleton, model_path)
     _check_modules("additional_target", cfg.additional_target, skeleton, model_path)
 
 
@@ -210,6 +215,44 @@ def _check_modules(key: str, targets, model, model_path: str) -> None:
         raise UserError(
             f"{key}: the model at {model_path} has no module named {', '.join(missing)} "
             f"(its linear layers: {', '.join(linear)})"
+        )
+
+
+def _check_moe_targets(targets: list[str], model, model_path: str) -> None:
+    """On an MoE, a lora_target name may also be an expert parameter or the router (peftflow.models.moe)."""
+    if unknown := moe.lora_targets(model, targets).unknown:
+        linear = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
+        routers = sorted({p.rsplit(".", 1)[-1] for p in moe.routers(model)})
+        raise UserError(
+            f"lora_target: the model at {model_path} has no module or expert parameter named {', '.join(unknown)} "
+            f"(its linear layers: {', '.join(linear)}; experts: {', '.join(moe.expert_parameters(model))}; "
+            f"router: {', '.join(routers)})"
+        )
+
+
+def _check_router_loss(cfg: RunConfig, model, model_path: str) -> None:
+    if not cfg.moe_aux_loss_coef:
+        return
+    if moe.aux_loss_attribute(model.config) is None:
+        raise UserError(
+            f"moe_aux_loss_coef: the model at {model_path} ({type(model).__name__}) has no router "
+            "load-balancing loss (not a mixture-of-experts model transformers computes one for)"
+        )
+    if not get_stage(cfg).lm_loss:
+        raise UserError(
+            f"moe_aux_loss_coef: stage {cfg.stage} computes its own loss, without the router's; drop the key"
+        )
+
+
+def _check_vllm_experts(cfg: RunConfig, model, model_path: str) -> None:
+    """An unmerged vLLM-ready adapter must not adapt stacked experts (serving/checks.py says why)."""
+    serves_adapter = cfg.registry.vllm_ready and not cfg.should_merge and get_method(cfg).traits.family == "lora"
+    if not serves_adapter or not moe.is_moe(model) or isinstance(cfg.lora_target, str) and cfg.lora_target != "all":
+        return
+    if parameters := moe.lora_targets(model, cfg.lora_target).parameters:
+        raise UserError(
+            f"registry.vllm_ready: lora_target adapts {', '.join(parameters)} of the mixture-of-experts model at "
+            f"{model_path}, which vLLM does not serve as an adapter; merge, or name attention modules only"
         )
 
 

@@ -49,6 +49,7 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "use_rslora",
             "lora_init",
             "pissa_init",
+            "moe_aux_loss_coef",
         ),
     ),
     "training": (

@@ -244,7 +244,6 @@ REFUSED |= {
     **_family("model_revision", "not supported: give a local dir or a registered version", (None, "main")),
     **_family("train_from_scratch", "not supported: a run fine-tunes a trained model"),
     **_family("mixture_of_depths", "not supported: mixture-of-depths conversion is not trained"),
-    **_family("moe_aux_loss_coef", "not supported yet: the router's auxiliary loss is not added"),
     **_family("upcast_lmhead_output", "not supported: the loss is computed in float32 already"),
     **_family("block_diag_attn", "set neat_packing instead (packed rows attend only to themselves)"),
     **_family(

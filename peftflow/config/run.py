@@ -92,6 +92,10 @@ class _RecipeKeys(Strict):
                                                    "save.")
     pissa_init: bool = Field(False, title="LoRA: PiSSA init",
                              description="LLaMA-Factory's key: the same as LoRA init `pissa`.")
+    moe_aux_loss_coef: float | None = Field(
+        None, ge=0.0, title="MoE: router loss coefficient",
+        description="Mixture-of-experts models (stages sft and pt): add this x the router's load-balancing loss "
+                    "to the training loss. Empty or 0: the language-model loss alone.")
     # training details
     lr_scheduler_type: str = Field("cosine", title="Training: LR schedule",
                                    description="transformers scheduler name: cosine, linear, constant, "

@@ -5,16 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftflow.methods.base import Method, Traits
+from peftflow.models import moe
 
 # Inits that rewrite the base weights: the adapter is converted back to plain LoRA at save time,
 # so it reloads onto the untouched base (PeftModel.from_pretrained) and merges into it.
 _CONVERTED_INITS = {"pissa", "olora"}
 
 
-def _targets(value):
-    # LLaMA-Factory's `all` is peft's `all-linear` (every linear layer but the output head).
-    # A str other than `all` is a regex (peft full-matches it); a list names modules.
-    return "all-linear" if value == "all" else value
+def _targets(cfg, model) -> dict:
+    """LoraConfig's target keys. LLaMA-Factory's `all` is peft's `all-linear` (every linear layer
+    but the output head); a str other than `all` is a regex (peft full-matches it); a list names
+    modules. On a mixture-of-experts model, names resolve onto modules, experts and router
+    (peftflow.models.moe: `all` leaves the router frozen)."""
+    value = cfg.lora_target
+    if model is None or isinstance(value, str) and value != "all" or not moe.is_moe(model):
+        return {"target_modules": "all-linear" if value == "all" else value}
+    found = moe.lora_targets(model, value)
+    return {
+        "target_modules": found.modules or None,
+        "target_parameters": found.parameters or None,
+        **moe.rank_patterns(found.parameters, cfg.lora_rank, cfg.effective_lora_alpha),
+    }
 
 
 def init_of(cfg) -> str:
@@ -46,7 +57,7 @@ def lora_config(cfg, model=None):
         r=cfg.lora_rank,
         lora_alpha=cfg.effective_lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=_targets(cfg.lora_target),
+        **_targets(cfg, model),
         modules_to_save=extra or None,
         use_dora=cfg.use_dora,
         use_rslora=cfg.use_rslora,

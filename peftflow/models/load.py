@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from peftflow.models import heads, kernels, vision
+from peftflow.models import heads, kernels, moe, vision
 from peftflow.stages import get_stage
 
 
@@ -39,6 +39,11 @@ def upcast_norms(model) -> None:
 def _load(model_path: str, cfg, dtype: torch.dtype, attention: str | None):
     reward = get_stage(cfg).reward_head
     extra = {"attn_implementation": attention} if attention else {}
+    if cfg.moe_aux_loss_coef:  # preflight made sure the model has a router loss
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        extra |= moe.aux_loss_overrides(config, cfg.moe_aux_loss_coef)
     # A vision-language model is never quantised: the config x model checks refuse quantization_bit.
     if not cfg.quantization_bit or vision.is_vision_language(model_path):
         return heads.load(model_path, reward, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)

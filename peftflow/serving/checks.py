@@ -68,6 +68,11 @@ def _check_adapter(root: Path, tokenizer_root: Path | None = None) -> ServingRep
         checked.append("no modules_to_save")
     if config.get("use_dora"):
         problems.append("use_dora: vLLM's LoRA serving has no DoRA magnitude vectors")
+    if config.get("target_parameters"):
+        problems.append(
+            f"target_parameters {config['target_parameters']}: LoRA on stacked MoE expert or router weights, which "
+            "vLLM's LoRA loader drops or fails on (vllm#41384, vllm#52194); publish the merged model"
+        )
     problems += _weights_problems(root, "adapter_model.safetensors", checked)
     problems += _tokenizer_problems(tokenizer_root or root, checked)
     return ServingReport(str(root), "adapter", problems, checked)

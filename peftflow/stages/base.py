@@ -66,6 +66,9 @@ class Stage:
     # Its training rows may be packed (packing / neat_packing: whole rows binned into cutoff_len
     # sequences, peftflow/data/packing.py). Plain text (row_kind "text") is always cut into blocks.
     packs_rows: bool = False
+    # Its loss is the causal-LM loss the model's own forward computes (or its chunked equivalent),
+    # to which moe_aux_loss_coef adds the router's; the preference and distillation losses are not.
+    lm_loss: bool = False
     # Options that name models: the train key holds those models' content fingerprints instead.
     models_by_content: tuple[str, ...] = ()
     # (cfg) -> (model reference, suffix) the default registered-model name starts with

@@ -31,19 +31,18 @@ from peftflow.training.run import run as train
 FAMILIES = [name for name in TINY_FAMILIES if name != "tiny-random"]
 ATTENTION = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
 DENSE = ATTENTION | {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
-EXPERTS = {"gate.weight", "gate_up_proj", "down_proj"}  # peft's target_parameters on a transformers 5 MoE
-# Where `lora_target: all` (peft's all-linear) puts LoRA in each decoder layer. Phi-3's fused
-# projections are adapted whole. On an MoE, peft maps all-linear onto transformers 5's fused experts:
-# the router (`mlp.gate`) is adapted too, and each stacked expert parameter through a wrapper of
-# `mlp.experts` (gate_up_proj: `mlp.experts.base_layer`, down_proj: `mlp.experts`).
+EXPERTS = {"experts.gate_up_proj", "experts.down_proj"}  # target_parameters on a transformers 5 MoE
+# Where `lora_target: all` puts LoRA in each decoder layer. Phi-3's fused projections are adapted
+# whole. On an MoE, the stacked expert parameters are adapted through wrappers of `mlp.experts`
+# (gate_up_proj: `mlp.experts.base_layer`, down_proj: `mlp.experts`); the router `mlp.gate` is not.
 ADAPTED = {
     "tiny-qwen2": DENSE,
     "tiny-qwen3": DENSE,
     "tiny-gemma3": DENSE,
     "tiny-mistral": DENSE,
     "tiny-phi3": {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"},
-    "tiny-qwen3-moe": ATTENTION | {"mlp.gate", "mlp.experts", "mlp.experts.base_layer"},
-    "tiny-mixtral": ATTENTION | {"mlp.gate", "mlp.experts", "mlp.experts.base_layer"},
+    "tiny-qwen3-moe": ATTENTION | {"mlp.experts", "mlp.experts.base_layer"},
+    "tiny-mixtral": ATTENTION | {"mlp.experts", "mlp.experts.base_layer"},
 }
 # GGUF refused at validate, in llama.cpp's converter's words. Both come from SmolLM2's tokenizer in
 # these bodies, not from the family: transformers 5 loads it for a qwen2 config as Qwen2Tokenizer
@@ -123,6 +122,21 @@ def test_lora_all_adapts_each_familys_projections(trained):
     assert config["rank_pattern"] == ({r".*\.gate_up_proj": 2 * config["r"]} if moe else {})
 
 
+def test_moe_merge_changes_the_experts_not_the_router(trained):
+    """`lora_target: all` on an MoE: the merge folds the trained expert LoRA into the stacked expert
+    weights; the router, frozen, comes out as it went in. A dense family's MLP changes."""
+    base = AutoModelForCausalLM.from_pretrained(trained.base, dtype=torch.float32).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(trained.merged_dir, dtype=torch.float32).state_dict()
+    changed = {name for name in base if not torch.equal(base[name], merged[name])}
+    layer0 = {name.removeprefix("model.layers.0.") for name in changed if name.startswith("model.layers.0.")}
+    if "mlp.experts" in ADAPTED[trained.name]:
+        assert {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"} <= layer0
+        assert not any(".mlp.gate." in name for name in changed)  # no layer's router moved
+    else:
+        assert "mlp.down_proj.weight" in layer0
+    assert not any("norm" in name or "embed" in name for name in changed)
+
+
 def test_qlora_trains_and_merges_into_the_fp32_base(trained, tmp_path):
     cfg = _cfg(trained.base, quantization_bit=4, max_steps=3)
     result = train(cfg, trained.base, trained.data, tmp_path)
@@ -191,6 +205,11 @@ def test_merged_model_is_a_vllm_ready_chat_model(trained, registry):
     from peftflow.mlflow_io.publishing import publish_model
     from peftflow.mlflow_io.tracking import start_run
 
+    adapter = serving_checks.adapter_problems(trained.adapter_dir, trained.base)
+    if "mlp.experts" in ADAPTED[trained.name]:  # vLLM would not serve the expert LoRA unmerged
+        assert [p.split(" ", 1)[0] for p in adapter] == ["target_parameters"]
+    else:
+        assert adapter == []
     report = serving_checks.check_dir(trained.merged_dir)
     assert (report.kind, report.problems) == ("merged", [])
     run_id = start_run(RunConfig(registry={"name": trained.name, "experiment": "arch"}), {})

@@ -25,4 +25,5 @@ STAGE = Stage(
     check=check,
     row_kind="text",
     templated=False,
+    lm_loss=True,
 )
