@@ -10,10 +10,11 @@ its own child process:
   lora / qlora  peftflow's own train step (peftflow.training.run.run, what `peftflow run` calls):
                 LoRA r8 all-linear on the bf16 base under autocast (peftflow's default on a CPU
                 with fast bf16), or QLoRA on a 4-bit NF4 base with double quantization (bitsandbytes,
-                float32 compute, peftflow's CPU default); batch 1 of rows cut at 512 tokens, gradient
-                checkpointing on, --steps optimizer steps. Load s (load_base; a bf16 base is memory-mapped,
-                so its pages are read in the first step), the weights as loaded, peak RSS (VmHWM since
-                run() starts), and s/step: the median of the steps after the first (the only one if --steps 1).
+                float32 compute, peftflow's CPU default; qlora-bf16: bf16 compute, as on a GPU); batch 1
+                of rows cut at 512 tokens, gradient checkpointing on, --steps optimizer steps. Load s
+                (load_base; a bf16 base is memory-mapped, so its pages are read in the first step), the
+                weights as loaded, peak RSS (VmHWM since run() starts), and s/step: the median of the
+                steps after the first (the only one if --steps 1).
   merge         peftflow.merge.stream_merge, at each of --merge-sizes (default: --sizes), of that size's
                 LoRA adapter (a random one saved from an empty skeleton where no LoRA run trained) into
                 its base: seconds and the memory it adds (peak RSS - RSS after imports) against
@@ -200,7 +201,9 @@ def train(model_dir: str, method: str, steps: int, work: Path) -> dict:
         logging_steps=1,
         save_strategy="no",
         seed=SEED,
-        **(qlora if method == "qlora" else {}),
+        # qlora: the compute dtype peftflow picks on this CPU (float32); qlora-bf16: bf16 compute, as on a GPU
+        **(qlora if method.startswith("qlora") else {}),
+        **({"bf16": True} if method == "qlora-bf16" else {}),
     )
     prepared = prepare_dataset(cfg, model_dir)
     lengths = [len(r) for r in load_from_disk(str(Path(prepared.path) / "train"))["input_ids"]]
@@ -464,12 +467,14 @@ def growth(runs: dict, merges: dict, params: dict) -> None:
         if size != "0.5b" and small:
             ratios = ", ".join(f"{k} {v / small[k]:.1f}x" for k, v in cost.items() if small[k])
             print(f"growth {what} {size} / 0.5b: params {params[size] / params['0.5b']:.1f}x; {ratios}")
-    if "peak_mb" in runs.get(("7b", "qlora"), {}):
-        q = runs["7b", "qlora"]
-        print(
-            f"7B QLoRA peak RSS {q['peak_mb'] / 1024:.1f} GB (weights as loaded {q['weights_mb'] / 1024:.1f} GB); "
-            f"the seed claimed ~{SEED_CLAIM_GB:.0f} GB: {q['peak_mb'] / 1024 / SEED_CLAIM_GB:.2f}x"
-        )
+    for method in ("qlora", "qlora-bf16"):
+        if "peak_mb" in runs.get(("7b", method), {}):
+            q = runs["7b", method]
+            print(
+                f"7B {method} peak RSS {q['peak_mb'] / 1024:.1f} GB "
+                f"(weights as loaded {q['weights_mb'] / 1024:.1f} GB); "
+                f"the seed claimed ~{SEED_CLAIM_GB:.0f} GB: {q['peak_mb'] / 1024 / SEED_CLAIM_GB:.2f}x"
+            )
 
 
 def main() -> None:
@@ -491,8 +496,8 @@ def main() -> None:
     args.sizes, args.methods = args.sizes.split(","), [m for m in args.methods.split(",") if m]
     args.merge_sizes = [] if args.skip_merge else (args.merge_sizes or ",".join(args.sizes)).split(",")
     unknown = {*args.sizes, *args.merge_sizes} - set(SHAPES)
-    if unknown or not {*args.methods} <= {"lora", "qlora"}:
-        sys.exit(f"sizes: {', '.join(SHAPES)}; methods: lora, qlora (got {sorted(unknown)} {args.methods})")
+    if unknown or not {*args.methods} <= {"lora", "qlora", "qlora-bf16"}:
+        sys.exit(f"sizes: {', '.join(SHAPES)}; methods: lora, qlora, qlora-bf16 (got {sorted(unknown)} {args.methods})")
     work = args.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PEFTFLOW_HOME", str(work / "home"))  # built-in tokenizer, prepared data

@@ -60,11 +60,28 @@ def check_run(cfg) -> None:
         and cfg.train_projector == cfg.freeze_multi_modal_projector
     ):
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
+    check_mixing(cfg)
     check_method(cfg)
     check_stage(cfg)
     check_evaluation(cfg)
     check_checkpoints(cfg)
     check_serving(cfg)
+
+
+def check_mixing(cfg) -> None:
+    """interleave_probs: interleaving only, one per dataset, a distribution (datasets raises otherwise)."""
+    if cfg.train_dataset and cfg.mix_strategy != "concat":
+        raise ValueError("mix_strategy: a v1 train_dataset mixes its datasets by their own size and weight")
+    probs = cfg.interleave_probs
+    if probs is None:
+        return
+    if cfg.mix_strategy == "concat":
+        raise ValueError("interleave_probs is read only with mix_strategy interleave_under, interleave_over or once")
+    names = cfg.dataset_names
+    if len(probs) != len(names):
+        raise ValueError(f"interleave_probs has {len(probs)} values for {len(names)} datasets ({', '.join(names)})")
+    if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+        raise ValueError(f"interleave_probs must be non-negative and sum to 1 (they sum to {sum(probs):g})")
 
 
 def check_method(cfg) -> None:

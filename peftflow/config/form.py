@@ -98,6 +98,8 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "tool_format",
             "default_system",
             "on_invalid_rows",
+            "mix_strategy",
+            "interleave_probs",
             "packing",
             "neat_packing",
         ),

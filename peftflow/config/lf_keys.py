@@ -155,11 +155,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
         (None, False),
         "not supported yet: peftflow reads the whole dataset; drop streaming (max_samples reads fewer rows)",
     ),
-    "mix_strategy": (
-        (None, "concat"),
-        "not supported: peftflow concatenates the datasets (concat); interleaving is not implemented",
-    ),
-    "interleave_probs": ((None,), "not supported: peftflow concatenates the datasets (mix_strategy concat)"),
     "disable_shuffling": ((None, False), "not supported: peftflow shuffles the rows (length-grouped, seeded)"),
     "image_max_pixels": (
         (None,),

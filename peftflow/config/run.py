@@ -179,6 +179,15 @@ class _SharedKeys(CheckpointKeys, _RecipeKeys):
                                        description="Replaces the template's default system prompt.")
     on_invalid_rows: Literal["error", "drop"] = Field("error", title="Data: invalid rows",
                                                       description="Stop on invalid rows, or drop them and log which.")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over", "interleave_once"] = Field(
+        "concat", title="Data: mixing",
+        description="How several datasets combine (LLaMA-Factory's meanings, datasets' interleave_datasets): one "
+                    "after another; or rows drawn from each at random (interleave_probs, seeded) until the first "
+                    "runs out (under), until every one has run out, reusing rows (over), or every row once (once).")
+    interleave_probs: list[float] | None = Field(
+        None, title="Data: mixing probabilities",
+        description="Interleaving: each dataset's chance per drawn row, in `dataset` order, summing to 1 "
+                    "(a comma list). Empty: equal.")
     packing: bool | None = Field(None, title="Data: packing",
                                  description="Pack whole training rows into sequences of up to cutoff_len tokens; "
                                              "packed rows attend to each other (prefer neat packing). Empty: stage pt "
@@ -257,6 +266,11 @@ class _SharedKeys(CheckpointKeys, _RecipeKeys):
                 return v
             return [s.strip() for s in v.split(",") if s.strip()]
         return v
+
+    @field_validator("interleave_probs", mode="before")
+    @classmethod
+    def _split_probs(cls, v: Any) -> Any:
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
 
     @field_validator("storage")
     @classmethod

@@ -23,6 +23,7 @@ from peftflow.data.blocks import text_blocks
 from peftflow.data.fingerprint import data_fingerprint, encode_options
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import read_images
+from peftflow.data.mixing import mix
 from peftflow.data.packing import Packed, pack, packs_rows
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
@@ -80,6 +81,7 @@ class _Analysis:
     documents: int | None = None  # plain text: the documents concatenated into `rows`, cutoff_len blocks
     tail_tokens: int = 0  # plain text: tokens after the last whole block, dropped
     packed: Packed | None = None  # packing: the training split's rows packed into cutoff_len sequences
+    mixed: dict | None = None  # interleaved datasets: the strategy and the rows drawn from each
 
 
 def dataset_sources(cfg: RunConfig) -> list[DatasetSource]:
@@ -153,6 +155,7 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
         blocks=None if a.documents is None else len(a.rows),
         tail_tokens=a.tail_tokens,
         packed=None if a.packed is None else (a.packed.rows, len(a.packed.input_ids), a.packed.fill(cfg.cutoff_len)),
+        mixed=a.mixed,
     )
 
 
@@ -233,7 +236,7 @@ def _encode_rows(cfg: RunConfig, model_path: str, kept: list[_Read], a: _Analysi
 def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, problem) -> list[_Read]:
     """Every source's valid rows, invalid ones handled as on_invalid_rows says, v1 datasets
     resampled, at most max_samples per source."""
-    kept = []
+    per_dataset = []
     for source in sources:
         valid, invalid, hint = _read_source(source, a)
         if hint:  # rows of another shape: what was looked for and the dataset_info.json entry that maps them
@@ -255,7 +258,8 @@ def _valid_rows(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis, prob
             )
         if valid and source.format.formatting.startswith("v1"):
             valid = resample(valid, source.entry, cfg.seed)
-        kept += valid[: cfg.max_samples]
+        per_dataset.append((source.name, valid[: cfg.max_samples]))
+    kept, a.mixed = mix(per_dataset, cfg.mix_strategy, cfg.interleave_probs, cfg.seed)
     return kept
 
 

@@ -32,6 +32,9 @@ class DataReport:
     # packing: (training rows, the sequences of at most cutoff_len tokens they were packed into, the
     # share of those sequences' token slots filled); None when rows train one by one
     packed: tuple[int, int, float] | None = None
+    # interleaved datasets (mix_strategy): {"strategy": ..., "rows": {dataset: rows drawn}}, before
+    # cutoff drops; None for concat
+    mixed: dict | None = None
 
     @classmethod
     def from_json(cls, path: Path) -> DataReport:
@@ -69,9 +72,16 @@ class DataReport:
                 if self.packed
                 else []
             ),
+            *([self._mixed_line()] if self.mixed else []),
             *(f"problem: {p}" for p in self.problems),
         ]
         return "\n".join(lines)
+
+    def _mixed_line(self) -> str:
+        rows = self.mixed["rows"]
+        total = sum(rows.values()) or 1
+        shares = ", ".join(f"{name} {n} ({n / total:.1%})" for name, n in rows.items())
+        return f"mixed by {self.mixed['strategy']}: {shares} rows drawn"
 
     def _cut_line(self) -> str:
         if self.blocks is None:

@@ -37,6 +37,8 @@ _SHARED = {
             "preserve_thinking",
             "tool_format",
             "default_system",
+            "mix_strategy",
+            "interleave_probs",
             *OPTIONS,
         ),
         "it shapes the prepared data, and every variant trains and is scored on the same rows",

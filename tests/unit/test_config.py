@@ -112,7 +112,7 @@ def test_peftflow_sections_in_the_same_file(tmp_path):
         ("- a\n- b\n", "expected a mapping"),
         ("stage: dpo\nref_model_adapters: saves/ref\n", "key 'ref_model_adapters': 'saves/ref': not supported: give"),
         ("stage: dpo\nld_alpha: 0.5\n", "key 'ld_alpha': 0.5: not supported"),
-        ("mix_strategy: interleave_under\n", "key 'mix_strategy': 'interleave_under': not supported: peftflow concat"),
+        ("dataset: a,b\ninterleave_probs: 0.5,0.5\n", "interleave_probs is read only with mix_strategy interleave"),
         ("streaming: true\n", "key 'streaming': True: not supported yet: peftflow reads the whole dataset"),
         ("push_to_hub: true\n", "key 'push_to_hub': True: peftflow publishes to the MLflow registry"),
         ("shift_attn: true\n", "key 'shift_attn': True: not supported: LongLoRA"),

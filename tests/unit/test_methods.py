@@ -153,6 +153,20 @@ def test_qlora_merges_into_fp32_base_and_reports_quantization_error(tiny_model, 
         merge.merge(tiny_model, result.adapter_dir, tmp_path / "m2", tolerance=1e-4, train_cfg=strict)
 
 
+def test_qlora_keeps_the_frozen_unquantised_weights_in_the_compute_dtype(tiny_model, data, tmp_path):
+    """bf16 compute (a GPU's): embeddings, output head and norms stay bf16 (peft's k-bit preparation
+    would hold them in float32), the adapters train in float32, and the run learns."""
+    cfg = _cfg(tiny_model, quantization_bit=4, bf16=True, max_steps=4, learning_rate=5e-3)
+    model = METHODS["lora"].build(load_base(tiny_model, cfg), cfg)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad and p.dtype.is_floating_point}
+    assert frozen == {torch.bfloat16}
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    result = train_run(cfg, tiny_model, data.path, tmp_path)
+    assert result.compute == "nf4 weights, bfloat16 compute"
+    losses = [loss for _, loss in result.loss_history]
+    assert losses[-1] < losses[0], losses
+
+
 def test_table_rows_match_traits():
     assert set(METHODS) == set(TRAITS)
     assert not METHODS["prefix"].mergeable and not METHODS["prefix"].gradient_checkpointing
