@@ -211,22 +211,24 @@ def _check_modules(key: str, targets, model, model_path: str) -> None:
     names = {p.rsplit(".", 1)[-1] for p in paths}
     missing = [t for t in targets if t not in names and not any(p == t or p.endswith(f".{t}") for p in paths)]
     if missing:
-        linear = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise UserError(
             f"{key}: the model at {model_path} has no module named {', '.join(missing)} "
-            f"(its linear layers: {', '.join(linear)})"
+            f"(its linear layers: {', '.join(_linear_names(model))})"
         )
+
+
+def _linear_names(model) -> list[str]:
+    return sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
 
 
 def _check_moe_targets(targets: list[str], model, model_path: str) -> None:
     """On an MoE, a lora_target name may also be an expert parameter or the router (peftflow.models.moe)."""
     if unknown := moe.lora_targets(model, targets).unknown:
-        linear = sorted({p.rsplit(".", 1)[-1] for p, m in model.named_modules() if type(m).__name__ == "Linear"})
         routers = sorted({p.rsplit(".", 1)[-1] for p in moe.routers(model)})
         raise UserError(
             f"lora_target: the model at {model_path} has no module or expert parameter named {', '.join(unknown)} "
-            f"(its linear layers: {', '.join(linear)}; experts: {', '.join(moe.expert_parameters(model))}; "
-            f"router: {', '.join(routers)})"
+            f"(its linear layers: {', '.join(_linear_names(model))}; "
+            f"experts: {', '.join(moe.expert_parameters(model))}; router: {', '.join(routers)})"
         )
 
 

@@ -6,6 +6,7 @@ starting again (`over`), or until every row was drawn once (`once`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,6 +33,6 @@ def mix(
         Dataset.from_dict({"dataset": [k] * len(part), "row": list(range(len(part)))}) for k, part in enumerate(rows)
     ]
     drawn = interleave_datasets(parts, probabilities=probabilities, seed=seed, stopping_strategy=STOPPING[strategy])
-    picks = list(zip(drawn["dataset"], drawn["row"]))
-    counts = {name: sum(1 for k, _ in picks if k == d) for d, name in enumerate(names)}
-    return [rows[k][i] for k, i in picks], {"strategy": strategy, "rows": counts}
+    drawn_from = Counter(drawn["dataset"])
+    counts = {name: drawn_from[d] for d, name in enumerate(names)}
+    return [rows[k][i] for k, i in zip(drawn["dataset"], drawn["row"])], {"strategy": strategy, "rows": counts}

@@ -31,13 +31,14 @@ class LoraTargets:
     unknown: list[str]
 
 
+def _stacked(module: nn.Module) -> list[str]:
+    """Names of the module's own stacked (3-D) parameters."""
+    return [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3]
+
+
 def _expert_modules(model) -> dict[str, nn.Module]:
-    """Module path -> module for each `experts` module holding stacked (3-D) parameters."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if name.rsplit(".", 1)[-1] == "experts" and any(p.dim() == 3 for p in module.parameters(recurse=False))
-    }
+    """Module path -> module for each `experts` module holding stacked parameters."""
+    return {name: m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "experts" and _stacked(m)}
 
 
 def is_moe(model) -> bool:
@@ -46,20 +47,13 @@ def is_moe(model) -> bool:
 
 def expert_parameters(model) -> list[str]:
     """The stacked expert parameters as peft's target_parameters names them: `experts.<name>`."""
-    return sorted(
-        {
-            f"experts.{name}"
-            for module in _expert_modules(model).values()
-            for name, p in module.named_parameters(recurse=False)
-            if p.dim() == 3
-        }
-    )
+    return sorted({f"experts.{name}" for module in _expert_modules(model).values() for name in _stacked(module)})
 
 
-def routers(model) -> list[str]:
+def routers(model, experts: dict[str, nn.Module] | None = None) -> list[str]:
     """Module paths of the routers: an `experts` module's siblings named gate / router (or ending in _gate)."""
     found = []
-    for path in _expert_modules(model):
+    for path in experts if experts is not None else _expert_modules(model):
         block = path.rsplit(".", 1)[0]
         for name, _ in model.get_submodule(block).named_children():
             if name in ROUTER_NAMES or name.endswith("_gate"):
@@ -74,17 +68,18 @@ def lora_targets(model, lora_target) -> LoraTargets:
     parameter target where it ends the path of a stacked expert parameter, and `<name>.weight`
     where it names a router. A name can be both (Qwen2-MoE's shared expert `down_proj` beside the
     experts' `down_proj`)."""
-    router_paths = routers(model)
+    expert_modules = _expert_modules(model)
+    router_paths = routers(model, expert_modules)
     head = model.get_output_embeddings()
     linear = [
         path
         for path, m in model.named_modules()
         if isinstance(m, nn.Linear) and m is not head and path not in router_paths
     ]
-    experts = [f"{path}.{name}" for path in _expert_modules(model) for name in _3d_names(model, path)]
+    experts = [f"{path}.{name}" for path, module in expert_modules.items() for name in _stacked(module)]
     if lora_target == "all":
         modules = sorted({path.rsplit(".", 1)[-1] for path in linear})
-        return LoraTargets(modules, expert_parameters(model), [])
+        return LoraTargets(modules, sorted({f"experts.{p.rsplit('.', 1)[-1]}" for p in experts}), [])
     modules, parameters, unknown = [], [], []
     for name in lora_target:
         hit = False
@@ -100,10 +95,6 @@ def lora_targets(model, lora_target) -> LoraTargets:
         if not hit:
             unknown.append(name)
     return LoraTargets(modules, parameters, unknown)
-
-
-def _3d_names(model, path: str) -> list[str]:
-    return [n for n, p in model.get_submodule(path).named_parameters(recurse=False) if p.dim() == 3]
 
 
 def _ends(path: str, name: str) -> bool:
@@ -127,9 +118,7 @@ def aux_loss_attribute(config) -> str | None:
     return next((a for a in AUX_LOSS_ATTRIBUTES if hasattr(config, a)), None)
 
 
-def aux_loss_overrides(config, coef: float | None) -> dict:
+def aux_loss_overrides(config, coef: float) -> dict:
     """LLaMA-Factory's moe_aux_loss_coef: config overrides that make the model add `coef` x the
     router's load-balancing loss to its training loss (from_pretrained applies them to the config)."""
-    if not coef:
-        return {}
     return {"output_router_logits": True, aux_loss_attribute(config): coef}
