@@ -14,8 +14,6 @@ from peftflow.redact import is_secret_key
 
 # Keys that change how fast a run goes (or how much memory it takes), never the weights it trains.
 SPEED_ONLY: dict[str, str] = {
-    "preprocessing_num_workers": "data is prepared in one process and cached",
-    "preprocessing_batch_size": "data is prepared in one process and cached",
     "dataloader_num_workers": "batches are built in the training process",
     "dataloader_pin_memory": "batches are built in the training process",
     "use_unsloth": "peftflow loads models through transformers, not Unsloth",

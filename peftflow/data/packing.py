@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass
+from typing import Iterator
 
 from peftflow.stages import get_stage
 
@@ -23,15 +24,15 @@ def packs_rows(cfg) -> bool:
 
 @dataclass(frozen=True)
 class Packed:
-    input_ids: list[list[int]]
-    labels: list[list[int]]
-    position_ids: list[list[int]]
+    """What packing made, for the report."""
+
     rows: int  # the rows packed
+    sequences: int
     tokens: int  # their tokens
 
     def fill(self, cutoff_len: int) -> float:
         """Share of the packed sequences' cutoff_len x N token slots that hold a token."""
-        return self.tokens / (cutoff_len * len(self.input_ids)) if self.input_ids else 0.0
+        return self.tokens / (cutoff_len * self.sequences) if self.sequences else 0.0
 
 
 def knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -55,16 +56,25 @@ def knapsack(lengths: list[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
-def pack(input_ids: list[list[int]], labels: list[list[int]], cutoff_len: int) -> Packed:
-    """The rows (input ids and labels, each at most cutoff_len tokens) packed into sequences."""
-    out = Packed([], [], [], len(input_ids), sum(map(len, input_ids)))
-    for b in knapsack([len(ids) for ids in input_ids], cutoff_len):
-        seq_ids, seq_labels, seq_positions = [], [], []
-        for i in b:
-            seq_ids += input_ids[i]
-            seq_labels += [IGNORE] + labels[i][1:]  # the first token is never predicted from the row before
-            seq_positions += range(len(input_ids[i]))
-        out.input_ids.append(seq_ids)
-        out.labels.append(seq_labels)
-        out.position_ids.append(seq_positions)
-    return out
+def pack_bin(rows: list[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
+    """One packed sequence of whole rows, each (input ids, labels), in the order given."""
+    seq_ids, seq_labels, seq_positions = [], [], []
+    for ids, labels in rows:
+        seq_ids += ids
+        seq_labels += [IGNORE] + labels[1:]  # the first token is never predicted from the row before
+        seq_positions += range(len(ids))
+    return {"input_ids": seq_ids, "labels": seq_labels, "position_ids": seq_positions}
+
+
+def packed_rows(table, bins: list[list[int]]) -> Iterator[dict[str, list[int]]]:
+    """Each bin of `table`'s rows (its input_ids and labels) packed, read from the table in bin
+    order, a batch at a time."""
+    ordered = table.select([i for b in bins for i in b]).select_columns(["input_ids", "labels"])
+    sizes, current = iter(len(b) for b in bins), []
+    want = next(sizes, 0)
+    for batch in ordered.iter(batch_size=1000):
+        for row in zip(batch["input_ids"], batch["labels"]):
+            current.append(row)
+            if len(current) == want:
+                yield pack_bin(current)
+                current, want = [], next(sizes, 0)

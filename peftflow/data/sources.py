@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import csv
 import difflib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from peftflow.atomic import build_once
 from peftflow.builtin.catalog import BUILTIN_NAMES, write_builtin_datasets
@@ -91,22 +90,29 @@ def resolve_datasets(dataset_dir: str, names: list[str]) -> list[DatasetSource]:
     return sources
 
 
-def read_rows(file: DataFile, required_columns: list[str]) -> list[dict[str, Any]]:
-    """Rows of one data file as dicts. Table formats must have every mapped column."""
+def read_rows(file: DataFile, required_columns: list[str]) -> Iterator[dict[str, Any]]:
+    """Rows of one data file as dicts, read as they are needed: JSON Lines line by line, CSV row by
+    row and parquet batch by batch, so a big file is never all in memory (a .json array is parsed
+    whole, as json has no other way). Table formats must have every mapped column."""
     suffix = file.path.suffix.lower()
     if suffix == ".parquet":
         rows, columns = _read_parquet(file)
     elif suffix == ".csv":
         rows, columns = _read_csv(file)
+    elif suffix == ".jsonl":
+        rows, columns = _json_lines(file), None
     else:
-        rows, columns = _read_json(file, lines=suffix == ".jsonl"), None
+        rows, columns = iter(_read_json(file)), None
     if columns is not None:
         missing = [c for c in required_columns if c not in columns]
         if missing:
             raise UserError(f"{file.shown}: missing columns {', '.join(missing)} (has: {', '.join(columns)})")
-    if not rows:
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
         raise UserError(f"{file.shown}: no rows; the dataset is empty")
-    return rows
 
 
 def _builtin_root() -> Path:
@@ -185,71 +191,97 @@ def _check_inside(path: Path, root: Path, where: str) -> None:
         raise UserError(f"{where} points outside dataset_dir {root} (resolves to {path.resolve()})")
 
 
-def _decode(file: DataFile) -> str:
-    data = file.path.read_bytes()
+def _decode(data: bytes, file: DataFile, line: int = 1, offset: int = 0) -> str:
+    """`data` (the whole file, or its line `line` at byte `offset`) as text; a byte order mark dropped."""
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if offset == 0 else "utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        line += data[: e.start].count(b"\n")
         raise UserError(
-            f"{file.shown}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})"
+            f"{file.shown}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {offset + e.start})"
         ) from None
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(_decode(DataFile(path, str(path))))
+        return json.loads(_decode(path.read_bytes(), DataFile(path, str(path))))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def _read_json(file: DataFile, lines: bool) -> list[dict[str, Any]]:
-    text = _decode(file)
-    if lines:
-        rows = _json_lines(file, text)
-    else:
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            # LLaMA-Factory reads .json through the `json` loader, which also takes JSON Lines.
-            if e.msg != "Extra data":
-                raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
-            if "\n" in text[: e.pos].strip():  # a document over several lines, then more: not JSON Lines
-                raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
-            rows = _json_lines(file, text)  # its first line is a whole value: JSON Lines, named by the broken line
+def _read_json(file: DataFile) -> list[dict[str, Any]]:
+    text = _decode(file.path.read_bytes(), file)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        # LLaMA-Factory reads .json through the `json` loader, which also takes JSON Lines.
+        if e.msg != "Extra data":
+            raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        if "\n" in text[: e.pos].strip():  # a document over several lines, then more: not JSON Lines
+            raise UserError(f"{file.shown}: line {e.lineno}: invalid JSON: {e.msg}") from None
+        rows = list(_json_lines(file))  # its first line is a whole value: JSON Lines, named by the broken line
     if not isinstance(rows, list):
         raise UserError(f"{file.shown}: expected a JSON list of row objects, got {type(rows).__name__}")
     for number, row in enumerate(rows, start=1):
-        if not isinstance(row, dict):
-            raise UserError(f"{file.shown}: row {number}: expected a JSON object, got {type(row).__name__}")
+        _check_object(file, number, row)
     return rows
 
 
-def _json_lines(file: DataFile, text: str) -> list[Any]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{file.shown}: line {number}: invalid JSON: {e.msg}") from None
-    return rows
+def _json_lines(file: DataFile) -> Iterator[Any]:
+    number, offset = 0, 0
+    with open(file.path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = _decode(raw, file, line_number, offset)
+            offset += len(raw)
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{file.shown}: line {line_number}: invalid JSON: {e.msg}") from None
+                number += 1
+                _check_object(file, number, row)
+                yield row
 
 
-def _read_csv(file: DataFile) -> tuple[list[dict[str, Any]], list[str]]:
-    reader = csv.DictReader(io.StringIO(_decode(file), newline=""))
+def _check_object(file: DataFile, number: int, row: Any) -> None:
+    if not isinstance(row, dict):
+        raise UserError(f"{file.shown}: row {number}: expected a JSON object, got {type(row).__name__}")
+
+
+def _read_csv(file: DataFile) -> tuple[Iterator[dict[str, Any]], list[str]]:
+    handle = open(file.path, encoding="utf-8-sig", newline="")
+    reader = csv.DictReader(handle)
     try:
-        return list(reader), list(reader.fieldnames or [])
-    except csv.Error as e:
-        raise UserError(f"{file.shown}: line {reader.line_num}: invalid CSV: {e}") from None
+        columns = list(reader.fieldnames or [])
+    except UnicodeDecodeError:
+        handle.close()
+        _decode(file.path.read_bytes(), file)  # raises, naming the line
+        raise
+
+    def rows() -> Iterator[dict[str, Any]]:
+        with handle:
+            try:
+                yield from reader
+            except csv.Error as e:
+                raise UserError(f"{file.shown}: line {reader.line_num}: invalid CSV: {e}") from None
+            except UnicodeDecodeError:
+                _decode(file.path.read_bytes(), file)  # raises, naming the line
+                raise
+
+    return rows(), columns
 
 
-def _read_parquet(file: DataFile) -> tuple[list[dict[str, Any]], list[str]]:
+def _read_parquet(file: DataFile) -> tuple[Iterator[dict[str, Any]], list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(file.path)
+        parquet = pq.ParquetFile(file.path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"{file.shown}: not a readable parquet file ({type(e).__name__})") from None
-    return table.to_pylist(), table.column_names
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for batch in parquet.iter_batches(batch_size=1000):
+            yield from batch.to_pylist()
+
+    return rows(), parquet.schema_arrow.names

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from peftflow.config import RunConfig, parse_config
 from peftflow.data import prepare_dataset
-from peftflow.data.packing import knapsack, pack
+from peftflow.data.packing import Packed, knapsack, packed_rows
 from peftflow.data.prepare import prepared_report
 from peftflow.errors import UserError
 from peftflow.losses import supervised_ce
@@ -41,12 +41,11 @@ def _examples(n: int = 9, seed: int = 0) -> tuple[list[list[int]], list[list[int
 
 
 def _packed_features(ids, labels):
-    packed = pack(ids, labels, CUTOFF)
-    features = [
-        {"input_ids": i, "labels": lab, "position_ids": p}
-        for i, lab, p in zip(packed.input_ids, packed.labels, packed.position_ids)
-    ]
-    return features, knapsack([len(r) for r in ids], CUTOFF)
+    """The rows packed as prepare packs them: knapsack bins, read from an Arrow table."""
+    from datasets import Dataset
+
+    bins = knapsack([len(r) for r in ids], CUTOFF)
+    return list(packed_rows(Dataset.from_dict({"input_ids": ids, "labels": labels}), bins)), bins
 
 
 def _alone(model, ids, labels) -> list[float]:
@@ -146,11 +145,12 @@ def test_knapsack_fills_bins_within_capacity_and_places_every_row_once():
 
 def test_packed_rows_restart_positions_mask_boundaries_and_keep_every_learned_token():
     ids, labels = _examples(n=40, seed=2)
-    packed = pack(ids, labels, CUTOFF)
-    assert packed.rows == 40 and packed.tokens == sum(map(len, ids))
-    assert all(len(row) <= CUTOFF for row in packed.input_ids)
+    features, bins = _packed_features(ids, labels)
+    packed = {key: [f[key] for f in features] for key in ("input_ids", "labels", "position_ids")}
+    assert sum(map(len, packed["input_ids"])) == sum(map(len, ids)) and len(features) == len(bins)
+    assert all(len(row) <= CUTOFF for row in packed["input_ids"])
     starts = 0
-    for row_ids, row_labels, positions in zip(packed.input_ids, packed.labels, packed.position_ids):
+    for row_ids, row_labels, positions in zip(packed["input_ids"], packed["labels"], packed["position_ids"]):
         assert len(row_ids) == len(row_labels) == len(positions) and positions[0] == 0
         for at, p in enumerate(positions):
             if p == 0:
@@ -161,9 +161,9 @@ def test_packed_rows_restart_positions_mask_boundaries_and_keep_every_learned_to
     assert starts == 40
     # every token a row trains on alone (its labels after the first, the shift) is trained on packed
     learned_alone = sorted(t for lab in labels for t in lab[1:] if t != IGNORE)
-    learned_packed = sorted(t for lab in packed.labels for t in lab if t != IGNORE)
+    learned_packed = sorted(t for lab in packed["labels"] for t in lab if t != IGNORE)
     assert learned_packed == learned_alone
-    assert 0 < packed.fill(CUTOFF) <= 1
+    assert 0 < Packed(40, len(features), sum(map(len, ids))).fill(CUTOFF) <= 1
 
 
 def test_flash_attention_batches_are_one_row_without_padding_or_mask():
