@@ -133,6 +133,11 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     # each stage's own options (peftflow/stages/), as the stage declares them
     **_stage_groups(),
+    "preparation": (
+        "Data preparation",
+        "How the rows are tokenised, and a saved copy to reuse.",
+        ("preprocessing_num_workers", "preprocessing_batch_size", "tokenized_path"),
+    ),
     "distributed": (
         "Distributed",
         "torchrun for the train step when either is > 1.",

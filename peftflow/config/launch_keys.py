@@ -1,5 +1,6 @@
-"""The keys of how a run is carried out rather than what it learns: processes and nodes (the
-Distributed group) and how the base model loads (the Model group). RunConfig inherits them last,
+"""The keys of how a run is carried out rather than what it learns: how its data is prepared (the
+Data preparation group), processes and nodes (the Distributed group) and how the base model loads
+(the Model group). RunConfig inherits them last,
 so they close the form (config/form.py GROUPS)."""
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from peftflow.config.sections import Strict
 
 class LaunchKeys(Strict):
     # fmt: off
+    # data preparation (peftflow/data/prepare.py)
+    preprocessing_num_workers: int | None = Field(None, ge=1, title="Data preparation: processes",
+                                                  description="Processes that tokenise (datasets.map num_proc); "
+                                                              "speed only. Empty: one.")
+    preprocessing_batch_size: int = Field(1000, ge=1, title="Data preparation: rows per batch",
+                                          description="Rows per datasets.map batch; speed only.")
+    tokenized_path: str | None = Field(None, title="Data preparation: saved copy",
+                                       description="A folder for the prepared data: saved there when it holds "
+                                                   "none, reused when it holds this config's (refused when it holds "
+                                                   "other data).")
+
     # distributed training (the train step runs through torchrun when either is > 1)
     num_processes: int = Field(1, ge=1, title="Distributed: processes per node",
                                description="One per GPU; > 1 runs the train step with torchrun. Global batch = batch "

@@ -35,7 +35,6 @@ NO_EFFECT: dict[str, str] = {
     "do_predict": "the held-out rows are always scored with generation (evaluation.max_samples)",
     "overwrite_cache": "prepared data is cached by the fingerprint of what made it, so it is never stale",
     "overwrite_output_dir": "a run dir is keyed by what it trains: a finished step is reused, a killed one resumed",
-    "tokenized_path": "prepared data is cached by the fingerprint of what made it, so it is never stale",
     "plot_loss": "the loss curves are in MLflow and the run's Prefect artifact",
     "include_num_input_tokens_seen": "supervised tokens and tokens/s are logged at every logging step",
     "run_name": "the MLflow run is named by the registered model",

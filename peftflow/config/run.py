@@ -188,10 +188,6 @@ class _SharedKeys(CheckpointKeys, _RecipeKeys):
         None, title="Data: mixing probabilities",
         description="Interleaving: each dataset's chance per drawn row, in `dataset` order, summing to 1 "
                     "(a comma list). Empty: equal.")
-    preprocessing_num_workers: int | None = Field(None, ge=1, title="Data: tokenising processes",
-                                                  description="datasets.map's processes; speed only. Empty: one.")
-    preprocessing_batch_size: int = Field(1000, ge=1, title="Data: rows per tokenising batch",
-                                          description="Rows each datasets.map call tokenises; speed only.")
     packing: bool | None = Field(None, title="Data: packing",
                                  description="Pack whole training rows into sequences of up to cutoff_len tokens; "
                                              "packed rows attend to each other (prefer neat packing). Empty: stage pt "

@@ -35,6 +35,7 @@ from peftflow.data.reading import ReadRows, conversations, read_valid_rows, writ
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, resolve_datasets
+from peftflow.data.tokenized import holds_this_data, save_copy
 from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
 from peftflow.models.vision import check_config_fits
@@ -91,7 +92,9 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
     sources = dataset_sources(cfg)
     fingerprint = data_fingerprint(cfg, sources, model_path)
     target = cache_dir("prepared") / fingerprint
-    if (target / STATS_FILE).is_file():
+    if cfg.tokenized_path and holds_this_data(cfg.tokenized_path, fingerprint, STATS_FILE):
+        target = Path(cfg.tokenized_path).expanduser()
+    elif (target / STATS_FILE).is_file():
         log.info("reusing prepared data at %s", target)
     else:
         # With a run store, another machine may have tokenised the same inputs already: fetched, checked.
@@ -103,6 +106,8 @@ def prepare_dataset(cfg: RunConfig, model_path: str) -> PreparedData:
             ready=lambda t: (t / STATS_FILE).is_file(),
         )
         log.info("prepared data at %s", target)
+    if cfg.tokenized_path and target != Path(cfg.tokenized_path).expanduser():
+        save_copy(target, cfg.tokenized_path)
     stats = json.loads((target / STATS_FILE).read_text())
     return PreparedData(
         str(target), fingerprint, stats["train_rows"], stats["eval_rows"], stats["dropped"], stats["truncated"]

@@ -76,14 +76,15 @@ def _bytes_digest(value) -> str:
     raise TypeError(f"cannot digest a {type(value).__name__}")
 
 
-def prepared_digest(name: str, models: dict[str, str], bad_dir: Path) -> dict:
-    """Each split's columns digested, with the stats and the report (minus the cache fingerprint)."""
+def prepared_digest(name: str, models: dict[str, str], bad_dir: Path, **speed) -> dict:
+    """Each split's columns digested, with the stats and the report (minus the cache fingerprint);
+    `speed`: keys that change how fast it is prepared, and nothing else."""
     from datasets import load_from_disk
 
     from peftflow.data import prepare_dataset
 
     model, keys = CASES[name]
-    keys = {"dataset_dir": str(bad_dir) if keys.get("dataset") == "bad" else "builtin", **keys}
+    keys = {"dataset_dir": str(bad_dir) if keys.get("dataset") == "bad" else "builtin", **keys, **speed}
     prepared = prepare_dataset(RunConfig(**keys), models[model])
     out = {}
     for split in ("train", "eval"):
@@ -118,6 +119,13 @@ def models(tiny_model) -> dict[str, str]:
 def test_prepared_tokens_match_the_recorded_digests(name, models, tmp_path):
     recorded = json.loads(DIGESTS.read_text())[name]
     assert prepared_digest(name, models, write_bad_rows(tmp_path / "bad")) == recorded
+
+
+def test_several_processes_and_small_batches_tokenise_the_same_tokens(models, tmp_path):
+    """preprocessing_num_workers / preprocessing_batch_size change the speed only."""
+    recorded = json.loads(DIGESTS.read_text())["tools-cut-drops"]
+    speed = {"preprocessing_num_workers": 2, "preprocessing_batch_size": 64}
+    assert prepared_digest("tools-cut-drops", models, tmp_path, **speed) == recorded
 
 
 def _write_digests() -> None:
