@@ -79,7 +79,8 @@ class SlotEncoder:
         system = options.default_system
         self.default_system = template.default_system if system is None else system
 
-    def _ids(self, pieces: list[str]) -> list[int]:
+    def _ids(self, pieces: list[str], tokens: dict[str, list[int]]) -> list[int]:
+        """The ids of a message's pieces, each text piece tokenised on its own (`tokens`: text -> ids)."""
         ids = []
         for piece in pieces:
             if piece == BOS:
@@ -87,7 +88,7 @@ class SlotEncoder:
             elif piece == EOS:
                 ids.append(self.eos)
             elif piece:
-                ids += self.tok.encode(piece, add_special_tokens=False)
+                ids += tokens[piece]
         return ids
 
     def _message(self, i: int, message: dict, system: str, tools: list[dict]) -> list[str]:
@@ -111,16 +112,29 @@ class SlotEncoder:
         return pieces + _fill(t.assistant, content)
 
     def encode(
-        self, conversation: list[dict], expand=lambda ids: ids
-    ) -> tuple[list[int], list[int], list[int], Layout]:
-        """(input_ids, labels, prompt_ids, layout) of one conversation; `expand` rewrites each
-        message's ids (image placeholders). prompt_ids ends where the last answer starts."""
+        self, conversations: list[list[dict]], expand=lambda ids: ids
+    ) -> list[tuple[list[int], list[int], list[int], Layout]]:
+        """(input_ids, labels, prompt_ids, layout) of each conversation; `expand` rewrites each
+        message's ids (image placeholders). prompt_ids ends where the last answer starts. Every
+        distinct text piece of the batch is tokenised once, in one call."""
+        planned = [self._pieces(c) for c in conversations]
+        texts = {p for _, pieces, _ in planned for message in pieces for p in message if p not in (BOS, EOS, "")}
+        think = self.t.thought_words[0] + self.t.thought_words[1] if self.t.reasoning else ""
+        texts = sorted(texts | ({think} if think else set()))
+        tokens = dict(zip(texts, self.tok(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+        return [self._assemble(m, p, turns, tokens, expand) for m, p, turns in planned]
+
+    def _pieces(self, conversation: list[dict]) -> tuple[list[dict], list[list[str]], list[int]]:
+        """The messages (thoughts handled), each one's text pieces, and the prompts that get an empty thought."""
         system = next((m["content"] for m in conversation if m["role"] == "system"), "") or self.default_system
         tools = next((m["tools"] for m in conversation if m["role"] == "tools"), [])
         messages = [dict(m) for m in conversation if m["role"] not in ("system", "tools")]
         turns = self._thinking(messages)
-        encoded = [expand(self._ids(self._message(i, m, system, tools))) for i, m in enumerate(messages)]
-        think_ids = self._ids([self.t.thought_words[0] + self.t.thought_words[1]]) if self.t.reasoning else []
+        return messages, [self._message(i, m, system, tools) for i, m in enumerate(messages)], turns
+
+    def _assemble(self, messages, pieces, turns, tokens, expand) -> tuple[list[int], list[int], list[int], Layout]:
+        encoded = [expand(self._ids(p, tokens)) for p in pieces]
+        think_ids = self._ids([self.t.thought_words[0] + self.t.thought_words[1]], tokens) if self.t.reasoning else []
         for i in turns:
             if not _has_thought(self.t, messages[i + 1]["content"]):
                 if self.o.enable_thinking:

@@ -80,7 +80,8 @@ class ChatEncoder:
         if self.row is not None:
             options = replace(self.options, train_on_prompt=train_on_prompt, mask_history=mask_history)
             slots = SlotEncoder(self.tokenizer, self.row, options)
-            return [self._encode_slots(slots, c) for c in conversations]
+            encoded = slots.encode(conversations, self._expand_images)
+            return [self._slot_row(c, *row) for c, row in zip(conversations, encoded)]
         conversations = [_as_plain_chat(c) for c in conversations]
         if any(m.get("loss_weight") == 1 for c in conversations for m in c if m["role"] != "assistant"):
             raise UserError(
@@ -108,8 +109,7 @@ class ChatEncoder:
             rows.append(EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"]))
         return rows
 
-    def _encode_slots(self, slots: SlotEncoder, conversation: Conversation) -> EncodedRow:
-        input_ids, labels, prompt_ids, layout = slots.encode(conversation, self._expand_images)
+    def _slot_row(self, conversation: Conversation, input_ids, labels, prompt_ids, layout) -> EncodedRow:
         if self.image_token_id is not None:  # image positions are features, not text: never a label
             labels = [IGNORE if t == self.image_token_id else label for t, label in zip(input_ids, labels)]
         return EncodedRow(input_ids, labels, prompt_ids, conversation[-1]["content"], layout)
