@@ -56,10 +56,9 @@ def text_blocks(table, cfg: RunConfig, model_path: str, fingerprint: str, scratc
     blocks = Blocks(None, lengths)
     ids = List(Value("int64"))
     blocks.table = write_table(
-        lambda: _cut(tokenizer, documents, cfg.cutoff_len, blocks),
+        _cut(tokenizer, documents, cfg.cutoff_len, blocks),
         Features({"input_ids": ids, "labels": ids, "prompt_ids": ids, "reference": Value("string")}),
-        scratch,
-        f"{fingerprint}-blocks",
+        scratch / "blocks.arrow",
     )
     return blocks
 

@@ -175,7 +175,7 @@ def _report(cfg: RunConfig, sources: list[DatasetSource], a: _Analysis) -> DataR
 def _analyse(cfg: RunConfig, sources: list[DatasetSource], model_path: str, fingerprint: str, scratch: Path):
     """Read, validate, tokenise and cut; every problem is noted, in the order it is met."""
     a = _Analysis()
-    read = read_valid_rows(sources, scratch, fingerprint)
+    read = read_valid_rows(sources, scratch)
     a.rows_read, a.drops = read.rows_read, list(read.drops)
     order, a.mixed = _selected_rows(cfg, sources, read, a.problems.append)
     table = read.table.select(order)
@@ -286,7 +286,7 @@ def read_prompts(cfg: RunConfig, sources: list[DatasetSource]) -> list[Conversat
         raise UserError(message)
 
     with _scratch() as scratch:
-        read = read_valid_rows(sources, scratch, "prompts")
+        read = read_valid_rows(sources, scratch)
         order, _ = _selected_rows(cfg, sources, read, problem)
         if read.has_images:
             raise UserError(
@@ -342,10 +342,9 @@ def _write(a: _Analysis, report: DataReport, cfg: RunConfig, out: Path, fingerpr
     if a.packed:  # packed training rows: each sequence's position ids restart at every row
         ids = List(Value("int64"))
         train = write_table(
-            lambda: packed_rows(_rows(a, train_idx), a.bins),
+            packed_rows(_rows(a, train_idx), a.bins),
             Features({"input_ids": ids, "labels": ids, "position_ids": ids}),
-            scratch,
-            f"{fingerprint}-packed",
+            scratch / "packed.arrow",
         )
     stats = {
         "fingerprint": fingerprint,

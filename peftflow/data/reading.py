@@ -9,23 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from peftflow.data.formats import Conversation, InvalidRow
 from peftflow.data.images import read_images
 from peftflow.data.sources import DatasetSource, read_rows
-
-# conversation and rejected: JSON text (a conversation's messages differ in keys from row to row)
-RAW_FEATURES = {
-    "conversation": ("string",),
-    "rejected": ("string",),  # a preference pair's rejected answer turn, "" when none
-    "kto_tag": ("bool",),  # KTO feedback: whether the answer is desirable (null when not feedback)
-    "text": ("string",),  # plain text (stage pt): the document; its conversation is "[]"
-    "images": ("binary", "list"),
-    "where": ("string",),  # "<file> row N"
-}
 
 
 @dataclass
@@ -59,34 +49,36 @@ class ReadRows:
 def raw_features():
     from datasets import Features, List, Value
 
+    text = Value("string")
     return Features(
-        {name: List(Value(kind[0])) if kind[1:] == ("list",) else Value(kind[0]) for name, kind in RAW_FEATURES.items()}
+        {
+            "conversation": text,  # JSON: a conversation's messages differ in keys from row to row
+            "rejected": text,  # JSON: a preference pair's rejected answer turn, "" when none
+            "kto_tag": Value("bool"),  # KTO feedback: whether the answer is desirable (null when not feedback)
+            "text": text,  # plain text (stage pt): the document; its conversation is "[]"
+            "images": List(Value("binary")),
+            "where": text,  # "<file> row N"
+        }
     )
 
 
-def read_valid_rows(sources: list[DatasetSource], scratch: Path, fingerprint: str) -> ReadRows:
+def read_valid_rows(sources: list[DatasetSource], scratch: Path) -> ReadRows:
     """Read every source into an Arrow table under `scratch` (which the caller removes)."""
     read = ReadRows(None, [], 0, [], False, False)
-    read.table = write_table(lambda: _rows(sources, read), raw_features(), scratch, f"{fingerprint}-rows")
+    read.table = write_table(_rows(sources, read), raw_features(), scratch / "rows.arrow")
     return read
 
 
-def write_table(rows: Callable[[], Iterator[dict]], features, scratch: Path, fingerprint: str):
-    """A datasets.Dataset of the rows `rows()` yields, written to Arrow under `scratch` as they come.
-    An error while reading (a UserError naming the file and line) is raised as itself, not wrapped."""
+def write_table(rows: Iterator[dict], features, path: Path, batch_rows: int = 1000):
+    """A datasets.Dataset of `rows`, written to the Arrow file `path` a batch at a time as they come."""
+    import pyarrow as pa
     from datasets import Dataset
-    from datasets.exceptions import DatasetGenerationError
 
-    them = rows()
-    first = next(them, None)
-    if first is None:  # datasets' generator builder refuses to write no rows
-        return empty_table(features)
-    try:
-        return Dataset.from_generator(
-            lambda: chain([first], them), features=features, cache_dir=str(scratch), fingerprint=fingerprint
-        )
-    except DatasetGenerationError as e:
-        raise (e.__cause__ or e) from None
+    schema = features.arrow_schema
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        while batch := list(islice(rows, batch_rows)):
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+    return Dataset.from_file(str(path))
 
 
 def empty_table(features):

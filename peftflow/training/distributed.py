@@ -45,6 +45,10 @@ def launch_command(cfg: RunConfig, job_file: Path) -> list[str]:
             f"--node_rank={node_rank(cfg)}",
             f"--master_addr={os.environ['MASTER_ADDR']}",
             f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+            # Each node prepares its data (or fetches the store's copy) before its torchrun starts, so a
+            # node that is first waits for the others at the rendezvous: as long as at a collective,
+            # not torchrun's 600 s, or a big dataset tokenising on another node fails the run.
+            f"--rdzv-conf=timeout={cfg.ddp_timeout}",
         ]
     else:
         cmd += ["--standalone"]

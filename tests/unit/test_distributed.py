@@ -29,6 +29,13 @@ def test_launch_command():
     assert distributed.is_distributed(cfg) and not distributed.is_distributed(RunConfig())
 
 
+def test_a_node_waits_for_the_others_preparing_their_data_as_long_as_at_a_collective(monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("PEFTFLOW_NODE_RANK", "1")
+    cmd = distributed.launch_command(RunConfig(nnodes=2, ddp_timeout=7200), "job.json")
+    assert "--rdzv-conf=timeout=7200" in cmd and "--node_rank=1" in cmd and "--standalone" not in cmd
+
+
 ROOT = Path(__file__).resolve().parents[2]
 NODE = """
 import sys
