@@ -100,6 +100,8 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "on_invalid_rows",
             "mix_strategy",
             "interleave_probs",
+            "preprocessing_num_workers",
+            "preprocessing_batch_size",
             "packing",
             "neat_packing",
             "streaming",

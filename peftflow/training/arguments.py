@@ -94,8 +94,8 @@ def _cpu_has_fast_bf16() -> bool:
 
 def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set, method_supports: bool) -> tuple[RunConfig, str]:
     """cfg with gradient_checkpointing true or false (auto decided by memory need), and why."""
-    longest = cfg.cutoff_len  # train_set None: rows not known yet (streaming)
-    if train_set is not None:
+    longest = cfg.cutoff_len  # a stream's rows are not known beforehand: cutoff_len long, at most
+    if not cfg.streaming:
         lengths = pc.list_value_length(train_set.data.column("input_ids"))
         longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
     tokens = cfg.per_device_train_batch_size * (-(-longest // 8) * 8)  # the collator pads to a multiple of 8

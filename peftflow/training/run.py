@@ -119,9 +119,7 @@ def run(
     dtype = base_dtype(cfg)
     base = load_base(model_path, cfg, dtype)
     footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
-    # a stream's longest row is not known: cutoff_len long, at most
-    lengths_of = None if cfg.streaming else train_set
-    cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, lengths_of, method.traits.gradient_checkpointing)
+    cfg, checkpointing = resolve_gradient_checkpointing(cfg, base, train_set, method.traits.gradient_checkpointing)
     model = method.build(base, cfg)
     if dtype != compute_dtype(cfg):  # a frozen base held in bf16: what trains keeps fp32 master weights
         fp32_trainable(model)
