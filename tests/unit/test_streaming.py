@@ -177,7 +177,16 @@ Path(job["output_dir"], "seen-" + os.environ["RANK"] + ".json").write_text(json.
 """
 
 
-def test_two_processes_read_disjoint_files_of_the_stream(tiny_model, data_dir, tmp_path):
+@pytest.mark.parametrize("one_file", [False, True], ids=["four-files", "one-file"])
+def test_two_processes_train_disjoint_rows_of_the_stream(tiny_model, data_dir, tmp_path, one_file):
+    """Four files: each rank reads two of them. One file (fewer shards than ranks): both read it and
+    each keeps its own rows of every pair of batches (accelerate's IterableDatasetShard)."""
+    if one_file:
+        data_dir = tmp_path / "one"
+        data_dir.mkdir()
+        info = {"orders": {"file_name": "orders.json", **ALPACA}}
+        (data_dir / "dataset_info.json").write_text(json.dumps(info))
+        (data_dir / "orders.json").write_text(json.dumps(make_rows(40, seed=13)))
     cfg = _config(tiny_model, data_dir, num_processes=2, max_steps=4, per_device_train_batch_size=2)
     data = prepare_dataset(cfg, tiny_model)
     job = tmp_path / "job.json"
@@ -208,7 +217,8 @@ def test_two_processes_read_disjoint_files_of_the_stream(tiny_model, data_dir, t
     assert [len(s) for s in seen] == [4 * 2, 4 * 2]  # every step, a batch of 2 on each rank
     assert not set(seen[0]) & set(seen[1]) and not (set(seen[0]) | set(seen[1])) & held
     files = [{file_of[row] for row in s} for s in seen]
-    assert files[0] and files[1] and not files[0] & files[1]  # each rank reads its own shards (files)
+    if not one_file:
+        assert files[0] and files[1] and not files[0] & files[1]  # each rank reads its own shards (files)
 
 
 @pytest.mark.parametrize("on_invalid_rows", ["error", "drop"])
