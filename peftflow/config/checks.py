@@ -61,6 +61,7 @@ def check_run(cfg) -> None:
     ):
         raise ValueError("train_projector and freeze_multi_modal_projector disagree; keep one")
     check_mixing(cfg)
+    check_streaming(cfg)
     check_method(cfg)
     check_stage(cfg)
     check_evaluation(cfg)
@@ -82,6 +83,49 @@ def check_mixing(cfg) -> None:
         raise ValueError(f"interleave_probs has {len(probs)} values for {len(names)} datasets ({', '.join(names)})")
     if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
         raise ValueError(f"interleave_probs must be non-negative and sum to 1 (they sum to {sum(probs):g})")
+
+
+def check_streaming(cfg) -> None:
+    """streaming (LLaMA-Factory's rules, and what a stream of rows cannot do) and buffer_size without it."""
+    if not cfg.streaming:
+        if given(cfg, "buffer_size"):
+            raise ValueError("buffer_size is the streaming shuffle buffer; it is read only with streaming: true")
+        return
+    stage = STAGES[cfg.stage]
+    streamers = " or ".join(s.name for s in STAGES.values() if s.streams)
+    refusal = next(
+        (
+            why
+            for wrong, why in (
+                (cfg.max_steps <= 0, "needs max_steps > 0: a stream has no length to count epochs by"),
+                (cfg.max_samples is not None, "max_samples: a stream reads every row; drop max_samples"),
+                (
+                    0 < cfg.val_size < 1,
+                    f"val_size {cfg.val_size}: a stream's size is unknown, so the held-out rows are a whole "
+                    "number (its first val_size rows)",
+                ),
+                (cfg.packing or cfg.neat_packing, "packing / neat_packing: streamed rows are not packed"),
+                (
+                    cfg.mix_strategy != "concat",
+                    f"mix_strategy {cfg.mix_strategy}: streamed datasets are read one after another (concat)",
+                ),
+                (cfg.train_dataset is not None, "train_dataset: a v1 dataset is resampled as a whole; use dataset"),
+                (
+                    stage.row_kind == "text",
+                    f"stage: {stage.name} concatenates all its texts and cuts them into blocks; only stage: "
+                    f"{streamers} streams",
+                ),
+                (
+                    not stage.streams,
+                    f"stage: {stage.name} reads its training rows as a whole; only stage: {streamers} streams",
+                ),
+            )
+            if wrong
+        ),
+        None,
+    )
+    if refusal:
+        raise ValueError(f"streaming: {refusal}")
 
 
 def check_method(cfg) -> None:

@@ -102,6 +102,8 @@ GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "interleave_probs",
             "packing",
             "neat_packing",
+            "streaming",
+            "buffer_size",
         ),
     ),
     "merging": (

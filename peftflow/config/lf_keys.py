@@ -52,7 +52,6 @@ NO_EFFECT: dict[str, str] = {
     "video_min_pixels": "peftflow reads no video",
     "video_fps": "peftflow reads no video",
     "video_maxlen": "peftflow reads no video",
-    "buffer_size": "read only with streaming, which is refused",
     "cache_dir": "models resolve offline into peftflow's model cache",
     "low_cpu_mem_usage": "transformers loads on the meta device anyway",
     "use_fast_tokenizer": "the model's own tokenizer loads (fast where it has one)",
@@ -148,10 +147,6 @@ REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "ld_alpha": ((None,), "not supported: LD-DPO's length weighting is not trained; leave it unset"),
     "push_to_hub": ((None, False), "peftflow publishes to the MLflow registry and never uploads to a hub"),
     "shift_attn": ((None, False), "not supported: LongLoRA's shifted sparse attention is not trained"),
-    "streaming": (
-        (None, False),
-        "not supported yet: peftflow reads the whole dataset; drop streaming (max_samples reads fewer rows)",
-    ),
     "disable_shuffling": ((None, False), "not supported: peftflow shuffles the rows (length-grouped, seeded)"),
     "image_max_pixels": (
         (None,),

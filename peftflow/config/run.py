@@ -19,6 +19,7 @@ from peftflow.config.fingerprint import fingerprint_of
 from peftflow.config.form import flatten, group, grouped_schema
 from peftflow.config.launch_keys import LaunchKeys
 from peftflow.config.sections import EvaluationConfig, PromotionConfig, RegistryConfig, Strict, default_registry_name
+from peftflow.config.stream_keys import StreamKeys
 from peftflow.errors import UserError
 from peftflow.methods import METHODS
 from peftflow.stages import STAGE_KEYS, STAGES
@@ -128,8 +129,7 @@ class _RecipeKeys(Strict):
     bf16_autocast: bool | None = Field(
         None, title="Training: bfloat16 autocast",
         description="Run the matmuls in bfloat16 under torch.autocast; what trains, the optimizer state and the loss "
-                    "stay "
-                    "float32, and a frozen base is held in bfloat16. "
+                    "stay float32, and a frozen base is held in bfloat16. "
                     "Empty: on where bf16 matmuls are fast (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16) and "
                     "neither bf16 nor fp16 nor quantization_bit is set; else off.")
     # One choice of three in the form; a union with a const renders as "is a const and cannot be changed".
@@ -149,7 +149,7 @@ class _RecipeKeys(Strict):
     # fmt: on
 
 
-class _SharedKeys(CheckpointKeys, _RecipeKeys):
+class _SharedKeys(StreamKeys, CheckpointKeys, _RecipeKeys):
     """The keys every stage reads, up to the Vision-language group (RunConfig declares the rest)."""
 
     # fmt: off
@@ -346,9 +346,8 @@ class RunConfig(LaunchKeys, *reversed(STAGE_KEYS), _SharedKeys):
         return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
 
     def guard_config(self) -> RunConfig:
-        """The same run reading the guard set: every row scored, none held out, none dropped silently.
-        A stage that reads pairs or feedback reads its guard set as conversations, as SFT does: the
-        guard is the loss on what SFT learned."""
+        """The same run reading the guard set, prepared whole: every row scored, none held out or dropped
+        silently. A stage of pairs or feedback reads it as conversations, as SFT does (the loss on what SFT learned)."""
         reads_rows = STAGES[self.stage].row_kind in ("conversations", "text")
         return self.model_copy(
             update={
@@ -359,6 +358,7 @@ class RunConfig(LaunchKeys, *reversed(STAGE_KEYS), _SharedKeys):
                 "max_samples": self.promotion.guard_max_samples,
                 "packing": None,  # every guard row is scored on its own
                 "neat_packing": False,
+                "streaming": False,
             }
         )
 

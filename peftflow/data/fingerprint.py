@@ -52,6 +52,8 @@ def data_fingerprint(cfg: RunConfig, sources: list[DatasetSource], model_path: s
     add("options", json.dumps({k: getattr(cfg, k) for k in OPTIONS}, sort_keys=True).encode())
     if cfg.mix_strategy != "concat":  # concat data keeps the key it had before mixing existed
         add("mixing", json.dumps([cfg.mix_strategy, cfg.interleave_probs]).encode())
+    if cfg.streaming:  # the held-out rows are the stream's first val_size, not a seeded split's
+        add("streaming", b"1")
     if packs_rows(cfg):  # packed training rows (plain or neat: the same rows); unpacked data keeps its key
         add("packing", PACKING_VERSION.encode())
     return h.hexdigest()[:16]

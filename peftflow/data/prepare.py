@@ -35,6 +35,7 @@ from peftflow.data.reading import ReadRows, conversations, read_valid_rows, writ
 from peftflow.data.report import DataProblems, DataReport, percentiles
 from peftflow.data.row_kinds import read_as
 from peftflow.data.sources import DatasetSource, resolve_datasets
+from peftflow.data.streaming import HELD_OUT_COLUMNS, held_out_rows
 from peftflow.data.tokenized import holds_this_data, save_copy
 from peftflow.data.v1 import resample, v1_sources
 from peftflow.errors import UserError
@@ -131,12 +132,30 @@ def data_report(cfg: RunConfig, model_path: str) -> DataReport:
 
 def _build(cfg: RunConfig, sources: list[DatasetSource], model_path: str, out: Path, fingerprint: str) -> None:
     """Analyse once for the report and the rows; data with a problem is refused, nothing written."""
+    if cfg.streaming:
+        return _write_held_out(cfg, sources, model_path, out, fingerprint)
     with _scratch() as scratch:
         a = _analyse(cfg, sources, model_path, fingerprint, scratch)
         report = _report(cfg, sources, a)
         if report.problems:
             raise DataProblems(report)
         _write(a, report, cfg, out, fingerprint, scratch)
+
+
+def _write_held_out(cfg: RunConfig, sources: list[DatasetSource], model_path: str, out: Path, fingerprint: str):
+    """streaming: only the held-out rows are prepared (eval/, named in stats.json), and the report is
+    theirs; training reads the stream."""
+    held = held_out_rows(cfg, sources, model_path)
+    held.select_columns(HELD_OUT_COLUMNS).save_to_disk(str(out / "eval"), num_shards=1)
+    truncated = sum(held["truncated"])
+    stats = {"fingerprint": fingerprint, "datasets": cfg.dataset_names, "template": cfg.template, "streaming": True}
+    stats |= {"cutoff_len": cfg.cutoff_len, "train_rows": 0, "eval_rows": len(held), "dropped": 0}
+    stats |= {"truncated": truncated, "held_out": list(held["where"])}
+    (out / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    lengths = percentiles(list(held["length"]))
+    names, n = tuple(s.name for s in sources), len(held)
+    report = DataReport(names, n, n, {}, {}, lengths, cfg.cutoff_len, truncated, (), streamed=True)
+    (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1))
 
 
 @contextmanager

@@ -99,20 +99,25 @@ def _rows(sources: list[DatasetSource], read: ReadRows) -> Iterator[dict]:
         rows = SourceRows()
         read.sources.append(rows)
         for file in source.files:
-            for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
-                read.rows_read += 1
-                where = f"{file.shown} row {number}"
-                try:
-                    out = _valid(source, row, where)
-                except InvalidRow as e:
-                    rows.invalid.append((file.shown, e.reason, f"row {number}: {e}"))
-                    read.drops.append((e.reason, where))
-                    rows.hint = rows.hint or e.hint
-                    continue
-                rows.valid += 1
-                read.has_images = read.has_images or bool(out["images"])
-                read.has_pairs = read.has_pairs or bool(out["rejected"])
-                yield out
+            yield from file_rows(source, file, rows, read)
+
+
+def file_rows(source: DatasetSource, file, rows: SourceRows, read: ReadRows) -> Iterator[dict]:
+    """One file of `source`: its valid rows (raw_features()), the invalid ones counted in `rows` and `read`."""
+    for number, row in enumerate(read_rows(file, source.format.required_columns), start=1):
+        read.rows_read += 1
+        where = f"{file.shown} row {number}"
+        try:
+            out = _valid(source, row, where)
+        except InvalidRow as e:
+            rows.invalid.append((file.shown, e.reason, f"row {number}: {e}"))
+            read.drops.append((e.reason, where))
+            rows.hint = rows.hint or e.hint
+            continue
+        rows.valid += 1
+        read.has_images = read.has_images or bool(out["images"])
+        read.has_pairs = read.has_pairs or bool(out["rejected"])
+        yield out
 
 
 def _valid(source: DatasetSource, row: dict, where: str) -> dict:

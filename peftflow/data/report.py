@@ -35,6 +35,8 @@ class DataReport:
     # interleaved datasets (mix_strategy): {"strategy": ..., "rows": {dataset: rows drawn}}, before
     # cutoff drops; None for concat
     mixed: dict | None = None
+    # streaming: the figures are the held-out rows' (the training rows are read as the run trains)
+    streamed: bool = False
 
     @classmethod
     def from_json(cls, path: Path) -> DataReport:
@@ -57,6 +59,11 @@ class DataReport:
         lengths = " ".join(f"{k}={v}" for k, v in self.token_lengths.items())
         lines = [
             f"datasets: {', '.join(self.datasets)}",
+            *(
+                ["streaming: the training rows are read as the run trains; these figures are the held-out rows'"]
+                if self.streamed
+                else []
+            ),
             f"rows: {self.rows_read} read, {self.rows_kept} kept, {sum(self.dropped.values())} dropped",
             *(
                 f"  dropped {n}: {reason} ({', '.join(self.dropped_rows[reason])})"

@@ -66,6 +66,9 @@ class Stage:
     # Its training rows may be packed (packing / neat_packing: whole rows binned into cutoff_len
     # sequences, peftflow/data/packing.py). Plain text (row_kind "text") is always cut into blocks.
     packs_rows: bool = False
+    # Its rows may be streamed (`streaming`, peftflow/data/streaming.py): read, encoded and shuffled as
+    # the stock trainer trains, none prepared beforehand.
+    streams: bool = False
     # Its loss is the causal-LM loss the model's own forward computes (or its chunked equivalent),
     # to which moe_aux_loss_coef adds the router's; the preference and distillation losses are not.
     lm_loss: bool = False

@@ -67,6 +67,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         disable_tqdm=True,
         ddp_timeout=cfg.ddp_timeout,
         use_liger_kernel=kernels.use_liger(cfg),
+        # A stream: each process reads its own shards of it (accelerate shards a datasets IterableDataset
+        # by its files, or takes every N-th batch), instead of the first process reading for all.
+        accelerator_config={"dispatch_batches": False} if cfg.streaming else None,
     )
 
 
@@ -91,8 +94,10 @@ def _cpu_has_fast_bf16() -> bool:
 
 def resolve_gradient_checkpointing(cfg: RunConfig, base, train_set, method_supports: bool) -> tuple[RunConfig, str]:
     """cfg with gradient_checkpointing true or false (auto decided by memory need), and why."""
-    lengths = pc.list_value_length(train_set.data.column("input_ids"))
-    longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
+    longest = cfg.cutoff_len  # a stream's rows are not known beforehand: cutoff_len long, at most
+    if not cfg.streaming:
+        lengths = pc.list_value_length(train_set.data.column("input_ids"))
+        longest = min(pc.max(lengths).as_py() or 0, cfg.cutoff_len)
     tokens = cfg.per_device_train_batch_size * (-(-longest // 8) * 8)  # the collator pads to a multiple of 8
     half = cfg.bf16 or cfg.fp16 or bf16_autocast(cfg)
     on, why = memory.choose_gradient_checkpointing(

@@ -27,6 +27,8 @@ from transformers import (
 )
 
 from peftflow.config import RunConfig
+from peftflow.data.prepare import STATS_FILE, dataset_sources
+from peftflow.data.streaming import training_stream
 from peftflow.methods import get_method
 from peftflow.models import vision
 from peftflow.models.load import compute_dtype, load_base
@@ -113,7 +115,7 @@ def run(
     set_seed(cfg.seed)  # adapter init: the same weights in every process and every run
     method = get_method(cfg)
     memory.reset_peak()
-    train_set = load_from_disk(str(Path(data_path) / "train"))
+    train_set = _training_rows(cfg, model_path, data_path)
     dtype = base_dtype(cfg)
     base = load_base(model_path, cfg, dtype)
     footprint_mb = round(base.get_memory_footprint() / 2**20, 1)
@@ -156,6 +158,15 @@ def run(
         (processor or tokenizer).save_pretrained(out.adapter_dir)
         RunDir(output_dir).train_result.write_text(json.dumps(asdict(out), indent=1))
     return out
+
+
+def _training_rows(cfg: RunConfig, model_path: str, data_path: str):
+    """The prepared training split, or with `streaming` the stream of training rows (data/streaming.py),
+    less the held-out rows prepare_dataset wrote."""
+    if not cfg.streaming:
+        return load_from_disk(str(Path(data_path) / "train"))
+    held_out = json.loads((Path(data_path) / STATS_FILE).read_text())["held_out"]
+    return training_stream(cfg, dataset_sources(cfg), model_path, held_out)
 
 
 def _store_checkpoints(cfg: RunConfig, output_dir: Path) -> tuple[TrainerCallback, ...]:

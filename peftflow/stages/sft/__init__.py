@@ -2,4 +2,4 @@
 
 from peftflow.stages.base import Stage
 
-STAGE = Stage("sft", "supervised fine-tuning", packs_rows=True, lm_loss=True)
+STAGE = Stage("sft", "supervised fine-tuning", packs_rows=True, lm_loss=True, streams=True)
