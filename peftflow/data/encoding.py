@@ -16,8 +16,8 @@ from peftflow.data.tokenize import ChatEncoder, cut, supervised
 
 CUTOFF_DROP = "no supervised tokens within cutoff_len"
 IMAGE_CUT_DROP = "cutoff_len cuts through an image"
-# Columns of an encoded row that prepare writes; the rest (BOOKKEEPING) are for the report and the split.
-BOOKKEEPING = ("where", "drop", "length", "truncated", "supervised", "images_count")
+# Beside the columns prepare writes, an encoded row carries BOOKKEEPING, for the report and the split.
+BOOKKEEPING = ["where", "drop", "length", "truncated", "supervised", "images_count"]
 
 
 def map_options(cfg: RunConfig, fingerprint: str, step: str) -> dict:

@@ -26,7 +26,7 @@ from typing import Iterator
 
 from peftflow.config import RunConfig
 from peftflow.data.blocks import text_blocks
-from peftflow.data.encoding import CUTOFF_DROP, IMAGE_CUT_DROP, EncodeRows, encode_rows
+from peftflow.data.encoding import BOOKKEEPING, CUTOFF_DROP, IMAGE_CUT_DROP, EncodeRows, encode_rows
 from peftflow.data.fingerprint import data_fingerprint
 from peftflow.data.formats import Conversation
 from peftflow.data.mixing import mix
@@ -239,9 +239,9 @@ def _encode_rows(cfg: RunConfig, model_path: str, table, read: ReadRows, a: _Ana
         a.problems.append(f"dataset {cfg.dataset}: preference pairs with images are not supported")
     a.table = encode_rows(table, encode, cfg, fingerprint)
     images = False
-    bookkeeping = a.table.select_columns(["where", "drop", "length", "truncated", "supervised", "images_count"])
-    for start, batch in enumerate(bookkeeping.iter(batch_size=1000)):
-        for i, (where, drop, length, truncated, learned, image_count) in enumerate(zip(*batch.values())):
+    for start, batch in enumerate(a.table.select_columns(BOOKKEEPING).iter(batch_size=1000)):
+        columns = (batch[name] for name in BOOKKEEPING)
+        for i, (where, drop, length, truncated, learned, image_count) in enumerate(zip(*columns)):
             a.lengths.append(length)
             if drop:
                 a.drops.append((drop, where))
